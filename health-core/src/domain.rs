@@ -1,0 +1,431 @@
+//! Domain types: node classes, phases, check outcomes, actions and the
+//! persisted per-node record.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// A short reason word, CamelCase, fit for a bounded metrics label
+/// (for example `KubeletNotReady`). Static strings do not allocate.
+pub type Reason = Cow<'static, str>;
+
+/// What kind of machine a node is; it selects the reboot wait and whether
+/// escalation past reboots is allowed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeClass {
+    /// An ordinary node: rebooted, then drained and replaced when escalation is enabled.
+    #[default]
+    Standard,
+    /// A GPU node: long reboot wait, reboot-only (never replaced automatically).
+    Gpu,
+}
+
+impl NodeClass {
+    /// The stable lowercase name (`standard`, `gpu`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NodeClass::Standard => "standard",
+            NodeClass::Gpu => "gpu",
+        }
+    }
+}
+
+impl fmt::Display for NodeClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a node is in the recovery lifecycle.
+///
+/// The names returned by [`Phase::as_str`] are stable: they are metric label
+/// values and persisted state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Phase {
+    /// Never evaluated (the zero value of a fresh record).
+    #[default]
+    Unknown,
+    /// Every checker passes or skips.
+    Healthy,
+    /// Some checker fails; waiting for its threshold.
+    Unhealthy,
+    /// A reboot was issued; waiting for it to take effect.
+    WaitingReboot,
+    /// Reboots are exhausted; the node is being cordoned and drained before replacement.
+    Draining,
+    /// A replacement was requested; waiting for the node to go away.
+    WaitingReplace,
+    /// Remediation gave up; stays here until every checker passes.
+    Failed,
+}
+
+impl Phase {
+    /// Every phase, in declaration order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Unknown,
+        Phase::Healthy,
+        Phase::Unhealthy,
+        Phase::WaitingReboot,
+        Phase::Draining,
+        Phase::WaitingReplace,
+        Phase::Failed,
+    ];
+
+    /// The stable name of the phase (`WaitingReboot`, ...).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Unknown => "Unknown",
+            Phase::Healthy => "Healthy",
+            Phase::Unhealthy => "Unhealthy",
+            Phase::WaitingReboot => "WaitingReboot",
+            Phase::Draining => "Draining",
+            Phase::WaitingReplace => "WaitingReplace",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// Whether a remediation is under way (it counts against `max_in_flight`).
+    #[must_use]
+    pub const fn is_in_flight(self) -> bool {
+        matches!(self, Phase::WaitingReboot | Phase::Draining | Phase::WaitingReplace)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for a phase or action name that is not one of the known names.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?}: expected one of {expected}")]
+pub struct UnknownName {
+    kind: &'static str,
+    value: String,
+    expected: &'static str,
+}
+
+impl FromStr for Phase {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownName {
+            kind: "phase",
+            value: s.to_owned(),
+            expected: "Unknown, Healthy, Unhealthy, WaitingReboot, Draining, WaitingReplace, Failed",
+        })
+    }
+}
+
+/// A remediation step the machine asks the engine to perform.
+#[must_use = "an action does nothing until an executor performs it"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Action {
+    /// Hard-reboot the machine behind the node.
+    Reboot,
+    /// Cordon the node and evict its pods.
+    Drain,
+    /// Delete the machine so its pool replaces it.
+    Replace,
+    /// Undo a cordon that a drain of ours made.
+    Uncordon,
+}
+
+impl Action {
+    /// Every action, in declaration order.
+    pub const ALL: [Action; 4] = [Action::Reboot, Action::Drain, Action::Replace, Action::Uncordon];
+
+    /// The stable lowercase name (a metric label value).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Reboot => "reboot",
+            Action::Drain => "drain",
+            Action::Replace => "replace",
+            Action::Uncordon => "uncordon",
+        }
+    }
+
+    /// Whether the action disrupts workloads (every action but `Uncordon`);
+    /// only disruptive actions are subject to the safety gates.
+    #[must_use]
+    pub const fn is_disruptive(self) -> bool {
+        !matches!(self, Action::Uncordon)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| UnknownName {
+            kind: "action",
+            value: s.to_owned(),
+            expected: "reboot, drain, replace, uncordon",
+        })
+    }
+}
+
+/// Whether actions are performed or only recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The lifecycle runs in full but no executor is called.
+    Monitor,
+    /// Actions are performed.
+    Active,
+}
+
+impl Mode {
+    /// The metric label value (`monitor`, `active`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Monitor => "monitor",
+            Mode::Active => "active",
+        }
+    }
+}
+
+/// The result of one checker on one target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// The target is healthy as far as this checker can tell.
+    Pass,
+    /// The target is unhealthy.
+    Fail {
+        /// Short CamelCase word, bounded, usable as a label.
+        reason: Reason,
+        /// Free-form detail for logs (never a label).
+        detail: Option<String>,
+    },
+    /// The checker does not apply to this target (e.g. GPU checks on a CPU node).
+    Skip {
+        /// Short CamelCase word saying why.
+        reason: Reason,
+    },
+}
+
+impl CheckOutcome {
+    /// A failure with a reason and no detail.
+    pub fn fail(reason: impl Into<Reason>) -> Self {
+        CheckOutcome::Fail { reason: reason.into(), detail: None }
+    }
+
+    /// A failure with a reason and detail for logs.
+    pub fn fail_with(reason: impl Into<Reason>, detail: impl Into<String>) -> Self {
+        CheckOutcome::Fail { reason: reason.into(), detail: Some(detail.into()) }
+    }
+
+    /// A skip with a reason.
+    pub fn skip(reason: impl Into<Reason>) -> Self {
+        CheckOutcome::Skip { reason: reason.into() }
+    }
+
+    /// Whether this is a failure.
+    #[must_use]
+    pub fn is_fail(&self) -> bool {
+        matches!(self, CheckOutcome::Fail { .. })
+    }
+
+    /// The reason of a failure or skip.
+    #[must_use]
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            CheckOutcome::Pass => None,
+            CheckOutcome::Fail { reason, .. } | CheckOutcome::Skip { reason } => Some(reason),
+        }
+    }
+}
+
+/// Facts about a node that the safety gates consult. Adapters fill them from
+/// their source (a Kubernetes Node, a VM inventory, ...).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The node's class.
+    pub class: NodeClass,
+    /// When the node was created, for the start-up grace (unknown: no grace).
+    pub created_at: Option<Timestamp>,
+    /// The node is being deleted (e.g. a deletion timestamp is set).
+    pub deleting: bool,
+    /// The node is tainted for removal or shutdown
+    /// (`ToBeDeletedByClusterAutoscaler`, `node.cloudprovider.kubernetes.io/shutdown`).
+    pub tainted_for_removal: bool,
+    /// An operator opted this node out of remediation.
+    pub opted_out: bool,
+}
+
+/// A failing checker as remembered in a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailingCheck {
+    /// The checker's name.
+    pub checker: String,
+    /// The checker's reason word.
+    pub reason: String,
+}
+
+/// The version of the [`NodeRecord`] serialisation format written by this crate.
+pub const RECORD_FORMAT_VERSION: u32 = 1;
+
+/// Everything the machine remembers about one node between evaluations.
+///
+/// Stores persist it (it is `Serialize`/`Deserialize` with a format version);
+/// the store's own compare-and-swap version lives beside it, in
+/// [`crate::Stored`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    /// Serialisation format version ([`RECORD_FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Current phase.
+    pub phase: Phase,
+    /// The node's class as last observed.
+    pub class: NodeClass,
+    /// Checkers failing at the last evaluation, with their reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<FailingCheck>,
+    /// Start of the current unhealthy episode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_since: Option<Timestamp>,
+    /// Start of the current healthy stretch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since: Option<Timestamp>,
+    /// When the phase last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_at: Option<Timestamp>,
+    /// When the last action was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action_at: Option<Timestamp>,
+    /// The last action started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<Action>,
+    /// No new action before this instant (back-off after a failed action).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+    /// Reboots issued and not reported failed, in the current history.
+    #[serde(default)]
+    pub reboot_count: u32,
+    /// Disruptive actions (reboot, drain, replace) the executor reported failed.
+    #[serde(default)]
+    pub reboot_failures: u32,
+    /// Replacements requested, in the current history.
+    #[serde(default)]
+    pub replace_count: u32,
+    /// A drain of ours may have cordoned the node: uncordon it on recovery.
+    #[serde(default)]
+    pub cordoned: bool,
+    /// The drain of the current escalation finished; replacement may follow.
+    #[serde(default)]
+    pub drained: bool,
+}
+
+impl Default for NodeRecord {
+    fn default() -> Self {
+        NodeRecord {
+            format_version: RECORD_FORMAT_VERSION,
+            phase: Phase::Unknown,
+            class: NodeClass::Standard,
+            failing: Vec::new(),
+            unhealthy_since: None,
+            healthy_since: None,
+            last_transition_at: None,
+            last_action_at: None,
+            last_action: None,
+            not_before: None,
+            reboot_count: 0,
+            reboot_failures: 0,
+            replace_count: 0,
+            cordoned: false,
+            drained: false,
+        }
+    }
+}
+
+impl NodeRecord {
+    /// A fresh record (phase `Unknown`) for a node of `class`.
+    #[must_use]
+    pub fn new(class: NodeClass) -> Self {
+        NodeRecord { class, ..NodeRecord::default() }
+    }
+
+    /// Whether any remediation history (counters, back-off) is remembered.
+    #[must_use]
+    pub fn has_history(&self) -> bool {
+        self.reboot_count != 0 || self.reboot_failures != 0 || self.replace_count != 0 || self.not_before.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_names_round_trip_and_are_stable() {
+        let names: Vec<_> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, ["Unknown", "Healthy", "Unhealthy", "WaitingReboot", "Draining", "WaitingReplace", "Failed"]);
+        for p in Phase::ALL {
+            assert_eq!(p.as_str().parse::<Phase>(), Ok(p));
+            assert_eq!(serde_json::to_string(&p).ok(), Some(format!("\"{p}\"")));
+        }
+        let err = "Rebooting".parse::<Phase>().err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "unknown phase \"Rebooting\": expected one of Unknown, Healthy, Unhealthy, WaitingReboot, Draining, WaitingReplace, Failed"
+            )
+        );
+        assert_eq!(Phase::default(), Phase::Unknown);
+    }
+
+    #[test]
+    fn action_names_round_trip() {
+        for a in Action::ALL {
+            assert_eq!(a.as_str().parse::<Action>(), Ok(a));
+        }
+        assert!("reset".parse::<Action>().is_err());
+        assert!(!Action::Uncordon.is_disruptive());
+        assert!(Action::Reboot.is_disruptive());
+    }
+
+    #[test]
+    fn record_round_trips_through_json_with_format_version() {
+        let rec = NodeRecord {
+            phase: Phase::WaitingReboot,
+            class: NodeClass::Gpu,
+            failing: vec![FailingCheck { checker: "NodeReady".into(), reason: "KubeletNotReady".into() }],
+            unhealthy_since: Some(Timestamp::from_secs(10)),
+            last_action_at: Some(Timestamp::from_secs(20)),
+            last_action: Some(Action::Reboot),
+            reboot_count: 1,
+            ..NodeRecord::default()
+        };
+        let json = serde_json::to_string(&rec).unwrap_or_default();
+        assert!(json.contains("\"format_version\":1"), "{json}");
+        assert!(json.contains("\"class\":\"gpu\""), "{json}");
+        let back: NodeRecord = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn record_rejects_unknown_fields() {
+        let err = serde_json::from_str::<NodeRecord>(
+            r#"{"format_version":1,"phase":"Healthy","class":"standard","bogus":1}"#,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+}

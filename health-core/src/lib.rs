@@ -1,0 +1,160 @@
+//! The decision core of node-health: a thresholded recovery state machine
+//! for anything that can be checked and remediated (Kubernetes nodes, VMs,
+//! devices).
+//!
+//! The crate has no Kubernetes, HTTP or exporter dependency. It provides:
+//!
+//! * the traits the rest of the toolkit plugs into: [`HealthChecker`],
+//!   [`Executor`], [`StateStore`] and [`Observer`];
+//! * the sans-IO machine ([`machine::step`], [`machine::apply_outcome`]):
+//!   Healthy → Unhealthy → WaitingReboot → (Draining → WaitingReplace) →
+//!   Failed, with per-checker thresholds, reboot waits per node class,
+//!   retry and failure limits with back-off, and safety gates (storm guard,
+//!   in-flight limit, start-up grace, deletion, opt-out, pause, minimum
+//!   interval) that hold actions back without touching counters;
+//! * the async [`Engine`] that runs checkers with bounded concurrency and
+//!   timeouts, persists decisions with compare-and-swap before acting,
+//!   performs actions, notifies observers and emits metrics;
+//! * [`HealthManager`], the liveness/readiness registry of the agent's own
+//!   components, and [`MemoryStore`], an in-memory [`StateStore`].
+//!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | [`domain`] | phases, classes, outcomes, actions, the persisted [`NodeRecord`] |
+//! | [`policy`] | [`Policy`] and its validation |
+//! | [`machine`] | the pure decision function and the safety gates |
+//! | [`engine`] | the async driver |
+//! | [`checker`], [`executor`], [`store`], [`observer`] | the plug-in traits |
+//! | [`metrics`] | metric names and series removal |
+//! | [`component`] | component health |
+//! | [`time`] | timestamps and clocks |
+//!
+//! # In libraries and controllers
+//!
+//! Implement a checker and an executor for your target type, build an
+//! [`Engine`] and call [`Engine::run_pass`] whenever the targets change or
+//! [`Engine::next_deadline`] arrives:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use async_trait::async_trait;
+//! use health_core::*;
+//!
+//! struct Vm { name: String, responding: bool }
+//! impl Target for Vm {
+//!     fn name(&self) -> &str { &self.name }
+//!     fn facts(&self) -> NodeFacts { NodeFacts::default() }
+//! }
+//!
+//! struct PowerCycle;
+//! #[async_trait]
+//! impl Executor<Vm> for PowerCycle {
+//!     async fn execute(&self, action: Action, vm: &Vm) -> Result<(), ExecError> {
+//!         println!("{action} {}", vm.name);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), EngineError> {
+//! let clock = ManualClock::new(Timestamp::from_secs(1_000_000));
+//! let ping = FnChecker::new("Ping", Duration::from_secs(60), |vm: &Vm| {
+//!     if vm.responding { CheckOutcome::Pass } else { CheckOutcome::fail("NoAnswer") }
+//! });
+//! let mut engine = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(PowerCycle))
+//!     .policy(Policy::default().with_monitor_only(false))
+//!     .checker(ping)
+//!     .clock(Arc::new(clock.clone()))
+//!     .build()?;
+//!
+//! let vms = [Vm { name: "vm-1".into(), responding: false }];
+//! engine.run_pass(&vms).await;                       // Healthy? No: Unhealthy.
+//! assert_eq!(engine.record("vm-1").unwrap().phase, Phase::Unhealthy);
+//! clock.advance_to(engine.next_deadline().unwrap()); // the threshold expires
+//! let report = engine.run_pass(&vms).await;          // reboot
+//! assert_eq!(report.actions[0].action, Action::Reboot);
+//! assert_eq!(engine.record("vm-1").unwrap().phase, Phase::WaitingReboot);
+//! # Ok(()) }
+//! ```
+//!
+//! # In executables
+//!
+//! The binary installs a metrics exporter before building the engine (the
+//! engine registers its series with whatever recorder is installed), gives
+//! it a durable [`StateStore`] and a [`SeriesRemover`] so a departed node's
+//! series disappear, and serves [`HealthManager`] reports on `/healthz` and
+//! `/readyz`.
+
+pub mod checker;
+pub mod component;
+pub mod domain;
+pub mod engine;
+pub mod executor;
+pub mod machine;
+pub mod metrics;
+pub mod observer;
+pub mod policy;
+pub mod store;
+pub mod time;
+
+pub use checker::{CheckError, CheckResult, FnChecker, HealthChecker};
+pub use component::{ComponentState, ComponentStatus, HealthManager, HealthReport};
+pub use domain::{
+    Action, CheckOutcome, FailingCheck, Mode, NodeClass, NodeFacts, NodeRecord, Phase, RECORD_FORMAT_VERSION, Reason,
+};
+pub use engine::{ActionRecord, Controls, Engine, EngineBuilder, EngineConfig, EngineError, PassReport, Target};
+pub use executor::{ExecError, Executor};
+pub use machine::{Budget, Check, Decision, Hold, HoldReason, Observation, PhaseChange};
+pub use metrics::{MetricNames, SeriesKind, SeriesRemover};
+pub use observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
+pub use policy::{Backoff, Escalation, Gates, Limit, Policy, PolicyError};
+pub use store::{MemoryStore, StateStore, StoreError, Stored, Version};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp, TokioClock};
+
+#[cfg(test)]
+mod send_sync {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn key_types_are_send_and_sync() {
+        assert_send_sync::<NodeRecord>();
+        assert_send_sync::<Policy>();
+        assert_send_sync::<MemoryStore>();
+        assert_send_sync::<HealthManager>();
+        assert_send_sync::<Controls>();
+        assert_send_sync::<StoreError>();
+        assert_send_sync::<ExecError>();
+        assert_send_sync::<std::sync::Arc<dyn StateStore>>();
+        assert_send_sync::<std::sync::Arc<dyn HealthChecker<str>>>();
+        assert_send_sync::<std::sync::Arc<dyn Executor<str>>>();
+    }
+
+    #[test]
+    fn engine_futures_are_send() {
+        fn assert_send<F: Send>(_: F) {}
+        struct T;
+        impl Target for T {
+            fn name(&self) -> &str {
+                "t"
+            }
+            fn facts(&self) -> NodeFacts {
+                NodeFacts::default()
+            }
+        }
+        struct E;
+        #[async_trait::async_trait]
+        impl Executor<T> for E {
+            async fn execute(&self, _: Action, _: &T) -> Result<(), ExecError> {
+                Ok(())
+            }
+        }
+        let mut engine = Engine::<T>::builder(std::sync::Arc::new(MemoryStore::new()), std::sync::Arc::new(E))
+            .build()
+            .expect("default engine builds");
+        assert_send(engine.run_pass(&[]));
+    }
+}

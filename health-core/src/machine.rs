@@ -1,0 +1,612 @@
+//! The sans-IO recovery state machine.
+//!
+//! [`step`] is a pure function of (record, observation, policy, budget, now):
+//! it returns the new record, at most one [`Action`], why an action was held
+//! back, and the next instant at which its answer can change. It never reads
+//! a clock, sleeps, spawns or calls out, so it can be driven by an async
+//! engine, a test, a simulation that jumps between deadlines, or a
+//! property test. [`apply_outcome`] folds an executor's result back into the
+//! record.
+//!
+//! # Rules (DESIGN §3)
+//!
+//! * All checkers pass or skip: the node becomes `Healthy` from any phase.
+//!   Counters are kept until it has been healthy for `history_reset_after`.
+//!   A node we cordoned is uncordoned.
+//! * Some checker fails:
+//!   * `Unknown`/`Healthy` become `Unhealthy` (`unhealthy_since = now`).
+//!   * `Unhealthy`, once `now - unhealthy_since` reaches the smallest threshold
+//!     of the failing checkers (and any back-off has passed): reboot
+//!     (`WaitingReboot`, `reboot_count + 1`). A node whose history already
+//!     exhausts the retries escalates instead; one whose failures already
+//!     exceed `max_reboot_failures` goes to `Failed`.
+//!   * `WaitingReboot`, once the class's reboot wait has passed: reboot again,
+//!     or when `reboot_count >= max_reboot_retries` escalate: standard nodes
+//!     with `escalation.replace` go `Draining` (drain, then replace, then
+//!     `WaitingReplace`); everything else goes `Failed`.
+//!   * `WaitingReplace` past `escalation.replace_wait`: `Failed`.
+//!   * `Failed` stays until every checker passes.
+//! * Executor errors ([`apply_outcome`]) count `reboot_failures`, back off,
+//!   and past `max_reboot_failures` send the node to `Failed`. A failed reboot
+//!   is retried no sooner than a full reboot wait after it was issued (its
+//!   outcome may be unknown), plus the back-off.
+//! * Monitor-only mode runs the same lifecycle; the decision's mode says the
+//!   action must not be executed.
+//!
+//! # Safety gates
+//!
+//! Before a disruptive action (reboot, drain, replace) the machine consults
+//! the gates: global pause, stale node source, storm guard, maintenance
+//! window, node being deleted or tainted for removal, per-node opt-out,
+//! start-up grace, and (for starting a new remediation only) `max_in_flight`
+//! and the cluster-wide minimum interval. A gate holds the action back and
+//! says why in [`Decision::hold`]; it never changes the phase or the counters.
+
+use std::time::Duration;
+
+use crate::domain::{Action, CheckOutcome, FailingCheck, Mode, NodeClass, NodeFacts, NodeRecord, Phase};
+use crate::policy::Policy;
+use crate::time::Timestamp;
+
+/// One checker's outcome, as the machine sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Check<'a> {
+    /// The checker's name.
+    pub name: &'a str,
+    /// The checker's threshold.
+    pub threshold: Duration,
+    /// What it found.
+    pub outcome: &'a CheckOutcome,
+}
+
+/// Everything observed about one node in one evaluation.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation<'a> {
+    /// Every checker's outcome.
+    pub checks: &'a [Check<'a>],
+    /// Facts for the safety gates.
+    pub facts: NodeFacts,
+}
+
+/// The cluster-wide state the safety gates consult, computed by the driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Nodes selected for remediation.
+    pub total: u32,
+    /// Selected nodes currently failing a checker.
+    pub unhealthy: u32,
+    /// Selected nodes with a remediation under way ([`Phase::is_in_flight`]).
+    pub in_flight: u32,
+    /// Remediation is paused by an operator.
+    pub paused: bool,
+    /// The node source is stale or unreachable.
+    pub source_stale: bool,
+    /// A maintenance window forbids disruptive actions now.
+    pub window_closed: bool,
+    /// When a remediation was last started anywhere in the cluster.
+    pub last_action_at: Option<Timestamp>,
+}
+
+impl Budget {
+    /// A budget for `total` healthy nodes with nothing in flight.
+    #[must_use]
+    pub fn new(total: u32) -> Self {
+        Budget { total, ..Budget::default() }
+    }
+
+    /// Whether the storm guard is tripped: more than `max_unhealthy` selected
+    /// nodes are failing.
+    #[must_use]
+    pub fn storm(&self, policy: &Policy) -> bool {
+        self.unhealthy > policy.gates.max_unhealthy.resolve_ceil(self.total)
+    }
+
+    /// The resolved `max_in_flight` for this many nodes.
+    #[must_use]
+    pub fn max_in_flight(&self, policy: &Policy) -> u32 {
+        policy.gates.max_in_flight.resolve_floor_at_least_one(self.total)
+    }
+}
+
+/// Why an action was held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HoldReason {
+    /// Remediation is paused.
+    Paused,
+    /// The node source is stale or unreachable.
+    SourceStale,
+    /// Too many nodes are unhealthy at once.
+    StormGuard,
+    /// Outside the maintenance window.
+    MaintenanceWindow,
+    /// The node is being deleted.
+    NodeDeleting,
+    /// The node is tainted for removal or shutdown.
+    TaintedForRemoval,
+    /// The node is opted out of remediation.
+    OptedOut,
+    /// The node is within its start-up grace.
+    StartupGrace,
+    /// Too many remediations are under way.
+    MaxInFlight,
+    /// A remediation started elsewhere too recently.
+    MinActionInterval,
+}
+
+impl HoldReason {
+    /// Every reason, in the order the gates are consulted.
+    pub const ALL: [HoldReason; 10] = [
+        HoldReason::Paused,
+        HoldReason::SourceStale,
+        HoldReason::StormGuard,
+        HoldReason::MaintenanceWindow,
+        HoldReason::NodeDeleting,
+        HoldReason::TaintedForRemoval,
+        HoldReason::OptedOut,
+        HoldReason::StartupGrace,
+        HoldReason::MaxInFlight,
+        HoldReason::MinActionInterval,
+    ];
+
+    /// A stable CamelCase name (a metric label value).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::Paused => "Paused",
+            HoldReason::SourceStale => "SourceStale",
+            HoldReason::StormGuard => "StormGuard",
+            HoldReason::MaintenanceWindow => "MaintenanceWindow",
+            HoldReason::NodeDeleting => "NodeDeleting",
+            HoldReason::TaintedForRemoval => "TaintedForRemoval",
+            HoldReason::OptedOut => "OptedOut",
+            HoldReason::StartupGrace => "StartupGrace",
+            HoldReason::MaxInFlight => "MaxInFlight",
+            HoldReason::MinActionInterval => "MinActionInterval",
+        }
+    }
+
+    /// Whether the hold depends on other nodes or operators (it lifts when the
+    /// budget changes) rather than on this node's own time or facts.
+    #[must_use]
+    pub const fn depends_on_budget(self) -> bool {
+        matches!(
+            self,
+            HoldReason::Paused
+                | HoldReason::SourceStale
+                | HoldReason::StormGuard
+                | HoldReason::MaintenanceWindow
+                | HoldReason::MaxInFlight
+        )
+    }
+}
+
+impl std::fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An action the machine wanted but a gate held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// The action held back.
+    pub action: Action,
+    /// The gate that held it.
+    pub reason: HoldReason,
+    /// When the gate lifts by itself, if it is time-based.
+    pub until: Option<Timestamp>,
+}
+
+/// A change of phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhaseChange {
+    /// The phase before.
+    pub from: Phase,
+    /// The phase after.
+    pub to: Phase,
+}
+
+/// The machine's answer for one node.
+#[must_use = "a decision's record must be persisted and its action performed"]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The new record.
+    pub record: NodeRecord,
+    /// The action to perform, if any (at most one per step).
+    pub action: Option<Action>,
+    /// Whether the action is to be executed or only recorded.
+    pub mode: Mode,
+    /// The record differs from the input and must be persisted.
+    pub changed: bool,
+    /// The phase changed.
+    pub transition: Option<PhaseChange>,
+    /// An action held back by a gate.
+    pub hold: Option<Hold>,
+    /// The next instant at which the decision can change without a new
+    /// observation (`None`: only a new observation or budget can change it).
+    pub next_deadline: Option<Timestamp>,
+}
+
+impl Decision {
+    /// The action an executor must perform: none in monitor-only mode.
+    #[must_use]
+    pub fn action_to_execute(&self) -> Option<Action> {
+        match self.mode {
+            Mode::Active => self.action,
+            Mode::Monitor => None,
+        }
+    }
+}
+
+/// The result of folding an executor's outcome into a record.
+#[must_use = "the updated record must be persisted"]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The updated record.
+    pub record: NodeRecord,
+    /// The record changed.
+    pub changed: bool,
+    /// The phase changed.
+    pub transition: Option<PhaseChange>,
+}
+
+fn later(now: Timestamp, t: Timestamp) -> Option<Timestamp> {
+    (t > now).then_some(t)
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+fn failing_matches(list: &[FailingCheck], checks: &[Check<'_>]) -> bool {
+    let mut remembered = list.iter();
+    for c in checks {
+        if let CheckOutcome::Fail { reason, .. } = c.outcome {
+            match remembered.next() {
+                Some(f) if f.checker == c.name && f.reason == *reason => {}
+                _ => return false,
+            }
+        }
+    }
+    remembered.next().is_none()
+}
+
+fn mode_of(policy: &Policy) -> Mode {
+    if policy.monitor_only { Mode::Monitor } else { Mode::Active }
+}
+
+/// Consults the safety gates for `action`. `starting` is true when the node
+/// has no remediation under way (the action starts a new one).
+fn gate(
+    action: Action,
+    starting: bool,
+    facts: &NodeFacts,
+    budget: &Budget,
+    policy: &Policy,
+    now: Timestamp,
+) -> Option<Hold> {
+    if !action.is_disruptive() {
+        return None;
+    }
+    let hold = |reason, until| Some(Hold { action, reason, until });
+    if budget.paused {
+        return hold(HoldReason::Paused, None);
+    }
+    if budget.source_stale {
+        return hold(HoldReason::SourceStale, None);
+    }
+    if budget.storm(policy) {
+        return hold(HoldReason::StormGuard, None);
+    }
+    if budget.window_closed {
+        return hold(HoldReason::MaintenanceWindow, None);
+    }
+    if facts.deleting {
+        return hold(HoldReason::NodeDeleting, None);
+    }
+    if facts.tainted_for_removal {
+        return hold(HoldReason::TaintedForRemoval, None);
+    }
+    if facts.opted_out {
+        return hold(HoldReason::OptedOut, None);
+    }
+    if let Some(created) = facts.created_at {
+        let end = created + policy.gates.startup_grace;
+        if end > now {
+            return hold(HoldReason::StartupGrace, Some(end));
+        }
+    }
+    if starting {
+        if budget.in_flight >= budget.max_in_flight(policy) {
+            return hold(HoldReason::MaxInFlight, None);
+        }
+        if let Some(last) = budget.last_action_at
+            && !policy.gates.min_action_interval.is_zero()
+        {
+            let end = last + policy.gates.min_action_interval;
+            if end > now {
+                return hold(HoldReason::MinActionInterval, Some(end));
+            }
+        }
+    }
+    None
+}
+
+/// What the failing branch wants to do before gates are consulted.
+enum Want {
+    Nothing,
+    Act(Action),
+    Fail,
+}
+
+fn escalate(record: &NodeRecord, policy: &Policy) -> Want {
+    if record.class == NodeClass::Standard && policy.escalation.replace && record.replace_count == 0 {
+        Want::Act(Action::Drain)
+    } else {
+        Want::Fail
+    }
+}
+
+fn apply_action(record: &mut NodeRecord, action: Action, now: Timestamp) {
+    match action {
+        Action::Reboot => {
+            record.phase = Phase::WaitingReboot;
+            record.reboot_count = record.reboot_count.saturating_add(1);
+        }
+        Action::Drain => {
+            record.phase = Phase::Draining;
+            record.cordoned = true;
+            record.drained = false;
+        }
+        Action::Replace => {
+            record.phase = Phase::WaitingReplace;
+            record.replace_count = record.replace_count.saturating_add(1);
+            record.drained = false;
+        }
+        Action::Uncordon => return,
+    }
+    record.last_action_at = Some(now);
+    record.last_action = Some(action);
+    record.not_before = None;
+}
+
+/// Evaluates one node: the pure decision of the recovery machine.
+///
+/// `record` is taken by value and returned in the [`Decision`], so the
+/// healthy steady state moves it without copying or allocating.
+pub fn step(
+    mut record: NodeRecord,
+    obs: &Observation<'_>,
+    policy: &Policy,
+    budget: &Budget,
+    now: Timestamp,
+) -> Decision {
+    let initial_phase = record.phase;
+    let mut changed = false;
+
+    if record.class != obs.facts.class {
+        record.class = obs.facts.class;
+        changed = true;
+    }
+
+    let mut min_threshold: Option<Duration> = None;
+    for c in obs.checks {
+        if c.outcome.is_fail() {
+            min_threshold = Some(min_threshold.map_or(c.threshold, |t| t.min(c.threshold)));
+        }
+    }
+    if !failing_matches(&record.failing, obs.checks) {
+        record.failing = obs
+            .checks
+            .iter()
+            .filter_map(|c| match c.outcome {
+                CheckOutcome::Fail { reason, .. } => {
+                    Some(FailingCheck { checker: c.name.to_owned(), reason: reason.to_string() })
+                }
+                _ => None,
+            })
+            .collect();
+        changed = true;
+    }
+
+    let mut action = None;
+    let mut hold = None;
+    let mut next: Option<Timestamp> = None;
+
+    match min_threshold {
+        None => {
+            if record.phase != Phase::Healthy {
+                record.phase = Phase::Healthy;
+                record.healthy_since = Some(now);
+                record.unhealthy_since = None;
+                record.drained = false;
+                changed = true;
+            }
+            let healthy_since = match record.healthy_since {
+                Some(t) => t,
+                None => {
+                    record.healthy_since = Some(now);
+                    changed = true;
+                    now
+                }
+            };
+            if record.has_history() {
+                let reset_at = healthy_since + policy.history_reset_after;
+                if now >= reset_at {
+                    record.reboot_count = 0;
+                    record.reboot_failures = 0;
+                    record.replace_count = 0;
+                    record.not_before = None;
+                    changed = true;
+                } else {
+                    next = Some(reset_at);
+                }
+            }
+            if record.cordoned {
+                match record.not_before.and_then(|t| later(now, t)) {
+                    Some(t) => next = earliest(next, Some(t)),
+                    None => action = Some(Action::Uncordon),
+                }
+            }
+        }
+        Some(min_threshold) => {
+            if matches!(record.phase, Phase::Unknown | Phase::Healthy) {
+                record.phase = Phase::Unhealthy;
+                record.unhealthy_since = Some(now);
+                record.healthy_since = None;
+                changed = true;
+            }
+            if record.unhealthy_since.is_none() {
+                record.unhealthy_since = Some(now);
+                record.healthy_since = None;
+                changed = true;
+            }
+            if record.phase.is_in_flight() && record.last_action_at.is_none() {
+                // A record written by hand or by an older version: start the wait now.
+                record.last_action_at = Some(now);
+                changed = true;
+            }
+            let unhealthy_since = record.unhealthy_since.unwrap_or(now);
+            let last_action_at = record.last_action_at.unwrap_or(now);
+            let not_before = record.not_before.unwrap_or(Timestamp::EPOCH);
+
+            let (want, due) = match record.phase {
+                Phase::Unhealthy => {
+                    let due = (unhealthy_since + min_threshold).max(not_before);
+                    let want = if now < due {
+                        Want::Nothing
+                    } else if record.reboot_failures > policy.max_reboot_failures {
+                        Want::Fail
+                    } else if record.reboot_count >= policy.max_reboot_retries {
+                        escalate(&record, policy)
+                    } else {
+                        Want::Act(Action::Reboot)
+                    };
+                    (want, due)
+                }
+                Phase::WaitingReboot => {
+                    let due = (last_action_at + policy.reboot_wait_for(record.class)).max(not_before);
+                    let want = if now < due {
+                        Want::Nothing
+                    } else if record.reboot_count >= policy.max_reboot_retries {
+                        escalate(&record, policy)
+                    } else {
+                        Want::Act(Action::Reboot)
+                    };
+                    (want, due)
+                }
+                Phase::Draining => {
+                    let want = if now < not_before {
+                        Want::Nothing
+                    } else if record.drained {
+                        Want::Act(Action::Replace)
+                    } else {
+                        Want::Act(Action::Drain)
+                    };
+                    (want, not_before)
+                }
+                Phase::WaitingReplace => {
+                    let due = last_action_at + policy.escalation.replace_wait;
+                    (if now < due { Want::Nothing } else { Want::Fail }, due)
+                }
+                Phase::Failed | Phase::Unknown | Phase::Healthy => (Want::Nothing, Timestamp::EPOCH),
+            };
+
+            match want {
+                Want::Nothing => next = later(now, due),
+                Want::Fail => {
+                    record.phase = Phase::Failed;
+                    changed = true;
+                }
+                Want::Act(a) => {
+                    let starting = !record.phase.is_in_flight();
+                    match gate(a, starting, &obs.facts, budget, policy, now) {
+                        Some(h) => {
+                            next = h.until;
+                            hold = Some(h);
+                        }
+                        None => {
+                            apply_action(&mut record, a, now);
+                            action = Some(a);
+                            changed = true;
+                            next = match record.phase {
+                                Phase::WaitingReboot => Some(now + policy.reboot_wait_for(record.class)),
+                                Phase::WaitingReplace => Some(now + policy.escalation.replace_wait),
+                                // Draining continues as soon as the drain's outcome is known.
+                                _ => None,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let transition = (record.phase != initial_phase).then_some(PhaseChange { from: initial_phase, to: record.phase });
+    if transition.is_some() {
+        record.last_transition_at = Some(now);
+    }
+    Decision { record, action, mode: mode_of(policy), changed, transition, hold, next_deadline: next }
+}
+
+/// Folds the outcome of performing `action` into the record produced by the
+/// [`step`] that asked for it. In monitor-only mode drivers report success.
+pub fn apply_outcome(
+    mut record: NodeRecord,
+    action: Action,
+    succeeded: bool,
+    policy: &Policy,
+    now: Timestamp,
+) -> Applied {
+    let initial_phase = record.phase;
+    let before = record.clone();
+    let backoff = policy.failure_backoff;
+    match (action, succeeded) {
+        (Action::Reboot | Action::Replace, true) => {}
+        (Action::Drain, true) => {
+            if record.phase == Phase::Draining {
+                record.drained = true;
+            }
+        }
+        (Action::Uncordon, true) => record.cordoned = false,
+        (Action::Uncordon, false) => record.not_before = Some(now + backoff.delay(1)),
+        (Action::Reboot, false) => {
+            record.reboot_failures = record.reboot_failures.saturating_add(1);
+            if record.phase == Phase::WaitingReboot && record.last_action == Some(Action::Reboot) {
+                record.reboot_count = record.reboot_count.saturating_sub(1);
+                record.phase = Phase::Unhealthy;
+            }
+            // The reboot may still happen (a timeout leaves it unknown): never
+            // retry sooner than a full reboot wait after issuing it.
+            let issued = record.last_action_at.unwrap_or(now);
+            record.not_before =
+                Some(issued + policy.reboot_wait_for(record.class) + backoff.delay(record.reboot_failures));
+        }
+        (Action::Drain, false) => {
+            record.reboot_failures = record.reboot_failures.saturating_add(1);
+            record.not_before = Some(now + backoff.delay(record.reboot_failures));
+        }
+        (Action::Replace, false) => {
+            record.reboot_failures = record.reboot_failures.saturating_add(1);
+            if record.phase == Phase::WaitingReplace {
+                record.replace_count = record.replace_count.saturating_sub(1);
+                record.phase = Phase::Draining;
+                record.drained = true;
+            }
+            record.not_before = Some(now + backoff.delay(record.reboot_failures));
+        }
+    }
+    if !succeeded && action.is_disruptive() && record.reboot_failures > policy.max_reboot_failures {
+        record.phase = Phase::Failed;
+    }
+    let transition = (record.phase != initial_phase).then_some(PhaseChange { from: initial_phase, to: record.phase });
+    if transition.is_some() {
+        record.last_transition_at = Some(now);
+    }
+    let changed = record != before;
+    Applied { record, changed, transition }
+}

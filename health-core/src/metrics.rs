@@ -1,0 +1,273 @@
+//! Metric names (DESIGN §7) and per-node series handles.
+//!
+//! The engine emits through the [`metrics`] facade only; the binary installs
+//! an exporter. Names are `{prefix}_{name}`, with the prefix configurable
+//! (default `civo_node_agent`, the names of Civo's Go agent).
+//!
+//! The facade cannot delete a series, so when a node leaves the engine hands
+//! every per-node key to a [`SeriesRemover`], implemented by the recorder
+//! the binary installs (or a test recorder).
+
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Unit};
+
+use crate::domain::{Action, Mode, Phase};
+
+/// The default metric name prefix (that of Civo's Go node-agent).
+pub const DEFAULT_PREFIX: &str = "civo_node_agent";
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// The kind of a metric series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SeriesKind {
+    /// A counter.
+    Counter,
+    /// A gauge.
+    Gauge,
+    /// A histogram.
+    Histogram,
+}
+
+/// Removes series from the installed recorder when their node goes away.
+pub trait SeriesRemover: Send + Sync {
+    /// Forgets the series `key` of `kind`; unknown keys are ignored.
+    fn remove_series(&self, kind: SeriesKind, key: &Key);
+}
+
+impl<R: SeriesRemover + ?Sized> SeriesRemover for std::sync::Arc<R> {
+    fn remove_series(&self, kind: SeriesKind, key: &Key) {
+        (**self).remove_series(kind, key);
+    }
+}
+
+/// The full metric names for one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricNames {
+    /// `{prefix}_health_check_total{node,checker,result=pass|fail}` (counter).
+    pub health_check_total: String,
+    /// `{prefix}_recovery_actions_total{node,action,mode=monitor|active}` (counter).
+    pub recovery_actions_total: String,
+    /// `{prefix}_recovery_failures_total{node,action}` (counter).
+    pub recovery_failures_total: String,
+    /// `{prefix}_reconcile_errors_total{reason}` (counter).
+    pub reconcile_errors_total: String,
+    /// `{prefix}_node_unhealthy_duration_seconds{node}` (gauge).
+    pub node_unhealthy_duration_seconds: String,
+    /// `{prefix}_recovery_phase{node,phase}` (gauge, one-hot).
+    pub recovery_phase: String,
+    /// `{prefix}_storm_guard_active` (gauge, 0 or 1).
+    pub storm_guard_active: String,
+    /// `{prefix}_unhealthy_nodes` (gauge).
+    pub unhealthy_nodes: String,
+    /// `{prefix}_selected_nodes` (gauge).
+    pub selected_nodes: String,
+    /// `{prefix}_remediations_in_flight` (gauge).
+    pub remediations_in_flight: String,
+    /// `{prefix}_actions_held_total{reason}` (counter).
+    pub actions_held_total: String,
+    /// `{prefix}_evaluation_duration_seconds` (histogram, one per pass).
+    pub evaluation_duration_seconds: String,
+}
+
+impl MetricNames {
+    /// The names under `prefix` (no trailing underscore).
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        let n = |s: &str| format!("{prefix}_{s}");
+        MetricNames {
+            health_check_total: n("health_check_total"),
+            recovery_actions_total: n("recovery_actions_total"),
+            recovery_failures_total: n("recovery_failures_total"),
+            reconcile_errors_total: n("reconcile_errors_total"),
+            node_unhealthy_duration_seconds: n("node_unhealthy_duration_seconds"),
+            recovery_phase: n("recovery_phase"),
+            storm_guard_active: n("storm_guard_active"),
+            unhealthy_nodes: n("unhealthy_nodes"),
+            selected_nodes: n("selected_nodes"),
+            remediations_in_flight: n("remediations_in_flight"),
+            actions_held_total: n("actions_held_total"),
+            evaluation_duration_seconds: n("evaluation_duration_seconds"),
+        }
+    }
+
+    /// Registers HELP text and units with the installed recorder.
+    pub fn describe(&self) {
+        metrics::with_recorder(|r| {
+            let c = |name: &String, unit: Option<Unit>, help: &'static str| {
+                r.describe_counter(name.clone().into(), unit, help.into())
+            };
+            let g = |name: &String, unit: Option<Unit>, help: &'static str| {
+                r.describe_gauge(name.clone().into(), unit, help.into())
+            };
+            c(&self.health_check_total, None, "Health check evaluations per node, checker and result (pass or fail).");
+            c(
+                &self.recovery_actions_total,
+                None,
+                "Recovery actions decided per node, action and mode (monitor: recorded only; active: executed).",
+            );
+            c(
+                &self.recovery_failures_total,
+                None,
+                "Recovery actions the executor reported failed, per node and action.",
+            );
+            c(
+                &self.reconcile_errors_total,
+                None,
+                "Errors of the reconcile loop itself (state store, node source), by reason.",
+            );
+            g(
+                &self.node_unhealthy_duration_seconds,
+                Some(Unit::Seconds),
+                "Seconds since the node's current unhealthy episode began (0 when healthy).",
+            );
+            g(&self.recovery_phase, None, "Current recovery phase of each node (one-hot: 1 for the current phase).");
+            g(&self.storm_guard_active, None, "1 while the storm guard holds back new remediations, else 0.");
+            g(&self.unhealthy_nodes, None, "Selected nodes currently failing at least one checker.");
+            g(&self.selected_nodes, None, "Nodes selected for evaluation.");
+            g(
+                &self.remediations_in_flight,
+                None,
+                "Nodes with a remediation under way (waiting reboot, draining, waiting replace).",
+            );
+            c(&self.actions_held_total, None, "Actions held back by a safety gate, by gate.");
+            r.describe_histogram(
+                self.evaluation_duration_seconds.clone().into(),
+                Some(Unit::Seconds),
+                "Duration of one evaluation pass over the selected nodes.".into(),
+            );
+        });
+    }
+
+    pub(crate) fn counter(&self, key: &Key) -> Counter {
+        metrics::with_recorder(|r| r.register_counter(key, &METADATA))
+    }
+
+    pub(crate) fn gauge(&self, key: &Key) -> Gauge {
+        metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
+    }
+
+    pub(crate) fn histogram(&self, key: &Key) -> metrics::Histogram {
+        metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
+    }
+
+    pub(crate) fn check_key(&self, node: &str, checker: &str, pass: bool) -> Key {
+        let result = if pass { "pass" } else { "fail" };
+        Key::from_parts(
+            self.health_check_total.clone(),
+            vec![
+                Label::new("node", node.to_owned()),
+                Label::new("checker", checker.to_owned()),
+                Label::new("result", result),
+            ],
+        )
+    }
+
+    pub(crate) fn action_key(&self, node: &str, action: Action, mode: Mode) -> Key {
+        Key::from_parts(
+            self.recovery_actions_total.clone(),
+            vec![
+                Label::new("node", node.to_owned()),
+                Label::new("action", action.as_str()),
+                Label::new("mode", mode.as_str()),
+            ],
+        )
+    }
+
+    pub(crate) fn failure_key(&self, node: &str, action: Action) -> Key {
+        Key::from_parts(
+            self.recovery_failures_total.clone(),
+            vec![Label::new("node", node.to_owned()), Label::new("action", action.as_str())],
+        )
+    }
+
+    pub(crate) fn phase_key(&self, node: &str, phase: Phase) -> Key {
+        Key::from_parts(
+            self.recovery_phase.clone(),
+            vec![Label::new("node", node.to_owned()), Label::new("phase", phase.as_str())],
+        )
+    }
+
+    pub(crate) fn unhealthy_key(&self, node: &str) -> Key {
+        Key::from_parts(self.node_unhealthy_duration_seconds.clone(), vec![Label::new("node", node.to_owned())])
+    }
+
+    pub(crate) fn labelled(&self, name: &str, label: &'static str, value: &'static str) -> Key {
+        Key::from_parts(name.to_owned(), vec![Label::new(label, value)])
+    }
+
+    /// Every per-node series key the engine may have created for `node`.
+    pub(crate) fn node_series(&self, node: &str, checkers: &[String]) -> Vec<(SeriesKind, Key)> {
+        let mut keys = Vec::new();
+        for checker in checkers {
+            for pass in [true, false] {
+                keys.push((SeriesKind::Counter, self.check_key(node, checker, pass)));
+            }
+        }
+        for action in Action::ALL {
+            for mode in [Mode::Monitor, Mode::Active] {
+                keys.push((SeriesKind::Counter, self.action_key(node, action, mode)));
+            }
+            keys.push((SeriesKind::Counter, self.failure_key(node, action)));
+        }
+        for phase in Phase::ALL {
+            keys.push((SeriesKind::Gauge, self.phase_key(node, phase)));
+        }
+        keys.push((SeriesKind::Gauge, self.unhealthy_key(node)));
+        keys
+    }
+}
+
+/// The phases exported in the one-hot `recovery_phase` gauge (all but `Unknown`).
+pub(crate) const EXPORTED_PHASES: [Phase; 6] =
+    [Phase::Healthy, Phase::Unhealthy, Phase::WaitingReboot, Phase::Draining, Phase::WaitingReplace, Phase::Failed];
+
+/// Cached handles for the series updated on every evaluation of one node, so
+/// the steady state neither builds keys nor allocates.
+pub(crate) struct NodeSeries {
+    /// Per checker: (pass, fail) counters.
+    pub(crate) checks: Vec<(Counter, Counter)>,
+    /// One gauge per [`EXPORTED_PHASES`] entry.
+    pub(crate) phases: [Gauge; 6],
+    /// Unhealthy duration.
+    pub(crate) unhealthy: Gauge,
+}
+
+impl NodeSeries {
+    pub(crate) fn register(names: &MetricNames, node: &str, checkers: &[String]) -> Self {
+        NodeSeries {
+            checks: checkers
+                .iter()
+                .map(|c| {
+                    (names.counter(&names.check_key(node, c, true)), names.counter(&names.check_key(node, c, false)))
+                })
+                .collect(),
+            phases: EXPORTED_PHASES.map(|p| names.gauge(&names.phase_key(node, p))),
+            unhealthy: names.gauge(&names.unhealthy_key(node)),
+        }
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        for (g, p) in self.phases.iter().zip(EXPORTED_PHASES) {
+            g.set(if p == phase { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let n = MetricNames::new(DEFAULT_PREFIX);
+        assert_eq!(n.health_check_total, "civo_node_agent_health_check_total");
+        assert_eq!(n.recovery_phase, "civo_node_agent_recovery_phase");
+        assert_eq!(n.node_unhealthy_duration_seconds, "civo_node_agent_node_unhealthy_duration_seconds");
+        let m = MetricNames::new("acme");
+        assert_eq!(m.reconcile_errors_total, "acme_reconcile_errors_total");
+        let keys = n.node_series("n1", &["NodeReady".to_owned()]);
+        // 2 check + 4 actions x (2 modes + 1 failure) + 7 phases + 1 duration.
+        assert_eq!(keys.len(), 2 + 12 + 7 + 1);
+        assert!(keys.iter().all(|(_, k)| k.labels().any(|l| l.key() == "node" && l.value() == "n1")));
+    }
+}

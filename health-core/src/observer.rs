@@ -1,0 +1,112 @@
+//! Observers of what the engine decides and does.
+//!
+//! Observers are called synchronously by the engine after the state change
+//! is persisted; one that needs I/O (a Kubernetes Event, a webhook) should
+//! hand the event to a queue and return.
+
+use std::sync::Arc;
+
+use crate::domain::{Action, Mode, NodeRecord, Phase};
+use crate::executor::ExecError;
+use crate::machine::Hold;
+use crate::time::Timestamp;
+
+/// A node changed phase.
+#[derive(Debug)]
+pub struct TransitionEvent<'a> {
+    /// The node's name.
+    pub node: &'a str,
+    /// The phase before.
+    pub from: Phase,
+    /// The phase after.
+    pub to: Phase,
+    /// When.
+    pub at: Timestamp,
+    /// The record after the change.
+    pub record: &'a NodeRecord,
+    /// The engine's mode.
+    pub mode: Mode,
+}
+
+/// An action was performed (active mode) or recorded (monitor mode).
+#[derive(Debug)]
+pub struct ActionEvent<'a> {
+    /// The node's name.
+    pub node: &'a str,
+    /// The action.
+    pub action: Action,
+    /// Executed (`Active`) or only recorded (`Monitor`).
+    pub mode: Mode,
+    /// When it finished.
+    pub at: Timestamp,
+    /// The executor's error, if it failed.
+    pub error: Option<&'a ExecError>,
+}
+
+/// A gate started holding an action back for a node (reported once per change).
+#[derive(Debug)]
+pub struct HoldEvent<'a> {
+    /// The node's name.
+    pub node: &'a str,
+    /// The hold.
+    pub hold: &'a Hold,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// The storm guard tripped or cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StormEvent {
+    /// Whether the guard is now holding new remediations back.
+    pub active: bool,
+    /// Unhealthy selected nodes.
+    pub unhealthy: u32,
+    /// Selected nodes.
+    pub total: u32,
+    /// The resolved `max_unhealthy`.
+    pub limit: u32,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Receives engine events. Every method has a no-op default.
+pub trait Observer<T: ?Sized>: Send + Sync {
+    /// A node changed phase.
+    fn on_transition(&self, _target: &T, _event: &TransitionEvent<'_>) {}
+    /// An action finished (or was recorded in monitor mode).
+    fn on_action(&self, _target: &T, _event: &ActionEvent<'_>) {}
+    /// A gate began holding an action back.
+    fn on_hold(&self, _target: &T, _event: &HoldEvent<'_>) {}
+    /// The storm guard changed state.
+    fn on_storm_guard(&self, _event: &StormEvent) {}
+}
+
+impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Arc<O> {
+    fn on_transition(&self, target: &T, event: &TransitionEvent<'_>) {
+        (**self).on_transition(target, event);
+    }
+    fn on_action(&self, target: &T, event: &ActionEvent<'_>) {
+        (**self).on_action(target, event);
+    }
+    fn on_hold(&self, target: &T, event: &HoldEvent<'_>) {
+        (**self).on_hold(target, event);
+    }
+    fn on_storm_guard(&self, event: &StormEvent) {
+        (**self).on_storm_guard(event);
+    }
+}
+
+impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Box<O> {
+    fn on_transition(&self, target: &T, event: &TransitionEvent<'_>) {
+        (**self).on_transition(target, event);
+    }
+    fn on_action(&self, target: &T, event: &ActionEvent<'_>) {
+        (**self).on_action(target, event);
+    }
+    fn on_hold(&self, target: &T, event: &HoldEvent<'_>) {
+        (**self).on_hold(target, event);
+    }
+    fn on_storm_guard(&self, event: &StormEvent) {
+        (**self).on_storm_guard(event);
+    }
+}

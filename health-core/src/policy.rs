@@ -1,0 +1,580 @@
+//! The remediation policy: waits, limits, escalation and safety gates.
+//!
+//! [`Policy`] is a plain struct with DESIGN §3 defaults; [`Policy::validate`]
+//! rejects values that would make the agent unsafe, naming the field and the
+//! accepted form. Durations deserialise from human strings (`"10m"`, `"1h 30m"`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::domain::NodeClass;
+
+/// The largest accepted `max_reboot_failures`: more would let a broken cloud
+/// API be hammered for hours.
+pub const MAX_REBOOT_FAILURES_CAP: u32 = 10;
+
+/// A policy value that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A duration that must be positive is zero.
+    #[error("{field} must be a positive duration such as \"10m\", got 0")]
+    ZeroDuration {
+        /// The policy field, dotted (`reboot_wait`, `escalation.replace_wait`).
+        field: &'static str,
+    },
+    /// A number is above its cap.
+    #[error("{field} must be at most {max}, got {value}")]
+    TooLarge {
+        /// The policy field.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest accepted value.
+        max: u64,
+    },
+    /// A number is below its minimum.
+    #[error("{field} must be at least {min}, got {value}")]
+    TooSmall {
+        /// The policy field.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// The smallest accepted value.
+        min: u64,
+    },
+    /// A limit is neither a count nor a percentage.
+    #[error(
+        "{field}: invalid limit {value:?}: expected a whole count such as 3 or a percentage from 0% to 100% such as \"20%\""
+    )]
+    InvalidLimit {
+        /// The policy field.
+        field: &'static str,
+        /// The text given.
+        value: String,
+    },
+    /// Two durations contradict each other.
+    #[error("{field} ({value:?}) must not be shorter than {other} ({other_value:?})")]
+    Inconsistent {
+        /// The policy field.
+        field: &'static str,
+        /// Its value.
+        value: Duration,
+        /// The field it is compared with.
+        other: &'static str,
+        /// That field's value.
+        other_value: Duration,
+    },
+}
+
+/// A limit over a set of nodes: an absolute count, or a percentage of the
+/// selected nodes. Written `3` or `"20%"` (decimals allowed: `"12.5%"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// At most this many nodes.
+    Count(u32),
+    /// At most this share of the nodes, in basis points (1% = 100).
+    Percent(u32),
+}
+
+impl Limit {
+    /// A percentage limit; `pct` is clamped to 0..=100.
+    #[must_use]
+    pub fn percent(pct: u32) -> Self {
+        Limit::Percent(pct.min(100) * 100)
+    }
+
+    /// The limit for `total` nodes, rounding a percentage up
+    /// (20% of 6 nodes is 2).
+    #[must_use]
+    pub fn resolve_ceil(self, total: u32) -> u32 {
+        match self {
+            Limit::Count(n) => n,
+            Limit::Percent(bp) => {
+                let v = (u64::from(total) * u64::from(bp)).div_ceil(10_000);
+                u32::try_from(v).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    /// The limit for `total` nodes, rounding a percentage down but never
+    /// below 1 (10% of 15 nodes is 1, of 25 nodes 2).
+    #[must_use]
+    pub fn resolve_floor_at_least_one(self, total: u32) -> u32 {
+        match self {
+            Limit::Count(n) => n,
+            Limit::Percent(bp) => {
+                let v = (u64::from(total) * u64::from(bp)) / 10_000;
+                u32::try_from(v).unwrap_or(u32::MAX).max(1)
+            }
+        }
+    }
+
+    /// Parses `3` or `"20%"`; `field` names the setting in the error.
+    pub fn parse(field: &'static str, text: &str) -> Result<Self, PolicyError> {
+        let invalid = || PolicyError::InvalidLimit { field, value: text.to_owned() };
+        let t = text.trim();
+        if let Some(num) = t.strip_suffix('%') {
+            let num = num.trim_end();
+            if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit() || b == b'.') || num.starts_with('.') {
+                return Err(invalid());
+            }
+            let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+            if frac.len() > 2 || frac.contains('.') || (num.contains('.') && frac.is_empty()) {
+                return Err(invalid());
+            }
+            let whole: u32 = whole.parse().map_err(|_| invalid())?;
+            let frac_bp: u32 = match frac.len() {
+                0 => 0,
+                1 => frac.parse::<u32>().map_err(|_| invalid())? * 10,
+                _ => frac.parse::<u32>().map_err(|_| invalid())?,
+            };
+            let bp = whole.checked_mul(100).and_then(|w| w.checked_add(frac_bp)).ok_or_else(invalid)?;
+            if bp > 10_000 {
+                return Err(invalid());
+            }
+            Ok(Limit::Percent(bp))
+        } else if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            t.parse().map(Limit::Count).map_err(|_| invalid())
+        } else {
+            Err(invalid())
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Limit::Count(n) => write!(f, "{n}"),
+            Limit::Percent(bp) if bp % 100 == 0 => write!(f, "{}%", bp / 100),
+            Limit::Percent(bp) => {
+                let frac = format!("{:02}", bp % 100);
+                write!(f, "{}.{}%", bp / 100, frac.trim_end_matches('0'))
+            }
+        }
+    }
+}
+
+impl FromStr for Limit {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Limit::parse("limit", s)
+    }
+}
+
+impl Serialize for Limit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Limit::Count(n) => s.serialize_u32(n),
+            Limit::Percent(_) => s.collect_str(self),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a whole count such as 3 or a percentage such as \"20%\""))?
+        {
+            Raw::Int(n) => u32::try_from(n).map(Limit::Count).map_err(|_| {
+                serde::de::Error::custom(format!("invalid limit {n}: expected a whole count from 0 to {}", u32::MAX))
+            }),
+            Raw::Text(t) => Limit::parse("limit", &t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Serde helpers for human-readable durations (`"10m"`, `"1h 30m"`, `"250ms"`).
+pub mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialises a duration as a human string.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    /// Deserialises a human duration string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}): expected a number with a unit such as \"90s\", \"10m\" or \"1h 30m\""
+            ))
+        })
+    }
+}
+
+/// Back-off applied after a failed action: `initial`, doubling per failure,
+/// capped at `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backoff {
+    /// Delay after the first failure.
+    #[serde(with = "duration_str")]
+    pub initial: Duration,
+    /// Largest delay.
+    #[serde(with = "duration_str")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_secs(60), max: Duration::from_secs(30 * 60) }
+    }
+}
+
+impl Backoff {
+    /// The delay after the `failures`-th consecutive failure (1-based; 0 gives zero).
+    #[must_use]
+    pub fn delay(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// What happens when reboots do not help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Escalation {
+    /// Drain and replace standard nodes whose reboots are exhausted
+    /// (GPU nodes are never replaced). Default off.
+    pub replace: bool,
+    /// How long to wait for a replaced node to go away before giving up.
+    #[serde(with = "duration_str")]
+    pub replace_wait: Duration,
+}
+
+impl Default for Escalation {
+    fn default() -> Self {
+        Escalation { replace: false, replace_wait: Duration::from_secs(30 * 60) }
+    }
+}
+
+/// Safety gates consulted before any disruptive action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gates {
+    /// Start nothing new while more than this many selected nodes are unhealthy
+    /// (percentages round up). Default `20%`.
+    pub max_unhealthy: Limit,
+    /// Remediations under way at once (percentages round down, at least 1).
+    /// Default `10%`: one per ten nodes.
+    pub max_in_flight: Limit,
+    /// No action for a node this soon after its creation. Default 10m.
+    #[serde(with = "duration_str")]
+    pub startup_grace: Duration,
+    /// Minimum time between two remediations started anywhere in the cluster.
+    /// Default 0 (off).
+    #[serde(with = "duration_str")]
+    pub min_action_interval: Duration,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            max_unhealthy: Limit::percent(20),
+            max_in_flight: Limit::percent(10),
+            startup_grace: Duration::from_secs(10 * 60),
+            min_action_interval: Duration::ZERO,
+        }
+    }
+}
+
+/// The full remediation policy (DESIGN §3 defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Run the lifecycle without calling the executor. Default on.
+    pub monitor_only: bool,
+    /// Wait after a reboot of a standard node. Default 10m.
+    #[serde(with = "duration_str")]
+    pub reboot_wait: Duration,
+    /// Wait after a reboot of a GPU node. Default 40m.
+    #[serde(with = "duration_str")]
+    pub gpu_reboot_wait: Duration,
+    /// Reboots before escalating (or giving up). Default 5.
+    pub max_reboot_retries: u32,
+    /// Failed actions tolerated; one more sends the node to `Failed`.
+    /// Default 3, at most [`MAX_REBOOT_FAILURES_CAP`].
+    pub max_reboot_failures: u32,
+    /// Back-off after failed actions.
+    pub failure_backoff: Backoff,
+    /// Remediation history is forgotten after this long continuously healthy. Default 30m.
+    #[serde(with = "duration_str")]
+    pub history_reset_after: Duration,
+    /// Escalation past reboots.
+    pub escalation: Escalation,
+    /// Safety gates.
+    pub gates: Gates,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            monitor_only: true,
+            reboot_wait: Duration::from_secs(10 * 60),
+            gpu_reboot_wait: Duration::from_secs(40 * 60),
+            max_reboot_retries: 5,
+            max_reboot_failures: 3,
+            failure_backoff: Backoff::default(),
+            history_reset_after: Duration::from_secs(30 * 60),
+            escalation: Escalation::default(),
+            gates: Gates::default(),
+        }
+    }
+}
+
+impl Policy {
+    /// Checks every field; the first problem is returned.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let positive = [
+            ("reboot_wait", self.reboot_wait),
+            ("gpu_reboot_wait", self.gpu_reboot_wait),
+            ("history_reset_after", self.history_reset_after),
+            ("failure_backoff.initial", self.failure_backoff.initial),
+            ("failure_backoff.max", self.failure_backoff.max),
+            ("escalation.replace_wait", self.escalation.replace_wait),
+        ];
+        for (field, d) in positive {
+            if d.is_zero() {
+                return Err(PolicyError::ZeroDuration { field });
+            }
+        }
+        if self.failure_backoff.max < self.failure_backoff.initial {
+            return Err(PolicyError::Inconsistent {
+                field: "failure_backoff.max",
+                value: self.failure_backoff.max,
+                other: "failure_backoff.initial",
+                other_value: self.failure_backoff.initial,
+            });
+        }
+        if self.max_reboot_failures > MAX_REBOOT_FAILURES_CAP {
+            return Err(PolicyError::TooLarge {
+                field: "max_reboot_failures",
+                value: u64::from(self.max_reboot_failures),
+                max: u64::from(MAX_REBOOT_FAILURES_CAP),
+            });
+        }
+        if self.max_reboot_retries == 0 {
+            return Err(PolicyError::TooSmall { field: "max_reboot_retries", value: 0, min: 1 });
+        }
+        for (field, limit) in
+            [("gates.max_unhealthy", self.gates.max_unhealthy), ("gates.max_in_flight", self.gates.max_in_flight)]
+        {
+            if let Limit::Percent(bp) = limit
+                && bp > 10_000
+            {
+                return Err(PolicyError::InvalidLimit { field, value: limit.to_string() });
+            }
+        }
+        if self.gates.max_in_flight == Limit::Count(0) {
+            return Err(PolicyError::TooSmall { field: "gates.max_in_flight", value: 0, min: 1 });
+        }
+        Ok(())
+    }
+
+    /// The reboot wait for a node class.
+    #[must_use]
+    pub fn reboot_wait_for(&self, class: NodeClass) -> Duration {
+        match class {
+            NodeClass::Standard => self.reboot_wait,
+            NodeClass::Gpu => self.gpu_reboot_wait,
+        }
+    }
+
+    /// Sets monitor-only mode.
+    #[must_use]
+    pub fn with_monitor_only(mut self, on: bool) -> Self {
+        self.monitor_only = on;
+        self
+    }
+
+    /// Sets the standard and GPU reboot waits.
+    #[must_use]
+    pub fn with_reboot_waits(mut self, standard: Duration, gpu: Duration) -> Self {
+        self.reboot_wait = standard;
+        self.gpu_reboot_wait = gpu;
+        self
+    }
+
+    /// Sets `max_reboot_retries`.
+    #[must_use]
+    pub fn with_max_reboot_retries(mut self, n: u32) -> Self {
+        self.max_reboot_retries = n;
+        self
+    }
+
+    /// Sets `max_reboot_failures`.
+    #[must_use]
+    pub fn with_max_reboot_failures(mut self, n: u32) -> Self {
+        self.max_reboot_failures = n;
+        self
+    }
+
+    /// Enables or disables drain-and-replace escalation.
+    #[must_use]
+    pub fn with_replace(mut self, on: bool) -> Self {
+        self.escalation.replace = on;
+        self
+    }
+
+    /// Replaces the safety gates.
+    #[must_use]
+    pub fn with_gates(mut self, gates: Gates) -> Self {
+        self.gates = gates;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let p = Policy::default();
+        assert!(p.monitor_only);
+        assert_eq!(p.reboot_wait, Duration::from_secs(600));
+        assert_eq!(p.gpu_reboot_wait, Duration::from_secs(2400));
+        assert_eq!(p.max_reboot_retries, 5);
+        assert_eq!(p.max_reboot_failures, 3);
+        assert_eq!(p.history_reset_after, Duration::from_secs(1800));
+        assert!(!p.escalation.replace);
+        assert_eq!(p.gates.max_unhealthy, Limit::Percent(2000));
+        assert_eq!(p.gates.startup_grace, Duration::from_secs(600));
+        assert_eq!(p.validate(), Ok(()));
+        assert_eq!(p.reboot_wait_for(NodeClass::Gpu), Duration::from_secs(2400));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases: Vec<(Policy, &str)> = vec![
+            (
+                Policy { reboot_wait: Duration::ZERO, ..Policy::default() },
+                "reboot_wait must be a positive duration such as \"10m\", got 0",
+            ),
+            (
+                Policy { gpu_reboot_wait: Duration::ZERO, ..Policy::default() },
+                "gpu_reboot_wait must be a positive duration such as \"10m\", got 0",
+            ),
+            (Policy::default().with_max_reboot_failures(11), "max_reboot_failures must be at most 10, got 11"),
+            (Policy::default().with_max_reboot_retries(0), "max_reboot_retries must be at least 1, got 0"),
+            (
+                Policy::default().with_gates(Gates { max_unhealthy: Limit::Percent(10_001), ..Gates::default() }),
+                "gates.max_unhealthy: invalid limit \"100.01%\": expected a whole count such as 3 or a percentage from 0% to 100% such as \"20%\"",
+            ),
+            (
+                Policy::default().with_gates(Gates { max_in_flight: Limit::Count(0), ..Gates::default() }),
+                "gates.max_in_flight must be at least 1, got 0",
+            ),
+            (
+                Policy {
+                    failure_backoff: Backoff { initial: Duration::from_secs(60), max: Duration::from_secs(30) },
+                    ..Policy::default()
+                },
+                "failure_backoff.max (30s) must not be shorter than failure_backoff.initial (60s)",
+            ),
+        ];
+        for (policy, want) in cases {
+            let got = policy.validate().err().map(|e| e.to_string());
+            assert_eq!(got.as_deref(), Some(want));
+        }
+        assert_eq!(Policy::default().with_max_reboot_failures(10).validate(), Ok(()));
+        assert_eq!(Policy::default().with_max_reboot_failures(0).validate(), Ok(()));
+    }
+
+    #[test]
+    fn limits_parse_and_resolve() {
+        let ok = [
+            ("3", Limit::Count(3)),
+            ("0", Limit::Count(0)),
+            ("20%", Limit::Percent(2000)),
+            (" 100% ", Limit::Percent(10_000)),
+            ("12.5%", Limit::Percent(1250)),
+            ("0.25%", Limit::Percent(25)),
+            ("0%", Limit::Percent(0)),
+        ];
+        for (text, want) in ok {
+            assert_eq!(Limit::parse("f", text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "%",
+            "20 %x",
+            "-1",
+            "-5%",
+            "101%",
+            "1.234%",
+            "abc",
+            "1.%",
+            ".5%",
+            "1.2.3%",
+            "3.5",
+            "99999999999%",
+            "1e3",
+        ] {
+            assert_eq!(
+                Limit::parse("gates.max_unhealthy", bad),
+                Err(PolicyError::InvalidLimit { field: "gates.max_unhealthy", value: bad.to_owned() }),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(Limit::percent(20).resolve_ceil(6), 2);
+        assert_eq!(Limit::percent(20).resolve_ceil(10), 2);
+        assert_eq!(Limit::percent(20).resolve_ceil(11), 3);
+        assert_eq!(Limit::percent(20).resolve_ceil(0), 0);
+        assert_eq!(Limit::Count(4).resolve_ceil(2), 4);
+        assert_eq!(Limit::percent(10).resolve_floor_at_least_one(5), 1);
+        assert_eq!(Limit::percent(10).resolve_floor_at_least_one(25), 2);
+        assert_eq!(Limit::percent(10).resolve_floor_at_least_one(65_536), 6553);
+        assert_eq!(Limit::Percent(1250).to_string(), "12.5%");
+        assert_eq!(Limit::Percent(25).to_string(), "0.25%");
+    }
+
+    #[test]
+    fn policy_deserialises_human_values_and_rejects_bad_ones() {
+        let json = r#"{"monitor_only":false,"reboot_wait":"15m","gates":{"max_unhealthy":"30%","max_in_flight":2}}"#;
+        let p: Policy = serde_json::from_str(json).unwrap();
+        assert!(!p.monitor_only);
+        assert_eq!(p.reboot_wait, Duration::from_secs(900));
+        assert_eq!(p.gates.max_unhealthy, Limit::Percent(3000));
+        assert_eq!(p.gates.max_in_flight, Limit::Count(2));
+        assert_eq!(p.gpu_reboot_wait, Duration::from_secs(2400));
+
+        let err = serde_json::from_str::<Policy>(r#"{"reboot_wait":"ten minutes"}"#).unwrap_err().to_string();
+        assert!(err.contains("invalid duration \"ten minutes\""), "{err}");
+        let err =
+            serde_json::from_str::<Policy>(r#"{"gates":{"max_unhealthy":"20 percent"}}"#).unwrap_err().to_string();
+        assert!(err.contains("invalid limit \"20 percent\""), "{err}");
+        let err = serde_json::from_str::<Policy>(r#"{"gates":{"max_unhealthy":-2}}"#).unwrap_err().to_string();
+        assert!(err.contains("invalid limit -2"), "{err}");
+        let err = serde_json::from_str::<Policy>(r#"{"reboot_wiat":"1m"}"#).unwrap_err().to_string();
+        assert!(err.contains("unknown field `reboot_wiat`"), "{err}");
+
+        let back: Policy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(0), Duration::ZERO);
+        assert_eq!(b.delay(1), Duration::from_secs(60));
+        assert_eq!(b.delay(2), Duration::from_secs(120));
+        assert_eq!(b.delay(3), Duration::from_secs(240));
+        assert_eq!(b.delay(40), Duration::from_secs(1800));
+    }
+}

@@ -1,0 +1,223 @@
+//! Wall-clock instants and the clocks that produce them.
+//!
+//! The decision core never reads a clock: every function takes `now` as a
+//! [`Timestamp`]. Drivers read one of the [`Clock`]s below and convert deadlines
+//! back into tokio instants to sleep on.
+
+use std::fmt;
+use std::ops::{Add, Sub};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// A wall-clock instant, in whole milliseconds since the Unix epoch.
+///
+/// Persisted records use it so that state survives a restart of the process
+/// (a monotonic instant would not). Arithmetic saturates instead of panicking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The Unix epoch.
+    pub const EPOCH: Timestamp = Timestamp(0);
+
+    /// A timestamp `millis` milliseconds after the Unix epoch.
+    #[must_use]
+    pub const fn from_millis(millis: u64) -> Self {
+        Timestamp(millis)
+    }
+
+    /// A timestamp `secs` seconds after the Unix epoch.
+    #[must_use]
+    pub const fn from_secs(secs: u64) -> Self {
+        Timestamp(secs.saturating_mul(1000))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    #[must_use]
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// Converts a [`SystemTime`]; instants before the epoch map to the epoch.
+    #[must_use]
+    pub fn from_system_time(t: SystemTime) -> Self {
+        let ms = t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0);
+        Timestamp(ms)
+    }
+
+    /// The same instant as a [`SystemTime`].
+    #[must_use]
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
+    /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
+    #[must_use]
+    pub fn saturating_since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+fn duration_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, rhs: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(duration_millis(rhs)))
+    }
+}
+
+impl Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    fn sub(self, rhs: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(duration_millis(rhs)))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_rfc3339_millis(self.to_system_time()).fmt(f)
+    }
+}
+
+/// A source of the current time for drivers (never for the decision core).
+pub trait Clock: Send + Sync {
+    /// The current wall-clock time.
+    fn now(&self) -> Timestamp;
+
+    /// The tokio instant at which `deadline` falls, for `tokio::time::sleep_until`.
+    ///
+    /// The default maps through the distance from [`Clock::now`], which is
+    /// right for any clock that advances with tokio's clock.
+    fn instant_at(&self, deadline: Timestamp) -> tokio::time::Instant {
+        let now = self.now();
+        let base = tokio::time::Instant::now();
+        if deadline >= now {
+            base + deadline.saturating_since(now)
+        } else {
+            base.checked_sub(now.saturating_since(deadline)).unwrap_or(base)
+        }
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+    fn instant_at(&self, deadline: Timestamp) -> tokio::time::Instant {
+        (**self).instant_at(deadline)
+    }
+}
+
+/// The operating system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_system_time(SystemTime::now())
+    }
+}
+
+/// A wall clock that advances with tokio's clock, so paused-time tests
+/// (`#[tokio::test(start_paused = true)]`) control it with `tokio::time::advance`.
+#[derive(Clone, Copy, Debug)]
+pub struct TokioClock {
+    origin_wall: Timestamp,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `start` now and advancing with `tokio::time::Instant`.
+    #[must_use]
+    pub fn starting_at(start: Timestamp) -> Self {
+        TokioClock { origin_wall: start, origin: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        self.origin_wall + self.origin.elapsed()
+    }
+
+    fn instant_at(&self, deadline: Timestamp) -> tokio::time::Instant {
+        self.origin + deadline.saturating_since(self.origin_wall)
+    }
+}
+
+/// A clock that only moves when told to: the simulation harness of the
+/// examples and tests jumps it straight to the next deadline.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    now: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock that reads `start` until advanced.
+    #[must_use]
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock { now: Arc::new(AtomicU64::new(start.as_millis())) }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let ms = duration_millis(by);
+        let _ = self.now.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some(v.saturating_add(ms)));
+    }
+
+    /// Sets the clock to `to` if that is later than the current reading.
+    pub fn advance_to(&self, to: Timestamp) {
+        self.now.fetch_max(to.as_millis(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.now.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_saturates() {
+        let t = Timestamp::from_secs(10);
+        assert_eq!(t - Duration::from_secs(20), Timestamp::EPOCH);
+        assert_eq!(Timestamp::from_millis(u64::MAX) + Duration::from_secs(1), Timestamp::from_millis(u64::MAX));
+        assert_eq!(t.saturating_since(Timestamp::from_secs(20)), Duration::ZERO);
+        assert_eq!(Timestamp::from_secs(20).saturating_since(t), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn display_is_rfc3339() {
+        assert_eq!(Timestamp::from_millis(1_500).to_string(), "1970-01-01T00:00:01.500Z");
+    }
+
+    #[test]
+    fn manual_clock_only_moves_forward() {
+        let c = ManualClock::new(Timestamp::from_secs(5));
+        c.advance(Duration::from_secs(1));
+        assert_eq!(c.now(), Timestamp::from_secs(6));
+        c.advance_to(Timestamp::from_secs(3));
+        assert_eq!(c.now(), Timestamp::from_secs(6));
+        c.advance_to(Timestamp::from_secs(9));
+        assert_eq!(c.now(), Timestamp::from_secs(9));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_follows_paused_time() {
+        let c = TokioClock::starting_at(Timestamp::from_secs(100));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(c.now(), Timestamp::from_secs(130));
+        let at = c.instant_at(Timestamp::from_secs(160));
+        assert_eq!(at - tokio::time::Instant::now(), Duration::from_secs(30));
+    }
+}
