@@ -25,6 +25,8 @@
 //!     with `escalation.replace` go `Draining` (drain, then replace, then
 //!     `WaitingReplace`); everything else goes `Failed`.
 //!   * `WaitingReplace` past `escalation.replace_wait`: `Failed`.
+//!   * Two reboots of one node are always at least its reboot wait apart, even
+//!     when it recovered and failed again in between.
 //!   * `Failed` stays until every checker passes.
 //! * Executor errors ([`apply_outcome`]) count `reboot_failures`, back off,
 //!   and past `max_reboot_failures` send the node to `Failed`. A failed reboot
@@ -476,7 +478,11 @@ pub fn step(
 
             let (want, due) = match record.phase {
                 Phase::Unhealthy => {
-                    let due = (unhealthy_since + min_threshold).max(not_before);
+                    let mut due = (unhealthy_since + min_threshold).max(not_before);
+                    if record.last_action == Some(Action::Reboot) {
+                        // A reboot needs its wait to take effect, whatever happened since.
+                        due = due.max(last_action_at + policy.reboot_wait_for(record.class));
+                    }
                     let want = if now < due {
                         Want::Nothing
                     } else if record.reboot_failures > policy.max_reboot_failures {

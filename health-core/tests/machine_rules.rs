@@ -1,0 +1,536 @@
+//! Table-driven tests: one row per rule of DESIGN §3 and per safety gate,
+//! each asserting the exact phase, counters, action, hold and next deadline.
+
+use std::time::Duration;
+
+use health_core::machine::{apply_outcome, step};
+use health_core::*;
+
+const T0: u64 = 1_700_000_000;
+const MIN: u64 = 60;
+
+fn at(secs: u64) -> Timestamp {
+    Timestamp::from_secs(T0 + secs)
+}
+
+/// `now` is T0 + 1h in every row; times are given relative to it.
+const NOW: u64 = 3600;
+
+fn ago(secs: u64) -> Option<Timestamp> {
+    Some(at(NOW - secs))
+}
+
+fn pass() -> CheckOutcome {
+    CheckOutcome::Pass
+}
+fn fail(reason: &'static str) -> CheckOutcome {
+    CheckOutcome::fail(reason)
+}
+
+fn active() -> Policy {
+    Policy::default().with_monitor_only(false)
+}
+
+fn budget() -> Budget {
+    Budget { total: 100, unhealthy: 1, ..Budget::default() }
+}
+
+fn unhealthy(since_ago: u64) -> NodeRecord {
+    NodeRecord { phase: Phase::Unhealthy, unhealthy_since: ago(since_ago), ..NodeRecord::default() }
+}
+
+fn waiting(count: u32, action_ago: u64) -> NodeRecord {
+    NodeRecord {
+        phase: Phase::WaitingReboot,
+        unhealthy_since: ago(action_ago + 5 * MIN),
+        last_action_at: ago(action_ago),
+        last_action: Some(Action::Reboot),
+        reboot_count: count,
+        ..NodeRecord::default()
+    }
+}
+
+struct Row {
+    name: &'static str,
+    record: NodeRecord,
+    checks: Vec<(&'static str, u64, CheckOutcome)>,
+    facts: NodeFacts,
+    policy: Policy,
+    budget: Budget,
+    // Expectations.
+    phase: Phase,
+    action: Option<Action>,
+    hold: Option<HoldReason>,
+    /// (reboot_count, reboot_failures, replace_count)
+    counters: (u32, u32, u32),
+    /// Seconds relative to T0, like `NOW`.
+    deadline: Option<u64>,
+}
+
+impl Row {
+    fn new(name: &'static str, record: NodeRecord) -> Self {
+        Row {
+            name,
+            record,
+            checks: vec![("NodeReady", 5 * MIN, pass())],
+            facts: NodeFacts::default(),
+            policy: active(),
+            budget: budget(),
+            phase: Phase::Healthy,
+            action: None,
+            hold: None,
+            counters: (0, 0, 0),
+            deadline: None,
+        }
+    }
+    fn checks(mut self, checks: Vec<(&'static str, u64, CheckOutcome)>) -> Self {
+        self.checks = checks;
+        self
+    }
+    fn failing(self) -> Self {
+        self.checks(vec![("NodeReady", 5 * MIN, fail("KubeletNotReady"))])
+    }
+    fn facts(mut self, facts: NodeFacts) -> Self {
+        self.facts = facts;
+        self
+    }
+    fn policy(mut self, p: Policy) -> Self {
+        self.policy = p;
+        self
+    }
+    fn budget(mut self, b: Budget) -> Self {
+        self.budget = b;
+        self
+    }
+    fn expect(mut self, phase: Phase, action: Option<Action>, counters: (u32, u32, u32), deadline: Option<u64>) -> Self {
+        self.phase = phase;
+        self.action = action;
+        self.counters = counters;
+        self.deadline = deadline;
+        self
+    }
+    fn held(mut self, reason: HoldReason) -> Self {
+        self.hold = Some(reason);
+        self
+    }
+
+    fn check(self) {
+        let _decision = self.run();
+    }
+
+    fn run(self) -> Decision {
+        let outcomes: Vec<CheckOutcome> = self.checks.iter().map(|c| c.2.clone()).collect();
+        let checks: Vec<Check<'_>> = self
+            .checks
+            .iter()
+            .zip(&outcomes)
+            .map(|(c, o)| Check { name: c.0, threshold: Duration::from_secs(c.1), outcome: o })
+            .collect();
+        let obs = Observation { checks: &checks, facts: self.facts };
+        let before = self.record.clone();
+        let d = step(self.record, &obs, &self.policy, &self.budget, at(NOW));
+        let n = self.name;
+        assert_eq!(d.record.phase, self.phase, "{n}: phase");
+        assert_eq!(d.action, self.action, "{n}: action");
+        assert_eq!(d.hold.map(|h| h.reason), self.hold, "{n}: hold");
+        assert_eq!(
+            (d.record.reboot_count, d.record.reboot_failures, d.record.replace_count),
+            self.counters,
+            "{n}: counters"
+        );
+        assert_eq!(d.next_deadline, self.deadline.map(at), "{n}: next deadline");
+        assert_eq!(d.changed, d.record != before, "{n}: changed flag");
+        assert_eq!(
+            d.transition,
+            (before.phase != d.record.phase).then_some(PhaseChange { from: before.phase, to: d.record.phase }),
+            "{n}: transition"
+        );
+        if d.hold.is_some() {
+            assert_eq!(d.record.last_action_at, before.last_action_at, "{n}: a hold never records an action");
+        }
+        d
+    }
+}
+
+#[test]
+fn lifecycle_rules() {
+    let gpu = NodeFacts { class: NodeClass::Gpu, ..NodeFacts::default() };
+    let rows = vec![
+        Row::new("unknown and passing becomes healthy", NodeRecord::default()).expect(Phase::Healthy, None, (0, 0, 0), None),
+        Row::new("a skip counts as healthy", NodeRecord::default())
+            .checks(vec![("GPU", 10 * MIN, CheckOutcome::skip("NonGPUNode"))])
+            .expect(Phase::Healthy, None, (0, 0, 0), None),
+        Row::new("healthy and failing becomes unhealthy", NodeRecord { phase: Phase::Healthy, ..NodeRecord::default() })
+            .failing()
+            .expect(Phase::Unhealthy, None, (0, 0, 0), Some(NOW + 5 * MIN)),
+        Row::new("unknown and failing becomes unhealthy", NodeRecord::default())
+            .failing()
+            .expect(Phase::Unhealthy, None, (0, 0, 0), Some(NOW + 5 * MIN)),
+        Row::new("threshold not yet reached", unhealthy(4 * MIN)).failing().expect(
+            Phase::Unhealthy,
+            None,
+            (0, 0, 0),
+            Some(NOW + MIN),
+        ),
+        Row::new("threshold reached: reboot", unhealthy(5 * MIN)).failing().expect(
+            Phase::WaitingReboot,
+            Some(Action::Reboot),
+            (1, 0, 0),
+            Some(NOW + 10 * MIN),
+        ),
+        Row::new("threshold is the minimum over the failing checkers", unhealthy(6 * MIN))
+            .checks(vec![("DiskPressure", 30 * MIN, fail("DiskPressure")), ("NodeReady", 5 * MIN, fail("NotReady"))])
+            .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 0, 0), Some(NOW + 10 * MIN)),
+        Row::new("a passing checker's threshold does not count", unhealthy(6 * MIN))
+            .checks(vec![("DiskPressure", 30 * MIN, fail("DiskPressure")), ("NodeReady", 5 * MIN, pass())])
+            .expect(Phase::Unhealthy, None, (0, 0, 0), Some(NOW + 24 * MIN)),
+        Row::new("threshold zero acts at once", NodeRecord { phase: Phase::Healthy, ..NodeRecord::default() })
+            .checks(vec![("Sentinel", 0, fail("RebootRequired"))])
+            .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 0, 0), Some(NOW + 10 * MIN)),
+        Row::new("waiting reboot inside the wait", waiting(1, 9 * MIN)).failing().expect(
+            Phase::WaitingReboot,
+            None,
+            (1, 0, 0),
+            Some(NOW + MIN),
+        ),
+        Row::new("waiting reboot past the wait reboots again", waiting(1, 10 * MIN)).failing().expect(
+            Phase::WaitingReboot,
+            Some(Action::Reboot),
+            (2, 0, 0),
+            Some(NOW + 10 * MIN),
+        ),
+        Row::new("gpu nodes wait 40m", NodeRecord { class: NodeClass::Gpu, ..waiting(1, 30 * MIN) })
+            .failing()
+            .facts(gpu)
+            .expect(Phase::WaitingReboot, None, (1, 0, 0), Some(NOW + 10 * MIN)),
+        Row::new("gpu nodes reboot again after 40m", NodeRecord { class: NodeClass::Gpu, ..waiting(1, 40 * MIN) })
+            .failing()
+            .facts(gpu)
+            .expect(Phase::WaitingReboot, Some(Action::Reboot), (2, 0, 0), Some(NOW + 40 * MIN)),
+        Row::new("the class follows the node facts", waiting(1, 30 * MIN)).failing().facts(gpu).expect(
+            Phase::WaitingReboot,
+            None,
+            (1, 0, 0),
+            Some(NOW + 10 * MIN),
+        ),
+        Row::new("retries exhausted without escalation: failed", waiting(5, 10 * MIN)).failing().expect(
+            Phase::Failed,
+            None,
+            (5, 0, 0),
+            None,
+        ),
+        Row::new("retries exhausted with escalation: drain", waiting(5, 10 * MIN))
+            .failing()
+            .policy(active().with_replace(true))
+            .expect(Phase::Draining, Some(Action::Drain), (5, 0, 0), None),
+        Row::new("gpu nodes never escalate", NodeRecord { class: NodeClass::Gpu, ..waiting(5, 40 * MIN) })
+            .failing()
+            .facts(gpu)
+            .policy(active().with_replace(true))
+            .expect(Phase::Failed, None, (5, 0, 0), None),
+        Row::new("a node replaced once is not replaced again", NodeRecord { replace_count: 1, ..waiting(5, 10 * MIN) })
+            .failing()
+            .policy(active().with_replace(true))
+            .expect(Phase::Failed, None, (5, 0, 1), None),
+        Row::new(
+            "a drained node is replaced",
+            NodeRecord { phase: Phase::Draining, cordoned: true, drained: true, ..waiting(5, 0) },
+        )
+        .failing()
+        .policy(active().with_replace(true))
+        .expect(Phase::WaitingReplace, Some(Action::Replace), (5, 0, 1), Some(NOW + 30 * MIN)),
+        Row::new("an undrained draining node drains (again)", NodeRecord { phase: Phase::Draining, ..waiting(5, 0) })
+            .failing()
+            .policy(active().with_replace(true))
+            .expect(Phase::Draining, Some(Action::Drain), (5, 0, 0), None),
+        Row::new(
+            "waiting replace inside its wait",
+            NodeRecord {
+                phase: Phase::WaitingReplace,
+                replace_count: 1,
+                last_action: Some(Action::Replace),
+                ..waiting(5, 20 * MIN)
+            },
+        )
+        .failing()
+        .policy(active().with_replace(true))
+        .expect(Phase::WaitingReplace, None, (5, 0, 1), Some(NOW + 10 * MIN)),
+        Row::new(
+            "waiting replace past its wait: failed",
+            NodeRecord { phase: Phase::WaitingReplace, replace_count: 1, ..waiting(5, 30 * MIN) },
+        )
+        .failing()
+        .policy(active().with_replace(true))
+        .expect(Phase::Failed, None, (5, 0, 1), None),
+        Row::new("failed stays failed while a checker fails", NodeRecord { phase: Phase::Failed, ..waiting(5, 60) })
+            .failing()
+            .expect(Phase::Failed, None, (5, 0, 0), None),
+        Row::new("failed recovers when every checker passes", NodeRecord { phase: Phase::Failed, ..waiting(5, 60) })
+            .expect(Phase::Healthy, None, (5, 0, 0), Some(NOW + 30 * MIN)),
+        Row::new("a reboot that worked: healthy, history kept", waiting(1, 3 * MIN)).expect(
+            Phase::Healthy,
+            None,
+            (1, 0, 0),
+            Some(NOW + 30 * MIN),
+        ),
+        Row::new(
+            "history is kept until healthy for history_reset_after",
+            NodeRecord { phase: Phase::Healthy, healthy_since: ago(29 * MIN), reboot_count: 3, ..NodeRecord::default() },
+        )
+        .expect(Phase::Healthy, None, (3, 0, 0), Some(NOW + MIN)),
+        Row::new(
+            "history resets after history_reset_after",
+            NodeRecord {
+                phase: Phase::Healthy,
+                healthy_since: ago(30 * MIN),
+                reboot_count: 3,
+                reboot_failures: 2,
+                ..NodeRecord::default()
+            },
+        )
+        .expect(Phase::Healthy, None, (0, 0, 0), None),
+        Row::new(
+            "a flapping node with exhausted history is not rebooted again",
+            NodeRecord { reboot_count: 5, ..unhealthy(5 * MIN) },
+        )
+        .failing()
+        .expect(Phase::Failed, None, (5, 0, 0), None),
+        Row::new(
+            "a node past max_reboot_failures goes to failed",
+            NodeRecord { reboot_failures: 4, ..unhealthy(5 * MIN) },
+        )
+        .failing()
+        .expect(Phase::Failed, None, (0, 4, 0), None),
+        Row::new(
+            "back-off after a failure holds the retry",
+            NodeRecord { reboot_failures: 1, not_before: Some(at(NOW + 90)), ..unhealthy(20 * MIN) },
+        )
+        .failing()
+        .expect(Phase::Unhealthy, None, (0, 1, 0), Some(NOW + 90)),
+        Row::new(
+            "back-off elapsed: reboot",
+            NodeRecord { reboot_failures: 1, not_before: ago(0), ..unhealthy(20 * MIN) },
+        )
+        .failing()
+        .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 1, 0), Some(NOW + 10 * MIN)),
+        Row::new(
+            "a node we cordoned is uncordoned on recovery",
+            NodeRecord { phase: Phase::Failed, cordoned: true, ..NodeRecord::default() },
+        )
+        .expect(Phase::Healthy, Some(Action::Uncordon), (0, 0, 0), None),
+        Row::new(
+            "uncordon backs off after a failure",
+            NodeRecord {
+                phase: Phase::Healthy,
+                healthy_since: ago(MIN),
+                cordoned: true,
+                not_before: Some(at(NOW + 30)),
+                ..NodeRecord::default()
+            },
+        )
+        .expect(Phase::Healthy, None, (0, 0, 0), Some(NOW + 30)),
+        Row::new("monitor-only runs the same lifecycle", unhealthy(5 * MIN))
+            .failing()
+            .policy(Policy::default())
+            .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 0, 0), Some(NOW + 10 * MIN)),
+    ];
+    for row in rows {
+        let monitor = row.policy.monitor_only;
+        let d = row.run();
+        assert_eq!(d.mode, if monitor { Mode::Monitor } else { Mode::Active });
+        if monitor {
+            assert_eq!(d.action_to_execute(), None);
+        } else {
+            assert_eq!(d.action_to_execute(), d.action);
+        }
+    }
+}
+
+#[test]
+fn failing_checks_and_reasons_are_remembered() {
+    let d = Row::new("remember", NodeRecord::default())
+        .checks(vec![
+            ("NodeReady", 5 * MIN, fail("KubeletNotReady")),
+            ("GPU", 10 * MIN, CheckOutcome::skip("NonGPUNode")),
+            ("DiskPressure", 30 * MIN, CheckOutcome::fail_with("DiskPressure", "92% used")),
+        ])
+        .expect(Phase::Unhealthy, None, (0, 0, 0), Some(NOW + 5 * MIN))
+        .run();
+    let failing: Vec<_> = d.record.failing.iter().map(|f| (f.checker.as_str(), f.reason.as_str())).collect();
+    assert_eq!(failing, [("NodeReady", "KubeletNotReady"), ("DiskPressure", "DiskPressure")]);
+    assert_eq!(d.record.unhealthy_since, Some(at(NOW)));
+    assert_eq!(d.record.last_transition_at, Some(at(NOW)));
+}
+
+/// A node whose threshold has passed, so the machine wants to reboot it.
+fn due() -> Row {
+    Row::new("due", unhealthy(10 * MIN)).failing()
+}
+
+#[test]
+fn safety_gates_hold_actions_without_changing_counters() {
+    let grace_facts = NodeFacts { created_at: ago(4 * MIN), ..NodeFacts::default() };
+    let interval = active().with_gates(Gates { min_action_interval: Duration::from_secs(5 * MIN), ..Gates::default() });
+    let rows = vec![
+        Row { name: "paused", ..due() }.budget(Budget { paused: true, ..budget() }).held(HoldReason::Paused),
+        Row { name: "stale source", ..due() }.budget(Budget { source_stale: true, ..budget() }).held(HoldReason::SourceStale),
+        Row { name: "storm: 21 of 100 unhealthy", ..due() }
+            .budget(Budget { unhealthy: 21, ..budget() })
+            .held(HoldReason::StormGuard),
+        Row { name: "maintenance window closed", ..due() }
+            .budget(Budget { window_closed: true, ..budget() })
+            .held(HoldReason::MaintenanceWindow),
+        Row { name: "node being deleted", ..due() }
+            .facts(NodeFacts { deleting: true, ..NodeFacts::default() })
+            .held(HoldReason::NodeDeleting),
+        Row { name: "node tainted for removal", ..due() }
+            .facts(NodeFacts { tainted_for_removal: true, ..NodeFacts::default() })
+            .held(HoldReason::TaintedForRemoval),
+        Row { name: "node opted out", ..due() }
+            .facts(NodeFacts { opted_out: true, ..NodeFacts::default() })
+            .held(HoldReason::OptedOut),
+        Row { name: "max in flight: 10 of 100 already", ..due() }
+            .budget(Budget { in_flight: 10, ..budget() })
+            .held(HoldReason::MaxInFlight),
+    ];
+    for row in rows {
+        row.expect(Phase::Unhealthy, None, (0, 0, 0), None).check();
+    }
+    // Time-based gates report when they lift.
+    Row { name: "start-up grace", ..due() }
+        .facts(grace_facts)
+        .held(HoldReason::StartupGrace)
+        .expect(Phase::Unhealthy, None, (0, 0, 0), Some(NOW + 6 * MIN))
+        .check();
+    Row { name: "minimum interval between actions", ..due() }
+        .policy(interval)
+        .budget(Budget { last_action_at: ago(2 * MIN), ..budget() })
+        .held(HoldReason::MinActionInterval)
+        .expect(Phase::Unhealthy, None, (0, 0, 0), Some(NOW + 3 * MIN))
+        .check();
+    // A reboot retry or an escalation step is held by node-level gates too.
+    Row::new("retry held by pause", waiting(1, 10 * MIN))
+        .failing()
+        .budget(Budget { paused: true, ..budget() })
+        .held(HoldReason::Paused)
+        .expect(Phase::WaitingReboot, None, (1, 0, 0), None)
+        .check();
+    Row::new("escalation held by storm", waiting(5, 10 * MIN))
+        .failing()
+        .policy(active().with_replace(true))
+        .budget(Budget { unhealthy: 50, ..budget() })
+        .held(HoldReason::StormGuard)
+        .expect(Phase::WaitingReboot, None, (5, 0, 0), None)
+        .check();
+}
+
+#[test]
+fn gate_boundaries_and_exemptions() {
+    // Exactly at the storm limit (20% of 100 rounds to 20): not a storm.
+    due()
+        .budget(Budget { unhealthy: 20, ..budget() })
+        .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 0, 0), Some(NOW + 10 * MIN))
+        .check();
+    // Percentages round up: 20% of 6 nodes is 2, so 2 unhealthy is not a storm and 3 is.
+    due()
+        .budget(Budget { total: 6, unhealthy: 2, ..Budget::default() })
+        .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 0, 0), Some(NOW + 10 * MIN))
+        .check();
+    due()
+        .budget(Budget { total: 6, unhealthy: 3, ..Budget::default() })
+        .held(HoldReason::StormGuard)
+        .expect(Phase::Unhealthy, None, (0, 0, 0), None)
+        .check();
+    // max_in_flight is at least one: a 3-node cluster can remediate one node.
+    due()
+        .budget(Budget { total: 3, unhealthy: 1, in_flight: 0, ..Budget::default() })
+        .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 0, 0), Some(NOW + 10 * MIN))
+        .check();
+    // A remediation already under way continues past max_in_flight and the minimum interval.
+    let interval = active().with_gates(Gates { min_action_interval: Duration::from_secs(5 * MIN), ..Gates::default() });
+    Row::new("retry passes in-flight and interval gates", waiting(1, 10 * MIN))
+        .failing()
+        .policy(interval)
+        .budget(Budget { in_flight: 10, last_action_at: ago(MIN), ..budget() })
+        .expect(Phase::WaitingReboot, Some(Action::Reboot), (2, 0, 0), Some(NOW + 10 * MIN))
+        .check();
+    // Start-up grace over: act.
+    due()
+        .facts(NodeFacts { created_at: ago(10 * MIN), ..NodeFacts::default() })
+        .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 0, 0), Some(NOW + 10 * MIN))
+        .check();
+    // Uncordon is not disruptive: no gate holds it.
+    Row::new("uncordon while paused", NodeRecord { phase: Phase::Failed, cordoned: true, ..NodeRecord::default() })
+        .budget(Budget { paused: true, unhealthy: 90, ..budget() })
+        .expect(Phase::Healthy, Some(Action::Uncordon), (0, 0, 0), None)
+        .check();
+    // Gates never touch a node that only changes phase without acting.
+    Row::new("failing past retries while paused still goes to failed", waiting(5, 10 * MIN))
+        .failing()
+        .budget(Budget { paused: true, ..budget() })
+        .expect(Phase::Failed, None, (5, 0, 0), None)
+        .check();
+}
+
+fn applied(record: NodeRecord, action: Action, ok: bool) -> NodeRecord {
+    apply_outcome(record, action, ok, &active(), at(NOW)).record
+}
+
+#[test]
+fn executor_outcomes() {
+    // A failed reboot: not counted as a reboot, counted as a failure, back to
+    // Unhealthy, and not retried before a full reboot wait plus back-off.
+    let issued = waiting(2, 0);
+    let a = apply_outcome(issued.clone(), Action::Reboot, false, &active(), at(NOW));
+    assert_eq!(a.record.phase, Phase::Unhealthy);
+    assert_eq!((a.record.reboot_count, a.record.reboot_failures), (1, 1));
+    assert_eq!(a.record.not_before, Some(at(NOW + 10 * MIN + MIN)));
+    assert_eq!(a.transition, Some(PhaseChange { from: Phase::WaitingReboot, to: Phase::Unhealthy }));
+    // Second failure doubles the back-off.
+    let r = applied(NodeRecord { reboot_failures: 1, ..issued.clone() }, Action::Reboot, false);
+    assert_eq!(r.not_before, Some(at(NOW + 10 * MIN + 2 * MIN)));
+    // Past max_reboot_failures (3): failed.
+    let r = applied(NodeRecord { reboot_failures: 3, ..issued.clone() }, Action::Reboot, false);
+    assert_eq!((r.phase, r.reboot_failures), (Phase::Failed, 4));
+    // max_reboot_failures = 0: the first failure gives up.
+    let p = active().with_max_reboot_failures(0);
+    assert_eq!(apply_outcome(issued.clone(), Action::Reboot, false, &p, at(NOW)).record.phase, Phase::Failed);
+    // Success changes nothing.
+    let a = apply_outcome(issued.clone(), Action::Reboot, true, &active(), at(NOW));
+    assert!(!a.changed);
+    assert_eq!(a.record, issued);
+
+    let draining = NodeRecord { phase: Phase::Draining, cordoned: true, last_action: Some(Action::Drain), ..waiting(5, 0) };
+    let r = applied(draining.clone(), Action::Drain, true);
+    assert!(r.drained && r.phase == Phase::Draining);
+    let r = applied(draining.clone(), Action::Drain, false);
+    assert_eq!((r.phase, r.reboot_failures, r.drained), (Phase::Draining, 1, false));
+    assert_eq!(r.not_before, Some(at(NOW + MIN)));
+
+    let replacing = NodeRecord {
+        phase: Phase::WaitingReplace,
+        cordoned: true,
+        replace_count: 1,
+        last_action: Some(Action::Replace),
+        ..waiting(5, 0)
+    };
+    let r = applied(replacing.clone(), Action::Replace, false);
+    assert_eq!((r.phase, r.replace_count, r.reboot_failures, r.drained), (Phase::Draining, 0, 1, true));
+    assert_eq!(r.not_before, Some(at(NOW + MIN)));
+
+    let cordoned = NodeRecord { phase: Phase::Healthy, cordoned: true, ..NodeRecord::default() };
+    assert!(!applied(cordoned.clone(), Action::Uncordon, true).cordoned);
+    let r = applied(cordoned, Action::Uncordon, false);
+    assert!(r.cordoned);
+    assert_eq!(r.not_before, Some(at(NOW + MIN)));
+    assert_eq!(r.reboot_failures, 0, "uncordon failures do not count toward giving up");
+}
+
+#[test]
+fn healthy_steady_state_changes_nothing() {
+    let rec = NodeRecord { phase: Phase::Healthy, healthy_since: ago(5), ..NodeRecord::default() };
+    let d = Row::new("steady", rec.clone()).run();
+    assert!(!d.changed);
+    assert_eq!(d.record, rec);
+    assert_eq!(d.transition, None);
+}
