@@ -329,6 +329,12 @@ fn lifecycle_rules() {
             },
         )
         .expect(Phase::Healthy, None, (0, 0, 0), Some(NOW + 30)),
+        Row::new(
+            "recovered and failing again: no reboot within the reboot wait",
+            NodeRecord { reboot_count: 1, last_action: Some(Action::Reboot), last_action_at: ago(7 * MIN), ..unhealthy(5 * MIN) },
+        )
+        .failing()
+        .expect(Phase::Unhealthy, None, (1, 0, 0), Some(NOW + 3 * MIN)),
         Row::new("monitor-only runs the same lifecycle", unhealthy(5 * MIN))
             .failing()
             .policy(Policy::default())
