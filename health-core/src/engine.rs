@@ -452,6 +452,9 @@ pub struct Engine<T> {
     state: State,
 }
 
+/// Decide-and-perform rounds per pass (see `evaluate_inner`).
+const MAX_ROUNDS: usize = 8;
+
 /// One action planned in a round.
 struct Planned {
     target: usize,
@@ -740,10 +743,13 @@ impl<T: Target + 'static> Engine<T> {
         }
 
         // Round 1 decides every target; later rounds re-decide the nodes that
-        // just acted (a finished drain continues with the replacement).
+        // just acted (a finished drain continues with the replacement; a
+        // failure sets the back-off deadline). Every decided action is
+        // performed before the loop ends; the machine never chains more than
+        // three actions, the bound only guards against a bug.
         let mut round: Vec<usize> = (0..targets.len()).filter(|&ti| slots[ti].is_some()).collect();
         let mut first = true;
-        for _ in 0..4 {
+        for _ in 0..MAX_ROUNDS {
             if round.is_empty() {
                 break;
             }
@@ -768,6 +774,12 @@ impl<T: Target + 'static> Engine<T> {
             }
             first = false;
             round = self.perform(targets, planned, &mut report).await;
+        }
+        for &ti in &round {
+            // Still chaining after MAX_ROUNDS: look at these nodes again at once.
+            if let Some(si) = slots[ti] {
+                self.state.slots[si].deadline = Some(now);
+            }
         }
         self.state.outcomes = outcomes;
         self.state.globals.eval.record(started.elapsed().as_secs_f64());
@@ -813,9 +825,11 @@ impl<T: Target + 'static> Engine<T> {
                     if d.action.is_some_and(Action::is_disruptive) {
                         budget.last_action_at = Some(now);
                         self.state.last_action_at = Some(now);
-                        if !was_in_flight && d.record.phase.is_in_flight() {
-                            budget.in_flight += 1;
-                        }
+                    }
+                    match (was_in_flight, d.record.phase.is_in_flight()) {
+                        (false, true) => budget.in_flight += 1,
+                        (true, false) => budget.in_flight = budget.in_flight.saturating_sub(1),
+                        _ => {}
                     }
                     break Outline::keep(d, slot);
                 }
@@ -956,7 +970,8 @@ impl<T: Target + 'static> Engine<T> {
     }
 
     /// Applies an action's outcome to the node's record and persists it;
-    /// returns whether the node should be decided again.
+    /// returns whether the node should be decided again (whenever the
+    /// outcome was recorded).
     async fn record_outcome(
         &mut self,
         target: &T,
@@ -977,7 +992,7 @@ impl<T: Target + 'static> Engine<T> {
             }
             let applied = machine::apply_outcome(slot.record.clone(), p.action, ok, &shared.policy, now);
             if !applied.changed {
-                return ok;
+                return true;
             }
             match shared.store.save(&slot.name, &applied.record, slot.version.as_ref()).await {
                 Ok(v) => {
@@ -1001,7 +1016,7 @@ impl<T: Target + 'static> Engine<T> {
                     if let Some(series) = &slot.series {
                         series.set_phase(slot.record.phase);
                     }
-                    return ok;
+                    return true;
                 }
                 Err(e) if e.is_conflict() && attempts < shared.config.conflict_retries => {
                     attempts += 1;

@@ -102,7 +102,13 @@ impl Row {
         self.budget = b;
         self
     }
-    fn expect(mut self, phase: Phase, action: Option<Action>, counters: (u32, u32, u32), deadline: Option<u64>) -> Self {
+    fn expect(
+        mut self,
+        phase: Phase,
+        action: Option<Action>,
+        counters: (u32, u32, u32),
+        deadline: Option<u64>,
+    ) -> Self {
         self.phase = phase;
         self.action = action;
         self.counters = counters;
@@ -156,16 +162,27 @@ impl Row {
 fn lifecycle_rules() {
     let gpu = NodeFacts { class: NodeClass::Gpu, ..NodeFacts::default() };
     let rows = vec![
-        Row::new("unknown and passing becomes healthy", NodeRecord::default()).expect(Phase::Healthy, None, (0, 0, 0), None),
+        Row::new("unknown and passing becomes healthy", NodeRecord::default()).expect(
+            Phase::Healthy,
+            None,
+            (0, 0, 0),
+            None,
+        ),
         Row::new("a skip counts as healthy", NodeRecord::default())
             .checks(vec![("GPU", 10 * MIN, CheckOutcome::skip("NonGPUNode"))])
             .expect(Phase::Healthy, None, (0, 0, 0), None),
-        Row::new("healthy and failing becomes unhealthy", NodeRecord { phase: Phase::Healthy, ..NodeRecord::default() })
-            .failing()
-            .expect(Phase::Unhealthy, None, (0, 0, 0), Some(NOW + 5 * MIN)),
-        Row::new("unknown and failing becomes unhealthy", NodeRecord::default())
-            .failing()
-            .expect(Phase::Unhealthy, None, (0, 0, 0), Some(NOW + 5 * MIN)),
+        Row::new(
+            "healthy and failing becomes unhealthy",
+            NodeRecord { phase: Phase::Healthy, ..NodeRecord::default() },
+        )
+        .failing()
+        .expect(Phase::Unhealthy, None, (0, 0, 0), Some(NOW + 5 * MIN)),
+        Row::new("unknown and failing becomes unhealthy", NodeRecord::default()).failing().expect(
+            Phase::Unhealthy,
+            None,
+            (0, 0, 0),
+            Some(NOW + 5 * MIN),
+        ),
         Row::new("threshold not yet reached", unhealthy(4 * MIN)).failing().expect(
             Phase::Unhealthy,
             None,
@@ -275,7 +292,12 @@ fn lifecycle_rules() {
         ),
         Row::new(
             "history is kept until healthy for history_reset_after",
-            NodeRecord { phase: Phase::Healthy, healthy_since: ago(29 * MIN), reboot_count: 3, ..NodeRecord::default() },
+            NodeRecord {
+                phase: Phase::Healthy,
+                healthy_since: ago(29 * MIN),
+                reboot_count: 3,
+                ..NodeRecord::default()
+            },
         )
         .expect(Phase::Healthy, None, (3, 0, 0), Some(NOW + MIN)),
         Row::new(
@@ -331,7 +353,12 @@ fn lifecycle_rules() {
         .expect(Phase::Healthy, None, (0, 0, 0), Some(NOW + 30)),
         Row::new(
             "recovered and failing again: no reboot within the reboot wait",
-            NodeRecord { reboot_count: 1, last_action: Some(Action::Reboot), last_action_at: ago(7 * MIN), ..unhealthy(5 * MIN) },
+            NodeRecord {
+                reboot_count: 1,
+                last_action: Some(Action::Reboot),
+                last_action_at: ago(7 * MIN),
+                ..unhealthy(5 * MIN)
+            },
         )
         .failing()
         .expect(Phase::Unhealthy, None, (1, 0, 0), Some(NOW + 3 * MIN)),
@@ -379,7 +406,9 @@ fn safety_gates_hold_actions_without_changing_counters() {
     let interval = active().with_gates(Gates { min_action_interval: Duration::from_secs(5 * MIN), ..Gates::default() });
     let rows = vec![
         Row { name: "paused", ..due() }.budget(Budget { paused: true, ..budget() }).held(HoldReason::Paused),
-        Row { name: "stale source", ..due() }.budget(Budget { source_stale: true, ..budget() }).held(HoldReason::SourceStale),
+        Row { name: "stale source", ..due() }
+            .budget(Budget { source_stale: true, ..budget() })
+            .held(HoldReason::SourceStale),
         Row { name: "storm: 21 of 100 unhealthy", ..due() }
             .budget(Budget { unhealthy: 21, ..budget() })
             .held(HoldReason::StormGuard),
@@ -506,7 +535,8 @@ fn executor_outcomes() {
     assert!(!a.changed);
     assert_eq!(a.record, issued);
 
-    let draining = NodeRecord { phase: Phase::Draining, cordoned: true, last_action: Some(Action::Drain), ..waiting(5, 0) };
+    let draining =
+        NodeRecord { phase: Phase::Draining, cordoned: true, last_action: Some(Action::Drain), ..waiting(5, 0) };
     let r = applied(draining.clone(), Action::Drain, true);
     assert!(r.drained && r.phase == Phase::Draining);
     let r = applied(draining.clone(), Action::Drain, false);
