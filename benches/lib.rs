@@ -37,9 +37,7 @@ impl Target for SimNode {
 /// `n` healthy nodes named `node-00000`...
 #[must_use]
 pub fn fleet(n: usize) -> Vec<SimNode> {
-    (0..n)
-        .map(|i| SimNode { name: format!("node-{i:05}"), ready: true, gpus: (8, 8), disk_pct: 40 })
-        .collect()
+    (0..n).map(|i| SimNode { name: format!("node-{i:05}"), ready: true, gpus: (8, 8), disk_pct: 40 }).collect()
 }
 
 /// An executor that fails every call (healthy fleets never call it).
@@ -99,7 +97,13 @@ impl Default for StepFixture {
         let now = Timestamp::from_secs(1_700_000_000);
         StepFixture {
             record: NodeRecord { phase: Phase::Healthy, healthy_since: Some(now), ..NodeRecord::default() },
-            outcomes: [CheckOutcome::Pass, CheckOutcome::Pass, CheckOutcome::Pass, CheckOutcome::Pass, CheckOutcome::Pass],
+            outcomes: [
+                CheckOutcome::Pass,
+                CheckOutcome::Pass,
+                CheckOutcome::Pass,
+                CheckOutcome::Pass,
+                CheckOutcome::Pass,
+            ],
             names: ["NodeReady", "GPU", "DiskPressure", "Cilium", "KubeletLease"],
             now,
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use health_core::{
-    Action, CheckOutcome, Clock, Engine, ExecError, Executor, FnChecker, ManualClock, MemoryStore, NodeClass, NodeFacts,
-    Observer, Phase, Policy, StateStore, Target, Timestamp, TransitionEvent,
+    Action, CheckOutcome, Clock, Engine, ExecError, Executor, FnChecker, ManualClock, MemoryStore, NodeClass,
+    NodeFacts, Observer, Phase, Policy, StateStore, Target, Timestamp, TransitionEvent,
 };
 use parking_lot::Mutex;
 
@@ -64,9 +64,11 @@ impl Fleet {
         let mut machines: Vec<Machine> = (0..standard)
             .map(|i| Machine { name: format!("std-{i:03}"), class: NodeClass::Standard, fault: Fault::None })
             .collect();
-        machines.extend(
-            (0..gpu).map(|i| Machine { name: format!("gpu-{i:03}"), class: NodeClass::Gpu, fault: Fault::None }),
-        );
+        machines.extend((0..gpu).map(|i| Machine {
+            name: format!("gpu-{i:03}"),
+            class: NodeClass::Gpu,
+            fault: Fault::None,
+        }));
         Arc::new(Fleet { machines: Mutex::new(machines), clock, ..Fleet::default() })
     }
 
