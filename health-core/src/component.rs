@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, ReentrantMutex};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -115,6 +115,16 @@ struct Inner {
 #[derive(Default)]
 pub struct HealthManager {
     inner: Mutex<Inner>,
+    /// Serialises callback delivery so transitions arrive in the order they
+    /// happened; re-entrant so a callback may update the manager itself.
+    delivery: ReentrantMutex<()>,
+}
+
+/// `now + d`, capped a century ahead instead of overflowing (`Duration::MAX`
+/// means "until cleared").
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 impl fmt::Debug for HealthManager {
@@ -166,6 +176,7 @@ impl HealthManager {
         metadata: BTreeMap<String, String>,
     ) {
         let message = message.into();
+        let _delivery = self.delivery.lock();
         let (old, observer) = {
             let mut inner = self.inner.lock();
             let entry = inner
@@ -240,7 +251,7 @@ impl HealthManager {
 
     /// Makes liveness pass for `d` (e.g. across a planned restart of a component).
     pub fn suppress_liveness(&self, d: Duration) {
-        self.inner.lock().liveness_until = Some(Instant::now() + d);
+        self.inner.lock().liveness_until = Some(deadline_after(d));
     }
 
     /// Ends a liveness suppression early.
@@ -250,7 +261,7 @@ impl HealthManager {
 
     /// Makes readiness pass for `d` (e.g. at start-up).
     pub fn suppress_readiness(&self, d: Duration) {
-        self.inner.lock().readiness_until = Some(Instant::now() + d);
+        self.inner.lock().readiness_until = Some(deadline_after(d));
     }
 
     /// Ends a readiness suppression early.
@@ -362,6 +373,10 @@ mod tests {
         hm.suppress_liveness(Duration::from_secs(10));
         hm.clear_liveness_suppression();
         assert!(!hm.check_liveness().ok);
+        // "Forever" does not overflow.
+        hm.suppress_liveness(Duration::MAX);
+        hm.suppress_readiness(Duration::MAX);
+        assert!(hm.check_liveness().ok && hm.check_readiness().ok);
     }
 
     #[test]
@@ -387,6 +402,39 @@ mod tests {
             ]
         );
         assert_eq!(hm.status("store").map(|s| s.message), Some("gone".to_owned()));
+    }
+
+    #[test]
+    fn concurrent_updates_reach_the_observer_in_order() {
+        let hm = Arc::new(HealthManager::new());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        hm.set_observer(Some(Arc::new(move |t: &ComponentTransition<'_>| {
+            // A slow observer widens the window in which deliveries could overtake.
+            for _ in 0..20 {
+                std::thread::yield_now();
+            }
+            seen2.lock().push((t.old, t.new));
+        })));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let hm = Arc::clone(&hm);
+                std::thread::spawn(move || {
+                    for k in 0..200 {
+                        let status =
+                            if (i + k) % 2 == 0 { ComponentStatus::Healthy } else { ComponentStatus::Unhealthy };
+                        hm.update("c", status, "", BTreeMap::new());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        // Every delivered transition starts where the previous one ended.
+        let seen = seen.lock();
+        assert!(seen.windows(2).all(|w| w[0].1 == w[1].0), "out of order: {seen:?}");
+        assert_eq!(seen.last().map(|t| t.1), hm.status("c").map(|s| s.status));
     }
 
     #[test]

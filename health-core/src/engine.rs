@@ -17,12 +17,12 @@ use metrics::{Gauge, Histogram};
 use tokio::sync::Notify;
 
 use crate::checker::HealthChecker;
-use crate::domain::{Action, CheckOutcome, Mode, NodeFacts, NodeRecord};
+use crate::domain::{Action, CheckOutcome, Mode, NodeFacts, NodeRecord, Phase};
 use crate::executor::{ExecError, Executor};
 use crate::machine::{self, Budget, Check, Decision, HoldReason, Observation, PhaseChange};
 use crate::metrics::{MetricNames, NodeSeries, SeriesRemover};
 use crate::observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
-use crate::policy::{Policy, PolicyError};
+use crate::policy::{Backoff, Policy, PolicyError};
 use crate::store::{StateStore, StoreError, Version};
 use crate::time::{Clock, SystemClock, Timestamp};
 
@@ -59,6 +59,9 @@ pub struct EngineConfig {
     /// Store conflicts tolerated per node per pass before giving up until the
     /// next pass. Default 3.
     pub conflict_retries: u32,
+    /// When a node's state cannot be read or written, decide it again after
+    /// this back-off (5s doubling up to 5m), never in a busy loop.
+    pub store_retry: Backoff,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +73,7 @@ impl Default for EngineConfig {
             drain_timeout: Duration::from_secs(15 * 60),
             metrics_prefix: crate::metrics::DEFAULT_PREFIX.to_owned(),
             conflict_retries: 3,
+            store_retry: Backoff { initial: Duration::from_secs(5), max: Duration::from_secs(300) },
         }
     }
 }
@@ -110,10 +114,14 @@ impl EngineConfig {
         if self.check_concurrency == 0 {
             return bad("check_concurrency", "a whole number of at least 1");
         }
+        if self.store_retry.max < self.store_retry.initial {
+            return bad("store_retry.max", "at least store_retry.initial");
+        }
         for (field, d) in [
             ("check_timeout", self.check_timeout),
             ("action_timeout", self.action_timeout),
             ("drain_timeout", self.drain_timeout),
+            ("store_retry.initial", self.store_retry.initial),
         ] {
             if d.is_zero() {
                 return bad(field, "a positive duration such as \"30s\"");
@@ -160,7 +168,9 @@ pub enum EngineError {
 }
 
 /// Operator switches shared with other tasks (an admin API, a pause file
-/// watcher). Changing one wakes [`Controls::changed`].
+/// watcher). Changing one wakes the driver waiting in [`Controls::changed`]
+/// (one driver per engine; a change made while it is busy is kept for its
+/// next wait).
 #[derive(Debug, Default)]
 pub struct Controls {
     paused: AtomicBool,
@@ -172,7 +182,8 @@ pub struct Controls {
 impl Controls {
     fn set(&self, flag: &AtomicBool, on: bool) {
         if flag.swap(on, Ordering::SeqCst) != on {
-            self.notify.notify_waiters();
+            // A stored permit: a driver busy in a pass still sees the change.
+            self.notify.notify_one();
         }
     }
 
@@ -270,6 +281,8 @@ struct Slot {
     deadline: Option<Timestamp>,
     hold: Option<HoldReason>,
     seen: u64,
+    /// Consecutive store errors, for the retry back-off.
+    errors: u32,
     series: Option<NodeSeries>,
 }
 
@@ -284,6 +297,7 @@ impl Slot {
             deadline: None,
             hold: None,
             seen: 0,
+            errors: 0,
             series: None,
         }
     }
@@ -512,6 +526,13 @@ impl<T: Target + 'static> Engine<T> {
         self.state.slots.iter().filter_map(|s| s.deadline).min()
     }
 
+    /// [`Engine::next_deadline`] as a tokio instant, for
+    /// `tokio::time::sleep_until` (follows paused time with [`crate::TokioClock`]).
+    #[must_use]
+    pub fn next_wakeup(&self) -> Option<tokio::time::Instant> {
+        self.next_deadline().map(|t| self.shared.clock.instant_at(t))
+    }
+
     /// Loads every stored record (after a restart), so remediation history
     /// and in-flight waits carry over. Returns how many were loaded.
     pub async fn restore(&mut self) -> Result<usize, StoreError> {
@@ -539,31 +560,52 @@ impl<T: Target + 'static> Engine<T> {
 
     /// Evaluates `targets` as the complete set: nodes the engine knows that
     /// are not among them are removed (their record and series deleted).
+    ///
+    /// Removal is skipped while the node source is marked stale
+    /// ([`Controls::set_source_stale`]) and when `targets` is empty: an
+    /// unsynced or failed listing must never erase remediation history. Use
+    /// [`Engine::remove`] to forget nodes explicitly.
     pub async fn run_pass(&mut self, targets: &[T]) -> PassReport {
-        let mut report = self.evaluate_inner(targets).await;
-        let pass = self.state.pass;
-        let gone: Vec<String> = self.state.slots.iter().filter(|s| s.seen != pass).map(|s| s.name.clone()).collect();
-        for name in gone {
-            match self.remove(&name).await {
-                Ok(()) => report.removed.push(name),
-                Err(error) => report.errors.push(NodeError { node: name, error }),
+        let mut report = self.evaluate_inner(targets, true).await;
+        if !targets.is_empty() && !self.shared.controls.source_stale() {
+            let pass = self.state.pass;
+            let gone: Vec<(String, Option<Version>)> = self
+                .state
+                .slots
+                .iter()
+                .filter(|s| s.seen != pass)
+                .map(|s| (s.name.clone(), s.version.clone()))
+                .collect();
+            for (name, version) in gone {
+                match self.forget(&name, version.as_ref()).await {
+                    Ok(()) => report.removed.push(name),
+                    Err(error) => {
+                        self.shared.count_error("store_delete");
+                        report.errors.push(NodeError { node: name, error });
+                    }
+                }
             }
         }
-        self.finish_pass(&mut report);
+        self.finish_pass(&mut report, true);
         report
     }
 
     /// Evaluates some targets (for example the nodes a watch reported changed);
     /// other known nodes keep their state and still count in the budget.
     pub async fn evaluate(&mut self, targets: &[T]) -> PassReport {
-        let mut report = self.evaluate_inner(targets).await;
-        self.finish_pass(&mut report);
+        let mut report = self.evaluate_inner(targets, false).await;
+        self.finish_pass(&mut report, false);
         report
     }
 
     /// Forgets a node: deletes its record from the store and its metric series.
     pub async fn remove(&mut self, node: &str) -> Result<(), StoreError> {
-        self.shared.store.delete(node, None).await?;
+        self.forget(node, None).await
+    }
+
+    /// Deletes a node's record (guarded by `expected` when given) and series.
+    async fn forget(&mut self, node: &str, expected: Option<&Version>) -> Result<(), StoreError> {
+        self.shared.store.delete(node, expected).await?;
         if let Some(i) = self.state.index.remove(node) {
             let slot = self.state.slots.swap_remove(i);
             if let Some(moved) = self.state.slots.get(i) {
@@ -579,14 +621,19 @@ impl<T: Target + 'static> Engine<T> {
         Ok(())
     }
 
-    fn budget(&self) -> Budget {
+    /// The cluster budget over the selected nodes: with `only_seen`, the nodes
+    /// of the current full pass (nodes about to be removed do not count).
+    fn budget(&self, only_seen: bool) -> Budget {
         let s = &self.state;
         let c = &self.shared.controls;
+        let count = |f: &dyn Fn(&Slot) -> bool| {
+            let n = s.slots.iter().filter(|slot| (!only_seen || slot.seen == s.pass) && f(slot)).count();
+            u32::try_from(n).unwrap_or(u32::MAX)
+        };
         Budget {
-            total: u32::try_from(s.slots.len()).unwrap_or(u32::MAX),
-            unhealthy: u32::try_from(s.slots.iter().filter(|s| s.failing).count()).unwrap_or(u32::MAX),
-            in_flight: u32::try_from(s.slots.iter().filter(|s| s.record.phase.is_in_flight()).count())
-                .unwrap_or(u32::MAX),
+            total: count(&|_| true),
+            unhealthy: count(&|slot| slot.failing),
+            in_flight: count(&|slot| slot.record.phase.is_in_flight()),
             paused: c.paused(),
             source_stale: c.source_stale(),
             window_closed: c.window_closed(),
@@ -594,8 +641,8 @@ impl<T: Target + 'static> Engine<T> {
         }
     }
 
-    fn finish_pass(&mut self, report: &mut PassReport) {
-        let budget = self.budget();
+    fn finish_pass(&mut self, report: &mut PassReport, full: bool) {
+        let budget = self.budget(full);
         let policy = &self.shared.policy;
         let max_in_flight = budget.max_in_flight(policy);
         let g = &self.state.globals;
@@ -629,6 +676,9 @@ impl<T: Target + 'static> Engine<T> {
                             Some(s) => (s.record, Some(s.version)),
                             None => (NodeRecord::new(t.facts().class), None),
                         };
+                        if let Some(at) = record.last_action_at {
+                            self.state.last_action_at = Some(self.state.last_action_at.map_or(at, |l| l.max(at)));
+                        }
                         match existing {
                             Some(&i) => {
                                 let slot = &mut self.state.slots[i];
@@ -648,10 +698,24 @@ impl<T: Target + 'static> Engine<T> {
                     Err(error) => {
                         self.shared.count_error("store_load");
                         report.errors.push(NodeError { node: name.to_owned(), error });
-                        // Keep the node counted (and not removed) while its state is unknown.
-                        if let Some(&i) = existing {
-                            self.state.slots[i].seen = pass;
-                        }
+                        // Keep the node counted (and not removed) while its state is
+                        // unknown, and try it again after a back-off.
+                        let i = match existing {
+                            Some(&i) => i,
+                            None => {
+                                let i = self.state.slots.len();
+                                let mut slot = Slot::new(name, NodeRecord::new(t.facts().class), None);
+                                slot.needs_reload = true;
+                                self.state.slots.push(slot);
+                                self.state.index.insert(name.to_owned(), i);
+                                i
+                            }
+                        };
+                        let now = self.shared.clock.now();
+                        let slot = &mut self.state.slots[i];
+                        slot.seen = pass;
+                        slot.errors = slot.errors.saturating_add(1);
+                        slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
                         None
                     }
                 },
@@ -709,7 +773,7 @@ impl<T: Target + 'static> Engine<T> {
         }
     }
 
-    async fn evaluate_inner(&mut self, targets: &[T]) -> PassReport {
+    async fn evaluate_inner(&mut self, targets: &[T], full: bool) -> PassReport {
         let started = tokio::time::Instant::now();
         self.state.pass += 1;
         let mut report = PassReport { evaluated: targets.len(), ..PassReport::default() };
@@ -723,8 +787,8 @@ impl<T: Target + 'static> Engine<T> {
                 self.state.slots[si].failing = outcomes[ti * nc..(ti + 1) * nc].iter().any(CheckOutcome::is_fail);
             }
         }
-        let now = self.shared.clock.now();
-        let mut budget = self.budget();
+        let mut now = self.shared.clock.now();
+        let mut budget = self.budget(full);
         let storm = budget.storm(&self.shared.policy);
         report.storm_guard = storm;
         if storm != self.state.storm_active {
@@ -752,6 +816,15 @@ impl<T: Target + 'static> Engine<T> {
         for _ in 0..MAX_ROUNDS {
             if round.is_empty() {
                 break;
+            }
+            if !first {
+                // Actions may have taken minutes: decide follow-ups with the
+                // current time and the operator switches as they are now.
+                now = self.shared.clock.now();
+                let c = &self.shared.controls;
+                budget.paused = c.paused();
+                budget.source_stale = c.source_stale();
+                budget.window_closed = c.window_closed();
             }
             let mut planned = Vec::new();
             for &ti in &round {
@@ -851,21 +924,16 @@ impl<T: Target + 'static> Engine<T> {
                             }
                         }
                         Err(error) => {
-                            let slot = &mut self.state.slots[si];
-                            slot.record = d.record;
-                            slot.needs_reload = true;
-                            self.shared.count_error("store_load");
-                            report.errors.push(NodeError { node: slot.name.clone(), error });
+                            self.state.slots[si].record = d.record;
+                            self.store_failed(si, "store_load", error, now, report);
                             return None;
                         }
                     }
                 }
                 Err(error) => {
-                    let slot = &mut self.state.slots[si];
-                    slot.record = d.record;
-                    slot.needs_reload = true;
-                    self.shared.count_error(if error.is_conflict() { "store_conflict" } else { "store_save" });
-                    report.errors.push(NodeError { node: slot.name.clone(), error });
+                    self.state.slots[si].record = d.record;
+                    let reason = if error.is_conflict() { "store_conflict" } else { "store_save" };
+                    self.store_failed(si, reason, error, now, report);
                     return None;
                 }
             }
@@ -873,6 +941,7 @@ impl<T: Target + 'static> Engine<T> {
 
         let slot = &mut self.state.slots[si];
         slot.deadline = decision.next_deadline;
+        slot.errors = 0;
         if let Some(series) = &slot.series {
             if emit_checks {
                 for ((pass, fail), outcome) in series.checks.iter().zip(outcomes) {
@@ -914,6 +983,25 @@ impl<T: Target + 'static> Engine<T> {
             }
         }
         decision.action.map(|action| Planned { target: ti, slot: si, action, mode: decision.mode, started_at: now })
+    }
+
+    /// Records a store failure for a node: its in-memory record may now differ
+    /// from the store, so it is reloaded before the next decision, which comes
+    /// after a growing back-off (never a busy loop, never forgotten).
+    fn store_failed(
+        &mut self,
+        si: usize,
+        reason: &'static str,
+        error: StoreError,
+        now: Timestamp,
+        report: &mut PassReport,
+    ) {
+        self.shared.count_error(reason);
+        let slot = &mut self.state.slots[si];
+        slot.needs_reload = true;
+        slot.errors = slot.errors.saturating_add(1);
+        slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
+        report.errors.push(NodeError { node: slot.name.clone(), error });
     }
 
     /// Performs planned actions concurrently, folds their outcomes into the
@@ -984,11 +1072,14 @@ impl<T: Target + 'static> Engine<T> {
         let mut attempts = 0;
         loop {
             let slot = &mut self.state.slots[p.slot];
-            // Only fold the outcome into the record of the decision that asked for it.
-            let ours = p.action == Action::Uncordon
-                || (slot.record.last_action == Some(p.action) && slot.record.last_action_at == Some(p.started_at));
+            // Only fold the outcome into the record of the decision that asked
+            // for it; otherwise decide again from the record as it now is.
+            let ours = match p.action {
+                Action::Uncordon => slot.record.cordoned && slot.record.phase == Phase::Healthy,
+                _ => slot.record.last_action == Some(p.action) && slot.record.last_action_at == Some(p.started_at),
+            };
             if !ours {
-                return false;
+                return true;
             }
             let applied = machine::apply_outcome(slot.record.clone(), p.action, ok, &shared.policy, now);
             if !applied.changed {
@@ -1029,22 +1120,20 @@ impl<T: Target + 'static> Engine<T> {
                             slot.version = Some(s.version);
                         }
                         Ok(None) => {
-                            self.state.slots[p.slot].needs_reload = true;
+                            // Deleted meanwhile (the node left): nothing to record.
+                            let slot = &mut self.state.slots[p.slot];
+                            slot.needs_reload = true;
+                            slot.deadline = Some(now + self.shared.config.store_retry.delay(1));
                             return false;
                         }
                         Err(error) => {
-                            self.state.slots[p.slot].needs_reload = true;
-                            self.shared.count_error("store_load");
-                            report.errors.push(NodeError { node: name, error });
+                            self.store_failed(p.slot, "store_load", error, now, report);
                             return false;
                         }
                     }
                 }
                 Err(error) => {
-                    slot.needs_reload = true;
-                    let node = slot.name.clone();
-                    self.shared.count_error("store_save");
-                    report.errors.push(NodeError { node, error });
+                    self.store_failed(p.slot, "store_save", error, now, report);
                     return false;
                 }
             }

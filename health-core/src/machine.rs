@@ -345,12 +345,12 @@ enum Want {
     Fail,
 }
 
+fn may_replace(record: &NodeRecord, policy: &Policy) -> bool {
+    record.class == NodeClass::Standard && policy.escalation.replace
+}
+
 fn escalate(record: &NodeRecord, policy: &Policy) -> Want {
-    if record.class == NodeClass::Standard && policy.escalation.replace && record.replace_count == 0 {
-        Want::Act(Action::Drain)
-    } else {
-        Want::Fail
-    }
+    if may_replace(record, policy) && record.replace_count == 0 { Want::Act(Action::Drain) } else { Want::Fail }
 }
 
 fn apply_action(record: &mut NodeRecord, action: Action, now: Timestamp) {
@@ -390,8 +390,16 @@ pub fn step(
     let initial_phase = record.phase;
     let mut changed = false;
 
-    if record.class != obs.facts.class {
-        record.class = obs.facts.class;
+    // The class follows the node, except that during an unhealthy episode it
+    // can only become `Gpu`: a lost GPU label must not shorten the reboot wait
+    // or make a GPU node replaceable.
+    let class = match record.phase {
+        Phase::Unknown | Phase::Healthy => obs.facts.class,
+        _ if obs.facts.class == NodeClass::Gpu => NodeClass::Gpu,
+        _ => record.class,
+    };
+    if record.class != class {
+        record.class = class;
         changed = true;
     }
 
@@ -506,7 +514,11 @@ pub fn step(
                     (want, due)
                 }
                 Phase::Draining => {
-                    let want = if now < not_before {
+                    let want = if !may_replace(&record, policy) {
+                        // Escalation was switched off (or the node turned out to be a
+                        // GPU node) mid-way: give up rather than replace.
+                        Want::Fail
+                    } else if now < not_before {
                         Want::Nothing
                     } else if record.drained {
                         Want::Act(Action::Replace)

@@ -12,6 +12,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::domain::NodeClass;
 
+/// The longest accepted duration of any policy setting, in days.
+pub const MAX_DURATION_DAYS: u64 = 365;
+
 /// The largest accepted `max_reboot_failures`: more would let a broken cloud
 /// API be hammered for hours.
 pub const MAX_REBOOT_FAILURES_CAP: u32 = 10;
@@ -54,6 +57,22 @@ pub enum PolicyError {
         field: &'static str,
         /// The text given.
         value: String,
+    },
+    /// A limit that would allow no node at all.
+    #[error("{field} must allow at least one node: a count of at least 1 or a percentage above 0%")]
+    ZeroLimit {
+        /// The policy field.
+        field: &'static str,
+    },
+    /// A duration is longer than any sensible setting.
+    #[error("{field} must be at most {max_days} days, got {value:?}")]
+    DurationTooLong {
+        /// The policy field.
+        field: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The largest accepted value, in days.
+        max_days: u64,
     },
     /// Two durations contradict each other.
     #[error("{field} ({value:?}) must not be shorter than {other} ({other_value:?})")]
@@ -353,6 +372,16 @@ impl Policy {
                 return Err(PolicyError::ZeroDuration { field });
             }
         }
+        let max = Duration::from_secs(MAX_DURATION_DAYS * 86_400);
+        let bounded = positive.into_iter().chain([
+            ("gates.startup_grace", self.gates.startup_grace),
+            ("gates.min_action_interval", self.gates.min_action_interval),
+        ]);
+        for (field, value) in bounded {
+            if value > max {
+                return Err(PolicyError::DurationTooLong { field, value, max_days: MAX_DURATION_DAYS });
+            }
+        }
         if self.failure_backoff.max < self.failure_backoff.initial {
             return Err(PolicyError::Inconsistent {
                 field: "failure_backoff.max",
@@ -380,8 +409,12 @@ impl Policy {
                 return Err(PolicyError::InvalidLimit { field, value: limit.to_string() });
             }
         }
-        if self.gates.max_in_flight == Limit::Count(0) {
-            return Err(PolicyError::TooSmall { field: "gates.max_in_flight", value: 0, min: 1 });
+        for (field, limit) in
+            [("gates.max_unhealthy", self.gates.max_unhealthy), ("gates.max_in_flight", self.gates.max_in_flight)]
+        {
+            if matches!(limit, Limit::Count(0) | Limit::Percent(0)) {
+                return Err(PolicyError::ZeroLimit { field });
+            }
         }
         Ok(())
     }
@@ -478,7 +511,18 @@ mod tests {
             ),
             (
                 Policy::default().with_gates(Gates { max_in_flight: Limit::Count(0), ..Gates::default() }),
-                "gates.max_in_flight must be at least 1, got 0",
+                "gates.max_in_flight must allow at least one node: a count of at least 1 or a percentage above 0%",
+            ),
+            (
+                Policy::default().with_gates(Gates { max_unhealthy: Limit::Percent(0), ..Gates::default() }),
+                "gates.max_unhealthy must allow at least one node: a count of at least 1 or a percentage above 0%",
+            ),
+            (
+                Policy {
+                    escalation: Escalation { replace_wait: Duration::from_secs(400 * 86_400), ..Escalation::default() },
+                    ..Policy::default()
+                },
+                "escalation.replace_wait must be at most 365 days, got 34560000s",
             ),
             (
                 Policy {

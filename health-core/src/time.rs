@@ -80,9 +80,16 @@ impl Sub<Duration> for Timestamp {
     }
 }
 
+/// The first instant RFC 3339 cannot write (year 10000).
+const RFC3339_END_MS: u64 = 253_402_300_800_000;
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        humantime::format_rfc3339_millis(self.to_system_time()).fmt(f)
+        if self.0 < RFC3339_END_MS {
+            humantime::format_rfc3339_millis(self.to_system_time()).fmt(f)
+        } else {
+            write!(f, "{}ms after the epoch", self.0)
+        }
     }
 }
 
@@ -199,6 +206,8 @@ mod tests {
     #[test]
     fn display_is_rfc3339() {
         assert_eq!(Timestamp::from_millis(1_500).to_string(), "1970-01-01T00:00:01.500Z");
+        assert_eq!(Timestamp::from_millis(u64::MAX).to_string(), "18446744073709551615ms after the epoch");
+        assert_eq!(Timestamp::from_millis(253_402_300_799_999).to_string(), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -80,7 +80,7 @@ async fn a_store_conflict_never_produces_a_second_action() {
     // Two replicas share one store and both see node-0 broken.
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
     let mut first = MockExec::new();
-    first.expect_execute().with(eq(Action::Reboot), mockall::predicate::always()).times(1).returning(|_, _| Ok(()));
+    first.expect_execute().with(eq(Action::Reboot), mockall::predicate::always()).times(2).returning(|_, _| Ok(()));
     let mut second = MockExec::new();
     second.expect_execute().times(0);
     let mut a = engine(Arc::clone(&store), Arc::new(first), active());
@@ -106,6 +106,12 @@ async fn a_store_conflict_never_produces_a_second_action() {
     // Both agree on the next deadline: the end of the reboot wait.
     assert_eq!(a.next_deadline(), b.next_deadline());
     assert_eq!(a.next_deadline(), Some(Timestamp::from_secs(T0) + 15 * MIN));
+    // A driver sleeps until the wake-up instant; the wait then has expired.
+    let wake = a.next_wakeup().expect("a deadline");
+    tokio::time::sleep_until(wake).await;
+    assert_eq!(a.next_wakeup(), Some(tokio::time::Instant::now()));
+    let r = a.run_pass(&targets).await;
+    assert_eq!(r.actions.len(), 1, "the second reboot is due exactly at the deadline");
 }
 
 struct Slow;
@@ -616,6 +622,97 @@ async fn metrics_carry_design_names_and_labels_and_vanish_with_the_node() {
     assert_eq!(recorder.with_node("node-1"), Vec::<String>::new());
     assert!(!recorder.with_node("node-0").is_empty());
     assert_eq!(recorder.gauge(&format!("{p}_selected_nodes{{}}")), Some(4.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn store_errors_back_off_instead_of_spinning() {
+    let clk = clock();
+    let mut exec = MockExec::new();
+    exec.expect_execute().times(0);
+    let mut e = Engine::builder(Arc::new(Broken(MemoryStore::new())), Arc::new(exec))
+        .policy(active())
+        .checker(ready_checker())
+        .clock(Arc::new(clk))
+        .build()
+        .expect("engine");
+    let targets = nodes(3, &[]);
+    e.run_pass(&targets).await;
+    assert_eq!(e.next_deadline(), Some(clk.now() + Duration::from_secs(5)));
+    advance(Duration::from_secs(5)).await;
+    e.run_pass(&targets).await;
+    assert_eq!(e.next_deadline(), Some(clk.now() + Duration::from_secs(10)), "the back-off doubles");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_or_stale_listing_never_erases_history() {
+    let store = Arc::new(MemoryStore::new());
+    let mut e = engine(store.clone(), Arc::new(MockExec::new()), Policy::default());
+    let targets = nodes(4, &[2]);
+    e.run_pass(&targets).await;
+    assert_eq!(store.len(), 4);
+    // An unsynced watch cache: no targets at all.
+    let r = e.run_pass(&[]).await;
+    assert!(r.removed.is_empty());
+    assert_eq!(store.len(), 4);
+    // A partial listing while the API server is unreachable.
+    e.controls().set_source_stale(true);
+    let r = e.run_pass(&targets[..1]).await;
+    assert!(r.removed.is_empty());
+    assert_eq!(store.len(), 4);
+    // A fresh listing without node-3: it goes.
+    e.controls().set_source_stale(false);
+    let r = e.run_pass(&targets[..3]).await;
+    assert_eq!(r.removed, ["node-3"]);
+    assert_eq!(store.len(), 3);
+    assert_eq!(e.record("node-2").map(|r| r.phase), Some(Phase::Unhealthy));
+}
+
+/// Drains successfully, but an operator pauses remediation while the drain runs.
+struct PausedDuringDrain {
+    controls: std::sync::OnceLock<Arc<Controls>>,
+    calls: Mutex<Vec<Action>>,
+}
+
+#[async_trait]
+impl Executor<Node> for PausedDuringDrain {
+    async fn execute(&self, action: Action, _target: &Node) -> Result<(), ExecError> {
+        self.calls.lock().push(action);
+        if action == Action::Drain {
+            tokio::time::sleep(3 * MIN).await;
+            if let Some(c) = self.controls.get() {
+                c.set_paused(true);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_during_a_drain_holds_the_replacement() {
+    let clk = clock();
+    let exec = Arc::new(PausedDuringDrain { controls: std::sync::OnceLock::new(), calls: Mutex::new(Vec::new()) });
+    let mut e = Engine::builder(Arc::new(MemoryStore::new()), exec.clone())
+        .policy(active().with_replace(true).with_max_reboot_retries(1))
+        .checker(ready_checker())
+        .clock(Arc::new(clk))
+        .build()
+        .expect("engine");
+    let _ = exec.controls.set(e.controls());
+    let targets = nodes(10, &[0]);
+    e.run_pass(&targets).await;
+    advance(5 * MIN).await;
+    e.run_pass(&targets).await;
+    advance(10 * MIN).await;
+    let r = e.run_pass(&targets).await;
+    assert_eq!(*exec.calls.lock(), [Action::Reboot, Action::Drain]);
+    assert_eq!(r.held, [("node-0".to_owned(), HoldReason::Paused)]);
+    let rec = e.record("node-0").expect("record");
+    assert_eq!((rec.phase, rec.drained, rec.cordoned), (Phase::Draining, true, true));
+    // Resumed: the replacement goes ahead, stamped with the time it really happens.
+    e.controls().set_paused(false);
+    let r = e.run_pass(&targets).await;
+    assert_eq!(r.actions.iter().map(|a| a.action).collect::<Vec<_>>(), [Action::Replace]);
+    assert_eq!(e.record("node-0").and_then(|r| r.last_action_at), Some(clk.now()));
 }
 
 #[tokio::test(start_paused = true)]

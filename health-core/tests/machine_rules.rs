@@ -362,6 +362,28 @@ fn lifecycle_rules() {
         )
         .failing()
         .expect(Phase::Unhealthy, None, (1, 0, 0), Some(NOW + 3 * MIN)),
+        Row::new(
+            "a lost gpu label does not shorten a gpu node's wait",
+            NodeRecord { class: NodeClass::Gpu, ..waiting(1, 30 * MIN) },
+        )
+        .failing()
+        .expect(Phase::WaitingReboot, None, (1, 0, 0), Some(NOW + 10 * MIN)),
+        Row::new(
+            "a healthy node takes the class of its facts",
+            NodeRecord {
+                phase: Phase::Healthy,
+                class: NodeClass::Gpu,
+                healthy_since: ago(MIN),
+                ..NodeRecord::default()
+            },
+        )
+        .expect(Phase::Healthy, None, (0, 0, 0), None),
+        Row::new(
+            "draining with escalation switched off gives up",
+            NodeRecord { phase: Phase::Draining, drained: true, ..waiting(5, 0) },
+        )
+        .failing()
+        .expect(Phase::Failed, None, (5, 0, 0), None),
         Row::new("monitor-only runs the same lifecycle", unhealthy(5 * MIN))
             .failing()
             .policy(Policy::default())
