@@ -1,0 +1,250 @@
+//! The Civo API subset: cluster, instances, reboots and pool instance deletion.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::cluster::{CivoCall, Cluster, Instance};
+
+fn civo_error(status: StatusCode, code: &str, reason: &str) -> Response {
+    (status, Json(json!({"code": code, "reason": reason, "details": ""}))).into_response()
+}
+
+/// Checks the key and region, applies injected faults and records the call.
+/// `Err` carries the response to send instead of serving the request.
+async fn gate(
+    cluster: &Cluster,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(), Response> {
+    let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), ToString::to_string);
+    let record = |status: u16| {
+        cluster.inner.civo.lock().calls.push(CivoCall { method: method.to_string(), path: path.clone(), status });
+    };
+    let key = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let expected = &cluster.inner.config.civo_key;
+    let ok_key = key.split_once(' ').is_some_and(|(scheme, k)| scheme.eq_ignore_ascii_case("bearer") && k == expected);
+    if !ok_key {
+        record(401);
+        return Err(civo_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_failed",
+            "Authentication failed: supply a valid API key as \"Authorization: bearer KEY\"",
+        ));
+    }
+    let fault = {
+        let mut civo = cluster.inner.civo.lock();
+        match civo.faults.first_mut() {
+            Some(f) => {
+                let out = *f;
+                f.calls = f.calls.saturating_sub(1);
+                if f.calls == 0 {
+                    civo.faults.remove(0);
+                }
+                Some(out)
+            }
+            None => None,
+        }
+    };
+    if let Some(f) = fault {
+        if !f.delay.is_zero() {
+            tokio::time::sleep(f.delay).await;
+        }
+        if f.status != 0 {
+            record(f.status);
+            let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let (code, reason) = match f.status {
+                429 => ("rate_limit_exceeded", "Too many requests, slow down"),
+                404 => {
+                    ("database_kubernetes_cluster_not_found", "Failed to find the cluster within the internal database")
+                }
+                401 | 403 => {
+                    ("authentication_access_denied", "Access denied, you don't have permission on this resource")
+                }
+                _ => ("internal_server_error", "An unexpected error occurred"),
+            };
+            return Err(civo_error(status, code, reason));
+        }
+    }
+    if query.get("region").is_none_or(String::is_empty) {
+        record(400);
+        return Err(civo_error(StatusCode::BAD_REQUEST, "region_missing", "The region query parameter is required"));
+    }
+    if query.get("region") != Some(&cluster.inner.config.region) {
+        record(404);
+        return Err(civo_error(StatusCode::NOT_FOUND, "region_unavailable", "The region is not available"));
+    }
+    record(200);
+    Ok(())
+}
+
+fn fix_status(cluster: &Cluster, status: u16) {
+    if let Some(last) = cluster.inner.civo.lock().calls.last_mut() {
+        last.status = status;
+    }
+}
+
+fn instance_json(i: &Instance, region: &str) -> Value {
+    json!({
+        "id": i.id, "hostname": i.hostname, "status": i.status, "size": i.size, "region": region,
+        "public_ip": i.public_ip, "private_ip": i.private_ip, "network_id": "6f1e2d3c-4b5a-4968-8776-5a4b3c2d1e0f",
+        "firewall_id": "4211a9c2-7e3b-4d8f-9a1c-2b3e4f5a6b7c", "tags": ["k3s"], "cpu_cores": if i.gpus > 0 { 16 } else { 4 },
+        "ram_mb": if i.gpus > 0 { 131_072 } else { 8192 }, "disk_gb": 80, "created_at": "2026-11-01T09:10:02Z",
+        "source_type": "diskimage", "source_id": "ubuntu-noble"
+    })
+}
+
+async fn get_cluster(
+    State(c): State<Cluster>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+        return r;
+    }
+    let cfg = &c.inner.config;
+    if id != cfg.cluster_id {
+        fix_status(&c, 404);
+        return civo_error(
+            StatusCode::NOT_FOUND,
+            "database_kubernetes_cluster_not_found",
+            "Failed to find the cluster within the internal database",
+        );
+    }
+    let civo = c.inner.civo.lock();
+    let pools: Vec<Value> = civo
+        .pools
+        .iter()
+        .map(|(pid, size)| {
+            let members: Vec<&Instance> = civo.instances.values().filter(|i| &i.pool == pid).collect();
+            json!({
+                "id": pid, "count": members.len(), "size": size,
+                "instance_names": members.iter().map(|i| i.hostname.clone()).collect::<Vec<_>>(),
+                "instances": members.iter().map(|i| instance_json(i, &cfg.region)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let instances: Vec<Value> = civo.instances.values().map(|i| instance_json(i, &cfg.region)).collect();
+    Json(json!({
+        "id": cfg.cluster_id, "name": cfg.cluster_name, "version": "1.33.1-k3s1", "status": "ACTIVE", "ready": true,
+        "cluster_type": "k3s", "num_target_nodes": instances.len(), "target_nodes_size": "g4s.kube.medium",
+        "kubernetes_version": "1.33.1-k3s1", "cni_plugin": "cilium", "ccm_installed": "true",
+        "created_at": "2026-11-01T09:00:00Z", "pools": pools, "instances": instances
+    }))
+    .into_response()
+}
+
+async fn list_instances(
+    State(c): State<Cluster>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+        return r;
+    }
+    if id != c.inner.config.cluster_id {
+        fix_status(&c, 404);
+        return civo_error(
+            StatusCode::NOT_FOUND,
+            "database_kubernetes_cluster_not_found",
+            "Failed to find the cluster within the internal database",
+        );
+    }
+    let region = &c.inner.config.region;
+    let list: Vec<Value> = c.inner.civo.lock().instances.values().map(|i| instance_json(i, region)).collect();
+    Json(Value::Array(list)).into_response()
+}
+
+async fn reboot(
+    State(c): State<Cluster>,
+    Path((id, kind)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+        return r;
+    }
+    if kind != "hard_reboots" && kind != "soft_reboots" {
+        fix_status(&c, 404);
+        return civo_error(StatusCode::NOT_FOUND, "not_found", "No such action");
+    }
+    if c.reboot_instance(&id) {
+        Json(json!({"ID": id, "result": "success"})).into_response()
+    } else {
+        fix_status(&c, 404);
+        civo_error(
+            StatusCode::NOT_FOUND,
+            "database_instance_not_found",
+            "Failed to find the instance within the internal database",
+        )
+    }
+}
+
+async fn delete_pool_instance(
+    State(c): State<Cluster>,
+    Path((cid, pool, id)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+        return r;
+    }
+    let in_pool =
+        cid == c.inner.config.cluster_id && c.inner.civo.lock().instances.get(&id).is_some_and(|i| i.pool == pool);
+    if !in_pool {
+        fix_status(&c, 404);
+        return civo_error(
+            StatusCode::NOT_FOUND,
+            "database_cluster_pool_instance_not_found",
+            "Failed to find the instance in the cluster pool within the internal database",
+        );
+    }
+    match c.delete_instance(&id) {
+        Some(_) => Json(json!({"result": "success"})).into_response(),
+        None => {
+            civo_error(StatusCode::NOT_FOUND, "database_cluster_pool_instance_not_found", "Failed to find the instance")
+        }
+    }
+}
+
+async fn fallback(
+    State(c): State<Cluster>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+        return r;
+    }
+    fix_status(&c, 404);
+    civo_error(StatusCode::NOT_FOUND, "not_found", "The requested resource does not exist")
+}
+
+/// The Civo API router.
+pub(crate) fn router(cluster: Cluster) -> Router {
+    Router::new()
+        .route("/v2/kubernetes/clusters/{id}", get(get_cluster))
+        .route("/v2/kubernetes/clusters/{id}/instances", get(list_instances))
+        .route("/v2/instances/{id}/{action}", post(reboot))
+        .route("/v2/kubernetes/clusters/{cid}/pools/{pool}/instances/{id}", delete(delete_pool_instance))
+        .fallback(fallback)
+        .with_state(cluster)
+}

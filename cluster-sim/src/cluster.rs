@@ -1,0 +1,643 @@
+//! The simulated cluster: its objects, its Civo account, and the Rust API
+//! that drives scenarios (faults, reboots, replacements, API failures).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::fixtures::{self, NodePlan, PodOwner};
+use crate::objects::{Keep, Kind, Store};
+
+/// How big the simulated cluster is and how it behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Standard nodes.
+    pub nodes: u32,
+    /// GPU nodes (in their own pool).
+    pub gpu_nodes: u32,
+    /// GPUs per GPU node.
+    pub gpus_per_node: u32,
+    /// Pools the standard nodes are spread over (at least 1).
+    pub pools: u32,
+    /// Civo cluster id.
+    pub cluster_id: String,
+    /// Civo cluster name (also the node name prefix).
+    pub cluster_name: String,
+    /// Civo region.
+    pub region: String,
+    /// The Civo API key the simulated API accepts.
+    pub civo_key: String,
+    /// Pods per node: one DaemonSet pod and this many ReplicaSet pods.
+    pub pods_per_node: u32,
+    /// Watch events kept for resuming watches (older versions get 410 Gone).
+    pub watch_history: usize,
+    /// How often watches receive a BOOKMARK (when they ask for them).
+    pub bookmark_interval: Duration,
+    /// How often kubelet leases of healthy nodes are renewed (zero: never).
+    pub lease_renew_interval: Duration,
+    /// Default time a reboot takes.
+    pub reboot_takes: Duration,
+    /// Time until a replaced instance comes back as a new node.
+    pub replace_takes: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nodes: 3,
+            gpu_nodes: 0,
+            gpus_per_node: 8,
+            pools: 1,
+            cluster_id: "b3a7c6d2-5f1e-4c9a-8d0b-7e6f5a4c3b21".into(),
+            cluster_name: "sim".into(),
+            region: "lon1".into(),
+            civo_key: "sim-civo-key".into(),
+            pods_per_node: 2,
+            watch_history: 100_000,
+            bookmark_interval: Duration::from_secs(1),
+            lease_renew_interval: Duration::from_secs(10),
+            reboot_takes: Duration::from_secs(30),
+            replace_takes: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A fault injected into a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// Ready=False (the kubelet reports not ready).
+    NotReady,
+    /// Ready=Unknown (the kubelet stopped posting status).
+    Unknown,
+    /// MemoryPressure=True.
+    MemoryPressure,
+    /// DiskPressure=True.
+    DiskPressure,
+    /// PIDPressure=True.
+    PidPressure,
+    /// Allocatable GPUs drop to zero (the label keeps the expected count).
+    GpuLost,
+    /// Cilium is down: NetworkUnavailable=True and the agent-not-ready taint.
+    CiliumDown,
+    /// The kubelet lease stops being renewed.
+    LeaseStale,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 8] = [
+        Fault::NotReady,
+        Fault::Unknown,
+        Fault::MemoryPressure,
+        Fault::DiskPressure,
+        Fault::PidPressure,
+        Fault::GpuLost,
+        Fault::CiliumDown,
+        Fault::LeaseStale,
+    ];
+}
+
+/// What a reboot of a node does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebootBehaviour {
+    /// The reboot clears the node's faults.
+    pub fixes: bool,
+    /// How long the node is NotReady while rebooting.
+    pub takes: Duration,
+}
+
+/// A fault of the simulated Civo API for its next calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CivoFault {
+    /// HTTP status to answer with (0: answer normally after the delay).
+    pub status: u16,
+    /// Delay before answering.
+    pub delay: Duration,
+    /// How many calls it affects.
+    pub calls: u32,
+}
+
+/// One call the simulated Civo API received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CivoCall {
+    /// HTTP method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Status answered.
+    pub status: u16,
+}
+
+/// A simulated Civo instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Instance {
+    /// Instance id.
+    pub id: String,
+    /// Hostname (the node name).
+    pub hostname: String,
+    /// Pool id.
+    pub pool: String,
+    /// Instance size.
+    pub size: String,
+    /// `ACTIVE`, `REBOOTING`, ...
+    pub status: String,
+    /// Public IP.
+    pub public_ip: String,
+    /// Private IP.
+    pub private_ip: String,
+    /// Node index (for addresses).
+    #[serde(skip)]
+    pub index: u32,
+    /// GPUs.
+    #[serde(skip)]
+    pub gpus: u32,
+}
+
+#[derive(Default)]
+pub(crate) struct CivoState {
+    pub(crate) instances: BTreeMap<String, Instance>,
+    pub(crate) pools: Vec<(String, String)>,
+    pub(crate) faults: Vec<CivoFault>,
+    pub(crate) calls: Vec<CivoCall>,
+}
+
+#[derive(Default)]
+struct NodeState {
+    faults: BTreeMap<String, Vec<Fault>>,
+    reboot: BTreeMap<String, RebootBehaviour>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Mutex<Store>,
+    pub(crate) civo: Mutex<CivoState>,
+    nodes: Mutex<NodeState>,
+    pub(crate) config: ClusterConfig,
+    next_index: Mutex<u32>,
+}
+
+/// A handle on the simulated cluster (cheap to clone).
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("cluster_id", &self.inner.config.cluster_id)
+            .field("nodes", &self.node_names().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn instance_id(n: u32) -> String {
+    format!("0f9c7a52-3b1e-4d6a-9f20-{n:012x}")
+}
+
+/// The pool id of standard pool `p`.
+#[must_use]
+pub fn pool_id(p: u32) -> String {
+    format!("5a1c{p:04x}-9e2b-4f7d-8c3a-1b6e0d9f2a47")
+}
+
+/// The pool id of the GPU pool.
+#[must_use]
+pub fn gpu_pool_id() -> String {
+    "9d4e7f10-6c2a-4b8e-a1f3-5e0c7b2d9a61".into()
+}
+
+impl Cluster {
+    /// A cluster populated as `config` says (no servers started).
+    #[must_use]
+    pub fn new(config: ClusterConfig) -> Self {
+        let store = Store::new(config.watch_history, 65_536);
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                store: Mutex::new(store),
+                civo: Mutex::new(CivoState::default()),
+                nodes: Mutex::new(NodeState::default()),
+                config: config.clone(),
+                next_index: Mutex::new(0),
+            }),
+        };
+        let pools = config.pools.max(1);
+        {
+            let mut civo = cluster.inner.civo.lock();
+            for p in 0..pools {
+                civo.pools.push((pool_id(p), "g4s.kube.medium".into()));
+            }
+            if config.gpu_nodes > 0 {
+                civo.pools.push((gpu_pool_id(), "an1.l40s-ks".into()));
+            }
+        }
+        for i in 0..config.nodes {
+            cluster.add_node(&pool_id(i % pools), 0);
+        }
+        for _ in 0..config.gpu_nodes {
+            cluster.add_node(&gpu_pool_id(), config.gpus_per_node);
+        }
+        cluster.seed_system_objects();
+        cluster
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    fn seed_system_objects(&self) {
+        let mut store = self.inner.store.lock();
+        for (ns, name) in [("kube-system", "cilium"), ("kube-system", "node-exporter")] {
+            let ds = json!({
+                "apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+                "spec": {"selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name}},
+                                      "spec": {"containers": [{"name": name, "image": format!("ghcr.io/example/{name}:1.0")}]}}}
+            });
+            let _ = store.create(Kind::DaemonSet, ds, false);
+        }
+    }
+
+    /// Adds a node (and its Civo instance, kubelet lease and pods) to `pool`.
+    /// Returns the node name.
+    pub fn add_node(&self, pool: &str, gpus: u32) -> String {
+        let index = {
+            let mut n = self.inner.next_index.lock();
+            *n += 1;
+            *n
+        };
+        let cfg = &self.inner.config;
+        let kind = if gpus > 0 { "gpu" } else { "std" };
+        let name = format!("k3s-{}-{kind}-{}-node-{index:05}", cfg.cluster_name, &pool[..4]);
+        let plan = NodePlan {
+            name: name.clone(),
+            pool: pool.to_owned(),
+            instance_id: instance_id(index),
+            gpus,
+            index,
+            region: cfg.region.clone(),
+        };
+        let node = serde_json::to_value(fixtures::node(&plan)).unwrap_or(Value::Null);
+        {
+            let mut store = self.inner.store.lock();
+            let _ = store.create(Kind::Node, node, false);
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now_micro()}
+            });
+            let _ = store.create(Kind::Lease, lease, false);
+            let ds = serde_json::to_value(fixtures::pod(
+                "kube-system",
+                &format!("cilium-{index:05}"),
+                &name,
+                "cilium",
+                PodOwner::DaemonSet,
+            ))
+            .unwrap_or(Value::Null);
+            let _ = store.create(Kind::Pod, ds, false);
+            for p in 0..cfg.pods_per_node {
+                let app = if p % 2 == 0 { "shop-frontend" } else { "shop-api" };
+                let pod = serde_json::to_value(fixtures::pod(
+                    "default",
+                    &format!("{app}-{index:05}-{p}"),
+                    &name,
+                    app,
+                    PodOwner::ReplicaSet,
+                ))
+                .unwrap_or(Value::Null);
+                let _ = store.create(Kind::Pod, pod, false);
+            }
+        }
+        let size = if gpus > 0 { "an1.l40s-ks" } else { "g4s.kube.medium" };
+        self.inner.civo.lock().instances.insert(
+            plan.instance_id.clone(),
+            Instance {
+                id: plan.instance_id,
+                hostname: name.clone(),
+                pool: pool.to_owned(),
+                size: size.into(),
+                status: "ACTIVE".into(),
+                public_ip: fixtures::public_ip(index),
+                private_ip: fixtures::internal_ip(index),
+                index,
+                gpus,
+            },
+        );
+        name
+    }
+
+    /// Every node name, sorted.
+    #[must_use]
+    pub fn node_names(&self) -> Vec<String> {
+        let store = self.inner.store.lock();
+        store.matching(Kind::Node, None, &Default::default()).iter().map(|o| o.name.clone()).collect()
+    }
+
+    /// A node as JSON.
+    #[must_use]
+    pub fn node(&self, name: &str) -> Option<Value> {
+        self.inner.store.lock().get(Kind::Node, "", name).map(|o| o.value())
+    }
+
+    /// Any object as JSON (`namespace` empty for cluster-scoped kinds).
+    #[must_use]
+    pub fn object(&self, kind: crate::Kind, namespace: &str, name: &str) -> Option<Value> {
+        self.inner.store.lock().get(kind, namespace, name).map(|o| o.value())
+    }
+
+    /// Applies `f` to a node's JSON and stores the result (status included).
+    pub fn update_node(&self, name: &str, f: impl FnOnce(&mut Value)) -> Result<(), ApiError> {
+        self.update(Kind::Node, "", name, f)
+    }
+
+    /// Applies `f` to any object's JSON and stores the result.
+    pub fn update(&self, kind: Kind, namespace: &str, name: &str, f: impl FnOnce(&mut Value)) -> Result<(), ApiError> {
+        let mut store = self.inner.store.lock();
+        let obj = store.get(kind, namespace, name).ok_or_else(|| ApiError::not_found(kind.def().plural, name))?;
+        let mut v = obj.value();
+        f(&mut v);
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        store.update(kind, namespace, name, v, Keep::Nothing, false).map(|_| ())
+    }
+
+    /// Creates any object from JSON.
+    pub fn create(&self, kind: Kind, v: Value) -> Result<(), ApiError> {
+        self.inner.store.lock().create(kind, v, false).map(|_| ())
+    }
+
+    /// Makes every watch from an older resource version fail with 410 Gone.
+    pub fn compact(&self) {
+        self.inner.store.lock().compact();
+    }
+
+    /// The current resource version.
+    #[must_use]
+    pub fn resource_version(&self) -> u64 {
+        self.inner.store.lock().current_rv()
+    }
+
+    /// Injects a fault into a node.
+    pub fn inject(&self, node: &str, fault: Fault) -> Result<(), ApiError> {
+        {
+            let mut st = self.inner.nodes.lock();
+            let faults = st.faults.entry(node.to_owned()).or_default();
+            if !faults.contains(&fault) {
+                faults.push(fault);
+            }
+        }
+        self.render(node)
+    }
+
+    /// Clears every fault of a node.
+    pub fn heal(&self, node: &str) -> Result<(), ApiError> {
+        self.inner.nodes.lock().faults.remove(node);
+        self.render(node)
+    }
+
+    /// The faults of a node.
+    #[must_use]
+    pub fn faults(&self, node: &str) -> Vec<Fault> {
+        self.inner.nodes.lock().faults.get(node).cloned().unwrap_or_default()
+    }
+
+    /// Says what a reboot of `node` does.
+    pub fn set_reboot(&self, node: &str, behaviour: RebootBehaviour) {
+        self.inner.nodes.lock().reboot.insert(node.to_owned(), behaviour);
+    }
+
+    fn reboot_behaviour(&self, node: &str) -> RebootBehaviour {
+        self.inner
+            .nodes
+            .lock()
+            .reboot
+            .get(node)
+            .copied()
+            .unwrap_or(RebootBehaviour { fixes: true, takes: self.inner.config.reboot_takes })
+    }
+
+    /// Writes a node's conditions, taints and GPUs from its faults.
+    fn render(&self, node: &str) -> Result<(), ApiError> {
+        let faults = self.faults(node);
+        self.render_with(node, &faults, false)
+    }
+
+    fn render_with(&self, node: &str, faults: &[Fault], rebooting: bool) -> Result<(), ApiError> {
+        let now = crate::objects::now_rfc3339();
+        self.update_node(node, |v| {
+            let mut conds = fixtures::healthy_conditions();
+            for c in &mut conds {
+                let (status, reason, message) = match (c.type_.as_str(), rebooting) {
+                    ("Ready", true) => ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."),
+                    ("Ready", false) if faults.contains(&Fault::Unknown) => {
+                        ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
+                    }
+                    ("Ready", false) if faults.contains(&Fault::NotReady) => {
+                        ("False", "KubeletNotReady", "container runtime network not ready: NetworkReady=false")
+                    }
+                    ("MemoryPressure", _) if faults.contains(&Fault::MemoryPressure) => {
+                        ("True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+                    }
+                    ("DiskPressure", _) if faults.contains(&Fault::DiskPressure) => {
+                        ("True", "KubeletHasDiskPressure", "kubelet has disk pressure")
+                    }
+                    ("PIDPressure", _) if faults.contains(&Fault::PidPressure) => {
+                        ("True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
+                    }
+                    ("NetworkUnavailable", _) if faults.contains(&Fault::CiliumDown) => {
+                        ("True", "CiliumIsDown", "Cilium agent is not running on this node")
+                    }
+                    _ => continue,
+                };
+                c.status = status.into();
+                c.reason = Some(reason.into());
+                c.message = Some(message.into());
+                c.last_transition_time =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now.parse().unwrap_or_default()));
+            }
+            v["status"]["conditions"] = serde_json::to_value(&conds).unwrap_or(Value::Null);
+            let mut taints: Vec<Value> = v["spec"]["taints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| {
+                    !matches!(
+                        t["key"].as_str(),
+                        Some(
+                            "node.cilium.io/agent-not-ready"
+                                | "node.kubernetes.io/unreachable"
+                                | "node.kubernetes.io/not-ready"
+                        )
+                    )
+                })
+                .collect();
+            if faults.contains(&Fault::CiliumDown) {
+                taints.push(json!({"key": "node.cilium.io/agent-not-ready", "value": "true", "effect": "NoSchedule"}));
+            }
+            if rebooting || faults.contains(&Fault::Unknown) {
+                taints.push(json!({"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule", "timeAdded": now}));
+            } else if faults.contains(&Fault::NotReady) {
+                taints.push(json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule", "timeAdded": now}));
+            }
+            v["spec"]["taints"] = Value::Array(taints);
+            if let Some(expected) = v["metadata"]["labels"][fixtures::GPU_COUNT_LABEL].as_str().map(str::to_owned) {
+                let alloc = if faults.contains(&Fault::GpuLost) { "0".to_owned() } else { expected };
+                v["status"]["allocatable"][fixtures::GPU_RESOURCE] = Value::String(alloc.clone());
+                v["status"]["capacity"][fixtures::GPU_RESOURCE] = Value::String(alloc);
+            }
+        })?;
+        if faults.contains(&Fault::LeaseStale) {
+            self.update(Kind::Lease, "kube-node-lease", node, |l| {
+                l["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
+            })?;
+        } else {
+            self.renew_lease(node);
+        }
+        Ok(())
+    }
+
+    fn renew_lease(&self, node: &str) {
+        let _ = self.update(Kind::Lease, "kube-node-lease", node, |l| {
+            l["spec"]["renewTime"] = Value::String(now_micro());
+        });
+    }
+
+    /// Renews the kubelet lease of every node without a `LeaseStale` fault or reboot in progress.
+    pub fn renew_leases(&self) {
+        let stale: Vec<String> = {
+            let st = self.inner.nodes.lock();
+            st.faults.iter().filter(|(_, f)| f.contains(&Fault::LeaseStale)).map(|(n, _)| n.clone()).collect()
+        };
+        for node in self.node_names() {
+            if !stale.contains(&node) {
+                self.renew_lease(&node);
+            }
+        }
+    }
+
+    /// Reboots the node behind an instance: NotReady now, then (after the
+    /// reboot time) healthy if the reboot fixes it, else its faults again.
+    pub(crate) fn reboot_instance(&self, id: &str) -> bool {
+        let Some(host) = self.inner.civo.lock().instances.get_mut(id).map(|i| {
+            i.status = "REBOOTING".into();
+            i.hostname.clone()
+        }) else {
+            return false;
+        };
+        let b = self.reboot_behaviour(&host);
+        let faults = self.faults(&host);
+        let _ = self.render_with(&host, &faults, true);
+        let me = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(b.takes).await;
+            if b.fixes {
+                me.inner.nodes.lock().faults.remove(&host);
+            }
+            if let Some(i) = me.inner.civo.lock().instances.get_mut(&id) {
+                i.status = "ACTIVE".into();
+            }
+            let _ = me.render(&host);
+        });
+        true
+    }
+
+    /// Deletes an instance: its node (and pods and lease) go, and after the
+    /// replacement time a new node joins the same pool.
+    pub(crate) fn delete_instance(&self, id: &str) -> Option<Instance> {
+        let inst = self.inner.civo.lock().instances.remove(id)?;
+        {
+            let mut store = self.inner.store.lock();
+            let _ = store.delete(Kind::Node, "", &inst.hostname, None);
+            let _ = store.delete(Kind::Lease, "kube-node-lease", &inst.hostname, None);
+            let sel =
+                crate::selector::Selectors::parse(Kind::Pod, None, Some(&format!("spec.nodeName={}", inst.hostname)));
+            if let Ok(sel) = sel {
+                for p in store.matching(Kind::Pod, None, &sel) {
+                    let _ = store.delete(Kind::Pod, &p.namespace.clone(), &p.name.clone(), None);
+                }
+            }
+        }
+        self.inner.nodes.lock().faults.remove(&inst.hostname);
+        let me = self.clone();
+        let (pool, gpus) = (inst.pool.clone(), inst.gpus);
+        let takes = self.inner.config.replace_takes;
+        tokio::spawn(async move {
+            tokio::time::sleep(takes).await;
+            me.add_node(&pool, gpus);
+        });
+        Some(inst)
+    }
+
+    /// Makes the next `fault.calls` Civo API calls fail (or stall) as described.
+    pub fn civo_fail_next(&self, fault: CivoFault) {
+        self.inner.civo.lock().faults.push(fault);
+    }
+
+    /// Every Civo API call received so far.
+    #[must_use]
+    pub fn civo_calls(&self) -> Vec<CivoCall> {
+        self.inner.civo.lock().calls.clone()
+    }
+
+    /// Every Civo instance.
+    #[must_use]
+    pub fn instances(&self) -> Vec<Instance> {
+        self.inner.civo.lock().instances.values().cloned().collect()
+    }
+
+    /// Every Event written (core/v1 and events.k8s.io/v1), oldest first.
+    #[must_use]
+    pub fn events(&self) -> Vec<Value> {
+        let store = self.inner.store.lock();
+        let mut out: Vec<_> =
+            [Kind::Event, Kind::EventV1].iter().flat_map(|k| store.matching(*k, None, &Default::default())).collect();
+        out.sort_by_key(|o| o.rv);
+        out.iter().map(|o| o.value()).collect()
+    }
+
+    /// Adds a pod on `node`.
+    pub fn add_pod(&self, namespace: &str, name: &str, node: &str, app: &str, owner: PodOwner) -> Result<(), ApiError> {
+        let pod = serde_json::to_value(fixtures::pod(namespace, name, node, app, owner)).unwrap_or(Value::Null);
+        self.create(Kind::Pod, pod)
+    }
+
+    /// Adds a PodDisruptionBudget selecting `app=<app>` with `min_available`.
+    pub fn add_pdb(&self, namespace: &str, name: &str, app: &str, min_available: i32) -> Result<(), ApiError> {
+        let pdb = json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": app}}}
+        });
+        self.create(Kind::PodDisruptionBudget, pdb)
+    }
+
+    /// Names of the pods on `node`.
+    #[must_use]
+    pub fn pods_on(&self, node: &str) -> Vec<String> {
+        let store = self.inner.store.lock();
+        match crate::selector::Selectors::parse(Kind::Pod, None, Some(&format!("spec.nodeName={node}"))) {
+            Ok(sel) => {
+                store.matching(Kind::Pod, None, &sel).iter().map(|o| format!("{}/{}", o.namespace, o.name)).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A MicroTime string for now.
+pub(crate) fn now_micro() -> String {
+    let t = std::time::SystemTime::now();
+    humantime::format_rfc3339_micros(t).to_string()
+}

@@ -1,0 +1,632 @@
+//! The object store behind the simulated API server: typed validation,
+//! resource versions, watch history and consistent list snapshots.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio::sync::broadcast;
+
+use crate::error::ApiError;
+use crate::selector::Selectors;
+
+/// A kind of object the simulator serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// core/v1 Node.
+    Node,
+    /// core/v1 Pod.
+    Pod,
+    /// core/v1 Event.
+    Event,
+    /// events.k8s.io/v1 Event.
+    EventV1,
+    /// coordination.k8s.io/v1 Lease.
+    Lease,
+    /// policy/v1 PodDisruptionBudget.
+    PodDisruptionBudget,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+/// How a resource is served: its URL segments and discovery data.
+#[derive(Debug)]
+pub(crate) struct ResourceDef {
+    pub(crate) kind: Kind,
+    pub(crate) group: &'static str,
+    pub(crate) version: &'static str,
+    pub(crate) plural: &'static str,
+    pub(crate) singular: &'static str,
+    pub(crate) kind_name: &'static str,
+    pub(crate) namespaced: bool,
+    pub(crate) short_names: &'static [&'static str],
+    pub(crate) verbs: &'static [&'static str],
+    /// (subresource, kind, group, version, verbs)
+    pub(crate) subresources:
+        &'static [(&'static str, &'static str, &'static str, &'static str, &'static [&'static str])],
+}
+
+const ALL_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+
+pub(crate) const RESOURCES: &[ResourceDef] = &[
+    ResourceDef {
+        kind: Kind::Node,
+        group: "",
+        version: "v1",
+        plural: "nodes",
+        singular: "node",
+        kind_name: "Node",
+        namespaced: false,
+        short_names: &["no"],
+        verbs: ALL_VERBS,
+        subresources: &[("status", "Node", "", "v1", &["get", "patch", "update"])],
+    },
+    ResourceDef {
+        kind: Kind::Pod,
+        group: "",
+        version: "v1",
+        plural: "pods",
+        singular: "pod",
+        kind_name: "Pod",
+        namespaced: true,
+        short_names: &["po"],
+        verbs: ALL_VERBS,
+        subresources: &[
+            ("status", "Pod", "", "v1", &["get", "patch", "update"]),
+            ("eviction", "Eviction", "policy", "v1", &["create"]),
+        ],
+    },
+    ResourceDef {
+        kind: Kind::Event,
+        group: "",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind_name: "Event",
+        namespaced: true,
+        short_names: &["ev"],
+        verbs: ALL_VERBS,
+        subresources: &[],
+    },
+    ResourceDef {
+        kind: Kind::EventV1,
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind_name: "Event",
+        namespaced: true,
+        short_names: &["ev"],
+        verbs: ALL_VERBS,
+        subresources: &[],
+    },
+    ResourceDef {
+        kind: Kind::Lease,
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        singular: "lease",
+        kind_name: "Lease",
+        namespaced: true,
+        short_names: &[],
+        verbs: ALL_VERBS,
+        subresources: &[],
+    },
+    ResourceDef {
+        kind: Kind::PodDisruptionBudget,
+        group: "policy",
+        version: "v1",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        kind_name: "PodDisruptionBudget",
+        namespaced: true,
+        short_names: &["pdb"],
+        verbs: ALL_VERBS,
+        subresources: &[],
+    },
+    ResourceDef {
+        kind: Kind::DaemonSet,
+        group: "apps",
+        version: "v1",
+        plural: "daemonsets",
+        singular: "daemonset",
+        kind_name: "DaemonSet",
+        namespaced: true,
+        short_names: &["ds"],
+        verbs: ALL_VERBS,
+        subresources: &[],
+    },
+];
+
+impl Kind {
+    pub(crate) fn def(self) -> &'static ResourceDef {
+        RESOURCES.iter().find(|d| d.kind == self).unwrap_or(&RESOURCES[0])
+    }
+
+    /// The group/version string (`v1`, `coordination.k8s.io/v1`).
+    pub(crate) fn api_version(self) -> String {
+        let d = self.def();
+        if d.group.is_empty() { d.version.to_owned() } else { format!("{}/{}", d.group, d.version) }
+    }
+
+    /// Deserialises into the k8s-openapi type and back: rejects bad types
+    /// (422) and drops fields the schema does not declare, as the API server does.
+    fn roundtrip(self, v: Value) -> Result<Value, String> {
+        fn rt<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String> {
+            let t: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            serde_json::to_value(&t).map_err(|e| e.to_string())
+        }
+        use k8s_openapi::api;
+        match self {
+            Kind::Node => rt::<api::core::v1::Node>(v),
+            Kind::Pod => rt::<api::core::v1::Pod>(v),
+            Kind::Event => rt::<api::core::v1::Event>(v),
+            Kind::EventV1 => rt::<api::events::v1::Event>(v),
+            Kind::Lease => rt::<api::coordination::v1::Lease>(v),
+            Kind::PodDisruptionBudget => rt::<api::policy::v1::PodDisruptionBudget>(v),
+            Kind::DaemonSet => rt::<api::apps::v1::DaemonSet>(v),
+        }
+    }
+}
+
+/// Paths (`.spec.foo`) present in `input` but not in `output`.
+pub(crate) fn unknown_fields(input: &Value, output: &Value) -> Vec<String> {
+    fn walk(input: &Value, output: &Value, path: &mut String, out: &mut Vec<String>) {
+        match (input, output) {
+            (Value::Object(i), Value::Object(o)) => {
+                for (k, v) in i {
+                    if v.is_null() {
+                        continue;
+                    }
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(k);
+                    match o.get(k) {
+                        Some(ov) => walk(v, ov, path, out),
+                        None => out.push(path.clone()),
+                    }
+                    path.truncate(len);
+                }
+            }
+            (Value::Array(i), Value::Array(o)) => {
+                for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{n}]"));
+                    walk(iv, ov, path, out);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(input, output, &mut String::new(), &mut out);
+    out
+}
+
+/// One stored object: its identity, the fields selectors need, and its JSON.
+#[derive(Debug)]
+pub(crate) struct Obj {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) rv: u64,
+    pub(crate) labels: BTreeMap<String, String>,
+    /// `spec.nodeName` of pods.
+    pub(crate) node_name: Option<String>,
+    pub(crate) json: Bytes,
+}
+
+impl Obj {
+    pub(crate) fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+}
+
+/// A watch event as stored in the history.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) kind: Kind,
+    pub(crate) event_type: &'static str,
+    pub(crate) obj: Arc<Obj>,
+}
+
+type Key = (String, String);
+
+/// A consistent list snapshot for `continue` tokens.
+struct Snapshot {
+    items: Arc<Vec<Arc<Obj>>>,
+    rv: u64,
+}
+
+/// The outcome of a list request.
+pub(crate) struct ListPage {
+    pub(crate) items: Vec<Arc<Obj>>,
+    pub(crate) rv: u64,
+    pub(crate) continue_token: Option<String>,
+    pub(crate) remaining: usize,
+}
+
+/// What a watch starts from.
+pub(crate) struct WatchStart {
+    pub(crate) initial: Vec<Arc<Event>>,
+    pub(crate) rx: broadcast::Receiver<Arc<Event>>,
+    pub(crate) rv: u64,
+}
+
+/// All objects, the resource version counter and the watch history.
+pub(crate) struct Store {
+    rv: u64,
+    uid: u64,
+    objects: HashMap<Kind, BTreeMap<Key, Arc<Obj>>>,
+    history: VecDeque<Arc<Event>>,
+    history_cap: usize,
+    /// Events at or below this resource version are no longer available.
+    compacted: u64,
+    tx: broadcast::Sender<Arc<Event>>,
+    snapshots: HashMap<u64, Snapshot>,
+    snapshot_order: VecDeque<u64>,
+    next_snapshot: u64,
+}
+
+const MAX_SNAPSHOTS: usize = 32;
+
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn meta_mut(v: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
+    let obj = v.as_object_mut().ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
+    let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    if meta.is_null() {
+        *meta = Value::Object(Map::new());
+    }
+    meta.as_object_mut().ok_or_else(|| ApiError::invalid("metadata", "metadata must be an object"))
+}
+
+fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
+    v.get("metadata")?.get(field)?.as_str()
+}
+
+impl Store {
+    pub(crate) fn new(history_cap: usize, channel_cap: usize) -> Self {
+        let (tx, _) = broadcast::channel(channel_cap.max(16));
+        Store {
+            rv: 1,
+            uid: 0,
+            objects: HashMap::new(),
+            history: VecDeque::new(),
+            history_cap: history_cap.max(1),
+            compacted: 1,
+            tx,
+            snapshots: HashMap::new(),
+            snapshot_order: VecDeque::new(),
+            next_snapshot: 0,
+        }
+    }
+
+    pub(crate) fn current_rv(&self) -> u64 {
+        self.rv
+    }
+
+    /// Forgets the whole watch history: any watch from an older resource
+    /// version gets 410 Gone, and list snapshots expire.
+    pub(crate) fn compact(&mut self) {
+        self.history.clear();
+        self.compacted = self.rv;
+        self.snapshots.clear();
+        self.snapshot_order.clear();
+    }
+
+    fn next_uid(&mut self) -> String {
+        self.uid += 1;
+        format!("5e1a0000-0000-4000-8000-{:012x}", self.uid)
+    }
+
+    /// Validates `v` as `kind` (a typed round trip), rejecting unknown
+    /// fields when `strict`, then stamps the resource version and stores it.
+    /// Returns the stored object and the unknown fields that were dropped.
+    fn put(
+        &mut self,
+        kind: Kind,
+        v: Value,
+        event_type: &'static str,
+        strict: bool,
+    ) -> Result<(Arc<Obj>, Vec<String>), ApiError> {
+        let mut out = kind.roundtrip(v.clone()).map_err(|e| ApiError::invalid(kind.def().kind_name, &e))?;
+        let unknown = unknown_fields(&v, &out);
+        if strict && !unknown.is_empty() {
+            return Err(ApiError::bad_request(&format!(
+                "strict decoding error: unknown field \"{}\"",
+                unknown.iter().map(|f| f.trim_start_matches('.')).collect::<Vec<_>>().join("\", unknown field \"")
+            )));
+        }
+        self.rv += 1;
+        let rv = self.rv;
+        meta_mut(&mut out)?.insert("resourceVersion".into(), Value::String(rv.to_string()));
+        let namespace = meta_str(&out, "namespace").unwrap_or_default().to_owned();
+        let name = meta_str(&out, "name").unwrap_or_default().to_owned();
+        let labels = out
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object)
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+            .unwrap_or_default();
+        let node_name = out.get("spec").and_then(|s| s.get("nodeName")).and_then(Value::as_str).map(str::to_owned);
+        let json = Bytes::from(serde_json::to_vec(&out).map_err(|e| ApiError::internal(&e.to_string()))?);
+        let obj = Arc::new(Obj { namespace, name, rv, labels, node_name, json });
+        let key = (obj.namespace.clone(), obj.name.clone());
+        self.objects.entry(kind).or_default().insert(key, Arc::clone(&obj));
+        self.record(kind, event_type, Arc::clone(&obj));
+        Ok((obj, unknown))
+    }
+
+    fn record(&mut self, kind: Kind, event_type: &'static str, obj: Arc<Obj>) {
+        let ev = Arc::new(Event { kind, event_type, obj });
+        if self.history.len() == self.history_cap
+            && let Some(old) = self.history.pop_front()
+        {
+            self.compacted = old.obj.rv;
+        }
+        self.history.push_back(Arc::clone(&ev));
+        // No receiver is fine: nobody watches.
+        let _ = self.tx.send(ev);
+    }
+
+    pub(crate) fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<Obj>> {
+        self.objects.get(&kind)?.get(&(namespace.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// Creates an object; fills uid, creationTimestamp and generation.
+    pub(crate) fn create(
+        &mut self,
+        kind: Kind,
+        mut v: Value,
+        strict: bool,
+    ) -> Result<(Arc<Obj>, Vec<String>), ApiError> {
+        let def = kind.def();
+        let name = meta_str(&v, "name").unwrap_or_default().to_owned();
+        let generate = meta_str(&v, "generateName").map(str::to_owned);
+        let name = match (name.is_empty(), generate) {
+            (false, _) => name,
+            (true, Some(prefix)) => {
+                let n = format!("{prefix}{:05x}", self.uid + 1);
+                meta_mut(&mut v)?.insert("name".into(), Value::String(n.clone()));
+                n
+            }
+            (true, None) => {
+                return Err(ApiError::invalid_field(
+                    def.kind_name,
+                    "",
+                    "metadata.name",
+                    "name or generateName is required",
+                ));
+            }
+        };
+        validate_name(def.kind_name, &name)?;
+        let namespace = meta_str(&v, "namespace").unwrap_or_default().to_owned();
+        if self.get(kind, &namespace, &name).is_some() {
+            return Err(ApiError::already_exists(def.plural, &name));
+        }
+        let uid = self.next_uid();
+        let meta = meta_mut(&mut v)?;
+        meta.insert("uid".into(), Value::String(uid));
+        meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+        meta.insert("generation".into(), Value::from(1));
+        meta.remove("resourceVersion");
+        meta.remove("deletionTimestamp");
+        self.put(kind, v, "ADDED", strict)
+    }
+
+    /// Replaces an object. `expected_rv` (from the body's metadata) must match.
+    pub(crate) fn update(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        mut v: Value,
+        keep: Keep,
+        strict: bool,
+    ) -> Result<(Arc<Obj>, Vec<String>), ApiError> {
+        let def = kind.def();
+        let current = self.get(kind, namespace, name).ok_or_else(|| ApiError::not_found(def.plural, name))?;
+        let body_name = meta_str(&v, "name").unwrap_or(name);
+        if body_name != name {
+            return Err(ApiError::bad_request(&format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if let Some(rv) = meta_str(&v, "resourceVersion")
+            && !rv.is_empty()
+            && rv != current.rv.to_string()
+        {
+            return Err(ApiError::conflict(def.plural, name));
+        }
+        let old = current.value();
+        // Server-owned metadata is kept.
+        {
+            let meta = meta_mut(&mut v)?;
+            for k in ["uid", "creationTimestamp", "generation"] {
+                if let Some(x) = old.get("metadata").and_then(|m| m.get(k)) {
+                    meta.insert(k.into(), x.clone());
+                }
+            }
+            meta.insert("name".into(), Value::String(name.to_owned()));
+            if def.namespaced {
+                meta.insert("namespace".into(), Value::String(namespace.to_owned()));
+            }
+        }
+        match keep {
+            Keep::Status => copy_field(&old, &mut v, "status"),
+            Keep::Spec => {
+                copy_field(&old, &mut v, "spec");
+                copy_field(&old, &mut v, "metadata");
+            }
+            Keep::Nothing => {}
+        }
+        self.put(kind, v, "MODIFIED", strict)
+    }
+
+    /// Deletes an object, optionally only at `precondition_rv`.
+    pub(crate) fn delete(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        precondition_rv: Option<&str>,
+    ) -> Result<Arc<Obj>, ApiError> {
+        let def = kind.def();
+        let current = self.get(kind, namespace, name).ok_or_else(|| ApiError::not_found(def.plural, name))?;
+        if let Some(rv) = precondition_rv
+            && rv != current.rv.to_string()
+        {
+            return Err(ApiError::conflict(def.plural, name));
+        }
+        self.rv += 1;
+        let mut v = current.value();
+        if let Ok(meta) = meta_mut(&mut v) {
+            meta.insert("resourceVersion".into(), Value::String(self.rv.to_string()));
+        }
+        let json = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+        let gone = Arc::new(Obj {
+            namespace: current.namespace.clone(),
+            name: current.name.clone(),
+            rv: self.rv,
+            labels: current.labels.clone(),
+            node_name: current.node_name.clone(),
+            json,
+        });
+        if let Some(m) = self.objects.get_mut(&kind) {
+            m.remove(&(namespace.to_owned(), name.to_owned()));
+        }
+        self.record(kind, "DELETED", Arc::clone(&gone));
+        Ok(gone)
+    }
+
+    /// Every object of `kind` in `namespace` (all namespaces when `None`)
+    /// matching the selectors.
+    pub(crate) fn matching(&self, kind: Kind, namespace: Option<&str>, sel: &Selectors) -> Vec<Arc<Obj>> {
+        let Some(m) = self.objects.get(&kind) else { return Vec::new() };
+        m.values().filter(|o| namespace.is_none_or(|ns| ns == o.namespace) && sel.matches(o)).cloned().collect()
+    }
+
+    /// A list page. The first page takes a snapshot; `continue` tokens read
+    /// the same snapshot, so pages are consistent at the first page's version.
+    pub(crate) fn list(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+        sel: &Selectors,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+    ) -> Result<ListPage, ApiError> {
+        let (id, offset, items, rv) = match continue_token {
+            Some(token) => {
+                let (id, offset) = parse_continue(token)?;
+                let snap = self.snapshots.get(&id).ok_or_else(ApiError::expired_continue)?;
+                (id, offset, Arc::clone(&snap.items), snap.rv)
+            }
+            None => {
+                let items = Arc::new(self.matching(kind, namespace, sel));
+                let rv = self.rv;
+                match limit {
+                    Some(l) if l < items.len() => {
+                        let id = self.next_snapshot;
+                        self.next_snapshot += 1;
+                        self.snapshots.insert(id, Snapshot { items: Arc::clone(&items), rv });
+                        self.snapshot_order.push_back(id);
+                        while self.snapshot_order.len() > MAX_SNAPSHOTS {
+                            if let Some(old) = self.snapshot_order.pop_front() {
+                                self.snapshots.remove(&old);
+                            }
+                        }
+                        (id, 0, items, rv)
+                    }
+                    _ => (0, 0, items, rv),
+                }
+            }
+        };
+        let end = limit.map_or(items.len(), |l| offset.saturating_add(l.max(1)).min(items.len()));
+        let page = items.get(offset.min(items.len())..end).unwrap_or_default().to_vec();
+        let remaining = items.len() - end;
+        let continue_token = (remaining > 0).then(|| format!("{id}.{end}"));
+        Ok(ListPage { items: page, rv, continue_token, remaining })
+    }
+
+    /// Starts a watch from `from_rv` (`None`: the current state as ADDED events).
+    pub(crate) fn watch(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        sel: &Selectors,
+        from_rv: Option<u64>,
+    ) -> Result<WatchStart, ApiError> {
+        let rx = self.tx.subscribe();
+        let initial = match from_rv {
+            None => self
+                .matching(kind, namespace, sel)
+                .into_iter()
+                .map(|obj| Arc::new(Event { kind, event_type: "ADDED", obj }))
+                .collect(),
+            Some(rv) => {
+                if rv < self.compacted {
+                    return Err(ApiError::gone(rv, self.compacted));
+                }
+                self.history.iter().filter(|e| e.obj.rv > rv).cloned().collect()
+            }
+        };
+        Ok(WatchStart { initial, rx, rv: self.rv })
+    }
+}
+
+/// Which part of the stored object an update must not change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// A write to the main resource keeps the status.
+    Status,
+    /// A write to the status subresource keeps spec and metadata.
+    Spec,
+    /// Resources without a status subresource.
+    Nothing,
+}
+
+fn copy_field(from: &Value, to: &mut Value, field: &str) {
+    if let Some(obj) = to.as_object_mut() {
+        match from.get(field) {
+            Some(x) => {
+                obj.insert(field.to_owned(), x.clone());
+            }
+            None => {
+                obj.remove(field);
+            }
+        }
+    }
+}
+
+fn parse_continue(token: &str) -> Result<(u64, usize), ApiError> {
+    let bad = || ApiError::bad_request(&format!("invalid continue token {token:?}"));
+    let (id, off) = token.split_once('.').ok_or_else(bad)?;
+    Ok((id.parse().map_err(|_| bad())?, off.parse().map_err(|_| bad())?))
+}
+
+/// RFC 1123 subdomain names, as Kubernetes requires for most objects.
+fn validate_name(kind: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && name.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(
+            kind,
+            name,
+            "metadata.name",
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        ))
+    }
+}

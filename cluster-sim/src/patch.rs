@@ -1,0 +1,254 @@
+//! JSON merge patch, JSON patch and strategic merge patch.
+
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// A patch kind, from the request's Content-Type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchKind {
+    /// RFC 7386 `application/merge-patch+json`.
+    Merge,
+    /// RFC 6902 `application/json-patch+json`.
+    Json,
+    /// Kubernetes `application/strategic-merge-patch+json`.
+    Strategic,
+}
+
+impl PatchKind {
+    /// The kind for a Content-Type header.
+    pub fn from_content_type(ct: &str) -> Result<Self, ApiError> {
+        let base = ct.split(';').next().unwrap_or("").trim();
+        match base {
+            "application/merge-patch+json" => Ok(PatchKind::Merge),
+            "application/json-patch+json" => Ok(PatchKind::Json),
+            "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
+            _ => Err(ApiError::unsupported_media_type(ct)),
+        }
+    }
+}
+
+/// Applies `patch` (already parsed JSON) to `target`.
+pub fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    match kind {
+        PatchKind::Merge => {
+            if !patch.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            json_patch::merge(target, patch);
+            Ok(())
+        }
+        PatchKind::Json => {
+            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::bad_request(&format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(target, &ops).map_err(|e| {
+                let mut err = ApiError::invalid("patch", &e.to_string());
+                err.message = format!("the JSON patch could not be applied: {e}");
+                err
+            })
+        }
+        PatchKind::Strategic => {
+            let p = patch
+                .as_object()
+                .ok_or_else(|| ApiError::bad_request("a strategic merge patch must be a JSON object"))?;
+            strategic(target, p)
+        }
+    }
+}
+
+/// The merge key of a list field, as the Kubernetes schema declares it.
+fn merge_key(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "conditions" | "addresses" => "type",
+        "taints" => "key",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "containerStatuses"
+        | "initContainerStatuses" => "name",
+        "volumeMounts" => "mountPath",
+        "ports" => "containerPort",
+        "ownerReferences" => "uid",
+        _ => return None,
+    })
+}
+
+fn strip_directives(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), strip_directives(v))).collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(strip_directives).collect()),
+        other => other.clone(),
+    }
+}
+
+fn strategic(target: &mut Value, patch: &Map<String, Value>) -> Result<(), ApiError> {
+    if let Some(d) = patch.get("$patch") {
+        match d.as_str() {
+            Some("replace") => {
+                *target = strip_directives(&Value::Object(patch.clone()));
+                return Ok(());
+            }
+            Some("merge") => {}
+            Some("delete") => {
+                *target = Value::Null;
+                return Ok(());
+            }
+            _ => return Err(ApiError::bad_request(&format!("unknown patch directive $patch: {d}"))),
+        }
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Some(t) = target.as_object_mut() else { return Ok(()) };
+    for (k, v) in patch {
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(list)), Value::Array(remove)) = (t.get_mut(field), v) {
+                list.retain(|x| !remove.contains(x));
+            }
+            continue;
+        }
+        if k.starts_with('$') {
+            // $setElementOrder/..., $retainKeys: ordering hints, not changes.
+            continue;
+        }
+        match v {
+            Value::Null => {
+                t.remove(k);
+            }
+            Value::Object(pm) => {
+                let entry = t.entry(k.clone()).or_insert(Value::Null);
+                strategic(entry, pm)?;
+                if entry.is_null() {
+                    t.remove(k);
+                }
+            }
+            Value::Array(items) => match (merge_key(k), t.get_mut(k)) {
+                (Some(key), Some(Value::Array(existing))) => merge_list(existing, items, key)?,
+                (None, Some(Value::Array(existing))) if k == "finalizers" => {
+                    for item in items {
+                        if !existing.contains(item) {
+                            existing.push(item.clone());
+                        }
+                    }
+                }
+                _ => {
+                    let items: Vec<Value> = items
+                        .iter()
+                        .filter(|i| i.get("$patch").and_then(Value::as_str) != Some("delete"))
+                        .map(strip_directives)
+                        .collect();
+                    t.insert(k.clone(), Value::Array(items));
+                }
+            },
+            other => {
+                t.insert(k.clone(), other.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn merge_list(existing: &mut Vec<Value>, items: &[Value], key: &str) -> Result<(), ApiError> {
+    for item in items {
+        let Some(obj) = item.as_object() else {
+            return Err(ApiError::bad_request(&format!("list items merged by {key:?} must be objects")));
+        };
+        let Some(id) = obj.get(key) else {
+            return Err(ApiError::bad_request(&format!("list item is missing its merge key {key:?}")));
+        };
+        let pos = existing.iter().position(|e| e.get(key) == Some(id));
+        match (obj.get("$patch").and_then(Value::as_str), pos) {
+            (Some("delete"), Some(p)) => {
+                existing.remove(p);
+            }
+            (Some("delete"), None) => {}
+            (Some("replace"), Some(p)) => existing[p] = strip_directives(item),
+            (_, Some(p)) => strategic(&mut existing[p], obj)?,
+            (_, None) => existing.push(strip_directives(item)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node() -> Value {
+        json!({
+            "metadata": {"name": "n", "labels": {"a": "1", "b": "2"}, "finalizers": ["x"]},
+            "spec": {"taints": [{"key": "k1", "effect": "NoSchedule"}]},
+            "status": {"conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady"},
+                {"type": "DiskPressure", "status": "False"}
+            ]}
+        })
+    }
+
+    #[test]
+    fn strategic_merges_conditions_and_taints_by_key() {
+        let mut n = node();
+        let p = json!({
+            "metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]},
+            "spec": {"unschedulable": true, "taints": [{"key": "k2", "effect": "NoExecute"}]},
+            "status": {
+                "$setElementOrder/conditions": [{"type": "Ready"}, {"type": "DiskPressure"}],
+                "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]
+            }
+        });
+        apply(PatchKind::Strategic, &mut n, &p).unwrap();
+        assert_eq!(n["metadata"]["labels"], json!({"a": "1", "c": "3"}));
+        assert_eq!(n["metadata"]["finalizers"], json!(["x", "y"]));
+        assert_eq!(n["spec"]["unschedulable"], json!(true));
+        assert_eq!(n["spec"]["taints"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            n["status"]["conditions"][0],
+            json!({"type": "Ready", "status": "False", "reason": "KubeletNotReady"})
+        );
+        assert_eq!(n["status"]["conditions"][1]["type"], "DiskPressure");
+
+        let p = json!({"spec": {"taints": [{"key": "k1", "$patch": "delete"}]}});
+        apply(PatchKind::Strategic, &mut n, &p).unwrap();
+        assert_eq!(n["spec"]["taints"], json!([{"key": "k2", "effect": "NoExecute"}]));
+        let p = json!({"spec": {"$patch": "replace", "unschedulable": false}});
+        apply(PatchKind::Strategic, &mut n, &p).unwrap();
+        assert_eq!(n["spec"], json!({"unschedulable": false}));
+    }
+
+    #[test]
+    fn merge_patch_replaces_lists() {
+        let mut n = node();
+        apply(PatchKind::Merge, &mut n, &json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}))
+            .unwrap();
+        assert_eq!(n["status"]["conditions"].as_array().unwrap().len(), 1);
+        assert_eq!(apply(PatchKind::Merge, &mut n, &json!([1])).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn json_patch_ops_and_failures() {
+        let mut n = node();
+        let p = json!([
+            {"op": "test", "path": "/metadata/labels/a", "value": "1"},
+            {"op": "replace", "path": "/status/conditions/0/status", "value": "False"},
+            {"op": "add", "path": "/spec/unschedulable", "value": true}
+        ]);
+        apply(PatchKind::Json, &mut n, &p).unwrap();
+        assert_eq!(n["status"]["conditions"][0]["status"], "False");
+        let e = apply(PatchKind::Json, &mut n, &json!([{"op": "test", "path": "/metadata/labels/a", "value": "9"}]))
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        let e = apply(PatchKind::Json, &mut n, &json!([{"op": "frobnicate", "path": "/x"}])).unwrap_err();
+        assert_eq!(e.code, 400);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(PatchKind::from_content_type("application/merge-patch+json; charset=utf-8"), Ok(PatchKind::Merge));
+        assert_eq!(PatchKind::from_content_type("application/apply-patch+yaml").unwrap_err().code, 415);
+    }
+}

@@ -1,0 +1,233 @@
+//! Label and field selectors (`app=web,tier!=db,env in (a,b),!legacy`).
+
+use crate::error::ApiError;
+use crate::objects::{Kind, Obj};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Req {
+    Eq(String, String),
+    NotEq(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+/// Parsed `labelSelector` and `fieldSelector` of one request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selectors {
+    labels: Vec<Req>,
+    /// (field, value, negated)
+    fields: Vec<(String, String, bool)>,
+}
+
+fn split_top(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+fn valid_key(k: &str) -> bool {
+    let name = k.rsplit('/').next().unwrap_or(k);
+    !name.is_empty()
+        && name.len() <= 63
+        && k.matches('/').count() <= 1
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+}
+
+fn valid_value(v: &str) -> bool {
+    v.len() <= 63 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn bad_label(s: &str, why: &str) -> ApiError {
+    ApiError::bad_request(&format!("unable to parse requirement: invalid label selector {s:?}: {why}"))
+}
+
+fn parse_set(sel: &str, rest: &str) -> Result<Vec<String>, ApiError> {
+    let inner = rest
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| bad_label(sel, "expected a parenthesised set such as (a,b)"))?;
+    let vals: Vec<String> = inner.split(',').map(|v| v.trim().to_owned()).collect();
+    if vals.iter().any(|v| !valid_value(v)) || vals.iter().all(String::is_empty) {
+        return Err(bad_label(sel, "set values must be valid label values"));
+    }
+    Ok(vals)
+}
+
+impl Selectors {
+    /// Parses both selectors; empty strings select everything.
+    pub fn parse(kind: Kind, label: Option<&str>, field: Option<&str>) -> Result<Self, ApiError> {
+        let mut out = Selectors::default();
+        if let Some(l) = label.filter(|l| !l.trim().is_empty()) {
+            for part in split_top(l) {
+                let p = part.trim();
+                if p.is_empty() {
+                    return Err(bad_label(l, "empty requirement"));
+                }
+                let req = if let Some(k) = p.strip_prefix('!') {
+                    Req::NotExists(k.trim().to_owned())
+                } else if let Some((k, v)) = p.split_once("!=") {
+                    Req::NotEq(k.trim().to_owned(), v.trim().to_owned())
+                } else if let Some((k, v)) = p.split_once("==") {
+                    Req::Eq(k.trim().to_owned(), v.trim().to_owned())
+                } else if let Some((k, v)) = p.split_once('=') {
+                    Req::Eq(k.trim().to_owned(), v.trim().to_owned())
+                } else if let Some((k, rest)) = p.split_once(" notin ") {
+                    Req::NotIn(k.trim().to_owned(), parse_set(l, rest)?)
+                } else if let Some((k, rest)) = p.split_once(" in ") {
+                    Req::In(k.trim().to_owned(), parse_set(l, rest)?)
+                } else {
+                    Req::Exists(p.to_owned())
+                };
+                let (key, val) = match &req {
+                    Req::Eq(k, v) | Req::NotEq(k, v) => (k, Some(v)),
+                    Req::In(k, _) | Req::NotIn(k, _) | Req::Exists(k) | Req::NotExists(k) => (k, None),
+                };
+                if !valid_key(key) {
+                    return Err(bad_label(l, &format!("{key:?} is not a valid label key")));
+                }
+                if let Some(v) = val
+                    && !valid_value(v)
+                {
+                    return Err(bad_label(l, &format!("{v:?} is not a valid label value")));
+                }
+                out.labels.push(req);
+            }
+        }
+        if let Some(f) = field.filter(|f| !f.trim().is_empty()) {
+            for part in f.split(',') {
+                let p = part.trim();
+                let (k, v, neg) = if let Some((k, v)) = p.split_once("!=") {
+                    (k, v, true)
+                } else if let Some((k, v)) = p.split_once("==") {
+                    (k, v, false)
+                } else if let Some((k, v)) = p.split_once('=') {
+                    (k, v, false)
+                } else {
+                    return Err(ApiError::bad_request(&format!("invalid field selector {f:?}: expected field=value")));
+                };
+                let supported = match kind {
+                    Kind::Pod => ["metadata.name", "metadata.namespace", "spec.nodeName"].contains(&k),
+                    _ => ["metadata.name", "metadata.namespace"].contains(&k),
+                };
+                if !supported {
+                    return Err(ApiError::bad_request(&format!("field label not supported: {k}")));
+                }
+                out.fields.push((k.to_owned(), v.to_owned(), neg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether an object matches.
+    pub(crate) fn matches(&self, o: &Obj) -> bool {
+        let labels_ok = self.labels.iter().all(|r| match r {
+            Req::Eq(k, v) => o.labels.get(k) == Some(v),
+            Req::NotEq(k, v) => o.labels.get(k) != Some(v),
+            Req::In(k, vs) => o.labels.get(k).is_some_and(|x| vs.contains(x)),
+            Req::NotIn(k, vs) => o.labels.get(k).is_none_or(|x| !vs.contains(x)),
+            Req::Exists(k) => o.labels.contains_key(k),
+            Req::NotExists(k) => !o.labels.contains_key(k),
+        });
+        labels_ok
+            && self.fields.iter().all(|(k, v, neg)| {
+                let actual = match k.as_str() {
+                    "metadata.name" => o.name.as_str(),
+                    "metadata.namespace" => o.namespace.as_str(),
+                    "spec.nodeName" => o.node_name.as_deref().unwrap_or(""),
+                    _ => return false,
+                };
+                (actual == v) != *neg
+            })
+    }
+
+    /// Matches a plain label map (for PodDisruptionBudget selectors).
+    pub(crate) fn matches_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        let probe = Obj {
+            namespace: String::new(),
+            name: String::new(),
+            rv: 0,
+            labels: labels.clone(),
+            node_name: None,
+            json: bytes::Bytes::new(),
+        };
+        self.matches(&probe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn obj(labels: &[(&str, &str)], node: Option<&str>) -> Obj {
+        Obj {
+            namespace: "default".into(),
+            name: "x".into(),
+            rv: 1,
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+            node_name: node.map(str::to_owned),
+            json: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn label_selector_forms() {
+        let o = obj(&[("app", "web"), ("tier", "front"), ("kubernetes.civo.com/civo-node-pool", "p1")], None);
+        let cases = [
+            ("app=web", true),
+            ("app==web", true),
+            ("app!=web", false),
+            ("app in (web,api)", true),
+            ("app notin (web,api)", false),
+            ("tier", true),
+            ("!tier", false),
+            ("!missing", true),
+            ("missing notin (a)", true),
+            ("app=web,tier=back", false),
+            ("kubernetes.civo.com/civo-node-pool in (p1, p2),app", true),
+            ("", true),
+        ];
+        for (sel, want) in cases {
+            let s = Selectors::parse(Kind::Node, Some(sel), None).unwrap();
+            assert_eq!(s.matches(&o), want, "{sel}");
+        }
+    }
+
+    #[test]
+    fn bad_selectors_are_400() {
+        for bad in ["app=we b", "a=b,,c=d", "app in web", "app in ()", "-x/y/z=1", "app=v@l"] {
+            let e = Selectors::parse(Kind::Node, Some(bad), None).unwrap_err();
+            assert_eq!(e.code, 400, "{bad}: {e}");
+        }
+        let e = Selectors::parse(Kind::Node, None, Some("spec.nodeName=a")).unwrap_err();
+        assert_eq!(e.message, "field label not supported: spec.nodeName");
+        assert_eq!(Selectors::parse(Kind::Pod, None, Some("bogus")).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn field_selectors() {
+        let o = obj(&[], Some("node-1"));
+        let s = Selectors::parse(Kind::Pod, None, Some("spec.nodeName=node-1,metadata.namespace=default")).unwrap();
+        assert!(s.matches(&o));
+        let s = Selectors::parse(Kind::Pod, None, Some("spec.nodeName!=node-1")).unwrap();
+        assert!(!s.matches(&o));
+        let s = Selectors::parse(Kind::Node, None, Some("metadata.name=x")).unwrap();
+        assert!(s.matches(&o));
+    }
+}
