@@ -267,6 +267,7 @@ pub(crate) struct Store {
     /// Events at or below this resource version are no longer available.
     compacted: u64,
     tx: broadcast::Sender<Arc<Event>>,
+    channel_cap: usize,
     snapshots: HashMap<u64, Snapshot>,
     snapshot_order: VecDeque<u64>,
     next_snapshot: u64,
@@ -293,7 +294,8 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
 
 impl Store {
     pub(crate) fn new(history_cap: usize, channel_cap: usize) -> Self {
-        let (tx, _) = broadcast::channel(channel_cap.max(16));
+        let channel_cap = channel_cap.max(16);
+        let (tx, _) = broadcast::channel(channel_cap);
         Store {
             rv: 1,
             uid: 0,
@@ -302,6 +304,7 @@ impl Store {
             history_cap: history_cap.max(1),
             compacted: 1,
             tx,
+            channel_cap,
             snapshots: HashMap::new(),
             snapshot_order: VecDeque::new(),
             next_snapshot: 0,
@@ -313,12 +316,23 @@ impl Store {
     }
 
     /// Forgets the whole watch history: any watch from an older resource
-    /// version gets 410 Gone, and list snapshots expire.
+    /// version gets 410 Gone, open watches end, and list snapshots expire.
     pub(crate) fn compact(&mut self) {
+        // As if writes happened and were compacted away: watching from any
+        // version seen so far is now too old. Open watches are closed, so
+        // their clients resume from their last version and get 410.
+        self.rv += 1;
         self.history.clear();
         self.compacted = self.rv;
         self.snapshots.clear();
         self.snapshot_order.clear();
+        self.close_watches();
+    }
+
+    /// Ends every open watch (their streams see the channel close).
+    pub(crate) fn close_watches(&mut self) {
+        let (tx, _) = broadcast::channel(self.channel_cap);
+        self.tx = tx;
     }
 
     fn next_uid(&mut self) -> String {

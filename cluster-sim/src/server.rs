@@ -143,6 +143,8 @@ impl SimServer {
     /// Stops the servers and waits for them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        // Long-lived watch responses would hold graceful shutdown open.
+        self.cluster.inner.store.lock().close_watches();
         for t in self.tasks {
             let _ = t.await;
         }

@@ -1,0 +1,214 @@
+//! A real kube-rs 5 client against the simulator: lists, watches (with
+//! pagination, across a forced 410), patches, evictions and Lease conflicts.
+
+mod common;
+
+use common::{client, start, within};
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use serde_json::json;
+
+fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_paginated_and_consistent() {
+    let sim = start(7, 1).await;
+    let nodes: Api<Node> = Api::all(client(&sim));
+    let first = nodes.list(&ListParams::default().limit(3)).await.unwrap();
+    assert_eq!(first.items.len(), 3);
+    let rv = first.metadata.resource_version.clone().unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+    assert_eq!(first.metadata.remaining_item_count, Some(5));
+    // A write between pages does not show up in the continued list.
+    sim.cluster().add_node(&cluster_sim::pool_id(0), 0);
+    let mut names: Vec<String> = first.items.iter().map(|n| n.metadata.name.clone().unwrap()).collect();
+    let mut cont = Some(token);
+    while let Some(c) = cont {
+        let page = nodes.list(&ListParams::default().limit(3).continue_token(&c)).await.unwrap();
+        assert_eq!(page.metadata.resource_version.as_deref(), Some(rv.as_str()));
+        names.extend(page.items.iter().map(|n| n.metadata.name.clone().unwrap()));
+        cont = page.metadata.continue_.filter(|c| !c.is_empty());
+    }
+    assert_eq!(names.len(), 8);
+    assert_eq!(nodes.list(&ListParams::default()).await.unwrap().items.len(), 9);
+
+    // Label selectors, the node-agent's pool selector among them.
+    let gpu = nodes.list(&ListParams::default().labels("nvidia.com/gpu.count")).await.unwrap();
+    assert_eq!(gpu.items.len(), 1);
+    let pool = cluster_sim::pool_id(0);
+    let in_pool = nodes
+        .list(&ListParams::default().labels(&format!("kubernetes.civo.com/civo-node-pool in ({pool},other)")))
+        .await
+        .unwrap();
+    assert_eq!(in_pool.items.len(), 8);
+    let one = nodes.list(&ListParams::default().fields(&format!("metadata.name={}", names[0]))).await.unwrap();
+    assert_eq!(one.items.len(), 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_pages_the_initial_list_and_survives_a_forced_410() {
+    let sim = start(5, 0).await;
+    let nodes: Api<Node> = Api::all(client(&sim));
+    let mut stream = watcher::watcher(nodes.clone(), watcher::Config::default().page_size(2)).boxed();
+
+    let mut initial = 0;
+    loop {
+        match within("the initial list", stream.next()).await.unwrap().unwrap() {
+            Event::Init => {}
+            Event::InitApply(_) => initial += 1,
+            Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(initial, 5);
+
+    let name = sim.cluster().node_names()[2].clone();
+    nodes
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"sim/touched": "1"}}})))
+        .await
+        .unwrap();
+    let touched = loop {
+        if let Event::Apply(n) = within("the change", stream.next()).await.unwrap().unwrap() {
+            break n;
+        }
+    };
+    assert_eq!(touched.metadata.labels.unwrap()["sim/touched"], "1");
+
+    // Compaction ends the watch; resuming from the old version gets 410 and
+    // the watcher relists.
+    sim.cluster().compact();
+    let mut relisted = 0;
+    loop {
+        match within("the relist", stream.next()).await.unwrap() {
+            Ok(Event::InitApply(_)) => relisted += 1,
+            Ok(Event::InitDone) => break,
+            Ok(_) | Err(_) => {}
+        }
+    }
+    assert_eq!(relisted, 5);
+    nodes
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"sim/touched": "2"}}})))
+        .await
+        .unwrap();
+    loop {
+        if let Event::Apply(n) = within("a change after the relist", stream.next()).await.unwrap().unwrap() {
+            assert_eq!(n.metadata.labels.unwrap()["sim/touched"], "2");
+            break;
+        }
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_of_every_kind_and_the_status_subresource() {
+    let sim = start(2, 0).await;
+    let nodes: Api<Node> = Api::all(client(&sim));
+    let name = sim.cluster().node_names()[0].clone();
+    let pp = PatchParams::default();
+
+    // Strategic merge: cordon, then add a taint next to none.
+    let n = nodes.patch(&name, &pp, &Patch::Strategic(json!({"spec": {"unschedulable": true}}))).await.unwrap();
+    assert_eq!(n.spec.unwrap().unschedulable, Some(true));
+
+    // Status changes only through the status subresource, merged by condition type.
+    let cond = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}});
+    let n = nodes.patch(&name, &pp, &Patch::Strategic(cond.clone())).await.unwrap();
+    let ready = |n: &Node| {
+        n.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .status
+            .clone()
+    };
+    assert_eq!(ready(&n), "True", "the main resource ignores status");
+    let n = nodes.patch_status(&name, &pp, &Patch::Strategic(cond)).await.unwrap();
+    assert_eq!(ready(&n), "False");
+    assert_eq!(n.status.unwrap().conditions.unwrap().len(), 5, "merged by type, not replaced");
+
+    // JSON patch with a test operation.
+    let p: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/spec/unschedulable", "value": true},
+        {"op": "replace", "path": "/spec/unschedulable", "value": false}
+    ]))
+    .unwrap();
+    let n = nodes.patch(&name, &pp, &Patch::<()>::Json(p)).await.unwrap();
+    assert_eq!(n.spec.unwrap().unschedulable, Some(false));
+
+    // A stale resourceVersion in a patch is a conflict.
+    let stale = json!({"metadata": {"resourceVersion": "1", "labels": {"x": "y"}}});
+    let e = nodes.patch(&name, &pp, &Patch::Merge(stale)).await.unwrap_err();
+    assert_eq!(api_code(&e), Some(409));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_respect_disruption_budgets() {
+    let sim = start(2, 0).await;
+    let c = sim.cluster();
+    let node = c.node_names()[0].clone();
+    c.add_pod("shop", "db-0", &node, "db", cluster_sim::fixtures::PodOwner::ReplicaSet).unwrap();
+    c.add_pod("shop", "db-1", &c.node_names()[1], "db", cluster_sim::fixtures::PodOwner::ReplicaSet).unwrap();
+    c.add_pdb("shop", "db", "db", 2).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client(&sim), "shop");
+    let e = pods.evict("db-0", &EvictParams::default()).await.unwrap_err();
+    assert_eq!(api_code(&e), Some(429));
+    assert!(e.to_string().contains("disruption budget"), "{e}");
+    assert!(pods.get_opt("db-0").await.unwrap().is_some());
+    // Without a budget in the way the pod goes.
+    let default_pods: Api<Pod> = Api::namespaced(client(&sim), "default");
+    let victim = c.pods_on(&node).into_iter().find(|p| p.starts_with("default/")).unwrap();
+    let victim = victim.trim_start_matches("default/").to_owned();
+    default_pods.evict(&victim, &EvictParams::default()).await.unwrap();
+    assert!(default_pods.get_opt(&victim).await.unwrap().is_none());
+    let e = default_pods.evict("no-such-pod", &EvictParams::default()).await.unwrap_err();
+    assert_eq!(api_code(&e), Some(404));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_taken_with_optimistic_concurrency() {
+    let sim = start(1, 0).await;
+    let leases: Api<Lease> = Api::namespaced(client(&sim), "kube-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "node-agent"},
+        "spec": {"holderIdentity": "replica-a", "leaseDurationSeconds": 15}
+    }))
+    .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let e = leases.create(&PostParams::default(), &lease).await.unwrap_err();
+    assert_eq!(api_code(&e), Some(409), "AlreadyExists");
+
+    // Two replicas read the same version; the first write wins, the second conflicts.
+    let mut a = created.clone();
+    let mut b = created.clone();
+    a.spec.as_mut().unwrap().holder_identity = Some("replica-a".into());
+    b.spec.as_mut().unwrap().holder_identity = Some("replica-b".into());
+    let won = leases.replace("node-agent", &PostParams::default(), &a).await.unwrap();
+    let e = leases.replace("node-agent", &PostParams::default(), &b).await.unwrap_err();
+    assert_eq!(api_code(&e), Some(409));
+    assert_ne!(won.metadata.resource_version, created.metadata.resource_version);
+    // After re-reading, b can take over.
+    let mut fresh = leases.get("node-agent").await.unwrap();
+    fresh.spec.as_mut().unwrap().holder_identity = Some("replica-b".into());
+    let taken = leases.replace("node-agent", &PostParams::default(), &fresh).await.unwrap();
+    assert_eq!(taken.spec.unwrap().holder_identity.as_deref(), Some("replica-b"));
+    // Kubelet leases exist for every node.
+    let node_leases: Api<Lease> = Api::namespaced(client(&sim), "kube-node-lease");
+    assert_eq!(node_leases.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    sim.shutdown().await;
+}
