@@ -158,6 +158,12 @@ async fn serve(
         ("GET", Some(name), sub) if sub != Some("eviction") => {
             let obj = cluster.inner.store.lock().get(kind, ns.unwrap_or(""), name);
             let obj = obj.ok_or_else(|| ApiError::not_found(t.def.plural, name))?;
+            let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if sub.is_none() && crate::table::wants_table(accept) {
+                let include = params.get("includeObject").is_some_and(|i| i == "Object");
+                let meta = json!({"resourceVersion": obj.rv.to_string()});
+                return Ok(value_response(StatusCode::OK, &crate::table::table(kind, &[obj], meta, include)));
+            }
             Ok(obj_response(StatusCode::OK, &obj, &[]))
         }
         ("PUT", Some(name), sub) if sub != Some("eviction") => {

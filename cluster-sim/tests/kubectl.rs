@@ -1,0 +1,173 @@
+//! The real `kubectl` against the simulator (skipped, saying why, when kubectl is absent).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use cluster_sim::{Fault, Kind, SimServer};
+use common::{start, within};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn kubectl_available() -> bool {
+    let found =
+        std::process::Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success());
+    if !found {
+        println!("skipping: kubectl is not installed on this machine");
+    }
+    found
+}
+
+fn kubeconfig(sim: &SimServer, tag: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("cluster-sim-{}-{tag}.kubeconfig", std::process::id()));
+    sim.write_kubeconfig(&path).unwrap();
+    path
+}
+
+async fn kubectl(cfg: &PathBuf, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn ok(cfg: &PathBuf, args: &[&str]) -> String {
+    let (success, out, err) = kubectl(cfg, args).await;
+    assert!(success, "kubectl {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reads_nodes_pods_leases_and_events() {
+    if !kubectl_available() {
+        return;
+    }
+    let sim = start(3, 1).await;
+    let cfg = kubeconfig(&sim, "read");
+    let names = sim.cluster().node_names();
+
+    let out = ok(&cfg, &["get", "nodes"]).await;
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    for n in &names {
+        assert!(out.lines().any(|l| l.starts_with(n.as_str()) && l.contains(" Ready ")), "{n} in\n{out}");
+    }
+
+    let out = ok(&cfg, &["get", "nodes", "-l", "nvidia.com/gpu.count", "-o", "name"]).await;
+    let gpu: Vec<&str> = out.lines().collect();
+    assert_eq!(gpu.len(), 1);
+    assert!(gpu[0].contains("-gpu-"), "{out}");
+
+    let out = ok(&cfg, &["get", "node", &names[0], "-o", "json"]).await;
+    let node: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(node["metadata"]["name"], json!(names[0]));
+    assert_eq!(node["kind"], "Node");
+
+    let std_node = names.iter().find(|n| n.contains("-std-")).unwrap();
+    let out = ok(&cfg, &["get", "pods", "-A", "--field-selector", &format!("spec.nodeName={std_node}")]).await;
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "one DaemonSet pod and two workload pods:\n{out}");
+    assert!(out.lines().next().unwrap().starts_with("NAMESPACE"));
+
+    let out = ok(&cfg, &["get", "leases", "-A"]).await;
+    assert_eq!(out.lines().filter(|l| l.starts_with("kube-node-lease")).count(), 4, "{out}");
+
+    sim.cluster()
+        .create(
+            Kind::Event,
+            json!({
+                "metadata": {"name": "node-agent.1", "namespace": "default"},
+                "involvedObject": {"kind": "Node", "name": names[0]},
+                "reason": "RebootRequested", "message": "NodeReady failing for 5m", "type": "Warning",
+                "source": {"component": "node-agent"}
+            }),
+        )
+        .unwrap();
+    let out = ok(&cfg, &["get", "events", "-A"]).await;
+    assert!(out.contains("RebootRequested") && out.contains("NodeReady failing for 5m"), "{out}");
+    let _ = std::fs::remove_file(cfg);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_cordons_drains_and_uncordons() {
+    if !kubectl_available() {
+        return;
+    }
+    let sim = start(2, 0).await;
+    let cfg = kubeconfig(&sim, "drain");
+    let node = sim.cluster().node_names()[0].clone();
+
+    let out = ok(&cfg, &["cordon", &node]).await;
+    assert!(out.contains("cordoned"), "{out}");
+    assert_eq!(sim.cluster().node(&node).unwrap()["spec"]["unschedulable"], json!(true));
+    let out = ok(&cfg, &["get", "node", &node]).await;
+    assert!(out.contains("Ready,SchedulingDisabled"), "{out}");
+
+    let (success, out, err) = kubectl(&cfg, &["drain", &node, "--ignore-daemonsets", "--timeout=30s"]).await;
+    assert!(success, "{out}\n{err}");
+    assert!(out.contains("evicted") && out.contains("drained"), "{out}\n{err}");
+    let left = sim.cluster().pods_on(&node);
+    assert_eq!(left.len(), 1, "only the DaemonSet pod stays: {left:?}");
+    assert!(left[0].starts_with("kube-system/cilium-"));
+
+    let out = ok(&cfg, &["uncordon", &node]).await;
+    assert!(out.contains("uncordoned"), "{out}");
+    assert!(sim.cluster().node(&node).unwrap()["spec"]["unschedulable"].is_null());
+    let _ = std::fs::remove_file(cfg);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_watch_sees_a_change_made_through_the_api() {
+    if !kubectl_available() {
+        return;
+    }
+    let sim = start(2, 0).await;
+    let cfg = kubeconfig(&sim, "watch");
+    let node = sim.cluster().node_names()[1].clone();
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&cfg)
+        .args(["get", "nodes", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The initial rows.
+    within("the initial rows", async {
+        let mut seen = 0;
+        while seen < 2 {
+            let line = lines.next_line().await.unwrap().unwrap();
+            if line.contains(" Ready ") {
+                seen += 1;
+            }
+        }
+    })
+    .await;
+    sim.cluster().inject(&node, Fault::NotReady).unwrap();
+    let line = within("the NotReady row", async {
+        loop {
+            let line = lines.next_line().await.unwrap().unwrap();
+            if line.starts_with(node.as_str()) && line.contains("NotReady") {
+                break line;
+            }
+        }
+    })
+    .await;
+    assert!(line.contains("NotReady"));
+    let _ = child.kill().await;
+    let _ = std::fs::remove_file(cfg);
+    sim.shutdown().await;
+}
