@@ -1,5 +1,58 @@
-//! tmp
-#![allow(missing_docs, dead_code)]
+//! An in-process simulated Kubernetes cluster and Civo API, on loopback HTTP,
+//! faithful enough that kube-rs clients (watchers included) and the real
+//! `kubectl` work against it, with fault injection for tests, benches and
+//! the `node-agent simulate` demo.
+//!
+//! # What it serves
+//!
+//! * **Kubernetes** (JSON only): discovery (`/version`, `/api`, `/api/v1`,
+//!   `/apis`, the `coordination.k8s.io`, `events.k8s.io`, `policy` and `apps`
+//!   groups); Nodes (list with `limit`/`continue` over a consistent snapshot,
+//!   get, watch with bookmarks, `timeoutSeconds` and 410 Gone, label and field
+//!   selectors, create, delete, merge / JSON / strategic merge patches, the
+//!   `status` subresource, 409 on a stale `resourceVersion`); Pods (by
+//!   namespace or across namespaces, `spec.nodeName` field selector, eviction
+//!   refused with 429 by PodDisruptionBudgets); core and `events.k8s.io`
+//!   Events; Leases; PodDisruptionBudgets; DaemonSets (for `kubectl drain`).
+//!   Objects are validated through the k8s-openapi types, unknown fields are
+//!   dropped with a warning (or rejected with `fieldValidation=Strict`), and
+//!   errors are `Status` objects. kubectl gets server-side tables.
+//! * **Civo** (DESIGN §5): the cluster, its instances, hard and soft reboots,
+//!   pool instance deletion; `Authorization: bearer KEY` and `?region=`
+//!   required; errors shaped `{code, reason, details}`.
+//!
+//! # Layout
+//!
+//! | module | what |
+//! |---|---|
+//! | [`server`] | [`SimServer`]: binds both APIs on `127.0.0.1`, writes a kubeconfig |
+//! | [`cluster`] | [`Cluster`]: the Rust API to drive scenarios (faults, reboots, replacements, Civo faults, call and event logs) |
+//! | [`scenario`] | TOML scenario files |
+//! | [`fixtures`] | realistic Node and Pod objects (10-20 KB per Node) |
+//! | [`objects`], [`selector`], [`patch`], [`error`] | the API server's store, selectors, patches and `Status` errors |
+//!
+//! # Example
+//!
+//! ```
+//! use cluster_sim::{ClusterConfig, Fault, Ports, SimServer};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let sim = SimServer::start(ClusterConfig { nodes: 3, gpu_nodes: 1, ..ClusterConfig::default() }, Ports::default())
+//!     .await
+//!     .unwrap();
+//! let node = sim.cluster().node_names()[0].clone();
+//! sim.cluster().inject(&node, Fault::NotReady).unwrap();
+//! let ready = sim.cluster().node(&node).unwrap()["status"]["conditions"]
+//!     .as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["status"].clone();
+//! assert_eq!(ready, "False");
+//! println!("kubectl --server {} get nodes", sim.kube_url());
+//! sim.shutdown().await;
+//! # }
+//! ```
+//!
+//! The `cluster-sim serve` binary does the same from a shell and prints one
+//! JSON line with both URLs and the kubeconfig path.
+
 mod civo;
 pub mod cluster;
 pub mod error;
@@ -11,7 +64,11 @@ pub mod scenario;
 pub mod selector;
 pub mod server;
 mod table;
-pub use cluster::*;
+
+pub use cluster::{
+    CivoCall, CivoFault, Cluster, ClusterConfig, Fault, Instance, RebootBehaviour, gpu_pool_id, pool_id,
+};
+pub use error::ApiError;
 pub use objects::Kind;
 pub use scenario::{Scenario, ScenarioError};
-pub use server::*;
+pub use server::{Ports, SimError, SimServer};

@@ -46,27 +46,123 @@ async fn kubernetes_bad_input_is_rejected_with_status_objects() {
     let merge = "application/merge-patch+json";
     let duplicate = format!(r#"{{"metadata":{{"name":"{node}"}}}}"#);
     let cases: Vec<(&str, &str, String, &str, &str, u16, &str)> = vec![
-        ("malformed JSON on create", "POST", "/api/v1/nodes".into(), "application/json", "{\"metadata\":", 400, "BadRequest"),
+        (
+            "malformed JSON on create",
+            "POST",
+            "/api/v1/nodes".into(),
+            "application/json",
+            "{\"metadata\":",
+            400,
+            "BadRequest",
+        ),
         ("malformed JSON patch body", "PATCH", np.clone(), merge, "{not json", 400, "BadRequest"),
         ("wrong type in a patch", "PATCH", np.clone(), merge, r#"{"spec":{"unschedulable":"yes"}}"#, 422, "Invalid"),
-        ("a JSON patch whose test fails", "PATCH", np.clone(), "application/json-patch+json", r#"[{"op":"test","path":"/metadata/name","value":"other"}]"#, 422, "Invalid"),
-        ("an unknown JSON patch op", "PATCH", np.clone(), "application/json-patch+json", r#"[{"op":"explode","path":"/x"}]"#, 400, "BadRequest"),
-        ("an unsupported patch type", "PATCH", np.clone(), "application/apply-patch+yaml", "{}", 415, "UnsupportedMediaType"),
-        ("unknown fields with strict validation", "PATCH", format!("{np}?fieldValidation=Strict"), merge, r#"{"spec":{"bogus":1}}"#, 400, "BadRequest"),
-        ("a stale resourceVersion", "PATCH", np.clone(), merge, r#"{"metadata":{"resourceVersion":"1"}}"#, 409, "Conflict"),
+        (
+            "a JSON patch whose test fails",
+            "PATCH",
+            np.clone(),
+            "application/json-patch+json",
+            r#"[{"op":"test","path":"/metadata/name","value":"other"}]"#,
+            422,
+            "Invalid",
+        ),
+        (
+            "an unknown JSON patch op",
+            "PATCH",
+            np.clone(),
+            "application/json-patch+json",
+            r#"[{"op":"explode","path":"/x"}]"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "an unsupported patch type",
+            "PATCH",
+            np.clone(),
+            "application/apply-patch+yaml",
+            "{}",
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "unknown fields with strict validation",
+            "PATCH",
+            format!("{np}?fieldValidation=Strict"),
+            merge,
+            r#"{"spec":{"bogus":1}}"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "a stale resourceVersion",
+            "PATCH",
+            np.clone(),
+            merge,
+            r#"{"metadata":{"resourceVersion":"1"}}"#,
+            409,
+            "Conflict",
+        ),
         ("renaming through a patch", "PATCH", np.clone(), merge, r#"{"metadata":{"name":"other"}}"#, 422, "Invalid"),
         ("a bad label selector", "GET", "/api/v1/nodes?labelSelector=app%20in%20web".into(), "", "", 400, "BadRequest"),
-        ("an unsupported field selector", "GET", "/api/v1/nodes?fieldSelector=spec.nodeName%3Dx".into(), "", "", 400, "BadRequest"),
+        (
+            "an unsupported field selector",
+            "GET",
+            "/api/v1/nodes?fieldSelector=spec.nodeName%3Dx".into(),
+            "",
+            "",
+            400,
+            "BadRequest",
+        ),
         ("a bad limit", "GET", "/api/v1/nodes?limit=lots".into(), "", "", 400, "BadRequest"),
         ("a bad continue token", "GET", "/api/v1/nodes?limit=1&continue=garbage".into(), "", "", 400, "BadRequest"),
         ("a missing node", "GET", "/api/v1/nodes/nope".into(), "", "", 404, "NotFound"),
         ("an unknown resource", "GET", "/api/v1/widgets".into(), "", "", 404, "NotFound"),
         ("a duplicate create", "POST", "/api/v1/nodes".into(), "application/json", &duplicate, 409, "AlreadyExists"),
-        ("an invalid name", "POST", "/api/v1/nodes".into(), "application/json", r#"{"metadata":{"name":"Bad_Name"}}"#, 422, "Invalid"),
-        ("a body of the wrong kind", "POST", "/api/v1/nodes".into(), "application/json", r#"{"kind":"Pod","metadata":{"name":"x"}}"#, 400, "BadRequest"),
-        ("a delete with a stale precondition", "DELETE", np.clone(), "application/json", r#"{"preconditions":{"resourceVersion":"1"}}"#, 409, "Conflict"),
-        ("an eviction of a missing pod", "POST", "/api/v1/namespaces/default/pods/nope/eviction".into(), "application/json", r#"{"kind":"Eviction","metadata":{"name":"nope"}}"#, 404, "NotFound"),
-        ("a bad watch resourceVersion", "GET", "/api/v1/nodes?watch=true&resourceVersion=abc".into(), "", "", 400, "BadRequest"),
+        (
+            "an invalid name",
+            "POST",
+            "/api/v1/nodes".into(),
+            "application/json",
+            r#"{"metadata":{"name":"Bad_Name"}}"#,
+            422,
+            "Invalid",
+        ),
+        (
+            "a body of the wrong kind",
+            "POST",
+            "/api/v1/nodes".into(),
+            "application/json",
+            r#"{"kind":"Pod","metadata":{"name":"x"}}"#,
+            400,
+            "BadRequest",
+        ),
+        (
+            "a delete with a stale precondition",
+            "DELETE",
+            np.clone(),
+            "application/json",
+            r#"{"preconditions":{"resourceVersion":"1"}}"#,
+            409,
+            "Conflict",
+        ),
+        (
+            "an eviction of a missing pod",
+            "POST",
+            "/api/v1/namespaces/default/pods/nope/eviction".into(),
+            "application/json",
+            r#"{"kind":"Eviction","metadata":{"name":"nope"}}"#,
+            404,
+            "NotFound",
+        ),
+        (
+            "a bad watch resourceVersion",
+            "GET",
+            "/api/v1/nodes?watch=true&resourceVersion=abc".into(),
+            "",
+            "",
+            400,
+            "BadRequest",
+        ),
     ];
     for (what, method, path, ct, body, code, reason) in &cases {
         let got = h.send(method, path, ct, body).await;
@@ -108,7 +204,9 @@ async fn civo_rejects_missing_or_wrong_keys_and_regions() {
     let id = sim.cluster().config().cluster_id.clone();
     let url = |p: &str| format!("{}{p}", sim.civo_url());
     let instances = format!("/v2/kubernetes/clusters/{id}/instances?region=lon1");
-    for (what, auth) in [("no key", None), ("a wrong key", Some("bearer nope")), ("a wrong scheme", Some("Basic sim-civo-key"))] {
+    for (what, auth) in
+        [("no key", None), ("a wrong key", Some("bearer nope")), ("a wrong scheme", Some("Basic sim-civo-key"))]
+    {
         let mut req = client.get(url(&instances));
         if let Some(a) = auth {
             req = req.header("authorization", a);

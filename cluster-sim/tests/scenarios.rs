@@ -53,7 +53,8 @@ async fn faults_render_like_real_nodes() {
 }
 
 async fn wait_for_ready(nodes: &Api<Node>, name: &str, want: &str) {
-    let mut stream = watcher::watcher(nodes.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).boxed();
+    let mut stream =
+        watcher::watcher(nodes.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).boxed();
     within(&format!("{name} Ready={want}"), async {
         loop {
             let node = match stream.next().await.unwrap().unwrap() {
@@ -91,7 +92,8 @@ async fn a_hard_reboot_takes_the_node_down_and_brings_it_back() {
         .json()
         .await
         .unwrap();
-    let id_of = |host: &str| instances.iter().find(|i| i["hostname"] == host).unwrap()["id"].as_str().unwrap().to_owned();
+    let id_of =
+        |host: &str| instances.iter().find(|i| i["hostname"] == host).unwrap()["id"].as_str().unwrap().to_owned();
     for node in [fixed, broken] {
         let r = http
             .post(format!("{}/v2/instances/{}/hard_reboots?region=lon1", sim.civo_url(), id_of(node)))
@@ -115,15 +117,19 @@ async fn a_hard_reboot_takes_the_node_down_and_brings_it_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_instance_comes_back_as_a_new_node_in_its_pool() {
-    let sim = start_with(ClusterConfig { nodes: 4, pools: 2, replace_takes: Duration::from_millis(100), ..ClusterConfig::default() }).await;
+    let sim = start_with(ClusterConfig {
+        nodes: 4,
+        pools: 2,
+        replace_takes: Duration::from_millis(100),
+        ..ClusterConfig::default()
+    })
+    .await;
     let c = sim.cluster().clone();
     let victim = c.instances().into_iter().find(|i| i.pool == cluster_sim::pool_id(1)).unwrap();
     let nodes: Api<Node> = Api::all(client(&sim));
     let mut stream = watcher::watcher(nodes.clone(), watcher::Config::default()).boxed();
-    within("the initial list", async {
-        while !matches!(stream.next().await.unwrap().unwrap(), Event::InitDone) {}
-    })
-    .await;
+    within("the initial list", async { while !matches!(stream.next().await.unwrap().unwrap(), Event::InitDone) {} })
+        .await;
     let r = reqwest::Client::new()
         .delete(format!(
             "{}/v2/kubernetes/clusters/{}/pools/{}/instances/{}?region=lon1",
