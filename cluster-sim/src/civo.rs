@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -15,24 +15,13 @@ fn civo_error(status: StatusCode, code: &str, reason: &str) -> Response {
     (status, Json(json!({"code": code, "reason": reason, "details": ""}))).into_response()
 }
 
-/// Checks the key and region, applies injected faults and records the call.
+/// Checks the key and region and applies injected faults.
 /// `Err` carries the response to send instead of serving the request.
-async fn gate(
-    cluster: &Cluster,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-) -> Result<(), Response> {
-    let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), ToString::to_string);
-    let record = |status: u16| {
-        cluster.inner.civo.lock().calls.push(CivoCall { method: method.to_string(), path: path.clone(), status });
-    };
+async fn gate(cluster: &Cluster, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Response> {
     let key = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
     let expected = &cluster.inner.config.civo_key;
     let ok_key = key.split_once(' ').is_some_and(|(scheme, k)| scheme.eq_ignore_ascii_case("bearer") && k == expected);
     if !ok_key {
-        record(401);
         return Err(civo_error(
             StatusCode::UNAUTHORIZED,
             "authentication_failed",
@@ -41,6 +30,7 @@ async fn gate(
     }
     let fault = {
         let mut civo = cluster.inner.civo.lock();
+        civo.faults.retain(|f| f.calls > 0);
         match civo.faults.first_mut() {
             Some(f) => {
                 let out = *f;
@@ -58,7 +48,6 @@ async fn gate(
             tokio::time::sleep(f.delay).await;
         }
         if f.status != 0 {
-            record(f.status);
             let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let (code, reason) = match f.status {
                 429 => ("rate_limit_exceeded", "Too many requests, slow down"),
@@ -74,21 +63,12 @@ async fn gate(
         }
     }
     if query.get("region").is_none_or(String::is_empty) {
-        record(400);
         return Err(civo_error(StatusCode::BAD_REQUEST, "region_missing", "The region query parameter is required"));
     }
     if query.get("region") != Some(&cluster.inner.config.region) {
-        record(404);
         return Err(civo_error(StatusCode::NOT_FOUND, "region_unavailable", "The region is not available"));
     }
-    record(200);
     Ok(())
-}
-
-fn fix_status(cluster: &Cluster, status: u16) {
-    if let Some(last) = cluster.inner.civo.lock().calls.last_mut() {
-        last.status = status;
-    }
 }
 
 fn instance_json(i: &Instance, region: &str) -> Value {
@@ -104,17 +84,14 @@ fn instance_json(i: &Instance, region: &str) -> Value {
 async fn get_cluster(
     State(c): State<Cluster>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+    if let Err(r) = gate(&c, &headers, &q).await {
         return r;
     }
     let cfg = &c.inner.config;
     if id != cfg.cluster_id {
-        fix_status(&c, 404);
         return civo_error(
             StatusCode::NOT_FOUND,
             "database_kubernetes_cluster_not_found",
@@ -147,16 +124,13 @@ async fn get_cluster(
 async fn list_instances(
     State(c): State<Cluster>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+    if let Err(r) = gate(&c, &headers, &q).await {
         return r;
     }
     if id != c.inner.config.cluster_id {
-        fix_status(&c, 404);
         return civo_error(
             StatusCode::NOT_FOUND,
             "database_kubernetes_cluster_not_found",
@@ -171,22 +145,18 @@ async fn list_instances(
 async fn reboot(
     State(c): State<Cluster>,
     Path((id, kind)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+    if let Err(r) = gate(&c, &headers, &q).await {
         return r;
     }
     if kind != "hard_reboots" && kind != "soft_reboots" {
-        fix_status(&c, 404);
         return civo_error(StatusCode::NOT_FOUND, "not_found", "No such action");
     }
     if c.reboot_instance(&id) {
         Json(json!({"ID": id, "result": "success"})).into_response()
     } else {
-        fix_status(&c, 404);
         civo_error(
             StatusCode::NOT_FOUND,
             "database_instance_not_found",
@@ -198,18 +168,15 @@ async fn reboot(
 async fn delete_pool_instance(
     State(c): State<Cluster>,
     Path((cid, pool, id)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+    if let Err(r) = gate(&c, &headers, &q).await {
         return r;
     }
     let in_pool =
         cid == c.inner.config.cluster_id && c.inner.civo.lock().instances.get(&id).is_some_and(|i| i.pool == pool);
     if !in_pool {
-        fix_status(&c, 404);
         return civo_error(
             StatusCode::NOT_FOUND,
             "database_cluster_pool_instance_not_found",
@@ -224,18 +191,21 @@ async fn delete_pool_instance(
     }
 }
 
-async fn fallback(
-    State(c): State<Cluster>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = gate(&c, &method, &uri, &headers, &q).await {
+async fn fallback(State(c): State<Cluster>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Err(r) = gate(&c, &headers, &q).await {
         return r;
     }
-    fix_status(&c, 404);
     civo_error(StatusCode::NOT_FOUND, "not_found", "The requested resource does not exist")
+}
+
+/// Records every call with the status actually answered.
+async fn log_calls(State(c): State<Cluster>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), ToString::to_string);
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    c.inner.civo.lock().calls.push(CivoCall { method, path, status });
+    response
 }
 
 /// The Civo API router.
@@ -246,5 +216,6 @@ pub(crate) fn router(cluster: Cluster) -> Router {
         .route("/v2/instances/{id}/{action}", post(reboot))
         .route("/v2/kubernetes/clusters/{cid}/pools/{pool}/instances/{id}", delete(delete_pool_instance))
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(cluster.clone(), log_calls))
         .with_state(cluster)
 }

@@ -46,6 +46,38 @@ pub struct ClusterConfig {
     pub replace_takes: Duration,
 }
 
+impl ClusterConfig {
+    /// Checks the settings that would otherwise produce invalid objects.
+    pub fn validate(&self) -> Result<(), String> {
+        let label = |field: &str, v: &str| {
+            let ok = !v.is_empty()
+                && v.len() <= 40
+                && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !v.starts_with('-')
+                && !v.ends_with('-');
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{field} {v:?} must be 1-40 lowercase letters, digits or '-', not starting or ending with '-'"
+                ))
+            }
+        };
+        label("cluster_name", &self.cluster_name)?;
+        label("region", &self.region)?;
+        if self.pools == 0 {
+            return Err("pools must be at least 1".into());
+        }
+        if self.civo_key.is_empty() {
+            return Err("civo_key must not be empty".into());
+        }
+        if self.gpu_nodes > 0 && self.gpus_per_node == 0 {
+            return Err("gpus_per_node must be at least 1 when there are GPU nodes".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
@@ -171,6 +203,8 @@ pub(crate) struct CivoState {
 struct NodeState {
     faults: BTreeMap<String, Vec<Fault>>,
     reboot: BTreeMap<String, RebootBehaviour>,
+    /// Reboots started per node: only the latest one brings the node back.
+    reboots: BTreeMap<String, u64>,
 }
 
 pub(crate) struct Inner {
@@ -276,7 +310,8 @@ impl Cluster {
         };
         let cfg = &self.inner.config;
         let kind = if gpus > 0 { "gpu" } else { "std" };
-        let name = format!("k3s-{}-{kind}-{}-node-{index:05}", cfg.cluster_name, &pool[..4]);
+        let short = pool.get(..4).unwrap_or(pool);
+        let name = format!("k3s-{}-{kind}-{short}-node-{index:05}", cfg.cluster_name);
         let plan = NodePlan {
             name: name.clone(),
             pool: pool.to_owned(),
@@ -355,20 +390,27 @@ impl Cluster {
     }
 
     /// Applies `f` to a node's JSON and stores the result (status included).
-    pub fn update_node(&self, name: &str, f: impl FnOnce(&mut Value)) -> Result<(), ApiError> {
+    pub fn update_node(&self, name: &str, f: impl Fn(&mut Value)) -> Result<(), ApiError> {
         self.update(Kind::Node, "", name, f)
     }
 
-    /// Applies `f` to any object's JSON and stores the result.
-    pub fn update(&self, kind: Kind, namespace: &str, name: &str, f: impl FnOnce(&mut Value)) -> Result<(), ApiError> {
-        let mut store = self.inner.store.lock();
-        let obj = store.get(kind, namespace, name).ok_or_else(|| ApiError::not_found(kind.def().plural, name))?;
-        let mut v = obj.value();
-        f(&mut v);
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
+    /// Applies `f` to any object's JSON and stores the result. `f` runs
+    /// outside the store lock (it may read the cluster) and is called again
+    /// if the object changed meanwhile.
+    pub fn update(&self, kind: Kind, namespace: &str, name: &str, f: impl Fn(&mut Value)) -> Result<(), ApiError> {
+        loop {
+            let obj = self.inner.store.lock().get(kind, namespace, name);
+            let obj = obj.ok_or_else(|| ApiError::not_found(kind.def().plural, name))?;
+            let mut v = obj.value();
+            f(&mut v);
+            if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.insert("resourceVersion".into(), Value::String(obj.rv.to_string()));
+            }
+            match self.inner.store.lock().update(kind, namespace, name, v, Keep::Nothing, false) {
+                Err(e) if e.code == 409 => continue,
+                other => return other.map(|_| ()),
+            }
         }
-        store.update(kind, namespace, name, v, Keep::Nothing, false).map(|_| ())
     }
 
     /// Creates any object from JSON.
@@ -536,14 +578,27 @@ impl Cluster {
             return false;
         };
         let b = self.reboot_behaviour(&host);
+        let generation = {
+            let mut st = self.inner.nodes.lock();
+            let g = st.reboots.entry(host.clone()).or_default();
+            *g += 1;
+            *g
+        };
         let faults = self.faults(&host);
         let _ = self.render_with(&host, &faults, true);
         let me = self.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(b.takes).await;
-            if b.fixes {
-                me.inner.nodes.lock().faults.remove(&host);
+            {
+                let mut st = me.inner.nodes.lock();
+                if st.reboots.get(&host) != Some(&generation) {
+                    // A later reboot is still under way; it finishes the job.
+                    return;
+                }
+                if b.fixes {
+                    st.faults.remove(&host);
+                }
             }
             if let Some(i) = me.inner.civo.lock().instances.get_mut(&id) {
                 i.status = "ACTIVE".into();
@@ -640,4 +695,67 @@ impl Cluster {
 pub(crate) fn now_micro() -> String {
     let t = std::time::SystemTime::now();
     humantime::format_rfc3339_micros(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(c: &Cluster, node: &str) -> String {
+        let n = c.node(node).unwrap_or_default();
+        n["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["status"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_reboot_keeps_the_node_down_until_it_finishes() {
+        let c = Cluster::new(ClusterConfig { nodes: 1, ..ClusterConfig::default() });
+        let node = c.node_names()[0].clone();
+        let id = c.instances()[0].id.clone();
+        c.set_reboot(&node, RebootBehaviour { fixes: true, takes: Duration::from_secs(30) });
+        assert!(c.reboot_instance(&id));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(c.reboot_instance(&id));
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(ready(&c, &node), "Unknown", "the first reboot's timer must not end the second");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(ready(&c, &node), "True");
+        assert!(!c.reboot_instance("no-such-instance"));
+    }
+
+    #[test]
+    fn configuration_is_validated() {
+        let bad = ClusterConfig { cluster_name: "My Lab".into(), ..ClusterConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("cluster_name \"My Lab\""));
+        let bad = ClusterConfig { pools: 0, ..ClusterConfig::default() };
+        assert_eq!(bad.validate().unwrap_err(), "pools must be at least 1");
+        assert_eq!(ClusterConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn events_k8s_io_events_show_as_core_events() {
+        let c = Cluster::new(ClusterConfig { nodes: 1, ..ClusterConfig::default() });
+        c.create(
+            Kind::EventV1,
+            json!({
+                "metadata": {"name": "agent.1", "namespace": "default"},
+                "eventTime": "2026-11-21T05:00:00.000000Z",
+                "regarding": {"kind": "Node", "name": "n1"},
+                "reason": "Rebooted", "note": "rebooted after 5m NotReady", "type": "Normal",
+                "action": "Reboot", "reportingController": "node-agent", "reportingInstance": "node-agent-0"
+            }),
+        )
+        .unwrap();
+        let store = c.inner.store.lock();
+        let core = store.matching(Kind::Event, None, &Default::default());
+        assert_eq!(core.len(), 1);
+        let v = core[0].value();
+        assert_eq!(v["involvedObject"]["name"], "n1");
+        assert_eq!(v["message"], "rebooted after 5m NotReady");
+        assert_eq!(v["source"]["component"], "node-agent");
+    }
 }

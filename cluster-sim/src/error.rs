@@ -92,6 +92,12 @@ impl ApiError {
         Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"))
     }
 
+    /// 504 for a watch from a resource version the server has not reached.
+    #[must_use]
+    pub fn too_large_rv(requested: u64, current: u64) -> Self {
+        Self::new(504, "Timeout", format!("Too large resource version: {requested}, current: {current}"))
+    }
+
     /// 410 Gone for a continue token whose snapshot expired.
     #[must_use]
     pub fn expired_continue() -> Self {

@@ -47,13 +47,19 @@ fn time(s: &str) -> Time {
 /// The internal IP of the node at `index`.
 #[must_use]
 pub fn internal_ip(index: u32) -> String {
-    format!("192.168.{}.{}", 1 + index / 250, 2 + index % 250)
+    format!("10.{}.{}.{}", 16 + ((index >> 16) & 0xff), (index >> 8) & 0xff, index & 0xff)
 }
 
 /// The public IP of the node at `index`.
 #[must_use]
 pub fn public_ip(index: u32) -> String {
-    format!("74.220.{}.{}", 16 + (index / 250) % 200, 2 + index % 250)
+    format!("74.{}.{}.{}", 220 + ((index >> 16) & 0x1f), (index >> 8) & 0xff, index & 0xff)
+}
+
+/// The pod CIDR of the node at `index` (unique for 2^24 nodes).
+#[must_use]
+pub fn pod_cidr(index: u32) -> String {
+    format!("{}.{}.{}.0/24", 100 + ((index >> 16) & 0x1f), (index >> 8) & 0xff, index & 0xff)
 }
 
 const IMAGES: &[(&str, &str, i64)] = &[
@@ -251,8 +257,8 @@ pub fn node(plan: &NodePlan) -> Node {
             ..ObjectMeta::default()
         },
         spec: Some(NodeSpec {
-            pod_cidr: Some(format!("10.42.{}.0/24", plan.index % 250)),
-            pod_cidrs: Some(vec![format!("10.42.{}.0/24", plan.index % 250)]),
+            pod_cidr: Some(pod_cidr(plan.index)),
+            pod_cidrs: Some(vec![pod_cidr(plan.index)]),
             provider_id: Some(format!("civo://{}", plan.instance_id)),
             ..NodeSpec::default()
         }),

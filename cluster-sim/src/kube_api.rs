@@ -270,6 +270,9 @@ fn list(
     Ok(json_response(StatusCode::OK, out, &[]))
 }
 
+/// The longest watch the simulator grants (longer requests are capped).
+const MAX_WATCH_SECONDS: u64 = 86_400;
+
 fn event_line(event_type: &str, object: &[u8]) -> Bytes {
     let mut line = Vec::with_capacity(object.len() + 32);
     line.extend_from_slice(b"{\"type\":\"");
@@ -304,11 +307,20 @@ struct WatchState {
     done: bool,
 }
 
-impl WatchState {
-    fn wants(&self, e: &Event) -> bool {
-        e.kind == self.kind
-            && self.namespace.as_deref().is_none_or(|ns| ns == e.obj.namespace)
-            && self.sel.matches(&e.obj)
+/// The event type a watch of (`kind`, `namespace`, `sel`) reports for `e`,
+/// if any: a modification that moves an object into (out of) the selection
+/// is ADDED (DELETED), as the API server's watch cache does.
+fn reported_type(kind: Kind, namespace: Option<&str>, sel: &Selectors, e: &Event) -> Option<&'static str> {
+    if e.kind != kind || namespace.is_some_and(|ns| ns != e.obj.namespace) {
+        return None;
+    }
+    let now = sel.matches(&e.obj);
+    let before = e.prev.as_ref().map(|p| sel.matches(p));
+    match (e.event_type, before, now) {
+        ("MODIFIED", Some(false), true) => Some("ADDED"),
+        ("MODIFIED", Some(true), false) => Some("DELETED"),
+        (_, _, true) => Some(e.event_type),
+        _ => None,
     }
 }
 
@@ -330,7 +342,11 @@ fn watch(
     let send_initial = params.get("sendInitialEvents").is_some_and(|v| v == "true");
     let timeout = match params.get("timeoutSeconds") {
         Some(t) => Duration::from_secs(
-            t.parse::<u64>().map_err(|_| ApiError::bad_request(&format!("invalid timeoutSeconds {t:?}")))?,
+            t.parse::<u64>()
+                .map_err(|_| {
+                    ApiError::bad_request(&format!("invalid timeoutSeconds {t:?}: expected a whole number of seconds"))
+                })?
+                .min(MAX_WATCH_SECONDS),
         ),
         None => Duration::from_secs(1800),
     };
@@ -352,8 +368,8 @@ fn watch(
     let mut last_rv = from_rv.unwrap_or(start.rv);
     let mut columns_sent = false;
     for e in &start.initial {
-        if e.kind == kind && namespace.as_deref().is_none_or(|ns| ns == e.obj.namespace) && sel.matches(&e.obj) {
-            pending.push_back(render_event(kind, e, table, &mut columns_sent));
+        if let Some(event_type) = reported_type(kind, namespace.as_deref(), &sel, e) {
+            pending.push_back(render_event(kind, event_type, &e.obj, table, &mut columns_sent));
         }
         last_rv = last_rv.max(e.obj.rv);
     }
@@ -399,8 +415,8 @@ fn watch(
                     Ok(e) => {
                         if e.obj.rv > st.last_rv {
                             st.last_rv = e.obj.rv;
-                            if st.wants(&e) {
-                                let line = render_event(st.kind, &e, st.table, &mut st.columns_sent);
+                            if let Some(event_type) = reported_type(st.kind, st.namespace.as_deref(), &st.sel, &e) {
+                                let line = render_event(st.kind, event_type, &e.obj, st.table, &mut st.columns_sent);
                                 st.pending.push_back(line);
                             }
                         }
@@ -417,27 +433,55 @@ fn watch(
     Ok((StatusCode::OK, [("content-type", "application/json")], Body::from_stream(stream)).into_response())
 }
 
-fn render_event(kind: Kind, e: &Event, table: Option<bool>, columns_sent: &mut bool) -> Bytes {
+fn render_event(kind: Kind, event_type: &str, obj: &Obj, table: Option<bool>, columns_sent: &mut bool) -> Bytes {
     match table {
         Some(include_object) => {
             let with_columns = !*columns_sent;
             *columns_sent = true;
-            event_line(e.event_type, &crate::table::table_event(kind, &e.obj, include_object, with_columns))
+            event_line(event_type, &crate::table::table_event(kind, obj, include_object, with_columns))
         }
-        None => event_line(e.event_type, &e.obj.json),
+        None => event_line(event_type, &obj.json),
     }
 }
 
-fn int_or_percent(v: &Value, total: i64, round_up: bool) -> Option<i64> {
+fn int_or_percent(v: &Value, total: i128) -> Option<i128> {
     match v {
-        Value::Number(n) => n.as_i64(),
+        Value::Number(n) => n.as_i64().map(i128::from),
         Value::String(s) => {
-            let pct: i64 = s.strip_suffix('%')?.parse().ok()?;
-            let x = total * pct;
-            Some(if round_up { (x + 99) / 100 } else { x / 100 })
+            let pct: i128 = s.strip_suffix('%')?.parse().ok()?;
+            // Kubernetes rounds percentages up for both minAvailable and maxUnavailable.
+            Some((total.checked_mul(pct)? + 99).div_euclid(100))
         }
         _ => None,
     }
+}
+
+/// The label selector of a PDB as selector text (`None`: matches nothing).
+fn pdb_selector(v: &Value) -> Option<String> {
+    let sel = v["spec"].get("selector").filter(|s| !s.is_null())?;
+    let mut parts: Vec<String> = sel["matchLabels"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?))).collect())
+        .unwrap_or_default();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str()?;
+        let values: Vec<&str> =
+            e["values"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        parts.push(match e["operator"].as_str()? {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_owned(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        });
+    }
+    Some(parts.join(","))
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
 fn evict(cluster: &Cluster, ns: &str, name: &str, body: &[u8]) -> Result<Response, ApiError> {
@@ -447,37 +491,30 @@ fn evict(cluster: &Cluster, ns: &str, name: &str, body: &[u8]) -> Result<Respons
     }
     let mut store = cluster.inner.store.lock();
     let pod = store.get(Kind::Pod, ns, name).ok_or_else(|| ApiError::not_found("pods", name))?;
+    let pod_ready = is_ready(&pod.value());
     for pdb in store.matching(Kind::PodDisruptionBudget, Some(ns), &Selectors::default()) {
         let v = pdb.value();
-        let labels = v["spec"]["selector"]["matchLabels"].as_object().cloned().unwrap_or_default();
-        let sel_text =
-            labels.iter().filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?))).collect::<Vec<_>>().join(",");
-        let sel = Selectors::parse(Kind::Pod, Some(&sel_text), None)?;
-        if labels.is_empty() || !sel.matches_labels(&pod.labels) {
+        let Some(text) = pdb_selector(&v) else { continue };
+        // An empty selector selects every pod of the namespace.
+        let sel = Selectors::parse(Kind::Pod, Some(&text), None)?;
+        if !sel.matches_labels(&pod.labels) {
             continue;
         }
         let matching = store.matching(Kind::Pod, Some(ns), &sel);
-        let expected = i64::try_from(matching.len()).unwrap_or(i64::MAX);
-        let healthy = i64::try_from(
-            matching
-                .iter()
-                .filter(|p| {
-                    let pv = p.value();
-                    pv["status"]["conditions"]
-                        .as_array()
-                        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-                })
-                .count(),
-        )
-        .unwrap_or(i64::MAX);
-        let desired = if let Some(min) = v["spec"].get("minAvailable").and_then(|m| int_or_percent(m, expected, true)) {
-            min
-        } else if let Some(max) = v["spec"].get("maxUnavailable").and_then(|m| int_or_percent(m, expected, false)) {
+        let expected = i128::try_from(matching.len()).unwrap_or(i128::MAX);
+        let healthy = i128::try_from(matching.iter().filter(|p| is_ready(&p.value())).count()).unwrap_or(i128::MAX);
+        let desired = if let Some(max) = v["spec"].get("maxUnavailable").and_then(|m| int_or_percent(m, expected)) {
             expected - max
+        } else if let Some(min) = v["spec"].get("minAvailable").and_then(|m| int_or_percent(m, expected)) {
+            min
         } else {
             0
-        };
-        if healthy - desired <= 0 {
+        }
+        .max(0);
+        // A ready pod may go only if the rest stay at or above the budget; a
+        // pod that is not ready may go while the budget is met (IfHealthyBudget).
+        let allowed = if pod_ready { healthy - desired > 0 } else { healthy >= desired };
+        if !allowed {
             return Err(ApiError::disruption_budget(&pdb.name));
         }
     }

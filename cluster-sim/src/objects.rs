@@ -232,6 +232,17 @@ pub(crate) struct Event {
     pub(crate) kind: Kind,
     pub(crate) event_type: &'static str,
     pub(crate) obj: Arc<Obj>,
+    /// The object before a MODIFIED event (selector transitions).
+    pub(crate) prev: Option<Arc<Obj>>,
+}
+
+/// One kind's watch history and broadcast channel (like the API server's
+/// per-resource watch cache).
+struct Feed {
+    history: VecDeque<Arc<Event>>,
+    /// Events at or below this resource version are no longer available.
+    compacted: u64,
+    tx: broadcast::Sender<Arc<Event>>,
 }
 
 type Key = (String, String);
@@ -240,7 +251,13 @@ type Key = (String, String);
 struct Snapshot {
     items: Arc<Vec<Arc<Obj>>>,
     rv: u64,
+    /// The request the snapshot answers (kind, namespace, selectors).
+    request: String,
+    taken: std::time::Instant,
 }
+
+/// How long a list snapshot (and its continue tokens) lives.
+const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The outcome of a list request.
 pub(crate) struct ListPage {
@@ -262,18 +279,15 @@ pub(crate) struct Store {
     rv: u64,
     uid: u64,
     objects: HashMap<Kind, BTreeMap<Key, Arc<Obj>>>,
-    history: VecDeque<Arc<Event>>,
+    feeds: HashMap<Kind, Feed>,
     history_cap: usize,
-    /// Events at or below this resource version are no longer available.
-    compacted: u64,
-    tx: broadcast::Sender<Arc<Event>>,
     channel_cap: usize,
     snapshots: HashMap<u64, Snapshot>,
     snapshot_order: VecDeque<u64>,
     next_snapshot: u64,
 }
 
-const MAX_SNAPSHOTS: usize = 32;
+const MAX_SNAPSHOTS: usize = 1024;
 
 pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
@@ -295,15 +309,12 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
 impl Store {
     pub(crate) fn new(history_cap: usize, channel_cap: usize) -> Self {
         let channel_cap = channel_cap.max(16);
-        let (tx, _) = broadcast::channel(channel_cap);
         Store {
             rv: 1,
             uid: 0,
             objects: HashMap::new(),
-            history: VecDeque::new(),
+            feeds: HashMap::new(),
             history_cap: history_cap.max(1),
-            compacted: 1,
-            tx,
             channel_cap,
             snapshots: HashMap::new(),
             snapshot_order: VecDeque::new(),
@@ -322,17 +333,30 @@ impl Store {
         // version seen so far is now too old. Open watches are closed, so
         // their clients resume from their last version and get 410.
         self.rv += 1;
-        self.history.clear();
-        self.compacted = self.rv;
+        for feed in self.feeds.values_mut() {
+            feed.history.clear();
+            feed.compacted = self.rv;
+        }
         self.snapshots.clear();
         self.snapshot_order.clear();
         self.close_watches();
     }
 
+    fn feed(&mut self, kind: Kind) -> &mut Feed {
+        let cap = self.channel_cap;
+        self.feeds.entry(kind).or_insert_with(|| Feed {
+            history: VecDeque::new(),
+            compacted: 1,
+            tx: broadcast::channel(cap).0,
+        })
+    }
+
     /// Ends every open watch (their streams see the channel close).
     pub(crate) fn close_watches(&mut self) {
-        let (tx, _) = broadcast::channel(self.channel_cap);
-        self.tx = tx;
+        let cap = self.channel_cap;
+        for feed in self.feeds.values_mut() {
+            feed.tx = broadcast::channel(cap).0;
+        }
     }
 
     fn next_uid(&mut self) -> String {
@@ -373,21 +397,23 @@ impl Store {
         let json = Bytes::from(serde_json::to_vec(&out).map_err(|e| ApiError::internal(&e.to_string()))?);
         let obj = Arc::new(Obj { namespace, name, rv, labels, node_name, json });
         let key = (obj.namespace.clone(), obj.name.clone());
-        self.objects.entry(kind).or_default().insert(key, Arc::clone(&obj));
-        self.record(kind, event_type, Arc::clone(&obj));
+        let prev = self.objects.entry(kind).or_default().insert(key, Arc::clone(&obj));
+        self.record(kind, event_type, Arc::clone(&obj), prev);
         Ok((obj, unknown))
     }
 
-    fn record(&mut self, kind: Kind, event_type: &'static str, obj: Arc<Obj>) {
-        let ev = Arc::new(Event { kind, event_type, obj });
-        if self.history.len() == self.history_cap
-            && let Some(old) = self.history.pop_front()
+    fn record(&mut self, kind: Kind, event_type: &'static str, obj: Arc<Obj>, prev: Option<Arc<Obj>>) {
+        let ev = Arc::new(Event { kind, event_type, obj, prev });
+        let cap = self.history_cap;
+        let feed = self.feed(kind);
+        if feed.history.len() == cap
+            && let Some(old) = feed.history.pop_front()
         {
-            self.compacted = old.obj.rv;
+            feed.compacted = old.obj.rv;
         }
-        self.history.push_back(Arc::clone(&ev));
+        feed.history.push_back(Arc::clone(&ev));
         // No receiver is fine: nobody watches.
-        let _ = self.tx.send(ev);
+        let _ = feed.tx.send(ev);
     }
 
     pub(crate) fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<Obj>> {
@@ -516,15 +542,25 @@ impl Store {
         if let Some(m) = self.objects.get_mut(&kind) {
             m.remove(&(namespace.to_owned(), name.to_owned()));
         }
-        self.record(kind, "DELETED", Arc::clone(&gone));
+        self.record(kind, "DELETED", Arc::clone(&gone), None);
         Ok(gone)
     }
 
     /// Every object of `kind` in `namespace` (all namespaces when `None`)
     /// matching the selectors.
     pub(crate) fn matching(&self, kind: Kind, namespace: Option<&str>, sel: &Selectors) -> Vec<Arc<Obj>> {
-        let Some(m) = self.objects.get(&kind) else { return Vec::new() };
-        m.values().filter(|o| namespace.is_none_or(|ns| ns == o.namespace) && sel.matches(o)).cloned().collect()
+        let pick = |o: &&Arc<Obj>| namespace.is_none_or(|ns| ns == o.namespace) && sel.matches(o);
+        let mut out: Vec<Arc<Obj>> =
+            self.objects.get(&kind).map(|m| m.values().filter(pick).cloned().collect()).unwrap_or_default();
+        if kind == Kind::Event
+            && let Some(v1) = self.objects.get(&Kind::EventV1)
+        {
+            // One storage, two APIs: events.k8s.io Events (kube-rs's recorder
+            // writes those) also show as core Events (kubectl reads those).
+            out.extend(v1.values().filter(pick).map(|o| Arc::new(core_event(o))));
+            out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        }
+        out
     }
 
     /// A list page. The first page takes a snapshot; `continue` tokens read
@@ -537,10 +573,19 @@ impl Store {
         limit: Option<usize>,
         continue_token: Option<&str>,
     ) -> Result<ListPage, ApiError> {
+        let request = format!("{kind:?}|{}|{sel:?}", namespace.unwrap_or(""));
         let (id, offset, items, rv) = match continue_token {
             Some(token) => {
                 let (id, offset) = parse_continue(token)?;
                 let snap = self.snapshots.get(&id).ok_or_else(ApiError::expired_continue)?;
+                if snap.request != request {
+                    return Err(ApiError::bad_request(&format!(
+                        "the continue token {token:?} belongs to a different list request (other resource, namespace or selectors)"
+                    )));
+                }
+                if snap.taken.elapsed() > SNAPSHOT_TTL {
+                    return Err(ApiError::expired_continue());
+                }
                 (id, offset, Arc::clone(&snap.items), snap.rv)
             }
             None => {
@@ -550,7 +595,8 @@ impl Store {
                     Some(l) if l < items.len() => {
                         let id = self.next_snapshot;
                         self.next_snapshot += 1;
-                        self.snapshots.insert(id, Snapshot { items: Arc::clone(&items), rv });
+                        let taken = std::time::Instant::now();
+                        self.snapshots.insert(id, Snapshot { items: Arc::clone(&items), rv, request, taken });
                         self.snapshot_order.push_back(id);
                         while self.snapshot_order.len() > MAX_SNAPSHOTS {
                             if let Some(old) = self.snapshot_order.pop_front() {
@@ -572,27 +618,71 @@ impl Store {
 
     /// Starts a watch from `from_rv` (`None`: the current state as ADDED events).
     pub(crate) fn watch(
-        &self,
+        &mut self,
         kind: Kind,
         namespace: Option<&str>,
         sel: &Selectors,
         from_rv: Option<u64>,
     ) -> Result<WatchStart, ApiError> {
-        let rx = self.tx.subscribe();
+        if let Some(rv) = from_rv
+            && rv > self.rv
+        {
+            return Err(ApiError::too_large_rv(rv, self.rv));
+        }
+        let feed = self.feed(kind);
+        let rx = feed.tx.subscribe();
+        let compacted = feed.compacted;
         let initial = match from_rv {
             None => self
                 .matching(kind, namespace, sel)
                 .into_iter()
-                .map(|obj| Arc::new(Event { kind, event_type: "ADDED", obj }))
+                .map(|obj| Arc::new(Event { kind, event_type: "ADDED", obj, prev: None }))
                 .collect(),
             Some(rv) => {
-                if rv < self.compacted {
-                    return Err(ApiError::gone(rv, self.compacted));
+                if rv < compacted {
+                    return Err(ApiError::gone(rv, compacted));
                 }
-                self.history.iter().filter(|e| e.obj.rv > rv).cloned().collect()
+                let history = &self.feed(kind).history;
+                // The history is ordered by version: skip to the first newer event.
+                let start = history.partition_point(|e| e.obj.rv <= rv);
+                history.range(start..).cloned().collect()
             }
         };
         Ok(WatchStart { initial, rx, rv: self.rv })
+    }
+}
+
+/// An events.k8s.io/v1 Event as the core/v1 API shows it.
+fn core_event(o: &Obj) -> Obj {
+    let v = o.value();
+    let time = v.get("eventTime").or_else(|| v.get("deprecatedLastTimestamp")).cloned().unwrap_or(Value::Null);
+    let mut core = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": v["metadata"].clone(),
+        "involvedObject": v["regarding"].clone(),
+        "reason": v["reason"].clone(),
+        "message": v["note"].clone(),
+        "type": v["type"].clone(),
+        "source": {"component": v["reportingController"].clone(), "host": v["reportingInstance"].clone()},
+        "reportingComponent": v["reportingController"].clone(),
+        "reportingInstance": v["reportingInstance"].clone(),
+        "action": v["action"].clone(),
+        "eventTime": v["eventTime"].clone(),
+        "firstTimestamp": time.clone(),
+        "lastTimestamp": time,
+        "count": v["series"]["count"].as_i64().or_else(|| v["deprecatedCount"].as_i64()).unwrap_or(1),
+    });
+    if let Some(m) = core.as_object_mut() {
+        m.retain(|_, x| !x.is_null());
+    }
+    Obj {
+        namespace: o.namespace.clone(),
+        name: o.name.clone(),
+        rv: o.rv,
+        labels: o.labels.clone(),
+        node_name: None,
+        json: Bytes::from(serde_json::to_vec(&core).unwrap_or_default()),
     }
 }
 

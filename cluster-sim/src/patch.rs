@@ -60,7 +60,6 @@ pub fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), A
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "conditions" | "addresses" => "type",
-        "taints" => "key",
         "containers"
         | "initContainers"
         | "ephemeralContainers"
@@ -205,16 +204,17 @@ mod tests {
         assert_eq!(n["metadata"]["labels"], json!({"a": "1", "c": "3"}));
         assert_eq!(n["metadata"]["finalizers"], json!(["x", "y"]));
         assert_eq!(n["spec"]["unschedulable"], json!(true));
-        assert_eq!(n["spec"]["taints"].as_array().unwrap().len(), 2);
+        // Taints have no merge key in the Node schema: the list is replaced.
+        assert_eq!(n["spec"]["taints"], json!([{"key": "k2", "effect": "NoExecute"}]));
         assert_eq!(
             n["status"]["conditions"][0],
             json!({"type": "Ready", "status": "False", "reason": "KubeletNotReady"})
         );
         assert_eq!(n["status"]["conditions"][1]["type"], "DiskPressure");
 
-        let p = json!({"spec": {"taints": [{"key": "k1", "$patch": "delete"}]}});
+        let p = json!({"status": {"conditions": [{"type": "DiskPressure", "$patch": "delete"}]}});
         apply(PatchKind::Strategic, &mut n, &p).unwrap();
-        assert_eq!(n["spec"]["taints"], json!([{"key": "k2", "effect": "NoExecute"}]));
+        assert_eq!(n["status"]["conditions"].as_array().unwrap().len(), 1);
         let p = json!({"spec": {"$patch": "replace", "unschedulable": false}});
         apply(PatchKind::Strategic, &mut n, &p).unwrap();
         assert_eq!(n["spec"], json!({"unschedulable": false}));

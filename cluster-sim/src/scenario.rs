@@ -233,7 +233,9 @@ impl Scenario {
     /// (tasks on the current tokio runtime).
     pub fn spawn(&self, cluster: Cluster) -> Result<(), ScenarioError> {
         let names = cluster.node_names();
-        let (gpu, std): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| n.contains("-gpu-"));
+        let gpu_hosts: Vec<String> =
+            cluster.instances().into_iter().filter(|i| i.gpus > 0).map(|i| i.hostname).collect();
+        let (gpu, std): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| gpu_hosts.contains(n));
         let mut plan = Vec::new();
         for (i, f) in self.faults.iter().enumerate() {
             let node = match parse_node_ref(&f.node) {

@@ -31,6 +31,9 @@ pub enum SimError {
         #[source]
         source: std::io::Error,
     },
+    /// The configuration is invalid.
+    #[error("invalid cluster configuration: {0}")]
+    Config(String),
     /// The kubeconfig could not be written.
     #[error("cannot write the kubeconfig to {path}: {source}")]
     Kubeconfig {
@@ -77,6 +80,7 @@ impl SimServer {
     /// Builds a cluster from `config` and serves it; returns once both
     /// servers accept connections.
     pub async fn start(config: ClusterConfig, ports: Ports) -> Result<SimServer, SimError> {
+        config.validate().map_err(SimError::Config)?;
         Self::serve_cluster(Cluster::new(config), ports).await
     }
 
@@ -98,8 +102,12 @@ impl SimServer {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => c.renew_leases(),
-                        _ = rx.wait_for(|s| *s) => break,
+                        _ = tick.tick() => {
+                            let c = c.clone();
+                            // Thousands of writes: keep them off the async workers.
+                            let _ = tokio::task::spawn_blocking(move || c.renew_leases()).await;
+                        }
+                        r = rx.changed() => if r.is_err() || *rx.borrow() { break },
                     }
                 }
             }));

@@ -163,11 +163,35 @@ async fn kubernetes_bad_input_is_rejected_with_status_objects() {
             400,
             "BadRequest",
         ),
+        (
+            "a watch from the future",
+            "GET",
+            "/api/v1/nodes?watch=true&resourceVersion=999999999".into(),
+            "",
+            "",
+            504,
+            "Timeout",
+        ),
+        ("a bad timeoutSeconds", "GET", "/api/v1/nodes?watch=true&timeoutSeconds=-1".into(), "", "", 400, "BadRequest"),
     ];
     for (what, method, path, ct, body, code, reason) in &cases {
         let got = h.send(method, path, ct, body).await;
         assert_status(what, &got, *code, reason);
     }
+    // A continue token only continues the list it came from.
+    let (_, first) = h.send("GET", "/api/v1/nodes?limit=1", "", "").await;
+    let token = first["metadata"]["continue"].as_str().unwrap().to_owned();
+    let got = h.send("GET", &format!("/api/v1/namespaces/default/pods?limit=1&continue={token}"), "", "").await;
+    assert_status("a continue token of another list", &got, 400, "BadRequest");
+    // An absurd timeout is capped, not a crash.
+    let r = h
+        .client
+        .get(format!("{}/api/v1/nodes?watch=true&timeoutSeconds=18446744073709551615", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    drop(r);
     // Unknown fields without strict validation are dropped with a warning, as the API server does.
     let r = h
         .client

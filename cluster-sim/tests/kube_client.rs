@@ -83,6 +83,35 @@ async fn the_watcher_pages_the_initial_list_and_survives_a_forced_410() {
     };
     assert_eq!(touched.metadata.labels.unwrap()["sim/touched"], "1");
 
+    // A label selector watch sees objects leave and enter the selection.
+    let selected: Api<Node> = Api::all(client(&sim));
+    let mut sel_stream = watcher::watcher(selected, watcher::Config::default().labels("sim/touched=1")).boxed();
+    within("the selected list", async {
+        while !matches!(sel_stream.next().await.unwrap().unwrap(), Event::InitDone) {}
+    })
+    .await;
+    nodes
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"sim/touched": "0"}}})))
+        .await
+        .unwrap();
+    let left = within("the DELETED event", async {
+        loop {
+            if let Event::Delete(n) = sel_stream.next().await.unwrap().unwrap() {
+                break n;
+            }
+        }
+    })
+    .await;
+    assert_eq!(left.metadata.name.as_deref(), Some(name.as_str()));
+    nodes
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"sim/touched": "1"}}})))
+        .await
+        .unwrap();
+    within("the re-ADDED event", async {
+        while !matches!(sel_stream.next().await.unwrap().unwrap(), Event::Apply(_)) {}
+    })
+    .await;
+
     // Compaction ends the watch; resuming from the old version gets 410 and
     // the watcher relists.
     sim.cluster().compact();
@@ -177,6 +206,31 @@ async fn evictions_respect_disruption_budgets() {
     assert!(default_pods.get_opt(&victim).await.unwrap().is_none());
     let e = default_pods.evict("no-such-pod", &EvictParams::default()).await.unwrap_err();
     assert_eq!(api_code(&e), Some(404));
+    // maxUnavailable percentages round up: 50% of 1 pod allows one disruption.
+    c.add_pod("solo", "only", &node, "solo", cluster_sim::fixtures::PodOwner::ReplicaSet).unwrap();
+    c.create(
+        cluster_sim::Kind::PodDisruptionBudget,
+        json!({"metadata": {"name": "solo", "namespace": "solo"},
+               "spec": {"maxUnavailable": "50%", "selector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["solo"]}]}}}),
+    )
+    .unwrap();
+    let solo: Api<Pod> = Api::namespaced(client(&sim), "solo");
+    solo.evict("only", &EvictParams::default()).await.unwrap();
+    // An empty selector guards every pod of its namespace; a pod that is not
+    // ready may still go while the budget holds.
+    c.add_pod("guarded", "a", &node, "a", cluster_sim::fixtures::PodOwner::ReplicaSet).unwrap();
+    c.add_pod("guarded", "b", &node, "b", cluster_sim::fixtures::PodOwner::ReplicaSet).unwrap();
+    c.create(
+        cluster_sim::Kind::PodDisruptionBudget,
+        json!({"metadata": {"name": "all", "namespace": "guarded"}, "spec": {"minAvailable": 1, "selector": {}}}),
+    )
+    .unwrap();
+    c.update(cluster_sim::Kind::Pod, "guarded", "b", |p| p["status"]["conditions"][0]["status"] = json!("False"))
+        .unwrap();
+    let guarded: Api<Pod> = Api::namespaced(client(&sim), "guarded");
+    let e = guarded.evict("a", &EvictParams::default()).await.unwrap_err();
+    assert_eq!(api_code(&e), Some(429), "a is the only ready pod");
+    guarded.evict("b", &EvictParams::default()).await.unwrap();
     sim.shutdown().await;
 }
 
