@@ -505,10 +505,8 @@ fn evict(cluster: &Cluster, ns: &str, name: &str, body: &[u8]) -> Result<Respons
         let healthy = i128::try_from(matching.iter().filter(|p| is_ready(&p.value())).count()).unwrap_or(i128::MAX);
         let desired = if let Some(max) = v["spec"].get("maxUnavailable").and_then(|m| int_or_percent(m, expected)) {
             expected - max
-        } else if let Some(min) = v["spec"].get("minAvailable").and_then(|m| int_or_percent(m, expected)) {
-            min
         } else {
-            0
+            v["spec"].get("minAvailable").and_then(|m| int_or_percent(m, expected)).unwrap_or_default()
         }
         .max(0);
         // A ready pod may go only if the rest stay at or above the budget; a
