@@ -101,13 +101,27 @@ impl NodeReadyChecker {
         self
     }
 
+    /// With another name.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Evaluates a Node.
     #[must_use]
     pub fn evaluate(&self, node: &Node) -> CheckOutcome {
         let mut seen = false;
         for c in conditions(node, "Ready") {
             seen = true;
-            let detail = || format!("Ready={} reason={} {}", c.status, c.reason.as_deref().unwrap_or(""), c.message.as_deref().unwrap_or(""));
+            let detail = || {
+                format!(
+                    "Ready={} reason={} {}",
+                    c.status,
+                    c.reason.as_deref().unwrap_or(""),
+                    c.message.as_deref().unwrap_or("")
+                )
+            };
             match c.status.as_str() {
                 "True" => {}
                 "False" => return CheckOutcome::fail_with("NodeNotReady", detail()),
@@ -117,7 +131,10 @@ impl NodeReadyChecker {
         if seen {
             CheckOutcome::Pass
         } else {
-            CheckOutcome::fail_with("ReadyConditionMissing", format!("node {} reports no Ready condition", node_name(node)))
+            CheckOutcome::fail_with(
+                "ReadyConditionMissing",
+                format!("node {} reports no Ready condition", node_name(node)),
+            )
         }
     }
 }
@@ -215,6 +232,13 @@ impl ConditionChecker {
         self
     }
 
+    /// With another name.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Evaluates a Node at the clock's current time.
     #[must_use]
     pub fn evaluate(&self, node: &Node) -> CheckOutcome {
@@ -228,10 +252,16 @@ impl ConditionChecker {
         let mut seen = false;
         for c in conditions(node, &r.condition_type) {
             seen = true;
-            if r.bad_statuses.iter().any(|b| *b == c.status) && held_for(c, now) >= r.for_at_least {
+            if r.bad_statuses.contains(&c.status) && held_for(c, now) >= r.for_at_least {
                 return CheckOutcome::fail_with(
                     r.reason.clone(),
-                    format!("{}={} reason={} {}", c.type_, c.status, c.reason.as_deref().unwrap_or(""), c.message.as_deref().unwrap_or("")),
+                    format!(
+                        "{}={} reason={} {}",
+                        c.type_,
+                        c.status,
+                        c.reason.as_deref().unwrap_or(""),
+                        c.message.as_deref().unwrap_or("")
+                    ),
                 );
             }
         }
@@ -252,7 +282,8 @@ impl ConditionChecker {
 /// Parses the GPU count label; `Ok(None)` when absent.
 fn expected_gpus(node: &Node) -> Result<Option<u64>, String> {
     let Some(v) = node.metadata.labels.as_ref().and_then(|l| l.get(GPU_COUNT_LABEL)) else { return Ok(None) };
-    let n: u64 = v.trim().parse().map_err(|_| format!("label {GPU_COUNT_LABEL}={v:?} is not a whole number of GPUs"))?;
+    let n: u64 =
+        v.trim().parse().map_err(|_| format!("label {GPU_COUNT_LABEL}={v:?} is not a whole number of GPUs"))?;
     if n > 1024 {
         return Err(format!("label {GPU_COUNT_LABEL}={v:?} is implausible (more than 1024 GPUs)"));
     }
@@ -291,6 +322,7 @@ pub fn node_facts(node: &Node) -> NodeFacts {
 /// GPU: the label `nvidia.com/gpu.count` (expected) against allocatable
 /// `nvidia.com/gpu`. Nodes without the label are skipped (`NonGPUNode`).
 pub struct GpuChecker {
+    name: String,
     threshold: Duration,
 }
 
@@ -298,13 +330,20 @@ impl GpuChecker {
     /// The default checker (`GPU`, threshold 10m).
     #[must_use]
     pub fn new() -> Self {
-        GpuChecker { threshold: Duration::from_secs(600) }
+        GpuChecker { name: "GPU".into(), threshold: Duration::from_secs(600) }
     }
 
     /// With another threshold.
     #[must_use]
     pub fn with_threshold(mut self, threshold: Duration) -> Self {
         self.threshold = threshold;
+        self
+    }
+
+    /// With another name.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -321,8 +360,12 @@ impl GpuChecker {
             return CheckOutcome::fail_with("NoAllocatableGPU", format!("expected {expected} GPUs, none allocatable"));
         };
         match quantity::parse_whole(&q.0) {
-            Err(e) => CheckOutcome::fail_with("InvalidGPUQuantity", format!("allocatable {GPU_RESOURCE}={:?}: {e}", q.0)),
-            Ok(0) if expected > 0 => CheckOutcome::fail_with("NoAllocatableGPU", format!("expected {expected} GPUs, 0 allocatable")),
+            Err(e) => {
+                CheckOutcome::fail_with("InvalidGPUQuantity", format!("allocatable {GPU_RESOURCE}={:?}: {e}", q.0))
+            }
+            Ok(0) if expected > 0 => {
+                CheckOutcome::fail_with("NoAllocatableGPU", format!("expected {expected} GPUs, 0 allocatable"))
+            }
             Ok(n) if n == u128::from(expected) => CheckOutcome::Pass,
             Ok(n) => CheckOutcome::fail_with("GPUCountMismatch", format!("expected {expected} GPUs, {n} allocatable")),
         }
@@ -339,6 +382,7 @@ impl Default for GpuChecker {
 /// the node carries `node.cilium.io/agent-not-ready`; skips nodes that show
 /// no sign of Cilium.
 pub struct CiliumChecker {
+    name: String,
     threshold: Duration,
 }
 
@@ -346,13 +390,20 @@ impl CiliumChecker {
     /// The default checker (`Cilium`, threshold 10m).
     #[must_use]
     pub fn new() -> Self {
-        CiliumChecker { threshold: Duration::from_secs(600) }
+        CiliumChecker { name: "Cilium".into(), threshold: Duration::from_secs(600) }
     }
 
     /// With another threshold.
     #[must_use]
     pub fn with_threshold(mut self, threshold: Duration) -> Self {
         self.threshold = threshold;
+        self
+    }
+
+    /// With another name.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -389,6 +440,7 @@ impl Default for CiliumChecker {
 /// Kubelet lease staleness: fails when the node's lease in `kube-node-lease`
 /// was last renewed more than `stale_after` ago (the agent fetches the lease).
 pub struct KubeletLeaseChecker {
+    name: String,
     threshold: Duration,
     stale_after: Duration,
     clock: Arc<dyn Clock>,
@@ -398,13 +450,25 @@ impl KubeletLeaseChecker {
     /// The default checker (`KubeletLease`, stale after 40s, threshold 5m).
     #[must_use]
     pub fn new() -> Self {
-        KubeletLeaseChecker { threshold: Duration::from_secs(300), stale_after: Duration::from_secs(40), clock: Arc::new(SystemClock) }
+        KubeletLeaseChecker {
+            name: "KubeletLease".into(),
+            threshold: Duration::from_secs(300),
+            stale_after: Duration::from_secs(40),
+            clock: Arc::new(SystemClock),
+        }
     }
 
     /// With another threshold.
     #[must_use]
     pub fn with_threshold(mut self, threshold: Duration) -> Self {
         self.threshold = threshold;
+        self
+    }
+
+    /// With another name.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -427,12 +491,17 @@ impl KubeletLeaseChecker {
     pub fn evaluate_at(&self, lease: LeaseObservation, now: Timestamp) -> CheckOutcome {
         match lease {
             LeaseObservation::NotFetched => CheckOutcome::skip("LeaseNotFetched"),
-            LeaseObservation::Missing => CheckOutcome::fail_with("LeaseMissing", "the node has no lease in kube-node-lease"),
+            LeaseObservation::Missing => {
+                CheckOutcome::fail_with("LeaseMissing", "the node has no lease in kube-node-lease")
+            }
             LeaseObservation::Renewed(None) => CheckOutcome::fail_with("LeaseStale", "the lease was never renewed"),
             LeaseObservation::Renewed(Some(t)) => {
                 let age = now.saturating_since(t);
                 if age > self.stale_after {
-                    CheckOutcome::fail_with("LeaseStale", format!("last renewed {}s ago (limit {}s)", age.as_secs(), self.stale_after.as_secs()))
+                    CheckOutcome::fail_with(
+                        "LeaseStale",
+                        format!("last renewed {}s ago (limit {}s)", age.as_secs(), self.stale_after.as_secs()),
+                    )
                 } else {
                     CheckOutcome::Pass
                 }
@@ -448,11 +517,11 @@ impl Default for KubeletLeaseChecker {
 }
 
 macro_rules! sync_checker {
-    ($ty:ty, $name:expr, |$self_:ident, $t:ident| $body:expr) => {
+    ($ty:ty, |$self_:ident, $t:ident| $body:expr) => {
         #[async_trait]
         impl<T: NodeSource + ?Sized> HealthChecker<T> for $ty {
             fn name(&self) -> &str {
-                $name(self)
+                &self.name
             }
             fn threshold(&self) -> Duration {
                 self.threshold
@@ -469,8 +538,8 @@ macro_rules! sync_checker {
     };
 }
 
-sync_checker!(NodeReadyChecker, |s: &NodeReadyChecker| s.name.as_str(), |s, t| s.evaluate(t.node()));
-sync_checker!(ConditionChecker, |s: &ConditionChecker| s.name.as_str(), |s, t| s.evaluate(t.node()));
-sync_checker!(GpuChecker, |_: &GpuChecker| "GPU", |_s, t| GpuChecker::evaluate(t.node()));
-sync_checker!(CiliumChecker, |_: &CiliumChecker| "Cilium", |_s, t| CiliumChecker::evaluate(t.node()));
-sync_checker!(KubeletLeaseChecker, |_: &KubeletLeaseChecker| "KubeletLease", |s, t| s.evaluate_at(t.lease(), s.clock.now()));
+sync_checker!(NodeReadyChecker, |s, t| s.evaluate(t.node()));
+sync_checker!(ConditionChecker, |s, t| s.evaluate(t.node()));
+sync_checker!(GpuChecker, |_s, t| GpuChecker::evaluate(t.node()));
+sync_checker!(CiliumChecker, |_s, t| CiliumChecker::evaluate(t.node()));
+sync_checker!(KubeletLeaseChecker, |s, t| s.evaluate_at(t.lease(), s.clock.now()));
