@@ -38,6 +38,8 @@ async fn run(nodes: u32, updates: usize) {
         rss - before
     );
 
+    // reqwest may be built with rustls and no default provider in this workspace.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let t = Instant::now();
     let (mut count, mut pages, mut bytes, mut cont) = (0usize, 0usize, 0usize, String::new());

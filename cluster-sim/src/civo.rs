@@ -31,6 +31,12 @@ async fn gate(cluster: &Cluster, headers: &HeaderMap, query: &HashMap<String, St
     let fault = {
         let mut civo = cluster.inner.civo.lock();
         civo.faults.retain(|f| f.calls > 0);
+        if let Some(f) = civo.faults.first_mut()
+            && f.skip > 0
+        {
+            f.skip -= 1;
+            return check_region(cluster, query);
+        }
         match civo.faults.first_mut() {
             Some(f) => {
                 let out = *f;
@@ -62,6 +68,12 @@ async fn gate(cluster: &Cluster, headers: &HeaderMap, query: &HashMap<String, St
             return Err(civo_error(status, code, reason));
         }
     }
+    check_region(cluster, query)
+}
+
+// The error is the response to send, as in a handler.
+#[allow(clippy::result_large_err)]
+fn check_region(cluster: &Cluster, query: &HashMap<String, String>) -> Result<(), Response> {
     if query.get("region").is_none_or(String::is_empty) {
         return Err(civo_error(StatusCode::BAD_REQUEST, "region_missing", "The region query parameter is required"));
     }
@@ -198,13 +210,21 @@ async fn fallback(State(c): State<Cluster>, headers: HeaderMap, Query(q): Query<
     civo_error(StatusCode::NOT_FOUND, "not_found", "The requested resource does not exist")
 }
 
-/// Records every call with the status actually answered.
+/// Records every call with the status actually answered (0: no answer was sent).
 async fn log_calls(State(c): State<Cluster>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), ToString::to_string);
+    // Logged on arrival (status 0 until answered), so a call whose client
+    // gave up before the answer still counts.
+    let index = {
+        let mut civo = c.inner.civo.lock();
+        civo.calls.push(CivoCall { method, path, status: 0 });
+        civo.calls.len() - 1
+    };
     let response = next.run(req).await;
-    let status = response.status().as_u16();
-    c.inner.civo.lock().calls.push(CivoCall { method, path, status });
+    if let Some(call) = c.inner.civo.lock().calls.get_mut(index) {
+        call.status = response.status().as_u16();
+    }
     response
 }
 

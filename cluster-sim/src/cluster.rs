@@ -147,6 +147,8 @@ pub struct RebootBehaviour {
 /// A fault of the simulated Civo API for its next calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CivoFault {
+    /// Calls to let through untouched before this fault applies.
+    pub skip: u32,
     /// HTTP status to answer with (0: answer normally after the delay).
     pub status: u16,
     /// Delay before answering.
@@ -644,6 +646,12 @@ impl Cluster {
     #[must_use]
     pub fn civo_calls(&self) -> Vec<CivoCall> {
         self.inner.civo.lock().calls.clone()
+    }
+
+    /// Adds a Civo instance without a node (e.g. a duplicate hostname left by
+    /// a botched rebuild).
+    pub fn add_civo_instance(&self, instance: Instance) {
+        self.inner.civo.lock().instances.insert(instance.id.clone(), instance);
     }
 
     /// Every Civo instance.

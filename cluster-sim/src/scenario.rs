@@ -264,7 +264,7 @@ impl Scenario {
             let c = cluster.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(f.at).await;
-                c.civo_fail_next(CivoFault { status: f.status, delay: f.delay, calls: f.calls });
+                c.civo_fail_next(CivoFault { skip: 0, status: f.status, delay: f.delay, calls: f.calls });
             });
         }
         Ok(())

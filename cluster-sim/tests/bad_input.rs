@@ -40,7 +40,7 @@ fn assert_status(what: &str, got: &(u16, Value), code: u16, reason: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_bad_input_is_rejected_with_status_objects() {
     let sim = start(2, 0).await;
-    let h = Http { client: reqwest::Client::new(), base: sim.kube_url() };
+    let h = Http { client: common::http(), base: sim.kube_url() };
     let node = sim.cluster().node_names()[0].clone();
     let np = format!("/api/v1/nodes/{node}");
     let merge = "application/merge-patch+json";
@@ -224,7 +224,7 @@ async fn kubernetes_bad_input_is_rejected_with_status_objects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn civo_rejects_missing_or_wrong_keys_and_regions() {
     let sim = start(2, 0).await;
-    let client = reqwest::Client::new();
+    let client = common::http();
     let id = sim.cluster().config().cluster_id.clone();
     let url = |p: &str| format!("{}{p}", sim.civo_url());
     let instances = format!("/v2/kubernetes/clusters/{id}/instances?region=lon1");

@@ -74,7 +74,7 @@ async fn wait_for_ready(nodes: &Api<Node>, name: &str, want: &str) {
 async fn a_hard_reboot_takes_the_node_down_and_brings_it_back() {
     let sim = start(3, 0).await;
     let c = sim.cluster().clone();
-    let http = reqwest::Client::new();
+    let http = common::http();
     let nodes: Api<Node> = Api::all(client(&sim));
     let names = c.node_names();
     let (fixed, broken) = (&names[0], &names[1]);
@@ -130,7 +130,7 @@ async fn a_replaced_instance_comes_back_as_a_new_node_in_its_pool() {
     let mut stream = watcher::watcher(nodes.clone(), watcher::Config::default()).boxed();
     within("the initial list", async { while !matches!(stream.next().await.unwrap().unwrap(), Event::InitDone) {} })
         .await;
-    let r = reqwest::Client::new()
+    let r = common::http()
         .delete(format!(
             "{}/v2/kubernetes/clusters/{}/pools/{}/instances/{}?region=lon1",
             sim.civo_url(),
@@ -166,10 +166,10 @@ async fn a_replaced_instance_comes_back_as_a_new_node_in_its_pool() {
 async fn civo_faults_affect_exactly_the_next_calls() {
     let sim = start(1, 0).await;
     let c = sim.cluster().clone();
-    c.civo_fail_next(CivoFault { status: 500, delay: Duration::ZERO, calls: 2 });
-    c.civo_fail_next(CivoFault { status: 429, delay: Duration::ZERO, calls: 1 });
+    c.civo_fail_next(CivoFault { skip: 0, status: 500, delay: Duration::ZERO, calls: 2 });
+    c.civo_fail_next(CivoFault { skip: 0, status: 429, delay: Duration::ZERO, calls: 1 });
     let url = format!("{}/v2/kubernetes/clusters/{}?region=lon1", sim.civo_url(), c.config().cluster_id);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let mut codes = Vec::new();
     for _ in 0..4 {
         let r = http.get(&url).header("authorization", "bearer sim-civo-key").send().await.unwrap();

@@ -99,6 +99,9 @@ impl HttpProbe {
         if config.timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(field("timeout", "timeouts must be positive durations such as \"5s\"".into()));
         }
+        // reqwest may be built with rustls but no default crypto provider
+        // (another crate of the binary may ask for that): install ring's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)

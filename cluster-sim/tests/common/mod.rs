@@ -30,3 +30,11 @@ pub fn client(sim: &SimServer) -> kube::Client {
 pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
+
+/// An HTTP client for raw requests. The workspace may build reqwest with
+/// rustls but no default crypto provider (feature unification with
+/// recovery-exec), so one is installed first.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

@@ -1,0 +1,427 @@
+//! The Civo executor: hard reboot and pool replacement through the Civo API.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use health_core::{Action, ExecError, Executor};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+use crate::ExecTarget;
+
+/// Installs the ring crypto provider for rustls, once per process. Every
+/// TLS client of this crate calls it before building; binaries may call it
+/// first thing too. Installing twice is harmless.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An API key that never shows in Debug or Display output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Settings of the Civo executor (the Civo agent's `CIVO_*` variables).
+#[derive(Clone, Debug)]
+pub struct CivoConfig {
+    /// `CIVO_API_URL`, e.g. `https://api.civo.com`.
+    pub api_url: String,
+    /// `CIVO_API_KEY`.
+    pub api_key: ApiKey,
+    /// `CIVO_CLUSTER_ID`.
+    pub cluster_id: String,
+    /// `CIVO_REGION`, e.g. `LON1`.
+    pub region: String,
+    /// Time limit of one HTTP call.
+    pub call_timeout: Duration,
+    /// Retries of calls that are safe to repeat (listing, deleting).
+    pub max_retries: u32,
+    /// First retry delay (doubling, with jitter).
+    pub retry_base: Duration,
+    /// The agent's name and version for the User-Agent, e.g. `node-agent/0.1.0`.
+    pub agent: String,
+}
+
+impl CivoConfig {
+    /// A configuration with defaults: 10s per call, 3 retries from 500ms.
+    pub fn new(
+        api_url: impl Into<String>,
+        api_key: ApiKey,
+        cluster_id: impl Into<String>,
+        region: impl Into<String>,
+    ) -> Self {
+        CivoConfig {
+            api_url: api_url.into(),
+            api_key,
+            cluster_id: cluster_id.into(),
+            region: region.into(),
+            call_timeout: Duration::from_secs(10),
+            max_retries: 3,
+            retry_base: Duration::from_millis(500),
+            agent: format!("node-health-recovery-exec/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// Checks every field, naming the first bad one.
+    pub fn validate(&self) -> Result<(), CivoError> {
+        let bad =
+            |field: &'static str, message: &str| Err(CivoError::InvalidConfig { field, message: message.to_owned() });
+        let url = self.api_url.trim_end_matches('/');
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() <= "https://".len() {
+            return bad("api_url", "must be an http(s) URL such as https://api.civo.com");
+        }
+        if self.api_key.expose().trim().is_empty() {
+            return bad("api_key", "must not be empty");
+        }
+        if self.api_key.expose().chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad("api_key", "must not contain whitespace");
+        }
+        let id_ok =
+            !self.cluster_id.is_empty() && self.cluster_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !id_ok {
+            return bad(
+                "cluster_id",
+                "must be a cluster id (letters, digits and '-'), e.g. 3f2b1c9e-8d41-4a2f-9c55-000000000001",
+            );
+        }
+        let region_ok = !self.region.is_empty()
+            && self.region.len() <= 16
+            && self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !region_ok {
+            return bad("region", "must be a Civo region such as LON1 or NYC1");
+        }
+        if self.call_timeout.is_zero() {
+            return bad("call_timeout", "must be a positive duration");
+        }
+        if self.max_retries > 10 {
+            return bad("max_retries", "must be at most 10");
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong talking to Civo. Never contains the API key.
+#[derive(Debug, thiserror::Error)]
+pub enum CivoError {
+    /// A setting is invalid.
+    #[error("invalid Civo configuration: {field} {message}")]
+    InvalidConfig {
+        /// The setting.
+        field: &'static str,
+        /// What is accepted.
+        message: String,
+    },
+    /// The key was refused.
+    #[error("Civo refused the API key ({status}, {code})")]
+    Auth {
+        /// HTTP status.
+        status: u16,
+        /// Civo's error code.
+        code: String,
+    },
+    /// Something does not exist.
+    #[error("Civo: not found ({code}): {reason}")]
+    NotFound {
+        /// Civo's error code.
+        code: String,
+        /// Civo's reason.
+        reason: String,
+    },
+    /// Too many requests.
+    #[error("Civo rate-limited the request (429)")]
+    RateLimited,
+    /// Civo failed.
+    #[error("Civo server error {status} ({code}): {reason}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// Civo's error code.
+        code: String,
+        /// Civo's reason.
+        reason: String,
+    },
+    /// Civo rejected the request.
+    #[error("Civo rejected the request ({status}, {code}): {reason}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Civo's error code.
+        code: String,
+        /// Civo's reason.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("Civo did not answer {what} within {after:?}")]
+    Timeout {
+        /// The call.
+        what: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The request could not be sent or read.
+    #[error("cannot reach Civo for {what}: {message}")]
+    Transport {
+        /// The call.
+        what: String,
+        /// Why (without URL secrets: the key is a header, never in a URL).
+        message: String,
+        /// Whether the request certainly never reached Civo.
+        not_sent: bool,
+    },
+    /// No instance of the cluster has the node's hostname.
+    #[error("no Civo instance of cluster {cluster} is named {node:?}")]
+    NoInstance {
+        /// The node.
+        node: String,
+        /// The cluster.
+        cluster: String,
+    },
+    /// Several instances have the node's hostname.
+    #[error("{count} Civo instances of cluster {cluster} are named {node:?}; refusing to guess")]
+    AmbiguousInstance {
+        /// The node.
+        node: String,
+        /// The cluster.
+        cluster: String,
+        /// How many.
+        count: usize,
+    },
+    /// The node has no pool label.
+    #[error("node {node:?} has no kubernetes.civo.com/civo-node-pool label; cannot tell its pool")]
+    NoPool {
+        /// The node.
+        node: String,
+    },
+    /// Civo answered something unexpected.
+    #[error("unexpected answer from Civo to {what}: {message}")]
+    Unexpected {
+        /// The call.
+        what: String,
+        /// What was odd.
+        message: String,
+    },
+}
+
+impl CivoError {
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            CivoError::RateLimited | CivoError::Server { .. } | CivoError::Timeout { .. } | CivoError::Transport { .. }
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct CivoErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct Instance {
+    id: String,
+    hostname: String,
+}
+
+/// Reboots and replaces Civo instances behind nodes.
+pub struct CivoExecutor {
+    config: CivoConfig,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for CivoExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CivoExecutor").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// How a call may be repeated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Safe to repeat on any transient failure (GET, DELETE).
+    Safe,
+    /// Only when the request certainly never left (a reboot).
+    OnlyIfNotSent,
+}
+
+impl CivoExecutor {
+    /// Validates the configuration and builds the HTTP client.
+    pub fn new(config: CivoConfig) -> Result<Self, CivoError> {
+        config.validate()?;
+        install_crypto_provider();
+        let user_agent = format!("{} (cluster {})", config.agent, config.cluster_id);
+        let client =
+            reqwest::Client::builder().timeout(config.call_timeout).user_agent(user_agent).build().map_err(|e| {
+                CivoError::InvalidConfig { field: "api_url", message: format!("cannot build an HTTP client: {e}") }
+            })?;
+        let base = config.api_url.trim_end_matches('/').to_owned();
+        Ok(CivoExecutor { config, base, client })
+    }
+
+    async fn call_once(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<(StatusCode, Vec<u8>), CivoError> {
+        let url = format!("{}{path}?region={}", self.base, self.config.region);
+        let mut req = self
+            .client
+            .request(method.clone(), &url)
+            .header("authorization", format!("bearer {}", self.config.api_key.expose()))
+            .header("accept", "application/json");
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                CivoError::Timeout { what: what.to_owned(), after: self.config.call_timeout }
+            } else {
+                let not_sent = e.is_connect();
+                CivoError::Transport { what: what.to_owned(), message: e.without_url().to_string(), not_sent }
+            }
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                CivoError::Timeout { what: what.to_owned(), after: self.config.call_timeout }
+            } else {
+                CivoError::Transport { what: what.to_owned(), message: e.without_url().to_string(), not_sent: false }
+            }
+        })?;
+        if status.is_success() {
+            return Ok((status, bytes.to_vec()));
+        }
+        let body: Option<CivoErrorBody> = serde_json::from_slice(&bytes).ok();
+        let (code, reason) = body.map(|b| (b.code, b.reason)).unwrap_or_default();
+        let auth_code = code.starts_with("authentication") || code == "database_account_not_found";
+        Err(match status.as_u16() {
+            401 | 403 => CivoError::Auth { status: status.as_u16(), code },
+            404 if auth_code => CivoError::Auth { status: 404, code },
+            404 => CivoError::NotFound { code, reason },
+            429 => CivoError::RateLimited,
+            s if s >= 500 => CivoError::Server { status: s, code, reason },
+            s => CivoError::Rejected { status: s, code, reason },
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        what: &str,
+        repeat: Repeat,
+    ) -> Result<Vec<u8>, CivoError> {
+        let mut attempt = 0u32;
+        loop {
+            let result = self.call_once(&method, path, body.as_ref(), what).await;
+            let err = match result {
+                Ok((_, bytes)) => return Ok(bytes),
+                Err(e) => e,
+            };
+            let may_repeat = match repeat {
+                Repeat::Safe => err.retryable(),
+                Repeat::OnlyIfNotSent => matches!(err, CivoError::Transport { not_sent: true, .. }),
+            };
+            if !may_repeat || attempt >= self.config.max_retries {
+                return Err(err);
+            }
+            attempt += 1;
+            let base = self.config.retry_base.saturating_mul(1 << attempt.min(16));
+            let jitter = base.mul_f64(fastrand::f64() * 0.5);
+            tracing::warn!(what, attempt, error = %err, "Civo call failed; retrying");
+            tokio::time::sleep(base / 2 + jitter).await;
+        }
+    }
+
+    /// The id of the instance whose hostname is `node` (case-insensitive, exact).
+    pub async fn find_instance(&self, node: &str) -> Result<String, CivoError> {
+        let path = format!("/v2/kubernetes/clusters/{}/instances", self.config.cluster_id);
+        let bytes = self.call(Method::GET, &path, None, "list instances", Repeat::Safe).await?;
+        let instances: Vec<Instance> = serde_json::from_slice(&bytes).map_err(|e| CivoError::Unexpected {
+            what: "list instances".into(),
+            message: format!("not a list of instances: {e}"),
+        })?;
+        let matching: Vec<&Instance> = instances.iter().filter(|i| i.hostname.eq_ignore_ascii_case(node)).collect();
+        match matching.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] => Err(CivoError::NoInstance { node: node.to_owned(), cluster: self.config.cluster_id.clone() }),
+            many => Err(CivoError::AmbiguousInstance {
+                node: node.to_owned(),
+                cluster: self.config.cluster_id.clone(),
+                count: many.len(),
+            }),
+        }
+    }
+
+    /// Hard-reboots the instance behind `node`. The reboot call is never
+    /// repeated once it may have reached Civo: a timeout is reported as such.
+    pub async fn reboot(&self, node: &str) -> Result<(), CivoError> {
+        let id = self.find_instance(node).await?;
+        let path = format!("/v2/instances/{id}/hard_reboots");
+        let body = serde_json::json!({"region": self.config.region});
+        tracing::info!(node, instance = %id, "requesting a hard reboot from Civo");
+        self.call(Method::POST, &path, Some(body), "hard reboot", Repeat::OnlyIfNotSent).await.map(|_| ())
+    }
+
+    /// Deletes the instance behind `node` from `pool`, so the pool replaces it.
+    pub async fn replace(&self, node: &str, pool: &str) -> Result<(), CivoError> {
+        let id = self.find_instance(node).await?;
+        let path = format!("/v2/kubernetes/clusters/{}/pools/{pool}/instances/{id}", self.config.cluster_id);
+        tracing::info!(node, instance = %id, pool, "asking Civo to replace the instance");
+        match self.call(Method::DELETE, &path, None, "delete pool instance", Repeat::Safe).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn to_exec(action: Action, e: CivoError) -> ExecError {
+    match e {
+        // A reboot that timed out may still happen.
+        CivoError::Timeout { after, .. } => ExecError::Timeout { action, after },
+        CivoError::Transport { not_sent: false, ref message, .. } => {
+            ExecError::Unknown { action, message: format!("the answer was lost: {message}") }
+        }
+        other => ExecError::Failed { action, message: other.to_string(), source: Some(Box::new(other)) },
+    }
+}
+
+#[async_trait]
+impl<T: ExecTarget + ?Sized> Executor<T> for CivoExecutor {
+    async fn execute(&self, action: Action, target: &T) -> Result<(), ExecError> {
+        let node = target.node_name();
+        match action {
+            Action::Reboot => self.reboot(node).await.map_err(|e| to_exec(action, e)),
+            Action::Replace => {
+                let pool =
+                    target.pool_id().ok_or_else(|| to_exec(action, CivoError::NoPool { node: node.to_owned() }))?;
+                self.replace(node, pool).await.map_err(|e| to_exec(action, e))
+            }
+            Action::Drain | Action::Uncordon => Err(ExecError::Unsupported { action }),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Executors for node-health: they perform the machine's actions.
+//!
+//! | executor | feature | actions |
+//! |---|---|---|
+//! | [`CivoExecutor`] | `civo` | Reboot (hard reboot of the instance behind the node), Replace (delete it from its pool) |
+//! | [`KubeExecutor`] | `kube` | Drain (cordon, then evict through the Eviction API), Uncordon (only a cordon of ours) |
+//! | [`Remediator`] | — | routes Drain/Uncordon to a cluster executor, Reboot to a cloud one, and Replace to both: drain first, then replace |
+//! | [`CommandExecutor`] | `command` | any configured action, as a program |
+//! | [`NoopExecutor`], [`DryRun`] | — | nothing (dry-run logs what it would do) |
+//!
+//! The Civo executor finds the instance by node name (case-insensitive
+//! exact hostname match; none or several is an error naming the node),
+//! retries only calls that are safe to repeat (listing, deleting) with
+//! jittered back-off, never repeats a reboot that may have reached Civo,
+//! maps Civo's JSON errors to [`CivoError`], and never lets the API key
+//! reach Debug output, errors or logs.
+//!
+//! # Example
+//!
+//! ```
+//! use health_core::{Action, Executor};
+//! use recovery_exec::{DryRun, NoopExecutor};
+//!
+//! struct Vm(&'static str);
+//! impl recovery_exec::ExecTarget for Vm {
+//!     fn node_name(&self) -> &str { self.0 }
+//!     fn pool_id(&self) -> Option<&str> { None }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let dry = DryRun::new(NoopExecutor);
+//! assert!(dry.execute(Action::Reboot, &Vm("vm-1")).await.is_ok());
+//! # }
+//! ```
+
+#[cfg(feature = "civo")]
+mod civo;
+#[cfg(feature = "command")]
+mod command;
+#[cfg(feature = "kube")]
+mod kube;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use health_core::{Action, ExecError, Executor};
+
+#[cfg(feature = "civo")]
+pub use civo::{ApiKey, CivoConfig, CivoError, CivoExecutor, install_crypto_provider};
+#[cfg(feature = "command")]
+pub use command::CommandExecutor;
+#[cfg(feature = "kube")]
+pub use kube::{CORDONED_ANNOTATION, DrainConfig, KubeExecError, KubeExecutor};
+
+/// The label holding a Civo node's pool id.
+pub const POOL_LABEL: &str = "kubernetes.civo.com/civo-node-pool";
+
+/// What an executor needs to know about its target.
+pub trait ExecTarget: Send + Sync {
+    /// The node name (the Civo instance hostname).
+    fn node_name(&self) -> &str;
+    /// The Civo pool id (from the node's pool label).
+    fn pool_id(&self) -> Option<&str>;
+}
+
+#[cfg(feature = "kube")]
+impl ExecTarget for k8s_openapi::api::core::v1::Node {
+    fn node_name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or("")
+    }
+    fn pool_id(&self) -> Option<&str> {
+        self.metadata.labels.as_ref()?.get(POOL_LABEL).map(String::as_str)
+    }
+}
+
+impl<T: ExecTarget + ?Sized> ExecTarget for Arc<T> {
+    fn node_name(&self) -> &str {
+        (**self).node_name()
+    }
+    fn pool_id(&self) -> Option<&str> {
+        (**self).pool_id()
+    }
+}
+
+/// Does nothing and succeeds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopExecutor;
+
+#[async_trait]
+impl<T: ?Sized + Sync> Executor<T> for NoopExecutor {
+    async fn execute(&self, _action: Action, _target: &T) -> Result<(), ExecError> {
+        Ok(())
+    }
+}
+
+/// Logs what the inner executor would do and succeeds without calling it.
+#[derive(Clone, Debug, Default)]
+pub struct DryRun<E> {
+    inner: E,
+}
+
+impl<E> DryRun<E> {
+    /// Wraps `inner`.
+    pub fn new(inner: E) -> Self {
+        DryRun { inner }
+    }
+
+    /// The wrapped executor.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl<T: ExecTarget + ?Sized, E: Executor<T>> Executor<T> for DryRun<E> {
+    async fn execute(&self, action: Action, target: &T) -> Result<(), ExecError> {
+        tracing::info!(node = target.node_name(), %action, "dry run: would perform the action");
+        Ok(())
+    }
+}
+
+/// Routes actions: Drain and Uncordon to the cluster executor, Reboot to the
+/// cloud executor, Replace to both (drain first; replace only if it drained).
+pub struct Remediator<T: ?Sized> {
+    cluster: Arc<dyn Executor<T>>,
+    cloud: Arc<dyn Executor<T>>,
+}
+
+impl<T: ?Sized> std::fmt::Debug for Remediator<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remediator").finish_non_exhaustive()
+    }
+}
+
+impl<T: ?Sized + Sync> Remediator<T> {
+    /// Combines a cluster executor (drain, uncordon) and a cloud executor (reboot, replace).
+    pub fn new(cluster: Arc<dyn Executor<T>>, cloud: Arc<dyn Executor<T>>) -> Self {
+        Remediator { cluster, cloud }
+    }
+}
+
+#[async_trait]
+impl<T: ?Sized + Sync> Executor<T> for Remediator<T> {
+    async fn execute(&self, action: Action, target: &T) -> Result<(), ExecError> {
+        match action {
+            Action::Drain | Action::Uncordon => self.cluster.execute(action, target).await,
+            Action::Reboot => self.cloud.execute(action, target).await,
+            Action::Replace => {
+                self.cluster.execute(Action::Drain, target).await.map_err(|e| ExecError::Failed {
+                    action,
+                    message: format!("not replacing: the drain before it failed: {e}"),
+                    source: Some(Box::new(e)),
+                })?;
+                self.cloud.execute(Action::Replace, target).await
+            }
+        }
+    }
+}

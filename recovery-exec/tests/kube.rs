@@ -1,0 +1,118 @@
+//! The Kubernetes executor against cluster-sim's Kubernetes API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_sim::fixtures::PodOwner;
+use cluster_sim::{ClusterConfig, Ports, SimServer};
+use health_core::{Action, ExecError, Executor};
+use k8s_openapi::api::core::v1::Node;
+use recovery_exec::*;
+use serde_json::json;
+
+async fn sim(nodes: u32) -> SimServer {
+    SimServer::start(ClusterConfig { nodes, ..ClusterConfig::default() }, Ports::default()).await.unwrap()
+}
+
+fn kube(sim: &SimServer, timeout: Duration) -> KubeExecutor {
+    let config = kube::Config::new(sim.kube_url().parse().unwrap());
+    KubeExecutor::from_config(
+        config,
+        DrainConfig { timeout, retry_interval: Duration::from_millis(50), grace_period: Some(0) },
+    )
+    .unwrap()
+}
+
+fn unschedulable(sim: &SimServer, node: &str) -> bool {
+    sim.cluster().node(node).unwrap()["spec"]["unschedulable"] == json!(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_evicts_everything_but_daemonset_and_mirror_pods() {
+    let sim = sim(2).await;
+    let c = sim.cluster();
+    let node = c.node_names()[0].clone();
+    c.add_pod("kube-system", "kube-proxy-static", &node, "kube-proxy", PodOwner::Mirror).unwrap();
+    assert_eq!(c.pods_on(&node).len(), 4);
+    kube(&sim, Duration::from_secs(10)).drain(&node).await.unwrap();
+    let mut left = c.pods_on(&node);
+    left.sort();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left[0].starts_with("kube-system/cilium-") && left[1] == "kube-system/kube-proxy-static");
+    assert!(unschedulable(&sim, &node));
+    // The other node is untouched.
+    assert_eq!(c.pods_on(&c.node_names()[1]).len(), 3);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_on_a_disruption_budget_and_names_the_pods_at_its_timeout() {
+    let sim = sim(2).await;
+    let c = sim.cluster();
+    let (node, other) = (c.node_names()[0].clone(), c.node_names()[1].clone());
+    c.add_pod("shop", "db-0", &node, "db", PodOwner::ReplicaSet).unwrap();
+    c.add_pod("shop", "db-1", &other, "db", PodOwner::ReplicaSet).unwrap();
+    c.add_pdb("shop", "db", "db", 2).unwrap();
+    let started = std::time::Instant::now();
+    let err = kube(&sim, Duration::from_millis(400)).drain(&node).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(400), "it waited for the budget");
+    match &err {
+        KubeExecError::DrainTimeout { pods, .. } => assert_eq!(pods, &["shop/db-0".to_owned()]),
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("shop/db-0"));
+    // Everything else did go.
+    let left = c.pods_on(&node);
+    assert_eq!(left.len(), 2, "{left:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncordon_only_undoes_our_own_cordon() {
+    let sim = sim(2).await;
+    let c = sim.cluster();
+    let (ours, operators) = (c.node_names()[0].clone(), c.node_names()[1].clone());
+    let k = kube(&sim, Duration::from_secs(10));
+
+    assert!(k.cordon(&ours).await.unwrap());
+    assert!(k.cordon(&ours).await.unwrap(), "cordoning again still reports our cordon");
+    k.uncordon(&ours).await.unwrap();
+    assert!(!unschedulable(&sim, &ours));
+    let n = c.node(&ours).unwrap();
+    assert!(n["metadata"]["annotations"].get(CORDONED_ANNOTATION).is_none());
+
+    // An operator cordons by hand; our drain and uncordon leave that cordon in place.
+    c.update_node(&operators, |n| n["spec"]["unschedulable"] = json!(true)).unwrap();
+    assert!(!k.cordon(&operators).await.unwrap());
+    k.drain(&operators).await.unwrap();
+    k.uncordon(&operators).await.unwrap();
+    assert!(unschedulable(&sim, &operators), "the operator's cordon stays");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remediator_drains_before_replacing() {
+    let sim = sim(2).await;
+    let c = sim.cluster().clone();
+    let node = c.node_names()[0].clone();
+    let mut civo = CivoConfig::new(sim.civo_url(), ApiKey::new("sim-civo-key"), c.config().cluster_id.clone(), "lon1");
+    civo.retry_base = Duration::from_millis(10);
+    let r: Remediator<Node> =
+        Remediator::new(Arc::new(kube(&sim, Duration::from_secs(10))), Arc::new(CivoExecutor::new(civo).unwrap()));
+    let target: Node = serde_json::from_value(c.node(&node).unwrap()).unwrap();
+    r.execute(Action::Replace, &target).await.unwrap();
+    assert!(c.node(&node).is_none(), "replaced");
+    assert!(c.civo_calls().iter().any(|k| k.method == "DELETE"));
+
+    // A drain that cannot finish stops the replacement.
+    let other = c.node_names()[0].clone();
+    c.add_pod("shop", "db-0", &other, "db", PodOwner::ReplicaSet).unwrap();
+    c.add_pdb("shop", "db", "db", 1).unwrap();
+    let r: Remediator<Node> = Remediator::new(Arc::new(kube(&sim, Duration::from_millis(200))), Arc::new(NoopExecutor));
+    let target: Node = serde_json::from_value(c.node(&other).unwrap()).unwrap();
+    let err = r.execute(Action::Replace, &target).await.unwrap_err();
+    assert!(matches!(err, ExecError::Failed { action: Action::Replace, .. }));
+    assert!(err.to_string().contains("not replacing: the drain before it failed"), "{err}");
+    assert!(c.node(&other).is_some());
+    sim.shutdown().await;
+}
