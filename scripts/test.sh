@@ -2,11 +2,13 @@
 # Runs every test of the workspace: unit, property, integration, simulation
 # and doc tests. Usage: scripts/test.sh [extra cargo test arguments]
 #
-# It needs only the Rust toolchain today. Backends whose tests need a system
-# service (etcd for the state-store's etcd backend) install it here, from
-# Debian's packages, when they land.
+# Beyond the Rust toolchain it needs protoc (etcd-client's build) and etcd
+# (the state-store etcd tests); scripts/install-deps.sh installs them from
+# Debian's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "scripts/test.sh: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2

@@ -1,0 +1,167 @@
+//! A Kubernetes store: each record is a JSON annotation on its Node, so
+//! `kubectl get node -o yaml` shows it and it goes away with the node.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use health_core::{NodeRecord, StateStore, StoreError, Stored, Version};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// The annotation holding a node's record.
+pub const STATE_ANNOTATION: &str = "node-agent.civo.com/state";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Annotated {
+    /// The record's own version (compare-and-swap is on this, not on the
+    /// node's resourceVersion, which the kubelet bumps every few seconds).
+    v: u64,
+    record: NodeRecord,
+}
+
+/// Records as Node annotations. Writes are merge patches guarded by the
+/// node's `resourceVersion` after checking the record's own version, so an
+/// unrelated node update only causes a transparent retry, while a concurrent
+/// writer of the record is a [`StoreError::Conflict`].
+#[derive(Clone)]
+pub struct KubeStore {
+    nodes: Api<Node>,
+}
+
+impl std::fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStore").field("annotation", &STATE_ANNOTATION).finish_non_exhaustive()
+    }
+}
+
+fn backend(message: String, e: kube::Error) -> StoreError {
+    StoreError::Backend { message, source: Some(Box::new(e)) }
+}
+
+fn parse(key: &str, node: &Node) -> Result<Option<Annotated>, StoreError> {
+    let Some(text) = node.metadata.annotations.as_ref().and_then(|a| a.get(STATE_ANNOTATION)) else { return Ok(None) };
+    serde_json::from_str(text).map(Some).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        message: format!(
+            "annotation {STATE_ANNOTATION} is not a state record ({e}); fix or remove it with kubectl annotate"
+        ),
+    })
+}
+
+fn fresh_version(previous: Option<u64>) -> u64 {
+    // Strictly increasing per node, and never reused after a delete.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    now.max(previous.map_or(0, |p| p + 1))
+}
+
+const ATTEMPTS: usize = 5;
+
+impl KubeStore {
+    /// A store on the Nodes of `client`'s cluster.
+    #[must_use]
+    pub fn new(client: kube::Client) -> Self {
+        KubeStore { nodes: Api::all(client) }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Node>, StoreError> {
+        self.nodes.get_opt(key).await.map_err(|e| backend(format!("cannot read node {key}"), e))
+    }
+
+    /// Writes `value` (None: removes) as the annotation if the record's
+    /// version is still `expected`.
+    async fn write(
+        &self,
+        key: &str,
+        value: Option<&Annotated>,
+        expected: Option<&Version>,
+        create: bool,
+    ) -> Result<(), StoreError> {
+        for _ in 0..ATTEMPTS {
+            let Some(node) = self.get(key).await? else {
+                if value.is_none() {
+                    return Ok(());
+                }
+                return Err(StoreError::Backend {
+                    message: format!("node {key} does not exist; its record is dropped"),
+                    source: None,
+                });
+            };
+            let current = parse(key, &node)?.map(|a| a.v);
+            let matches = match (create, expected) {
+                (true, _) => current.is_none(),
+                (false, Some(e)) => current.is_some_and(|c| c.to_string() == e.as_str()),
+                (false, None) => true,
+            };
+            if !matches {
+                return Err(StoreError::conflict(key, expected, current.map(Version::from_u64).as_ref()));
+            }
+            if value.is_none() && current.is_none() {
+                return Ok(());
+            }
+            let annotation = match value {
+                Some(a) => json!(
+                    serde_json::to_string(a)
+                        .map_err(|e| StoreError::Backend { message: e.to_string(), source: None })?
+                ),
+                None => serde_json::Value::Null,
+            };
+            let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version, "annotations": {STATE_ANNOTATION: annotation}}});
+            match self.nodes.patch(key, &PatchParams::default(), &Patch::Merge(patch)).await {
+                Ok(_) => return Ok(()),
+                // The node changed (a heartbeat, or another writer): look again.
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    return Err(StoreError::Backend {
+                        message: format!("node {key} was deleted; its record is dropped"),
+                        source: None,
+                    });
+                }
+                Err(e) => return Err(backend(format!("cannot patch node {key}"), e)),
+            }
+        }
+        Err(StoreError::Backend {
+            message: format!("node {key} kept changing; gave up after {ATTEMPTS} attempts"),
+            source: None,
+        })
+    }
+}
+
+#[async_trait]
+impl StateStore for KubeStore {
+    async fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        let Some(node) = self.get(key).await? else { return Ok(None) };
+        Ok(parse(key, &node)?.map(|a| Stored { record: a.record, version: Version::from_u64(a.v) }))
+    }
+
+    async fn save(&self, key: &str, record: &NodeRecord, expected: Option<&Version>) -> Result<Version, StoreError> {
+        let previous = expected.and_then(|v| v.as_str().parse().ok());
+        let value = Annotated { v: fresh_version(previous), record: record.clone() };
+        self.write(key, Some(&value), expected, expected.is_none()).await?;
+        Ok(Version::from_u64(value.v))
+    }
+
+    async fn delete(&self, key: &str, expected: Option<&Version>) -> Result<(), StoreError> {
+        self.write(key, None, expected, false).await
+    }
+
+    /// Every annotated node. A node whose annotation is garbage makes the
+    /// list fail naming it; every other node's record still loads by key.
+    async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
+        let nodes =
+            self.nodes.list(&ListParams::default()).await.map_err(|e| backend("cannot list nodes".into(), e))?;
+        let mut out = Vec::new();
+        for n in &nodes.items {
+            let key = n.metadata.name.clone().unwrap_or_default();
+            if let Some(a) = parse(&key, n)? {
+                out.push((key, Stored { record: a.record, version: Version::from_u64(a.v) }));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,116 @@
+//! The etcd store and remediation lock against a real etcd (Debian's
+//! `etcd-server`), started on loopback ports with a temporary data dir.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use state_store::{EtcdStore, Holder, RemediationLock, StateStore, conformance};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+struct Etcd {
+    child: tokio::process::Child,
+    dir: std::path::PathBuf,
+    endpoint: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts etcd and waits (reading its log, not sleeping) until it serves clients.
+async fn etcd(tag: &str) -> Etcd {
+    let dir = std::env::temp_dir().join(format!("state-store-etcd-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (client, peer) = (free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut child = tokio::process::Command::new("etcd")
+        .args(["--name", "test", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("test={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("etcd is installed (scripts/test.sh installs Debian's etcd-server)");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("ready to serve client requests") {
+                return;
+            }
+        }
+        panic!("etcd exited before serving clients");
+    })
+    .await
+    .expect("etcd did not start within 60s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Etcd { child, dir, endpoint }
+}
+
+async fn client(e: &Etcd) -> etcd_client::Client {
+    etcd_client::Client::connect([e.endpoint.as_str()], None).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_conforms() {
+    let e = etcd("conform").await;
+    let store = EtcdStore::new(client(&e).await, "/node-health/state/");
+    conformance::basic(&store, "node-a", "node-b").await.unwrap();
+    conformance::racing_writers(Arc::new(store.clone()), "race", 8, 10).await.unwrap();
+    let c2 = client(&e).await;
+    conformance::survives_restart(store, move || Ok(EtcdStore::new(c2, "/node-health/state/")), "restart")
+        .await
+        .unwrap();
+    // Another prefix is another store.
+    let other = EtcdStore::new(client(&e).await, "/other/");
+    assert!(other.list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_serialises_and_a_dead_holder_frees_it_within_the_ttl() {
+    let e = etcd("lock").await;
+    let ttl = Duration::from_secs(2);
+    let lock_a = RemediationLock::new(client(&e).await, "/node-health/locks/reboot", 1, ttl).unwrap();
+    let lock_b = RemediationLock::new(client(&e).await, "/node-health/locks/reboot", 1, ttl).unwrap();
+    let a = lock_a.try_acquire(&Holder::now("node-a")).await.unwrap().expect("a gets the slot");
+    assert!(lock_b.try_acquire(&Holder::now("node-b")).await.unwrap().is_none(), "b must wait");
+    let holders = lock_b.holders().await.unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!((holders[0].node.as_str(), holders[0].pid), ("node-a", std::process::id()));
+    assert!(holders[0].acquired_at.ends_with('Z'));
+
+    // The holder stays while alive (its keep-alive outlasts several TTLs).
+    let err = lock_b.acquire(&Holder::now("node-b"), Duration::from_secs(5)).await.unwrap_err();
+    assert!(err.to_string().contains("stayed taken"), "{err}");
+
+    // The holder dies without releasing: b gets the slot within the TTL.
+    let died = Instant::now();
+    drop(a);
+    let b = lock_b.acquire(&Holder::now("node-b"), Duration::from_secs(15)).await.unwrap();
+    let waited = died.elapsed();
+    assert!(waited <= ttl + Duration::from_secs(3), "took {waited:?}");
+    assert_eq!(lock_a.holders().await.unwrap()[0].node, "node-b");
+    b.release().await.unwrap();
+    assert!(lock_a.holders().await.unwrap().is_empty(), "release frees at once");
+
+    // A semaphore of two.
+    let sem = RemediationLock::new(client(&e).await, "/node-health/locks/drain", 2, ttl).unwrap();
+    let one = sem.try_acquire(&Holder::now("n1")).await.unwrap().unwrap();
+    let two = sem.try_acquire(&Holder::now("n2")).await.unwrap().unwrap();
+    assert!(sem.try_acquire(&Holder::now("n3")).await.unwrap().is_none());
+    assert_ne!(one.key(), two.key());
+    one.release().await.unwrap();
+    assert!(sem.try_acquire(&Holder::now("n3")).await.unwrap().is_some());
+    assert!(RemediationLock::new(client(&e).await, "/x", 0, ttl).is_err());
+}
