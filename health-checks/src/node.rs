@@ -94,20 +94,6 @@ impl NodeReadyChecker {
         NodeReadyChecker { name: "NodeReady".into(), threshold: Duration::from_secs(300) }
     }
 
-    /// With another threshold.
-    #[must_use]
-    pub fn with_threshold(mut self, threshold: Duration) -> Self {
-        self.threshold = threshold;
-        self
-    }
-
-    /// With another name.
-    #[must_use]
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
     /// Evaluates a Node.
     #[must_use]
     pub fn evaluate(&self, node: &Node) -> CheckOutcome {
@@ -225,20 +211,6 @@ impl ConditionChecker {
         Self::pressure("PIDPressure", Duration::from_secs(600))
     }
 
-    /// With another threshold.
-    #[must_use]
-    pub fn with_threshold(mut self, threshold: Duration) -> Self {
-        self.threshold = threshold;
-        self
-    }
-
-    /// With another name.
-    #[must_use]
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
     /// Evaluates a Node at the clock's current time.
     #[must_use]
     pub fn evaluate(&self, node: &Node) -> CheckOutcome {
@@ -333,20 +305,6 @@ impl GpuChecker {
         GpuChecker { name: "GPU".into(), threshold: Duration::from_secs(600) }
     }
 
-    /// With another threshold.
-    #[must_use]
-    pub fn with_threshold(mut self, threshold: Duration) -> Self {
-        self.threshold = threshold;
-        self
-    }
-
-    /// With another name.
-    #[must_use]
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
     /// Evaluates a Node.
     #[must_use]
     pub fn evaluate(node: &Node) -> CheckOutcome {
@@ -391,20 +349,6 @@ impl CiliumChecker {
     #[must_use]
     pub fn new() -> Self {
         CiliumChecker { name: "Cilium".into(), threshold: Duration::from_secs(600) }
-    }
-
-    /// With another threshold.
-    #[must_use]
-    pub fn with_threshold(mut self, threshold: Duration) -> Self {
-        self.threshold = threshold;
-        self
-    }
-
-    /// With another name.
-    #[must_use]
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
     }
 
     /// Evaluates a Node.
@@ -458,20 +402,6 @@ impl KubeletLeaseChecker {
         }
     }
 
-    /// With another threshold.
-    #[must_use]
-    pub fn with_threshold(mut self, threshold: Duration) -> Self {
-        self.threshold = threshold;
-        self
-    }
-
-    /// With another name.
-    #[must_use]
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
     /// With another staleness limit.
     #[must_use]
     pub fn with_stale_after(mut self, d: Duration) -> Self {
@@ -515,6 +445,29 @@ impl Default for KubeletLeaseChecker {
         Self::new()
     }
 }
+
+/// `with_threshold` and `with_name` for a checker with `name` and `threshold` fields.
+macro_rules! name_and_threshold {
+    ($($ty:ty),+) => {$(
+        impl $ty {
+            /// With another threshold.
+            #[must_use]
+            pub fn with_threshold(mut self, threshold: Duration) -> Self {
+                self.threshold = threshold;
+                self
+            }
+
+            /// With another name.
+            #[must_use]
+            pub fn with_name(mut self, name: impl Into<String>) -> Self {
+                self.name = name.into();
+                self
+            }
+        }
+    )+};
+}
+
+name_and_threshold!(NodeReadyChecker, ConditionChecker, GpuChecker, CiliumChecker, KubeletLeaseChecker);
 
 macro_rules! sync_checker {
     ($ty:ty, |$self_:ident, $t:ident| $body:expr) => {
