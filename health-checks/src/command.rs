@@ -99,6 +99,9 @@ impl CommandChecker {
         let c = &self.config;
         let mut cmd = tokio::process::Command::new(&c.program);
         cmd.args(&c.args)
+            // Only what the program needs: never the agent's secrets (CIVO_API_KEY...).
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(k, _)| k == "PATH" || k == "LANG" || k == "HOME"))
             .env("NODE_NAME", node.node_name())
             .env("NODE_INTERNAL_IP", node.internal_ip().unwrap_or(""))
             .env("NODE_EXTERNAL_IP", node.external_ip().unwrap_or(""))

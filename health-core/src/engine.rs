@@ -50,7 +50,7 @@ pub struct EngineConfig {
     pub check_concurrency: usize,
     /// Time limit of one asynchronous check. Default 10s.
     pub check_timeout: Duration,
-    /// Time limit of a reboot, replace or uncordon. Default 2m.
+    /// Time limit of a reboot or uncordon (a replace gets this plus the drain timeout). Default 2m.
     pub action_timeout: Duration,
     /// Time limit of a drain (evictions wait on disruption budgets). Default 15m.
     pub drain_timeout: Duration,
@@ -143,6 +143,8 @@ impl EngineConfig {
     fn timeout_for(&self, action: Action) -> Duration {
         match action {
             Action::Drain => self.drain_timeout,
+            // Executors may drain before replacing (recovery-exec's Remediator).
+            Action::Replace => self.drain_timeout.saturating_add(self.action_timeout),
             _ => self.action_timeout,
         }
     }

@@ -263,6 +263,9 @@ enum Repeat {
     Safe,
     /// Only when the request certainly never left (a reboot).
     OnlyIfNotSent,
+    /// Safe to repeat, and a 404 after an attempt whose outcome is unknown
+    /// means the earlier attempt worked (a delete).
+    Delete,
 }
 
 impl CivoExecutor {
@@ -287,10 +290,15 @@ impl CivoExecutor {
         what: &str,
     ) -> Result<(StatusCode, Vec<u8>), CivoError> {
         let url = format!("{}{path}?region={}", self.base, self.config.region);
+        let mut auth =
+            reqwest::header::HeaderValue::from_str(&format!("bearer {}", self.config.api_key.expose())).map_err(
+                |_| CivoError::InvalidConfig { field: "api_key", message: "is not a valid header value".into() },
+            )?;
+        auth.set_sensitive(true);
         let mut req = self
             .client
             .request(method.clone(), &url)
-            .header("authorization", format!("bearer {}", self.config.api_key.expose()))
+            .header("authorization", auth)
             .header("accept", "application/json");
         if let Some(b) = body {
             req = req.json(b);
@@ -340,10 +348,14 @@ impl CivoExecutor {
             let result = self.call_once(&method, path, body.as_ref(), what).await;
             let err = match result {
                 Ok((_, bytes)) => return Ok(bytes),
+                Err(CivoError::NotFound { .. }) if repeat == Repeat::Delete && attempt > 0 => {
+                    // An earlier attempt whose answer was lost did the deletion.
+                    return Ok(Vec::new());
+                }
                 Err(e) => e,
             };
             let may_repeat = match repeat {
-                Repeat::Safe => err.retryable(),
+                Repeat::Safe | Repeat::Delete => err.retryable(),
                 Repeat::OnlyIfNotSent => matches!(err, CivoError::Transport { not_sent: true, .. }),
             };
             if !may_repeat || attempt >= self.config.max_retries {
@@ -392,10 +404,7 @@ impl CivoExecutor {
         let id = self.find_instance(node).await?;
         let path = format!("/v2/kubernetes/clusters/{}/pools/{pool}/instances/{id}", self.config.cluster_id);
         tracing::info!(node, instance = %id, pool, "asking Civo to replace the instance");
-        match self.call(Method::DELETE, &path, None, "delete pool instance", Repeat::Safe).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.call(Method::DELETE, &path, None, "delete pool instance", Repeat::Delete).await.map(|_| ())
     }
 }
 
@@ -403,6 +412,11 @@ fn to_exec(action: Action, e: CivoError) -> ExecError {
     match e {
         // A reboot that timed out may still happen.
         CivoError::Timeout { after, .. } => ExecError::Timeout { action, after },
+        // A gateway or server error may come after Civo acted.
+        CivoError::Server { status, ref code, .. } => ExecError::Unknown {
+            action,
+            message: format!("Civo answered {status} ({code}); the action may have happened"),
+        },
         CivoError::Transport { not_sent: false, ref message, .. } => {
             ExecError::Unknown { action, message: format!("the answer was lost: {message}") }
         }

@@ -73,6 +73,9 @@ impl<T: ExecTarget + ?Sized> Executor<T> for CommandExecutor {
         }
         let mut child = tokio::process::Command::new(&self.program)
             .args(&self.args)
+            // Only what the program needs: never the agent's secrets (CIVO_API_KEY...).
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(k, _)| k == "PATH" || k == "LANG" || k == "HOME"))
             .env("NODE_NAME", target.node_name())
             .env("NODE_POOL", target.pool_id().unwrap_or(""))
             .env("ACTION", action.as_str())

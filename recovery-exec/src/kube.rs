@@ -22,11 +22,20 @@ pub struct DrainConfig {
     pub retry_interval: Duration,
     /// Grace period for evicted pods (None: each pod's own).
     pub grace_period: Option<u32>,
+    /// Pods terminating for longer than this count as gone (a dead kubelet
+    /// never confirms their deletion), like kubectl's
+    /// `--skip-wait-for-delete-timeout`.
+    pub skip_terminating_after: Duration,
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        DrainConfig { timeout: Duration::from_secs(600), retry_interval: Duration::from_secs(5), grace_period: None }
+        DrainConfig {
+            timeout: Duration::from_secs(600),
+            retry_interval: Duration::from_secs(5),
+            grace_period: None,
+            skip_terminating_after: Duration::from_secs(30),
+        }
     }
 }
 
@@ -88,6 +97,23 @@ fn is_mirror_pod(p: &Pod) -> bool {
     p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"))
 }
 
+/// Whether a pod has been terminating for longer than `limit` (on a node whose
+/// kubelet is gone it never finishes).
+fn stuck_terminating(p: &Pod, limit: Duration) -> bool {
+    p.metadata.deletion_timestamp.as_ref().is_some_and(|t| {
+        let since = u64::try_from(t.0.as_millisecond()).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        now.saturating_sub(since) > u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+/// Pods the drain must still evict.
+fn must_evict(p: &Pod, skip_terminating_after: Duration) -> bool {
+    !is_daemonset_pod(p) && !is_mirror_pod(p) && !stuck_terminating(p, skip_terminating_after)
+}
+
 fn pod_key(p: &Pod) -> String {
     format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))
 }
@@ -135,25 +161,33 @@ impl KubeExecutor {
         Err(KubeExecError::Contended { node: node.to_owned() })
     }
 
-    /// Uncordons `node` if, and only if, the agent cordoned it.
+    /// Uncordons `node` if, and only if, the agent cordoned it. A marker left
+    /// on a node someone else uncordoned meanwhile is removed without
+    /// touching the node's schedulability.
     pub async fn uncordon(&self, node: &str) -> Result<(), KubeExecError> {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let n = nodes.get(node).await.map_err(Self::api_err(node, "get"))?;
-        let ours = n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CORDONED_ANNOTATION));
-        if !ours {
-            tracing::info!(node, "not uncordoning: the agent did not cordon this node");
-            return Ok(());
+        for _ in 0..5 {
+            let n = nodes.get(node).await.map_err(Self::api_err(node, "get"))?;
+            let ours = n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CORDONED_ANNOTATION));
+            if !ours {
+                tracing::info!(node, "not uncordoning: the agent did not cordon this node");
+                return Ok(());
+            }
+            let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+            let mut patch = json!({"metadata": {"resourceVersion": n.metadata.resource_version, "annotations": {CORDONED_ANNOTATION: null}}});
+            if cordoned {
+                patch["spec"] = json!({"unschedulable": null});
+            }
+            match nodes.patch(node, &PatchParams::default(), &Patch::Merge(patch)).await {
+                Ok(_) => {
+                    tracing::info!(node, was_cordoned = cordoned, "uncordoned");
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(Self::api_err(node, "uncordon")(e)),
+            }
         }
-        let patch = json!({
-            "metadata": {"resourceVersion": n.metadata.resource_version, "annotations": {CORDONED_ANNOTATION: null}},
-            "spec": {"unschedulable": null}
-        });
-        nodes
-            .patch(node, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .map_err(Self::api_err(node, "uncordon"))?;
-        tracing::info!(node, "uncordoned");
-        Ok(())
+        Err(KubeExecError::Contended { node: node.to_owned() })
     }
 
     /// Cordons `node` and evicts every pod on it except DaemonSet and mirror
@@ -174,7 +208,7 @@ impl KubeExecutor {
                 .await
                 .map_err(Self::api_err(node, "list pods"))?;
             let evictable: Vec<&Pod> =
-                on_node.items.iter().filter(|p| !is_daemonset_pod(p) && !is_mirror_pod(p)).collect();
+                on_node.items.iter().filter(|p| must_evict(p, self.drain.skip_terminating_after)).collect();
             if evictable.is_empty() {
                 tracing::info!(node, "drained");
                 return Ok(());
@@ -199,8 +233,12 @@ impl KubeExecutor {
                     .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
                     .await
                     .map_err(Self::api_err(node, "list pods"))?;
-                let pods: Vec<String> =
-                    left.items.iter().filter(|p| !is_daemonset_pod(p) && !is_mirror_pod(p)).map(pod_key).collect();
+                let pods: Vec<String> = left
+                    .items
+                    .iter()
+                    .filter(|p| must_evict(p, self.drain.skip_terminating_after))
+                    .map(pod_key)
+                    .collect();
                 if pods.is_empty() {
                     return Ok(());
                 }

@@ -18,7 +18,12 @@ fn kube(sim: &SimServer, timeout: Duration) -> KubeExecutor {
     let config = kube::Config::new(sim.kube_url().parse().unwrap());
     KubeExecutor::from_config(
         config,
-        DrainConfig { timeout, retry_interval: Duration::from_millis(50), grace_period: Some(0) },
+        DrainConfig {
+            timeout,
+            retry_interval: Duration::from_millis(50),
+            grace_period: Some(0),
+            ..DrainConfig::default()
+        },
     )
     .unwrap()
 }
@@ -34,8 +39,14 @@ async fn drain_evicts_everything_but_daemonset_and_mirror_pods() {
     let node = c.node_names()[0].clone();
     c.add_pod("kube-system", "kube-proxy-static", &node, "kube-proxy", PodOwner::Mirror).unwrap();
     assert_eq!(c.pods_on(&node).len(), 4);
+    // A pod that has been terminating for an hour (its kubelet is dead) counts as gone.
+    c.add_pod("default", "zombie", &node, "zombie", PodOwner::ReplicaSet).unwrap();
+    c.update(cluster_sim::Kind::Pod, "default", "zombie", |p| {
+        p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z")
+    })
+    .unwrap();
     kube(&sim, Duration::from_secs(10)).drain(&node).await.unwrap();
-    let mut left = c.pods_on(&node);
+    let mut left: Vec<String> = c.pods_on(&node).into_iter().filter(|p| p != "default/zombie").collect();
     left.sort();
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left[0].starts_with("kube-system/cilium-") && left[1] == "kube-system/kube-proxy-static");

@@ -47,6 +47,8 @@ pub async fn basic<S: StateStore + ?Sized>(store: &S, a: &str, b: &str) -> Resul
     let got = store.load(a).await.map_err(e("load after update"))?.ok_or("the record vanished")?;
     ensure!(got.record == r2 && got.version == v2, "the stale write changed the record: {got:?}");
 
+    let zero = store.save(b, &r1, Some(&Version::from_u64(0))).await;
+    ensure!(matches!(&zero, Err(x) if x.is_conflict()), "version 0 must not create an absent key, got {zero:?}");
     let missing_version = Version::new("no-such-version");
     let bad_create = store.save(b, &r1, Some(&missing_version)).await;
     ensure!(

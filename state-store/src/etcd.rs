@@ -64,21 +64,28 @@ impl StateStore for EtcdStore {
     async fn save(&self, key: &str, record: &NodeRecord, expected: Option<&Version>) -> Result<Version, StoreError> {
         let k = self.key(key);
         let compare = match expected {
-            None => Compare::create_revision(k.clone(), CompareOp::Equal, 0),
+            None => vec![Compare::create_revision(k.clone(), CompareOp::Equal, 0)],
+            // An absent key has mod_revision 0: require the key to exist too.
             Some(v) => match revision_of(v) {
-                Some(rev) => Compare::mod_revision(k.clone(), CompareOp::Equal, rev),
-                None => return Err(StoreError::conflict(key, expected, self.current(key).await.as_ref())),
+                Some(rev) if rev > 0 => vec![
+                    Compare::create_revision(k.clone(), CompareOp::Greater, 0),
+                    Compare::mod_revision(k.clone(), CompareOp::Equal, rev),
+                ],
+                _ => return Err(StoreError::conflict(key, expected, self.current(key).await.as_ref())),
             },
         };
         let value =
             serde_json::to_vec(record).map_err(|e| StoreError::Backend { message: e.to_string(), source: None })?;
-        let txn = Txn::new().when([compare]).and_then([TxnOp::put(k.clone(), value, None)]);
+        let txn = Txn::new().when(compare).and_then([TxnOp::put(k.clone(), value, None)]);
         let mut c = self.client.clone();
         let r = c.txn(txn).await.map_err(|e| backend(format!("cannot write {k}"), e))?;
         if !r.succeeded() {
             return Err(StoreError::conflict(key, expected, self.current(key).await.as_ref()));
         }
-        let rev = r.header().map_or(0, |h| h.revision());
+        let rev = r.header().map(|h| h.revision()).filter(|r| *r > 0).ok_or_else(|| StoreError::Backend {
+            message: format!("etcd answered the write of {k} without a revision"),
+            source: None,
+        })?;
         Ok(Version::from_u64(u64::try_from(rev).unwrap_or(0)))
     }
 
@@ -91,11 +98,14 @@ impl StateStore for EtcdStore {
                 Ok(())
             }
             Some(v) => {
-                let Some(rev) = revision_of(v) else {
+                let Some(rev) = revision_of(v).filter(|r| *r > 0) else {
                     return Err(StoreError::conflict(key, expected, self.current(key).await.as_ref()));
                 };
                 let txn = Txn::new()
-                    .when([Compare::mod_revision(k.clone(), CompareOp::Equal, rev)])
+                    .when([
+                        Compare::create_revision(k.clone(), CompareOp::Greater, 0),
+                        Compare::mod_revision(k.clone(), CompareOp::Equal, rev),
+                    ])
                     .and_then([TxnOp::delete(k.clone(), None)]);
                 let r = c.txn(txn).await.map_err(|e| backend(format!("cannot delete {k}"), e))?;
                 if r.succeeded() {
@@ -196,6 +206,7 @@ pub struct LockGuard {
     key: String,
     lease: i64,
     keepalive: JoinHandle<()>,
+    lost: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -215,6 +226,19 @@ impl LockGuard {
     #[must_use]
     pub fn lease(&self) -> i64 {
         self.lease
+    }
+
+    /// Whether the lease was lost (etcd unreachable for a whole TTL, or the
+    /// lease expired): the slot may then belong to someone else, so stop
+    /// disruptive work.
+    #[must_use]
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves when the lease is lost.
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|l| *l).await;
     }
 
     /// Releases the slot at once (revokes the lease).
@@ -261,30 +285,77 @@ impl RemediationLock {
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)))]);
             if c.txn(txn).await?.succeeded() {
-                let keepalive = self.spawn_keepalive(lease).await?;
+                let (keepalive, lost) = match self.spawn_keepalive(lease).await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        // Without renewals the slot would linger for a TTL: give it back.
+                        let _ = c.lease_revoke(lease).await;
+                        return Err(e);
+                    }
+                };
                 tracing::info!(lock = %self.name, slot = i, node = %holder.node, "remediation slot acquired");
-                return Ok(Some(LockGuard { client: c, key, lease, keepalive }));
+                return Ok(Some(LockGuard { client: c, key, lease, keepalive, lost }));
             }
         }
         c.lease_revoke(lease).await?;
         Ok(None)
     }
 
-    async fn spawn_keepalive(&self, lease: i64) -> Result<JoinHandle<()>, LockError> {
+    /// Renews the lease every TTL/3, reconnecting after stream errors,
+    /// until the lease is confirmed gone or a whole TTL passes without a
+    /// renewal; then reports it lost.
+    async fn spawn_keepalive(
+        &self,
+        lease: i64,
+    ) -> Result<(JoinHandle<()>, tokio::sync::watch::Receiver<bool>), LockError> {
         let mut c = self.client.clone();
-        let (mut keeper, mut responses) = c.lease_keep_alive(lease).await?;
-        let every = Duration::from_secs(u64::try_from(self.ttl).unwrap_or(3) / 3).max(Duration::from_millis(500));
-        Ok(tokio::spawn(async move {
+        let first = c.lease_keep_alive(lease).await?;
+        let ttl = Duration::from_secs(u64::try_from(self.ttl).unwrap_or(2));
+        let every = (ttl / 3).max(Duration::from_millis(500));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let name = self.name.clone();
+        let handle = tokio::spawn(async move {
+            let mut renewed = tokio::time::Instant::now();
+            let mut stream = Some(first);
             loop {
-                if keeper.keep_alive().await.is_err() {
+                if renewed.elapsed() >= ttl {
                     break;
                 }
-                if !matches!(responses.message().await, Ok(Some(_))) {
-                    break;
+                let (keeper, responses) = match stream.as_mut() {
+                    Some(s) => (&mut s.0, &mut s.1),
+                    None => match c.lease_keep_alive(lease).await {
+                        Ok(s) => {
+                            let s = stream.insert(s);
+                            (&mut s.0, &mut s.1)
+                        }
+                        Err(e) => {
+                            tracing::warn!(lock = %name, error = %e, "cannot reach etcd to renew the lease; retrying");
+                            tokio::time::sleep(every / 4).await;
+                            continue;
+                        }
+                    },
+                };
+                let answer = match keeper.keep_alive().await {
+                    Ok(()) => tokio::time::timeout(every, responses.message()).await,
+                    Err(e) => Ok(Err(e)),
+                };
+                match answer {
+                    Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                        renewed = tokio::time::Instant::now();
+                        tokio::time::sleep(every).await;
+                    }
+                    // TTL 0: the lease is gone.
+                    Ok(Ok(Some(_))) => break,
+                    _ => {
+                        stream = None;
+                        tokio::time::sleep(every / 4).await;
+                    }
                 }
-                tokio::time::sleep(every).await;
             }
-        }))
+            tracing::error!(lock = %name, lease, "remediation lock lease lost");
+            let _ = tx.send(true);
+        });
+        Ok((handle, rx))
     }
 
     /// Waits (up to `timeout`) for a free slot; woken by deletions, not polling.

@@ -48,7 +48,7 @@ impl FileStore {
     /// Opens (or, when absent, starts) the store at `path`.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let path = path.into();
-        let lock_path = path.with_extension("lock");
+        let lock_path = sibling(&path, "lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -106,13 +106,16 @@ impl FileStore {
         &self.path
     }
 
-    async fn write(&self, doc: &Doc) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(doc)
-            .map_err(|e| StoreError::Backend { message: format!("cannot encode the state: {e}"), source: None })?;
-        let tmp = self.path.with_extension("tmp");
+    /// Writes `doc` atomically. `Err((true, e))`: the new document is in
+    /// place but making the rename durable failed.
+    async fn write(&self, doc: &Doc) -> Result<(), (bool, StoreError)> {
+        let bytes = serde_json::to_vec_pretty(doc).map_err(|e| {
+            (false, StoreError::Backend { message: format!("cannot encode the state: {e}"), source: None })
+        })?;
+        let tmp = sibling(&self.path, "tmp");
         let io = |what: &str| {
             let what = format!("{what} {}", tmp.display());
-            move |e| backend(what, e)
+            move |e| (false, backend(what, e))
         };
         {
             use tokio::io::AsyncWriteExt;
@@ -122,12 +125,23 @@ impl FileStore {
         }
         tokio::fs::rename(&tmp, &self.path)
             .await
-            .map_err(|e| backend(format!("cannot replace {}", self.path.display()), e))?;
+            .map_err(|e| (false, backend(format!("cannot replace {}", self.path.display()), e)))?;
         let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let d = tokio::fs::File::open(dir).await.map_err(|e| backend(format!("cannot open {}", dir.display()), e))?;
-        d.sync_all().await.map_err(|e| backend(format!("cannot fsync {}", dir.display()), e))?;
+        let d = tokio::fs::File::open(dir)
+            .await
+            .map_err(|e| (true, backend(format!("cannot open {}", dir.display()), e)))?;
+        d.sync_all().await.map_err(|e| (true, backend(format!("cannot fsync {}", dir.display()), e)))?;
         Ok(())
     }
+}
+
+/// `<path>.<suffix>` (appended, so `state.tmp` and `state.lock` never collide
+/// with the data file).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".");
+    s.push(suffix);
+    PathBuf::from(s)
 }
 
 fn parse_version(v: &Version) -> Option<u64> {
@@ -151,9 +165,19 @@ impl StateStore for FileStore {
         next.next_version += 1;
         let v = next.next_version;
         next.records.insert(key.to_owned(), Entry { version: v, record: record.clone() });
-        self.write(&next).await?;
-        *doc = next;
-        Ok(Version::from_u64(v))
+        match self.write(&next).await {
+            Ok(()) => {
+                *doc = next;
+                Ok(Version::from_u64(v))
+            }
+            // The file already holds the new document: keep memory in step
+            // (a later load sees it) but report the durability failure.
+            Err((true, e)) => {
+                *doc = next;
+                Err(e)
+            }
+            Err((false, e)) => Err(e),
+        }
     }
 
     async fn delete(&self, key: &str, expected: Option<&Version>) -> Result<(), StoreError> {
@@ -169,9 +193,17 @@ impl StateStore for FileStore {
         }
         let mut next = doc.clone();
         next.records.remove(key);
-        self.write(&next).await?;
-        *doc = next;
-        Ok(())
+        match self.write(&next).await {
+            Ok(()) => {
+                *doc = next;
+                Ok(())
+            }
+            Err((true, e)) => {
+                *doc = next;
+                Err(e)
+            }
+            Err((false, e)) => Err(e),
+        }
     }
 
     async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {

@@ -57,7 +57,7 @@ fn fresh_version(previous: Option<u64>) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    now.max(previous.map_or(0, |p| p + 1))
+    now.max(previous.map_or(0, |p| p.saturating_add(1)))
 }
 
 const ATTEMPTS: usize = 5;
