@@ -83,6 +83,14 @@ fn check_region(cluster: &Cluster, query: &HashMap<String, String>) -> Result<()
     Ok(())
 }
 
+fn cluster_not_found() -> Response {
+    civo_error(
+        StatusCode::NOT_FOUND,
+        "database_kubernetes_cluster_not_found",
+        "Failed to find the cluster within the internal database",
+    )
+}
+
 fn instance_json(i: &Instance, region: &str) -> Value {
     json!({
         "id": i.id, "hostname": i.hostname, "status": i.status, "size": i.size, "region": region,
@@ -104,11 +112,7 @@ async fn get_cluster(
     }
     let cfg = &c.inner.config;
     if id != cfg.cluster_id {
-        return civo_error(
-            StatusCode::NOT_FOUND,
-            "database_kubernetes_cluster_not_found",
-            "Failed to find the cluster within the internal database",
-        );
+        return cluster_not_found();
     }
     let civo = c.inner.civo.lock();
     let pools: Vec<Value> = civo
@@ -143,11 +147,7 @@ async fn list_instances(
         return r;
     }
     if id != c.inner.config.cluster_id {
-        return civo_error(
-            StatusCode::NOT_FOUND,
-            "database_kubernetes_cluster_not_found",
-            "Failed to find the cluster within the internal database",
-        );
+        return cluster_not_found();
     }
     let region = &c.inner.config.region;
     let list: Vec<Value> = c.inner.civo.lock().instances.values().map(|i| instance_json(i, region)).collect();

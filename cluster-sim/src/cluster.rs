@@ -225,10 +225,7 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster")
-            .field("cluster_id", &self.inner.config.cluster_id)
-            .field("nodes", &self.node_names().len())
-            .finish_non_exhaustive()
+        f.debug_struct("Cluster").field("cluster_id", &self.inner.config.cluster_id).finish_non_exhaustive()
     }
 }
 

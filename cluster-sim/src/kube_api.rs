@@ -583,7 +583,6 @@ fn discovery(segs: &[&str], headers: &HeaderMap) -> Option<Value> {
     }
 }
 
-/// Keeps `Obj` re-exported for tests of this module.
 #[cfg(test)]
 mod tests {
     use super::*;

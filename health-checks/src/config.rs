@@ -281,6 +281,15 @@ impl CheckersConfig {
     }
 }
 
+/// Puts a constructor's field error under this entry's name.
+#[cfg(any(feature = "http", feature = "command"))]
+fn in_entry(e: ConfigError, err: &dyn Fn(&'static str, String) -> ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Field { field, message, .. } => err(field, message),
+        other => other,
+    }
+}
+
 #[allow(clippy::too_many_lines)]
 fn build_one<T: CheckTarget>(
     kind: CheckerKind,
@@ -322,10 +331,7 @@ fn build_one<T: CheckTarget>(
             c.connect_timeout = e.connect_timeout.unwrap_or(c.connect_timeout);
             c.timeout = e.timeout.unwrap_or(c.timeout);
             c.bearer_token_file.clone_from(&e.bearer_token_file);
-            let probe = crate::HttpProbe::new(c).map_err(|x| match x {
-                ConfigError::Field { field, message, .. } => err(field, message),
-                other => other,
-            })?;
+            let probe = crate::HttpProbe::new(c).map_err(|x| in_entry(x, &err))?;
             Ok(Arc::new(probe))
         }
         #[cfg(not(feature = "http"))]
@@ -345,10 +351,7 @@ fn build_one<T: CheckTarget>(
             if let Some(r) = &e.reason {
                 c.reason.clone_from(r);
             }
-            let checker = crate::CommandChecker::new(c).map_err(|x| match x {
-                ConfigError::Field { field, message, .. } => err(field, message),
-                other => other,
-            })?;
+            let checker = crate::CommandChecker::new(c).map_err(|x| in_entry(x, &err))?;
             Ok(Arc::new(checker))
         }
         #[cfg(not(feature = "command"))]

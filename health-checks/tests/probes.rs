@@ -147,5 +147,6 @@ async fn file_sentinel() {
     assert_eq!(s.look().await.unwrap().reason(), Some("RebootRequired"));
     std::fs::remove_file(&path).unwrap();
     assert_eq!(s.look().await.unwrap(), CheckOutcome::Pass);
-    let _ = Arc::new(FileSentinel::reboot_required());
+    let usual: Arc<dyn health_core::HealthChecker<()>> = Arc::new(FileSentinel::reboot_required());
+    assert_eq!(usual.name(), "RebootRequired");
 }

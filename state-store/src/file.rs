@@ -158,7 +158,12 @@ impl StateStore for FileStore {
     async fn save(&self, key: &str, record: &NodeRecord, expected: Option<&Version>) -> Result<Version, StoreError> {
         let mut doc = self.doc.lock().await;
         let current = doc.records.get(key).map(|e| e.version);
-        if current != expected.and_then(parse_version) || (expected.is_some() && current.is_none()) {
+        let matches = match (current, expected) {
+            (None, None) => true,
+            (Some(c), Some(e)) => parse_version(e) == Some(c),
+            _ => false,
+        };
+        if !matches {
             return Err(StoreError::conflict(key, expected, current.map(Version::from_u64).as_ref()));
         }
         let mut next = doc.clone();
