@@ -15,6 +15,7 @@
 //! at = "10s"         # after the simulator starts
 //! reboot_fixes = true
 //! reboot_takes = "2m"
+//! lasts = "30s"      # heals by itself after this long (default: never)
 //!
 //! [[civo_fault]]
 //! status = 500       # answer the next `calls` Civo calls with this status
@@ -80,6 +81,9 @@ pub struct FaultSpec {
     /// How long a reboot of this node takes.
     #[serde(default, deserialize_with = "opt_duration")]
     pub reboot_takes: Option<Duration>,
+    /// Heal the node by itself this long after the fault (a blip); default never.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub lasts: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -258,6 +262,10 @@ impl Scenario {
             tokio::spawn(async move {
                 tokio::time::sleep(f.at).await;
                 let _ = c.inject(&node, f.kind);
+                if let Some(lasts) = f.lasts {
+                    tokio::time::sleep(lasts).await;
+                    let _ = c.heal(&node);
+                }
             });
         }
         for f in self.civo_faults.clone() {

@@ -1,0 +1,327 @@
+//! The agent's main loop: Node watch -> engine -> executors, with component
+//! health, metrics and Events.
+//!
+//! Every task started here has an owner: the watch task and the Event
+//! publisher are aborted when [`run`] returns; the HTTP server stops with
+//! the shutdown future of its caller.
+//!
+//! Evaluation is event-driven: a pass runs when the Node cache changed in a
+//! way the checkers can see, when the engine's next deadline arrives, or when
+//! an operator control changes; never on a fixed tick, and never with a
+//! periodic LIST (the watch lists once, and again only after a watch error).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use health_core::{
+    ComponentStatus, Engine, EngineConfig, Executor, HealthManager, MemoryStore, NodeRecord, Observer, StateStore,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use recovery_exec::{ApiKey, CivoConfig, CivoExecutor, DrainConfig, KubeExecutor, NoopExecutor, Remediator};
+use state_store::{FileStore, KubeStore};
+
+use crate::config::{Config, ExecutorKind, StoreBackend};
+use crate::events::EventObserver;
+use crate::node::NodeRef;
+use crate::recorder::AgentRecorder;
+use crate::watch::{self, NodeCache, WatchConfig};
+
+/// The metric prefix of the agent (Civo's agent's names).
+pub const METRICS_PREFIX: &str = "civo_node_agent";
+/// The shortest gap between two deadline-driven passes (a deadline at or
+/// before now never turns into a busy loop).
+pub const MIN_DEADLINE_GAP: Duration = Duration::from_millis(200);
+/// Read timeout of the watch connection (above the watch's own 290s timeout).
+pub const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(330);
+
+/// The agent could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The Kubernetes client could not be configured.
+    #[error("kubernetes client: {0}")]
+    Kube(String),
+    /// The state store could not be opened or read.
+    #[error("state store: {0}")]
+    Store(String),
+    /// An executor could not be configured.
+    #[error("executor: {0}")]
+    Executor(String),
+    /// The engine rejected its configuration.
+    #[error("engine: {0}")]
+    Engine(String),
+    /// The HTTP port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--once`: the pass could not be completed.
+    #[error("the evaluation pass failed: {0}")]
+    Pass(String),
+}
+
+/// What the caller supplies besides the configuration.
+#[derive(Default)]
+pub struct Deps {
+    /// The installed metrics recorder (series of departed nodes are deleted through it).
+    pub recorder: AgentRecorder,
+    /// Component health (served by the HTTP port).
+    pub health: Arc<HealthManager>,
+    /// Extra observers (the simulator's live printer).
+    pub observers: Vec<Arc<dyn Observer<NodeRef>>>,
+    /// Run one pass after the first complete list, then return.
+    pub once: bool,
+    /// The in-process Kubernetes config to use instead of `kube.kubeconfig` (simulations).
+    pub kube_config: Option<kube::Config>,
+}
+
+/// What a finished run leaves behind.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    /// Every known node's record, by name.
+    pub records: BTreeMap<String, NodeRecord>,
+    /// Evaluation passes run.
+    pub passes: u64,
+    /// Nodes in the last pass.
+    pub nodes: usize,
+    /// Whether the storm guard held remediation back in any pass.
+    pub storm_guard_engaged: bool,
+}
+
+/// Reads the kubeconfig (or the in-cluster configuration).
+pub async fn kube_config(config: &Config) -> Result<kube::Config, RunError> {
+    if config.in_cluster() {
+        return kube::Config::incluster().map_err(|e| {
+            RunError::Kube(format!(
+                "in-cluster configuration unavailable ({e}); outside a pod pass --kubeconfig FILE (default {})",
+                crate::config::DEFAULT_KUBECONFIG
+            ))
+        });
+    }
+    let path = Path::new(&config.kube.kubeconfig);
+    let kc = Kubeconfig::read_from(path)
+        .map_err(|e| RunError::Kube(format!("--kubeconfig {}: {e}", path.display())))?;
+    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| RunError::Kube(format!("--kubeconfig {}: {e}", path.display())))
+}
+
+fn client(mut cfg: kube::Config, read_timeout: Duration) -> Result<kube::Client, RunError> {
+    cfg.read_timeout = Some(read_timeout);
+    cfg.connect_timeout = Some(cfg.connect_timeout.unwrap_or(Duration::from_secs(10)).min(read_timeout));
+    kube::Client::try_from(cfg).map_err(|e| RunError::Kube(e.to_string()))
+}
+
+async fn open_store(config: &Config, call_client: &kube::Client) -> Result<Arc<dyn StateStore>, RunError> {
+    Ok(match config.store_backend() {
+        StoreBackend::Kubernetes | StoreBackend::Auto => Arc::new(KubeStore::new(call_client.clone())),
+        StoreBackend::Memory => Arc::new(MemoryStore::new()),
+        StoreBackend::File => {
+            let path = config.store.path.clone();
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| RunError::Store(format!("cannot create {} for store.path: {e}", dir.display())))?;
+            }
+            Arc::new(
+                FileStore::open(&path).map_err(|e| RunError::Store(format!("store.path {}: {e}", path.display())))?,
+            )
+        }
+    })
+}
+
+fn executor(config: &Config, call_cfg: &kube::Config) -> Result<Arc<dyn Executor<NodeRef>>, RunError> {
+    if config.policy.monitor_only || config.executor.kind == ExecutorKind::Noop {
+        return Ok(Arc::new(NoopExecutor));
+    }
+    let c = &config.civo;
+    let mut civo = CivoConfig::new(
+        c.api_url.trim_end_matches('/'),
+        ApiKey::new(c.api_key.expose()),
+        c.cluster_id.trim(),
+        c.region.trim(),
+    );
+    civo.call_timeout = c.call_timeout;
+    civo.agent = format!("node-agent/{}", env!("CARGO_PKG_VERSION"));
+    let civo = CivoExecutor::new(civo).map_err(|e| RunError::Executor(e.to_string()))?;
+    let drain = DrainConfig { timeout: config.kube.drain_timeout, ..DrainConfig::default() };
+    let mut kcfg = call_cfg.clone();
+    kcfg.read_timeout = Some(config.kube.call_timeout);
+    let kube = KubeExecutor::from_config(kcfg, drain).map_err(|e| RunError::Executor(e.to_string()))?;
+    Ok(Arc::new(Remediator::new(Arc::new(kube), Arc::new(civo))))
+}
+
+struct StormFlag(parking_lot::Mutex<bool>);
+
+impl Observer<NodeRef> for StormFlag {
+    fn on_storm_guard(&self, e: &health_core::observer::StormEvent) {
+        if e.active {
+            *self.0.lock() = true;
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves (or after one pass with
+/// `deps.once`). After `shutdown` nothing new starts; a pass in flight
+/// finishes (its actions are bounded by the action and drain timeouts).
+pub async fn run(
+    config: Config,
+    deps: Deps,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunSummary, RunError> {
+    recovery_exec::install_crypto_provider();
+    let health = deps.health.clone();
+    health.register(watch::COMPONENT);
+    health.register("state-store");
+    health.register("engine");
+
+    let base = match deps.kube_config {
+        Some(c) => c,
+        None => kube_config(&config).await?,
+    };
+    let watch_client = client(base.clone(), WATCH_READ_TIMEOUT)?;
+    let call_client = client(base.clone(), config.kube.call_timeout)?;
+
+    let store = open_store(&config, &call_client).await?;
+    let executor = executor(&config, &base)?;
+    let errors_metric = format!("{METRICS_PREFIX}_reconcile_errors_total");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let events = if config.kube.events {
+        let (obs, publisher) =
+            EventObserver::publishing(call_client.clone(), config.agent.instance.clone(), errors_metric.clone());
+        tasks.spawn(publisher);
+        obs
+    } else {
+        EventObserver::log_only(errors_metric.clone())
+    };
+    let storm = Arc::new(StormFlag(parking_lot::Mutex::new(false)));
+
+    let checkers = config
+        .checkers_config()
+        .build::<NodeRef>()
+        .map_err(|e| RunError::Engine(format!("checkers: {e}")))?;
+    let engine_config = EngineConfig::default()
+        .with_check_concurrency(config.engine.check_concurrency)
+        .with_check_timeout(config.engine.check_timeout)
+        .with_action_timeouts(config.engine.action_timeout, config.kube.drain_timeout)
+        .with_metrics_prefix(METRICS_PREFIX);
+    let mut builder = Engine::builder(store, executor)
+        .policy(config.policy)
+        .config(engine_config)
+        .observer(Arc::new(events))
+        .observer(storm.clone())
+        .series_remover(Arc::new(deps.recorder.clone()));
+    for c in checkers {
+        builder = builder.checker_arc(c);
+    }
+    for o in deps.observers {
+        builder = builder.observer(o);
+    }
+    let mut engine = builder.build().map_err(|e| RunError::Engine(e.to_string()))?;
+    metrics::gauge!(
+        format!("{METRICS_PREFIX}_info"),
+        "version" => env!("CARGO_PKG_VERSION"),
+        "cluster_id" => config.civo.cluster_id.clone()
+    )
+    .set(1.0);
+
+    match engine.restore().await {
+        Ok(n) => {
+            tracing::info!(records = n, backend = ?config.store_backend(), "state restored");
+            health.update("state-store", ComponentStatus::Healthy, format!("{n} records restored"), BTreeMap::new());
+        }
+        Err(e) => {
+            // Nodes are loaded one by one as they are seen; a store that
+            // cannot list keeps the agent from acting on those it cannot read.
+            tracing::warn!(error = %e, "could not list stored records; each node's record is read when it is seen");
+            health.update("state-store", ComponentStatus::Degraded, format!("restore failed: {e}"), BTreeMap::new());
+        }
+    }
+
+    let cache = NodeCache::new();
+    let selector = config.node_selector();
+    tracing::info!(
+        mode = if config.policy.monitor_only { "monitor" } else { "active" },
+        selector = selector.as_deref().unwrap_or("(all nodes)"),
+        store = ?config.store_backend(),
+        "node-agent started"
+    );
+    let watch_config = WatchConfig {
+        selector,
+        backoff_initial: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(30),
+        errors_metric: errors_metric.clone(),
+    };
+    tasks.spawn(watch::watch_nodes(watch_client, watch_config, cache.clone(), health.clone()));
+
+    let controls = engine.controls();
+    let mut summary = RunSummary::default();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_generation = u64::MAX;
+    let mut due = false;
+    let mut last_pass = tokio::time::Instant::now();
+    loop {
+        let snap = cache.snapshot();
+        controls.set_source_stale(!snap.synced || snap.stale.is_some());
+        if snap.synced && (snap.generation != last_generation || due) {
+            last_generation = snap.generation;
+            due = false;
+            let report = engine.run_pass(&snap.nodes).await;
+            last_pass = tokio::time::Instant::now();
+            summary.passes += 1;
+            summary.nodes = snap.nodes.len();
+            let mut meta = BTreeMap::new();
+            meta.insert("nodes".to_owned(), snap.nodes.len().to_string());
+            meta.insert("passes".to_owned(), summary.passes.to_string());
+            if report.errors.is_empty() {
+                health.update("state-store", ComponentStatus::Healthy, "ok", BTreeMap::new());
+            } else {
+                let first = &report.errors[0];
+                tracing::warn!(
+                    errors = report.errors.len(),
+                    node = %first.node,
+                    error = %first.error,
+                    "state store errors: those nodes are held and retried with back-off"
+                );
+                health.update(
+                    "state-store",
+                    ComponentStatus::Degraded,
+                    format!("{} errors, first: {}: {}", report.errors.len(), first.node, first.error),
+                    BTreeMap::new(),
+                );
+            }
+            health.update("engine", ComponentStatus::Healthy, "evaluating", meta);
+            if deps.once {
+                if !report.errors.is_empty() {
+                    let msg = format!("{} store errors, first: {}", report.errors.len(), report.errors[0].error);
+                    tasks.shutdown().await;
+                    return Err(RunError::Pass(msg));
+                }
+                break;
+            }
+        }
+        let wake = engine.next_wakeup().map(|w| w.max(last_pass + MIN_DEADLINE_GAP));
+        tokio::select! {
+            () = cache.changed() => {}
+            () = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
+                due = true;
+            }
+            () = controls.changed() => { due = true; }
+            () = &mut shutdown => {
+                tracing::info!("shutting down: no new evaluation starts");
+                break;
+            }
+        }
+    }
+    summary.records = engine.records().map(|(k, r)| (k.to_owned(), r.clone())).collect();
+    summary.storm_guard_engaged = *storm.0.lock();
+    tasks.shutdown().await;
+    Ok(summary)
+}

@@ -1,0 +1,111 @@
+//! The command line (clap) and its exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{CliOverrides, LogFormat};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: a runtime failure.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code: the configuration is invalid.
+pub const EXIT_CONFIG: i32 = 2;
+/// Exit code: the command line is malformed (sysexits' EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+/// node-agent: watches Kubernetes nodes, and reboots or replaces the broken
+/// ones through the Civo API, safely.
+#[derive(Debug, Parser)]
+#[command(name = "node-agent", version, about, long_about = None)]
+pub struct Cli {
+    /// Options every command shares.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options every command shares.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// A TOML configuration file (see examples/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A kubeconfig file; empty for the in-cluster configuration
+    /// [default: /etc/rancher/k3s/k3s.yaml].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Record remediation without executing it (the default).
+    #[arg(long, global = true, conflicts_with = "active")]
+    pub monitor_only: bool,
+    /// Execute remediation (reboots, replacements).
+    #[arg(long, global = true)]
+    pub active: bool,
+}
+
+impl GlobalArgs {
+    /// The overrides these flags make.
+    #[must_use]
+    pub fn overrides(&self) -> CliOverrides {
+        CliOverrides {
+            kubeconfig: self.kubeconfig.clone(),
+            monitor_only: if self.active {
+                Some(false)
+            } else if self.monitor_only {
+                Some(true)
+            } else {
+                None
+            },
+            log_format: self.log_format,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch the nodes and remediate (the default).
+    Run {
+        /// Run one evaluation pass and exit (0: done, 1: failed).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run the real agent against a simulated cluster and Civo API.
+    Simulate(SimulateArgs),
+    /// Run every checker on every selected node once and print a table.
+    Check {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load and check the configuration, print it (secrets redacted), and exit.
+    ValidateConfig,
+    /// Print the version.
+    Version,
+}
+
+/// `node-agent simulate`.
+#[derive(Debug, Args, Clone)]
+pub struct SimulateArgs {
+    /// A scenario file (TOML); default: the built-in scenario.
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Print one JSON document instead of the live log and table.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep /metrics up on this port while the simulation runs.
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+    /// How much faster than real time the policy runs (120: a 10m reboot wait takes 5s).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub speed: u32,
+    /// How long the simulation runs.
+    #[arg(long, default_value = "50s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+}

@@ -1,0 +1,833 @@
+//! The agent's configuration: built-in defaults < TOML file < environment.
+//!
+//! Civo's Go agent variables keep their names and meaning (`CIVO_API_KEY`,
+//! `CIVO_NODE_POOL_IDS`, `CIVO_NODE_AGENT_MONITOR_ONLY`, ...); every other
+//! setting can be given as `NODE_AGENT_<SECTION>__<KEY>` (for example
+//! `NODE_AGENT_POLICY__GATES__MAX_UNHEALTHY=30%`). A bad value, an unknown key
+//! or two settings that contradict each other stop start-up with an error that
+//! names the variable or key, the value and the accepted form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use health_checks::{CheckerEntry, CheckersConfig};
+use health_core::Policy;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The default Civo API.
+pub const DEFAULT_CIVO_API_URL: &str = "https://api.civo.com";
+/// The default kubeconfig (k3s on the control-plane VM).
+pub const DEFAULT_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
+/// The default metrics / health port (Civo's agent's).
+pub const DEFAULT_METRICS_PORT: u16 = 9625;
+/// The default file store path.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/node-agent/state.json";
+
+/// A configuration that cannot be used. Its message names the setting (the
+/// environment variable, or the TOML key), the value and the accepted form.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// One setting is invalid.
+    #[error("{setting}: {message}")]
+    Invalid {
+        /// The variable or dotted key, e.g. `CIVO_NODE_REBOOT_WAIT_MINUTES` or `policy.reboot_wait`.
+        setting: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// Two settings contradict each other.
+    #[error("conflicting settings: {first} and {second}: {message}")]
+    Conflict {
+        /// One setting.
+        first: String,
+        /// The other.
+        second: String,
+        /// Why they cannot both hold.
+        message: String,
+    },
+    /// The file, the environment or a value in them cannot be parsed.
+    #[error("{0}")]
+    Parse(String),
+}
+
+impl ConfigError {
+    fn invalid(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { setting: setting.into(), message: message.into() }
+    }
+}
+
+/// A secret string (the Civo API key): never shown by Debug or Display.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself, for the one place that sends it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether it is empty (or blank).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_empty() { "<empty>" } else { "<redacted>" })
+    }
+}
+
+/// `[civo]`: the Civo API (Civo's `CIVO_*` variables).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CivoSection {
+    /// `CIVO_API_KEY`; required in active mode with the Civo executor.
+    pub api_key: Secret,
+    /// `CIVO_API_URL`.
+    pub api_url: String,
+    /// `CIVO_CLUSTER_ID`.
+    pub cluster_id: String,
+    /// `CIVO_REGION`.
+    pub region: String,
+    /// `CIVO_NODE_POOL_IDS`: nodes of these pools are selected (empty: all).
+    pub node_pool_ids: Vec<String>,
+    /// Time limit of one Civo call.
+    #[serde(with = "duration_str")]
+    pub call_timeout: Duration,
+    /// Allow a plain-http, non-loopback `api_url` (tests only).
+    pub allow_insecure_http: bool,
+}
+
+impl Default for CivoSection {
+    fn default() -> Self {
+        CivoSection {
+            api_key: Secret::default(),
+            api_url: DEFAULT_CIVO_API_URL.to_owned(),
+            cluster_id: String::new(),
+            region: String::new(),
+            node_pool_ids: Vec::new(),
+            call_timeout: Duration::from_secs(10),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// The log format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[agent]`: the process itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// `CIVO_NODE_AGENT_METRICS_PORT`: `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_port: u16,
+    /// The address the HTTP port binds.
+    pub metrics_address: String,
+    /// `--log-format`.
+    pub log_format: LogFormat,
+    /// How long in-flight work may take after SIGTERM.
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: Duration,
+    /// The name Events are reported under (the pod or host name).
+    pub instance: String,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            metrics_port: DEFAULT_METRICS_PORT,
+            metrics_address: "0.0.0.0".to_owned(),
+            log_format: LogFormat::Text,
+            shutdown_grace: Duration::from_secs(30),
+            instance: String::new(),
+        }
+    }
+}
+
+/// `[kube]`: the Kubernetes API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeSection {
+    /// `--kubeconfig`: a kubeconfig file; empty: in-cluster configuration.
+    pub kubeconfig: String,
+    /// Time limit of every non-watch call.
+    #[serde(with = "duration_str")]
+    pub call_timeout: Duration,
+    /// Drain: give up after this long.
+    #[serde(with = "duration_str")]
+    pub drain_timeout: Duration,
+    /// Publish Kubernetes Events for transitions and held actions.
+    pub events: bool,
+}
+
+impl Default for KubeSection {
+    fn default() -> Self {
+        KubeSection {
+            kubeconfig: DEFAULT_KUBECONFIG.to_owned(),
+            call_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(600),
+            events: true,
+        }
+    }
+}
+
+/// Where node records live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// The Kubernetes annotation in-cluster, the file store otherwise.
+    #[default]
+    Auto,
+    /// A JSON annotation on each Node (`node-agent.civo.com/state`).
+    Kubernetes,
+    /// A local JSON file (atomic replace, fsync, locked).
+    File,
+    /// Memory only: history is lost on restart (tests and demos).
+    Memory,
+}
+
+/// `[store]`: persistent state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// The backend.
+    pub backend: StoreBackend,
+    /// The file store's path.
+    pub path: PathBuf,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection { backend: StoreBackend::Auto, path: PathBuf::from(DEFAULT_STATE_FILE) }
+    }
+}
+
+/// Which executor performs reboots and replacements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// The Civo API (hard reboot, pool replacement), drain before replace.
+    #[default]
+    Civo,
+    /// Nothing is executed; the lifecycle is only logged (like monitor-only).
+    Noop,
+}
+
+/// `[executor]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorSection {
+    /// The executor.
+    pub kind: ExecutorKind,
+}
+
+/// `[engine]`: tuning of the evaluation loop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// Time limit of one asynchronous check.
+    #[serde(with = "duration_str")]
+    pub check_timeout: Duration,
+    /// Time limit of one action other than a drain.
+    #[serde(with = "duration_str")]
+    pub action_timeout: Duration,
+    /// Checks run at once.
+    pub check_concurrency: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            check_timeout: Duration::from_secs(10),
+            action_timeout: Duration::from_secs(60),
+            check_concurrency: 64,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[civo]`.
+    pub civo: CivoSection,
+    /// `[agent]`.
+    pub agent: AgentSection,
+    /// `[kube]`.
+    pub kube: KubeSection,
+    /// `[store]`.
+    pub store: StoreSection,
+    /// `[executor]`.
+    pub executor: ExecutorSection,
+    /// `[engine]`.
+    pub engine: EngineSection,
+    /// `[policy]`: waits, limits, escalation and safety gates.
+    pub policy: Policy,
+    /// `[[checkers]]`: the checkers to run (default: NodeReady, GPU, DiskPressure, Cilium).
+    pub checkers: Option<Vec<CheckerEntry>>,
+}
+
+/// Overrides from the command line, applied over the environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CliOverrides {
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<String>,
+    /// `--monitor-only` (true) or `--active` (false).
+    pub monitor_only: Option<bool>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// Parses a boolean the way Go's `strconv.ParseBool` does (Civo's agent
+/// reads its variables with it).
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+const GO_BOOL_FORMS: &str = "true or false (also 1, t, T, TRUE, True, 0, f, F, FALSE, False)";
+
+/// The environment the configuration reads (injectable for tests).
+pub type EnvMap = BTreeMap<String, String>;
+
+/// The process environment, restricted to the variables the agent reads.
+#[must_use]
+pub fn process_env() -> EnvMap {
+    std::env::vars().filter(|(k, _)| k.starts_with("CIVO_") || k.starts_with("NODE_AGENT_")).collect()
+}
+
+fn minutes(env: &EnvMap, var: &str) -> Result<Option<u64>, ConfigError> {
+    let Some(v) = env.get(var) else { return Ok(None) };
+    let v = v.trim();
+    match v.parse::<u64>() {
+        Ok(0) => Err(ConfigError::invalid(var, format!("invalid value {v:?}: must be a whole number of minutes of at least 1"))),
+        Ok(n) if n > 365 * 24 * 60 => Err(ConfigError::invalid(
+            var,
+            format!("invalid value {v:?}: must be a whole number of minutes of at most {}", 365 * 24 * 60),
+        )),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(ConfigError::invalid(
+            var,
+            format!("invalid value {v:?}: expected a whole number of minutes such as 10"),
+        )),
+    }
+}
+
+/// Reads Civo's variables into a nested value for figment, checking each.
+fn civo_env(env: &EnvMap) -> Result<serde_json::Value, ConfigError> {
+    use serde_json::{Map, Value, json};
+    let mut civo = Map::new();
+    let mut agent = Map::new();
+    let mut policy = Map::new();
+    for (var, key) in
+        [("CIVO_API_KEY", "api_key"), ("CIVO_API_URL", "api_url"), ("CIVO_CLUSTER_ID", "cluster_id"), ("CIVO_REGION", "region")]
+    {
+        if let Some(v) = env.get(var) {
+            civo.insert(key.into(), Value::String(v.trim().to_owned()));
+        }
+    }
+    let pools = |var: &str| env.get(var).map(|v| split_list(v));
+    match (pools("CIVO_NODE_POOL_IDS"), pools("CIVO_NODE_POOL_ID")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ConfigError::Conflict {
+                first: "CIVO_NODE_POOL_IDS".into(),
+                second: "CIVO_NODE_POOL_ID".into(),
+                message: "both are set to different pools; set only CIVO_NODE_POOL_IDS (a comma list)".into(),
+            });
+        }
+        (Some(ids), _) | (None, Some(ids)) => {
+            civo.insert("node_pool_ids".into(), json!(ids));
+        }
+        (None, None) => {}
+    }
+    if let Some(v) = env.get("CIVO_NODE_AGENT_MONITOR_ONLY") {
+        let b = parse_go_bool(v.trim()).ok_or_else(|| {
+            ConfigError::invalid("CIVO_NODE_AGENT_MONITOR_ONLY", format!("invalid value {v:?}: expected {GO_BOOL_FORMS}"))
+        })?;
+        policy.insert("monitor_only".into(), Value::Bool(b));
+    }
+    if let Some(v) = env.get("CIVO_NODE_AGENT_METRICS_PORT") {
+        let port = v.trim().parse::<u32>().ok().filter(|p| (1..=65535).contains(p)).ok_or_else(|| {
+            ConfigError::invalid(
+                "CIVO_NODE_AGENT_METRICS_PORT",
+                format!("invalid value {v:?}: expected a TCP port from 1 to 65535 such as 9625"),
+            )
+        })?;
+        agent.insert("metrics_port".into(), json!(port));
+    }
+    if let Some(m) = minutes(env, "CIVO_NODE_REBOOT_WAIT_MINUTES")? {
+        policy.insert("reboot_wait".into(), json!(format!("{m}m")));
+    }
+    if let Some(m) = minutes(env, "CIVO_GPU_NODE_REBOOT_WAIT_MINUTES")? {
+        policy.insert("gpu_reboot_wait".into(), json!(format!("{m}m")));
+    }
+    if let Some(v) = env.get("CIVO_NODE_MAX_REBOOT_RETRIES") {
+        let n = v.trim().parse::<u32>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| {
+            ConfigError::invalid(
+                "CIVO_NODE_MAX_REBOOT_RETRIES",
+                format!("invalid value {v:?}: expected a whole number from 1 to 100 such as 5"),
+            )
+        })?;
+        policy.insert("max_reboot_retries".into(), json!(n));
+    }
+    let mut root = Map::new();
+    for (name, section) in [("civo", civo), ("agent", agent), ("policy", policy)] {
+        if !section.is_empty() {
+            root.insert(name.into(), Value::Object(section));
+        }
+    }
+    Ok(Value::Object(root))
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// Civo variables and the `NODE_AGENT_` keys that set the same thing.
+const SAME_SETTING: &[(&str, &str)] = &[
+    ("CIVO_API_KEY", "NODE_AGENT_CIVO__API_KEY"),
+    ("CIVO_API_URL", "NODE_AGENT_CIVO__API_URL"),
+    ("CIVO_CLUSTER_ID", "NODE_AGENT_CIVO__CLUSTER_ID"),
+    ("CIVO_REGION", "NODE_AGENT_CIVO__REGION"),
+    ("CIVO_NODE_POOL_IDS", "NODE_AGENT_CIVO__NODE_POOL_IDS"),
+    ("CIVO_NODE_AGENT_MONITOR_ONLY", "NODE_AGENT_POLICY__MONITOR_ONLY"),
+    ("CIVO_NODE_AGENT_METRICS_PORT", "NODE_AGENT_AGENT__METRICS_PORT"),
+    ("CIVO_NODE_REBOOT_WAIT_MINUTES", "NODE_AGENT_POLICY__REBOOT_WAIT"),
+    ("CIVO_GPU_NODE_REBOOT_WAIT_MINUTES", "NODE_AGENT_POLICY__GPU_REBOOT_WAIT"),
+    ("CIVO_NODE_MAX_REBOOT_RETRIES", "NODE_AGENT_POLICY__MAX_REBOOT_RETRIES"),
+];
+
+impl Config {
+    /// Loads defaults < `file` (TOML) < `env` < `cli`, then validates.
+    pub fn load(file: Option<&Path>, env: &EnvMap, cli: &CliOverrides) -> Result<Config, ConfigError> {
+        for (civo, ours) in SAME_SETTING {
+            if env.contains_key(*civo) && env.contains_key(*ours) {
+                return Err(ConfigError::Conflict {
+                    first: (*civo).into(),
+                    second: (*ours).into(),
+                    message: "both set the same thing; keep one".into(),
+                });
+            }
+        }
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::invalid(
+                    "--config",
+                    format!("{}: no such file (expected a TOML file such as examples/config.toml)", path.display()),
+                ));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Serialized::defaults(civo_env(env)?));
+        let ours: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("NODE_AGENT_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Comma lists in the environment become arrays.
+        let list_keys = ["NODE_AGENT_CIVO__NODE_POOL_IDS"];
+        let mut dict = figment::value::Dict::new();
+        for (k, v) in &ours {
+            let path = k["NODE_AGENT_".len()..].to_ascii_lowercase().replace("__", ".");
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                return Err(ConfigError::invalid(
+                    k.as_str(),
+                    "malformed name: expected NODE_AGENT_<SECTION>__<KEY>, e.g. NODE_AGENT_POLICY__REBOOT_WAIT",
+                ));
+            }
+            let value = if list_keys.contains(&k.as_str()) {
+                figment::value::Value::from(split_list(v))
+            } else {
+                v.parse::<figment::value::Value>().unwrap_or_else(|_| figment::value::Value::from(v.clone()))
+            };
+            insert_path(&mut dict, &path, value);
+        }
+        fig = fig.merge(Serialized::defaults(figment::value::Value::from(dict)).profile(figment::Profile::Default));
+        let mut config: Config = fig.extract().map_err(|e| ConfigError::Parse(describe_figment(&e)))?;
+        if let Some(k) = &cli.kubeconfig {
+            config.kube.kubeconfig.clone_from(k);
+        }
+        if let Some(m) = cli.monitor_only {
+            config.policy.monitor_only = m;
+        }
+        if let Some(f) = cli.log_format {
+            config.agent.log_format = f;
+        }
+        config.validate(env)?;
+        Ok(config)
+    }
+
+    /// The checker set.
+    #[must_use]
+    pub fn checkers_config(&self) -> CheckersConfig {
+        match &self.checkers {
+            Some(c) => CheckersConfig { checkers: c.clone() },
+            None => CheckersConfig::default(),
+        }
+    }
+
+    /// Whether the agent runs in-cluster (no kubeconfig file).
+    #[must_use]
+    pub fn in_cluster(&self) -> bool {
+        self.kube.kubeconfig.trim().is_empty()
+    }
+
+    /// The store backend after resolving `auto`.
+    #[must_use]
+    pub fn store_backend(&self) -> StoreBackend {
+        match self.store.backend {
+            StoreBackend::Auto if self.in_cluster() => StoreBackend::Kubernetes,
+            StoreBackend::Auto => StoreBackend::File,
+            b => b,
+        }
+    }
+
+    /// Checks every setting, naming the first bad one (with the variable a
+    /// Civo user would have set, where there is one).
+    pub fn validate(&self, env: &EnvMap) -> Result<(), ConfigError> {
+        let name = |civo: &str, key: &str| {
+            if env.contains_key(civo) { civo.to_owned() } else { format!("{key} ({civo})") }
+        };
+        self.policy.validate().map_err(|e| ConfigError::invalid("policy", e.to_string()))?;
+        self.checkers_config()
+            .build::<crate::node::NodeRef>()
+            .map_err(|e| ConfigError::invalid("checkers", e.to_string()))?;
+        if self.agent.metrics_port == 0 {
+            return Err(ConfigError::invalid(
+                name("CIVO_NODE_AGENT_METRICS_PORT", "agent.metrics_port"),
+                "invalid value 0: expected a TCP port from 1 to 65535",
+            ));
+        }
+        if self.agent.metrics_address.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "agent.metrics_address",
+                format!("invalid value {:?}: expected an IP address such as 0.0.0.0 or 127.0.0.1", self.agent.metrics_address),
+            ));
+        }
+        for (field, d) in [
+            ("kube.call_timeout", self.kube.call_timeout),
+            ("kube.drain_timeout", self.kube.drain_timeout),
+            ("civo.call_timeout", self.civo.call_timeout),
+            ("engine.check_timeout", self.engine.check_timeout),
+            ("engine.action_timeout", self.engine.action_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(field, "must be a positive duration such as \"30s\""));
+            }
+        }
+        if self.engine.check_concurrency == 0 || self.engine.check_concurrency > 4096 {
+            return Err(ConfigError::invalid(
+                "engine.check_concurrency",
+                format!("invalid value {}: expected a number from 1 to 4096", self.engine.check_concurrency),
+            ));
+        }
+        for id in &self.civo.node_pool_ids {
+            let ok = id.len() <= 63 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+            if !ok {
+                return Err(ConfigError::invalid(
+                    name("CIVO_NODE_POOL_IDS", "civo.node_pool_ids"),
+                    format!("invalid pool id {id:?}: expected a comma list of pool ids (letters, digits, '-', '_', '.')"),
+                ));
+            }
+        }
+        let url = self.civo.api_url.trim_end_matches('/');
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        if !scheme_ok || url.len() <= "https://".len() {
+            return Err(ConfigError::invalid(
+                name("CIVO_API_URL", "civo.api_url"),
+                format!("invalid value {:?}: expected an https URL such as {DEFAULT_CIVO_API_URL}", self.civo.api_url),
+            ));
+        }
+        if url.starts_with("http://") && !self.civo.allow_insecure_http && !is_loopback_url(url) {
+            return Err(ConfigError::invalid(
+                name("CIVO_API_URL", "civo.api_url"),
+                format!(
+                    "invalid value {:?}: plain http would send the API key in clear; use https (or set civo.allow_insecure_http for a test server)",
+                    self.civo.api_url
+                ),
+            ));
+        }
+        let active_civo = !self.policy.monitor_only && self.executor.kind == ExecutorKind::Civo;
+        if active_civo {
+            if self.civo.api_key.is_empty() {
+                return Err(ConfigError::invalid(
+                    name("CIVO_API_KEY", "civo.api_key"),
+                    "must be set in active mode (CIVO_NODE_AGENT_MONITOR_ONLY=false) with the Civo executor",
+                ));
+            }
+            if self.civo.cluster_id.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    name("CIVO_CLUSTER_ID", "civo.cluster_id"),
+                    "must be set in active mode: the id of this cluster, e.g. 3f2b1c9e-8d41-4a2f-9c55-000000000001",
+                ));
+            }
+            if self.civo.region.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    name("CIVO_REGION", "civo.region"),
+                    "must be set in active mode: a Civo region such as LON1",
+                ));
+            }
+        }
+        if self.policy.escalation.replace && self.executor.kind == ExecutorKind::Noop && !self.policy.monitor_only {
+            return Err(ConfigError::Conflict {
+                first: "policy.escalation.replace".into(),
+                second: "executor.kind = \"noop\"".into(),
+                message: "replacement needs the Civo executor".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The pool label selector: empty (all nodes), equality, or `in`.
+    #[must_use]
+    pub fn node_selector(&self) -> Option<String> {
+        node_selector(&self.civo.node_pool_ids)
+    }
+}
+
+/// The label selector for `pools`: `None` for all nodes, equality for one,
+/// set-based `in` for several (as Civo's agent builds it).
+#[must_use]
+pub fn node_selector(pools: &[String]) -> Option<String> {
+    let label = recovery_exec::POOL_LABEL;
+    match pools {
+        [] => None,
+        [one] => Some(format!("{label}={one}")),
+        many => Some(format!("{label} in ({})", many.join(","))),
+    }
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if let Some(h) = host.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &str, value: figment::value::Value) {
+    match path.split_once('.') {
+        None => {
+            dict.insert(path.to_owned(), value);
+        }
+        Some((head, tail)) => {
+            let entry = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert_path(inner, tail, value);
+            } else {
+                let mut inner = figment::value::Dict::new();
+                insert_path(&mut inner, tail, value);
+                *entry = figment::value::Value::from(inner);
+            }
+        }
+    }
+}
+
+fn describe_figment(e: &figment::Error) -> String {
+    let mut out = Vec::new();
+    for err in e.clone() {
+        let key = err.path.join(".");
+        let mut line = String::new();
+        if !key.is_empty() {
+            line.push_str(&key);
+            if let Some(var) = env_name(&err.path) {
+                line.push_str(&format!(" ({var})"));
+            }
+            line.push_str(": ");
+        }
+        line.push_str(&err.kind.to_string());
+        if let Some(src) = err.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            line.push_str(&format!(" (in {src})"));
+        }
+        out.push(line);
+    }
+    out.join("; ")
+}
+
+fn env_name(path: &[String]) -> Option<String> {
+    if path.is_empty() {
+        return None;
+    }
+    Some(format!("NODE_AGENT_{}", path.join("__").to_ascii_uppercase()))
+}
+
+/// Durations as human strings (`"30s"`, `"10m"`).
+pub(crate) mod duration_str {
+    use super::*;
+
+    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}): expected a number with a unit such as \"30s\", \"10m\" or \"1h 30m\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> EnvMap {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(None, &env(pairs), &CliOverrides::default())
+    }
+
+    #[test]
+    fn defaults_are_civo_agent_defaults() {
+        let c = load(&[]).unwrap();
+        assert!(c.policy.monitor_only);
+        assert_eq!(c.agent.metrics_port, 9625);
+        assert_eq!(c.policy.reboot_wait, Duration::from_secs(600));
+        assert_eq!(c.policy.gpu_reboot_wait, Duration::from_secs(2400));
+        assert_eq!(c.policy.max_reboot_retries, 5);
+        assert_eq!(c.kube.kubeconfig, DEFAULT_KUBECONFIG);
+        assert_eq!(c.civo.api_url, DEFAULT_CIVO_API_URL);
+        assert_eq!(c.node_selector(), None);
+    }
+
+    #[test]
+    fn civo_variables_map_to_settings() {
+        let c = load(&[
+            ("CIVO_NODE_AGENT_MONITOR_ONLY", "F"),
+            ("CIVO_API_KEY", "k"),
+            ("CIVO_CLUSTER_ID", "c-1"),
+            ("CIVO_REGION", "LON1"),
+            ("CIVO_NODE_REBOOT_WAIT_MINUTES", "7"),
+            ("CIVO_GPU_NODE_REBOOT_WAIT_MINUTES", "41"),
+            ("CIVO_NODE_MAX_REBOOT_RETRIES", "2"),
+            ("CIVO_NODE_AGENT_METRICS_PORT", "9999"),
+            ("CIVO_NODE_POOL_ID", "p1"),
+        ])
+        .unwrap();
+        assert!(!c.policy.monitor_only);
+        assert_eq!(c.policy.reboot_wait, Duration::from_secs(420));
+        assert_eq!(c.policy.gpu_reboot_wait, Duration::from_secs(41 * 60));
+        assert_eq!(c.policy.max_reboot_retries, 2);
+        assert_eq!(c.agent.metrics_port, 9999);
+        assert_eq!(c.node_selector().as_deref(), Some("kubernetes.civo.com/civo-node-pool=p1"));
+        assert_eq!(format!("{:?}", c.civo.api_key), "<redacted>");
+        assert!(!format!("{c:?}").contains("\"k\""));
+    }
+
+    #[test]
+    fn pool_selectors() {
+        assert_eq!(node_selector(&[]), None);
+        let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert_eq!(node_selector(&three).as_deref(), Some("kubernetes.civo.com/civo-node-pool in (a,b,c)"));
+        let c = load(&[("CIVO_NODE_POOL_IDS", " a, b ,c ")]).unwrap();
+        assert_eq!(c.civo.node_pool_ids, three);
+    }
+
+    #[test]
+    fn our_variables_and_file() {
+        let dir = std::env::temp_dir().join(format!("agent-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[policy]\nreboot_wait = \"3m\"\n[policy.gates]\nmax_unhealthy = \"30%\"\n").unwrap();
+        let c = Config::load(
+            Some(&file),
+            &env(&[("NODE_AGENT_POLICY__REBOOT_WAIT", "4m"), ("NODE_AGENT_KUBE__CALL_TIMEOUT", "5s")]),
+            &CliOverrides { monitor_only: Some(false), kubeconfig: Some(String::new()), ..CliOverrides::default() },
+        );
+        // Active mode with the Civo executor needs a key.
+        let err = c.unwrap_err().to_string();
+        assert!(err.contains("CIVO_API_KEY") || err.contains("civo.api_key"), "{err}");
+        let c = Config::load(
+            Some(&file),
+            &env(&[("NODE_AGENT_POLICY__REBOOT_WAIT", "4m"), ("NODE_AGENT_KUBE__CALL_TIMEOUT", "5s")]),
+            &CliOverrides { kubeconfig: Some(String::new()), ..CliOverrides::default() },
+        )
+        .unwrap();
+        assert_eq!(c.policy.reboot_wait, Duration::from_secs(240));
+        assert_eq!(c.policy.gates.max_unhealthy, health_core::Limit::percent(30));
+        assert_eq!(c.kube.call_timeout, Duration::from_secs(5));
+        assert!(c.in_cluster());
+        assert_eq!(c.store_backend(), StoreBackend::Kubernetes);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_inputs_name_the_setting() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("CIVO_NODE_AGENT_MONITOR_ONLY", "maybe")], "CIVO_NODE_AGENT_MONITOR_ONLY"),
+            (&[("CIVO_NODE_AGENT_METRICS_PORT", "70000")], "CIVO_NODE_AGENT_METRICS_PORT"),
+            (&[("CIVO_NODE_AGENT_METRICS_PORT", "-1")], "CIVO_NODE_AGENT_METRICS_PORT"),
+            (&[("CIVO_NODE_REBOOT_WAIT_MINUTES", "ten")], "CIVO_NODE_REBOOT_WAIT_MINUTES"),
+            (&[("CIVO_NODE_REBOOT_WAIT_MINUTES", "0")], "CIVO_NODE_REBOOT_WAIT_MINUTES"),
+            (&[("CIVO_GPU_NODE_REBOOT_WAIT_MINUTES", "-5")], "CIVO_GPU_NODE_REBOOT_WAIT_MINUTES"),
+            (&[("CIVO_NODE_MAX_REBOOT_RETRIES", "-1")], "CIVO_NODE_MAX_REBOOT_RETRIES"),
+            (&[("NODE_AGENT_POLICY__REBOOT_WAIT", "soon")], "policy.reboot_wait"),
+            (&[("NODE_AGENT_POLICY__NO_SUCH_KEY", "1")], "no_such_key"),
+            (&[("NODE_AGENT_POLICY__GATES__MAX_UNHEALTHY", "120%")], "max_unhealthy"),
+            (&[("NODE_AGENT_POLICY__MONITOR_ONLY", "maybe")], "monitor_only"),
+            (&[("CIVO_NODE_AGENT_MONITOR_ONLY", "false")], "CIVO_API_KEY"),
+            (&[("CIVO_API_URL", "http://api.example.com")], "CIVO_API_URL"),
+            (&[("CIVO_NODE_POOL_IDS", "a"), ("CIVO_NODE_POOL_ID", "b")], "CIVO_NODE_POOL_ID"),
+            (&[("CIVO_NODE_REBOOT_WAIT_MINUTES", "5"), ("NODE_AGENT_POLICY__REBOOT_WAIT", "5m")], "conflicting"),
+            (&[("NODE_AGENT_ENGINE__CHECK_CONCURRENCY", "0")], "engine.check_concurrency"),
+        ];
+        for (pairs, needle) in cases {
+            let err = load(pairs).expect_err(needle).to_string();
+            assert!(err.contains(needle), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn go_bool_forms() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(parse_go_bool(t), Some(true));
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(parse_go_bool(f), Some(false));
+        }
+        assert_eq!(parse_go_bool("yes"), None);
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("http://127.0.0.1:8080"));
+        assert!(is_loopback_url("http://localhost/x"));
+        assert!(is_loopback_url("http://[::1]:9/"));
+        assert!(!is_loopback_url("http://10.0.0.1"));
+        assert!(!is_loopback_url("http://127.0.0.1.evil.com"));
+    }
+}

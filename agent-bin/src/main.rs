@@ -1,0 +1,196 @@
+//! `node-agent`: parses the command line, loads the configuration, installs
+//! tracing and the metrics recorder, and calls the library.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use agent_bin::agent::{self, Deps};
+use agent_bin::cli::{Cli, Command, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use agent_bin::config::{Config, LogFormat, process_env};
+use agent_bin::recorder::AgentRecorder;
+use agent_bin::{check, http, simulate};
+use clap::Parser;
+use health_core::HealthManager;
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("NODE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// The first SIGTERM/SIGINT resolves; a second one exits at once.
+async fn shutdown_signal(draining: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; the agent stops only when killed");
+        return std::future::pending().await;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    draining.store(true, Ordering::SeqCst);
+    tracing::info!("signal received: readiness is now false, nothing new starts; a second signal exits at once");
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(EXIT_FAILURE);
+    });
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => EXIT_OK,
+                _ => EXIT_USAGE,
+            };
+            let _ = e.print();
+            return exit(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("node-agent: cannot start the runtime: {e}");
+            return exit(EXIT_FAILURE);
+        }
+    };
+    exit(runtime.block_on(real_main(cli)))
+}
+
+async fn real_main(cli: Cli) -> i32 {
+    let command = cli.command.unwrap_or(Command::Run { once: false });
+    if let Command::Version = command {
+        println!("node-agent {}", env!("CARGO_PKG_VERSION"));
+        return EXIT_OK;
+    }
+    let recorder = AgentRecorder::new();
+    if recorder.install().is_err() {
+        eprintln!("node-agent: a metrics recorder is already installed");
+        return EXIT_FAILURE;
+    }
+    if let Command::Simulate(args) = &command {
+        let scenario = match &args.scenario {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(text) => (p.display().to_string(), text),
+                Err(e) => {
+                    eprintln!("node-agent: --scenario {}: {e}", p.display());
+                    return EXIT_CONFIG;
+                }
+            },
+            None => ("built-in scenario".to_owned(), simulate::DEFAULT_SCENARIO.to_owned()),
+        };
+        init_tracing(cli.global.log_format.unwrap_or_default(), if args.json { "error" } else { "error,agent_bin=off" });
+        let opts = simulate::SimulateOptions {
+            scenario,
+            speed: args.speed,
+            duration: args.duration,
+            live: !args.json,
+            metrics_port: args.metrics_port,
+        };
+        return match simulate::simulate(opts, recorder).await {
+            Ok(summary) => {
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+                } else {
+                    println!("\n{}", simulate::table(&summary));
+                }
+                EXIT_OK
+            }
+            Err(e @ simulate::SimulateError::Scenario(_)) => {
+                eprintln!("node-agent: {e}");
+                EXIT_CONFIG
+            }
+            Err(e) => {
+                eprintln!("node-agent: simulation failed: {e}");
+                EXIT_FAILURE
+            }
+        };
+    }
+
+    let config = match Config::load(cli.global.config.as_deref(), &process_env(), &cli.global.overrides()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("node-agent: invalid configuration: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    init_tracing(config.agent.log_format, "info");
+    match command {
+        Command::ValidateConfig => {
+            println!("configuration is valid");
+            println!("{config:#?}");
+            EXIT_OK
+        }
+        Command::Check { json } => {
+            let kc = match agent::kube_config(&config).await {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("node-agent: {e}");
+                    return EXIT_FAILURE;
+                }
+            };
+            match check::check(&config, kc).await {
+                Ok(rows) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                    } else {
+                        print!("{}", check::table(&rows));
+                    }
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("node-agent: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+        Command::Run { once } => {
+            let health = Arc::new(HealthManager::new());
+            let draining = Arc::new(AtomicBool::new(false));
+            let ip = config.agent.metrics_address.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            let addr = SocketAddr::new(ip, config.agent.metrics_port);
+            let state = http::HttpState { recorder: recorder.clone(), health: health.clone(), draining: draining.clone() };
+            let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = match http::serve(addr, state, async move {
+                let _ = http_stopped.await;
+            })
+            .await
+            {
+                Ok((bound, handle)) => {
+                    tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz");
+                    handle
+                }
+                Err(e) => {
+                    eprintln!("node-agent: cannot listen on {addr} (CIVO_NODE_AGENT_METRICS_PORT): {e}");
+                    return EXIT_FAILURE;
+                }
+            };
+            let deps = Deps { recorder, health, once, ..Deps::default() };
+            let result = agent::run(config, deps, shutdown_signal(draining)).await;
+            let _ = stop_http.send(());
+            let _ = server.await;
+            match result {
+                Ok(summary) => {
+                    tracing::info!(passes = summary.passes, nodes = summary.nodes, "node-agent stopped");
+                    EXIT_OK
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "node-agent failed");
+                    eprintln!("node-agent: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+        Command::Simulate(_) | Command::Version => EXIT_OK,
+    }
+}

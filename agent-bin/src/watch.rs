@@ -1,0 +1,196 @@
+//! The Node source: a kube-runtime watcher of the selected Nodes feeding a
+//! cache of reduced views ([`AgentNode`]).
+//!
+//! The cache is complete only after the watcher's first list (`InitDone`).
+//! Any watch error marks it stale (the engine then starts nothing new),
+//! counts `reconcile_errors_total{reason="watch"}` and restarts the watcher
+//! after a back-off with a fresh list; the cache is trusted again only when
+//! that list is complete. Updates that change nothing the agent reads
+//! (heartbeats, images, resourceVersion) do not wake the evaluation loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use health_core::{ComponentStatus, HealthManager};
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::node::{AgentNode, NodeRef};
+
+/// The component name of the Node watch in component health.
+pub const COMPONENT: &str = "kube-watch";
+
+#[derive(Default)]
+struct Inner {
+    nodes: HashMap<String, NodeRef>,
+    synced: bool,
+    stale: Option<String>,
+    generation: u64,
+}
+
+/// The cache of selected Nodes, shared by the watch task and the loop.
+#[derive(Default)]
+pub struct NodeCache {
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+/// A consistent copy of the cache.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The nodes, in name order.
+    pub nodes: Vec<NodeRef>,
+    /// Whether a complete list has been seen.
+    pub synced: bool,
+    /// Why the cache cannot be trusted right now, if it cannot.
+    pub stale: Option<String>,
+    /// Bumped on every relevant change.
+    pub generation: u64,
+}
+
+impl NodeCache {
+    /// An empty, unsynced cache.
+    #[must_use]
+    pub fn new() -> Arc<Self> {
+        Arc::new(NodeCache::default())
+    }
+
+    /// Waits until something relevant changed.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The current generation.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.inner.lock().generation
+    }
+
+    /// A copy of the nodes and flags.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = self.inner.lock();
+        let mut nodes: Vec<NodeRef> = inner.nodes.values().cloned().collect();
+        nodes.sort_by(|a, b| a.name().cmp(b.name()));
+        Snapshot { nodes, synced: inner.synced, stale: inner.stale.clone(), generation: inner.generation }
+    }
+
+    fn bump(inner: &mut Inner, notify: &Notify) {
+        inner.generation += 1;
+        notify.notify_one();
+    }
+
+    /// Inserts or updates a node; returns whether anything the agent reads changed.
+    pub fn upsert(&self, node: AgentNode) -> bool {
+        let mut inner = self.inner.lock();
+        let name = node.name().to_owned();
+        if inner.nodes.get(&name).is_some_and(|old| **old == node) {
+            return false;
+        }
+        inner.nodes.insert(name, Arc::new(node));
+        Self::bump(&mut inner, &self.changed);
+        true
+    }
+
+    /// Removes a node.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.nodes.remove(name).is_none() {
+            return false;
+        }
+        Self::bump(&mut inner, &self.changed);
+        true
+    }
+
+    /// Replaces the whole set after a complete list and marks the cache synced and fresh.
+    pub fn replace_all(&self, nodes: HashMap<String, NodeRef>) {
+        let mut inner = self.inner.lock();
+        inner.nodes = nodes;
+        inner.synced = true;
+        inner.stale = None;
+        Self::bump(&mut inner, &self.changed);
+    }
+
+    /// Marks the cache stale (the engine holds new actions back).
+    pub fn mark_stale(&self, why: impl Into<String>) {
+        let mut inner = self.inner.lock();
+        inner.stale = Some(why.into());
+        Self::bump(&mut inner, &self.changed);
+    }
+}
+
+/// Settings of the watch task.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    /// The pool label selector (None: every node).
+    pub selector: Option<String>,
+    /// First back-off after an error (doubling).
+    pub backoff_initial: Duration,
+    /// Largest back-off.
+    pub backoff_max: Duration,
+    /// The metric name of reconcile errors.
+    pub errors_metric: String,
+}
+
+/// Runs the watch until the task is dropped (aborted).
+pub async fn watch_nodes(client: Client, config: WatchConfig, cache: Arc<NodeCache>, health: Arc<HealthManager>) {
+    let api: Api<Node> = Api::all(client);
+    let mut backoff = config.backoff_initial;
+    let mut wc = watcher::Config::default();
+    if let Some(s) = &config.selector {
+        wc = wc.labels(s);
+    }
+    let meta = |synced: bool| {
+        let mut m = BTreeMap::new();
+        m.insert("selector".to_owned(), config.selector.clone().unwrap_or_else(|| "(all nodes)".into()));
+        m.insert("synced".to_owned(), synced.to_string());
+        m
+    };
+    health.update(COMPONENT, ComponentStatus::Degraded, "listing nodes", meta(false));
+    loop {
+        let mut stream = watcher::watcher(api.clone(), wc.clone()).boxed();
+        let mut buffer: Option<HashMap<String, NodeRef>> = None;
+        let error = loop {
+            match stream.next().await {
+                None => break "the watch stream ended".to_owned(),
+                Some(Ok(Event::Init)) => buffer = Some(HashMap::new()),
+                Some(Ok(Event::InitApply(n))) => {
+                    let view = AgentNode::from_node(&n);
+                    buffer.get_or_insert_with(HashMap::new).insert(view.name().to_owned(), Arc::new(view));
+                }
+                Some(Ok(Event::InitDone)) => {
+                    let nodes = buffer.take().unwrap_or_default();
+                    tracing::info!(nodes = nodes.len(), selector = ?config.selector, "node list complete; cache synced");
+                    health.update(COMPONENT, ComponentStatus::Healthy, format!("{} nodes", nodes.len()), meta(true));
+                    cache.replace_all(nodes);
+                    backoff = config.backoff_initial;
+                }
+                Some(Ok(Event::Apply(n))) => {
+                    cache.upsert(AgentNode::from_node(&n));
+                }
+                Some(Ok(Event::Delete(n))) => {
+                    if let Some(name) = n.metadata.name.as_deref() {
+                        cache.remove(name);
+                    }
+                }
+                Some(Err(e)) => break e.to_string(),
+            }
+        };
+        metrics::counter!(config.errors_metric.clone(), "reason" => "watch").increment(1);
+        tracing::warn!(
+            error = %error,
+            retry_in = ?backoff,
+            "node watch failed: the cache is stale and no new action starts until a fresh list completes"
+        );
+        health.update(COMPONENT, ComponentStatus::Degraded, format!("watch failed: {error}"), meta(false));
+        cache.mark_stale(format!("node watch failed: {error}"));
+        drop(stream);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
