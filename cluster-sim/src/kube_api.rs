@@ -110,6 +110,19 @@ fn strict(params: &Params) -> bool {
     params.get("fieldValidation").is_some_and(|v| v.eq_ignore_ascii_case("Strict"))
 }
 
+/// A boolean query parameter, parsed the way the API server parses them
+/// (Go's `strconv.ParseBool`); absent is false, anything else is a 400.
+pub(crate) fn query_bool(params: &Params, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
+        Some(v) => Err(ApiError::bad_request(&format!(
+            "invalid value {v:?} for query parameter {name}: expected true or false (1, t, T, TRUE, True, 0, f, F, FALSE, False)"
+        ))),
+    }
+}
+
 async fn serve(
     cluster: &Cluster,
     method: &Method,
@@ -130,7 +143,7 @@ async fn serve(
             let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
             let table =
                 crate::table::wants_table(accept).then(|| params.get("includeObject").is_some_and(|i| i == "Object"));
-            if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
+            if query_bool(params, "watch")? {
                 watch(cluster, kind, t.namespace, sel, params, table)
             } else {
                 list(cluster, kind, ns, &sel, params, table)
@@ -339,7 +352,7 @@ fn watch(
                 .map_err(|_| ApiError::bad_request(&format!("invalid resourceVersion {rv:?}: expected an integer")))?,
         ),
     };
-    let send_initial = params.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let send_initial = query_bool(params, "sendInitialEvents")?;
     let timeout = match params.get("timeoutSeconds") {
         Some(t) => Duration::from_secs(
             t.parse::<u64>()
@@ -377,7 +390,7 @@ fn watch(
     if send_initial {
         pending.push_back(bookmark(kind, last_rv, true));
     }
-    let bookmarks = params.get("allowWatchBookmarks").is_some_and(|v| v == "true").then(|| {
+    let bookmarks = query_bool(params, "allowWatchBookmarks")?.then(|| {
         let every = cluster.inner.config.bookmark_interval;
         tokio::time::interval_at(tokio::time::Instant::now() + every, every)
     });

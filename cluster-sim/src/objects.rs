@@ -217,6 +217,8 @@ pub(crate) struct Obj {
     pub(crate) labels: BTreeMap<String, String>,
     /// `spec.nodeName` of pods.
     pub(crate) node_name: Option<String>,
+    /// `status.phase` of pods.
+    pub(crate) phase: Option<String>,
     pub(crate) json: Bytes,
 }
 
@@ -394,8 +396,9 @@ impl Store {
             .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
             .unwrap_or_default();
         let node_name = out.get("spec").and_then(|s| s.get("nodeName")).and_then(Value::as_str).map(str::to_owned);
+        let phase = out.get("status").and_then(|s| s.get("phase")).and_then(Value::as_str).map(str::to_owned);
         let json = Bytes::from(serde_json::to_vec(&out).map_err(|e| ApiError::internal(&e.to_string()))?);
-        let obj = Arc::new(Obj { namespace, name, rv, labels, node_name, json });
+        let obj = Arc::new(Obj { namespace, name, rv, labels, node_name, phase, json });
         let key = (obj.namespace.clone(), obj.name.clone());
         let prev = self.objects.entry(kind).or_default().insert(key, Arc::clone(&obj));
         self.record(kind, event_type, Arc::clone(&obj), prev);
@@ -537,6 +540,7 @@ impl Store {
             rv: self.rv,
             labels: current.labels.clone(),
             node_name: current.node_name.clone(),
+            phase: current.phase.clone(),
             json,
         });
         if let Some(m) = self.objects.get_mut(&kind) {
@@ -682,6 +686,7 @@ fn core_event(o: &Obj) -> Obj {
         rv: o.rv,
         labels: o.labels.clone(),
         node_name: None,
+        phase: None,
         json: Bytes::from(serde_json::to_vec(&core).unwrap_or_default()),
     }
 }

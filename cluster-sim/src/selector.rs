@@ -122,13 +122,15 @@ impl Selectors {
                     return Err(ApiError::bad_request(&format!("invalid field selector {f:?}: expected field=value")));
                 };
                 let supported = match kind {
-                    Kind::Pod => ["metadata.name", "metadata.namespace", "spec.nodeName"].contains(&k),
+                    Kind::Pod => {
+                        ["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"].contains(&k)
+                    }
                     _ => ["metadata.name", "metadata.namespace"].contains(&k),
                 };
                 if !supported {
-                    return Err(ApiError::bad_request(&format!("field label not supported: {k}")));
+                    return Err(ApiError::bad_request(&format!("field label not supported: {}", k.trim())));
                 }
-                out.fields.push((k.to_owned(), v.to_owned(), neg));
+                out.fields.push((k.trim().to_owned(), v.trim().to_owned(), neg));
             }
         }
         Ok(out)
@@ -150,6 +152,7 @@ impl Selectors {
                     "metadata.name" => o.name.as_str(),
                     "metadata.namespace" => o.namespace.as_str(),
                     "spec.nodeName" => o.node_name.as_deref().unwrap_or(""),
+                    "status.phase" => o.phase.as_deref().unwrap_or(""),
                     _ => return false,
                 };
                 (actual == v) != *neg
@@ -164,6 +167,7 @@ impl Selectors {
             rv: 0,
             labels: labels.clone(),
             node_name: None,
+            phase: None,
             json: bytes::Bytes::new(),
         };
         self.matches(&probe)
@@ -182,6 +186,7 @@ mod tests {
             rv: 1,
             labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
             node_name: node.map(str::to_owned),
+            phase: Some("Running".into()),
             json: bytes::Bytes::new(),
         }
     }
@@ -218,6 +223,19 @@ mod tests {
         let e = Selectors::parse(Kind::Node, None, Some("spec.nodeName=a")).unwrap_err();
         assert_eq!(e.message, "field label not supported: spec.nodeName");
         assert_eq!(Selectors::parse(Kind::Pod, None, Some("bogus")).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn kubectl_describe_pod_selector() {
+        // kubectl describe node lists the node's non-terminated pods with this.
+        let sel = "spec.nodeName=node-1,status.phase!=Succeeded,status.phase!=Failed";
+        let s = Selectors::parse(Kind::Pod, None, Some(sel)).unwrap();
+        assert!(s.matches(&obj(&[], Some("node-1"))));
+        let mut done = obj(&[], Some("node-1"));
+        done.phase = Some("Succeeded".into());
+        assert!(!s.matches(&done));
+        let e = Selectors::parse(Kind::Node, None, Some("status.phase!=Failed")).unwrap_err();
+        assert_eq!(e.message, "field label not supported: status.phase");
     }
 
     #[test]

@@ -256,3 +256,21 @@ async fn civo_rejects_missing_or_wrong_keys_and_regions() {
     assert_eq!(calls.iter().map(|c| c.status).collect::<Vec<_>>(), [401, 401, 401, 400, 404, 200]);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn query_booleans_are_parsed_like_the_api_server() {
+    let sim = start(1, 0).await;
+    let http = common::http();
+    for (value, watch) in [("true", true), ("True", true), ("1", true), ("t", true), ("false", false), ("0", false)] {
+        let url = format!("{}/api/v1/nodes?watch={value}&timeoutSeconds=1", sim.kube_url());
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{value}");
+        let body = r.text().await.unwrap();
+        assert_eq!(body.contains("\"type\":\"ADDED\""), watch, "watch={value}: {body}");
+    }
+    let r = http.get(format!("{}/api/v1/nodes?watch=yes", sim.kube_url())).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert!(status["message"].as_str().unwrap().contains("watch"), "{status}");
+    sim.shutdown().await;
+}

@@ -171,3 +171,77 @@ async fn kubectl_watch_sees_a_change_made_through_the_api() {
     let _ = std::fs::remove_file(cfg);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_describe_node_lists_its_pods() {
+    if !kubectl_available() {
+        return;
+    }
+    let sim = start(2, 0).await;
+    let cfg = kubeconfig(&sim, "describe");
+    let node = sim.cluster().node_names()[0].clone();
+    // kubectl's pod query for describe: spec.nodeName=N,status.phase!=Succeeded,status.phase!=Failed
+    let out = ok(&cfg, &["describe", "node", &node]).await;
+    assert!(out.contains(&format!("Name:               {node}")), "{out}");
+    assert!(out.contains("Non-terminated Pods:"), "{out}");
+    for pod in sim.cluster().pods_on(&node) {
+        let name = pod.rsplit('/').next().unwrap();
+        assert!(out.contains(name), "describe lacks pod {pod}:\n{out}");
+    }
+    sim.shutdown().await;
+}
+
+/// The official Python client (Debian's python3-kubernetes), when installed.
+fn python_client() -> Option<&'static str> {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("skipping: /usr/bin/python3 with the kubernetes module (python3-kubernetes) is not installed");
+    }
+    ok.then_some("/usr/bin/python3")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_lists_and_watches_nodes() {
+    let Some(python) = python_client() else { return };
+    let sim = start(3, 0).await;
+    let cfg = kubeconfig(&sim, "python");
+    let node = sim.cluster().node_names()[1].clone();
+    let script = r#"
+import sys
+from kubernetes import client, config, watch
+config.load_kube_config(config_file=sys.argv[1])
+v1 = client.CoreV1Api()
+print("LIST", len(v1.list_node().items), flush=True)
+w = watch.Watch()
+for ev in w.stream(v1.list_node, timeout_seconds=20):
+    name = ev["object"].metadata.name
+    ready = [c.status for c in ev["object"].status.conditions if c.type == "Ready"][0]
+    print("EVENT", ev["type"], name, ready, flush=True)
+    if ready == "False":
+        w.stop()
+        break
+"#;
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", script])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(within("a line from the python client", lines.next_line()).await.unwrap().unwrap(), "LIST 3");
+    // The initial ADDED events, then our fault as a MODIFIED event.
+    for _ in 0..3 {
+        let l = within("a line from the python client", lines.next_line()).await.unwrap().unwrap();
+        assert!(l.starts_with("EVENT ADDED "), "{l}");
+    }
+    sim.cluster().inject(&node, Fault::NotReady).unwrap();
+    let l = within("a line from the python client", lines.next_line()).await.unwrap().unwrap();
+    assert_eq!(l, format!("EVENT MODIFIED {node} False"));
+    assert!(within("the python client to exit", child.wait()).await.unwrap().success());
+    sim.shutdown().await;
+}
