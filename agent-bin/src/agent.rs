@@ -106,8 +106,8 @@ pub async fn kube_config(config: &Config) -> Result<kube::Config, RunError> {
         });
     }
     let path = Path::new(&config.kube.kubeconfig);
-    let kc = Kubeconfig::read_from(path)
-        .map_err(|e| RunError::Kube(format!("--kubeconfig {}: {e}", path.display())))?;
+    let kc =
+        Kubeconfig::read_from(path).map_err(|e| RunError::Kube(format!("--kubeconfig {}: {e}", path.display())))?;
     kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| RunError::Kube(format!("--kubeconfig {}: {e}", path.display())))
@@ -203,10 +203,8 @@ pub async fn run(
     };
     let storm = Arc::new(StormFlag(parking_lot::Mutex::new(false)));
 
-    let checkers = config
-        .checkers_config()
-        .build::<NodeRef>()
-        .map_err(|e| RunError::Engine(format!("checkers: {e}")))?;
+    let checkers =
+        config.checkers_config().build::<NodeRef>().map_err(|e| RunError::Engine(format!("checkers: {e}")))?;
     let engine_config = EngineConfig::default()
         .with_check_concurrency(config.engine.check_concurrency)
         .with_check_timeout(config.engine.check_timeout)
@@ -225,6 +223,10 @@ pub async fn run(
         builder = builder.observer(o);
     }
     let mut engine = builder.build().map_err(|e| RunError::Engine(e.to_string()))?;
+    metrics::describe_gauge!(
+        format!("{METRICS_PREFIX}_info"),
+        "The agent's version and the Civo cluster it serves (always 1)."
+    );
     metrics::gauge!(
         format!("{METRICS_PREFIX}_info"),
         "version" => env!("CARGO_PKG_VERSION"),

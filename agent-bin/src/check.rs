@@ -58,10 +58,17 @@ pub async fn check(config: &Config, kube_config: kube::Config) -> Result<Vec<Che
         for c in &checkers {
             let result = match c.check_sync(node) {
                 Some(r) => r,
-                None => match tokio::time::timeout(config.engine.check_timeout.max(Duration::from_millis(1)), c.check(node)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(health_core::CheckError::new(format!("timed out after {:?}", config.engine.check_timeout))),
-                },
+                None => {
+                    match tokio::time::timeout(config.engine.check_timeout.max(Duration::from_millis(1)), c.check(node))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(health_core::CheckError::new(format!(
+                            "timed out after {:?}",
+                            config.engine.check_timeout
+                        ))),
+                    }
+                }
             };
             let (result, reason) = match result {
                 Ok(CheckOutcome::Pass) => ("pass", String::new()),

@@ -139,7 +139,8 @@ pub enum LogFormat {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentSection {
-    /// `CIVO_NODE_AGENT_METRICS_PORT`: `/metrics`, `/healthz`, `/readyz`.
+    /// `CIVO_NODE_AGENT_METRICS_PORT`: `/metrics`, `/healthz`, `/readyz`
+    /// (0 in the file: any free port, logged at start).
     pub metrics_port: u16,
     /// The address the HTTP port binds.
     pub metrics_address: String,
@@ -323,7 +324,10 @@ fn minutes(env: &EnvMap, var: &str) -> Result<Option<u64>, ConfigError> {
     let Some(v) = env.get(var) else { return Ok(None) };
     let v = v.trim();
     match v.parse::<u64>() {
-        Ok(0) => Err(ConfigError::invalid(var, format!("invalid value {v:?}: must be a whole number of minutes of at least 1"))),
+        Ok(0) => Err(ConfigError::invalid(
+            var,
+            format!("invalid value {v:?}: must be a whole number of minutes of at least 1"),
+        )),
         Ok(n) if n > 365 * 24 * 60 => Err(ConfigError::invalid(
             var,
             format!("invalid value {v:?}: must be a whole number of minutes of at most {}", 365 * 24 * 60),
@@ -342,9 +346,12 @@ fn civo_env(env: &EnvMap) -> Result<serde_json::Value, ConfigError> {
     let mut civo = Map::new();
     let mut agent = Map::new();
     let mut policy = Map::new();
-    for (var, key) in
-        [("CIVO_API_KEY", "api_key"), ("CIVO_API_URL", "api_url"), ("CIVO_CLUSTER_ID", "cluster_id"), ("CIVO_REGION", "region")]
-    {
+    for (var, key) in [
+        ("CIVO_API_KEY", "api_key"),
+        ("CIVO_API_URL", "api_url"),
+        ("CIVO_CLUSTER_ID", "cluster_id"),
+        ("CIVO_REGION", "region"),
+    ] {
         if let Some(v) = env.get(var) {
             civo.insert(key.into(), Value::String(v.trim().to_owned()));
         }
@@ -365,7 +372,10 @@ fn civo_env(env: &EnvMap) -> Result<serde_json::Value, ConfigError> {
     }
     if let Some(v) = env.get("CIVO_NODE_AGENT_MONITOR_ONLY") {
         let b = parse_go_bool(v.trim()).ok_or_else(|| {
-            ConfigError::invalid("CIVO_NODE_AGENT_MONITOR_ONLY", format!("invalid value {v:?}: expected {GO_BOOL_FORMS}"))
+            ConfigError::invalid(
+                "CIVO_NODE_AGENT_MONITOR_ONLY",
+                format!("invalid value {v:?}: expected {GO_BOOL_FORMS}"),
+            )
         })?;
         policy.insert("monitor_only".into(), Value::Bool(b));
     }
@@ -443,11 +453,8 @@ impl Config {
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig.merge(Serialized::defaults(civo_env(env)?));
-        let ours: Vec<(String, String)> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("NODE_AGENT_"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let ours: Vec<(String, String)> =
+            env.iter().filter(|(k, _)| k.starts_with("NODE_AGENT_")).map(|(k, v)| (k.clone(), v.clone())).collect();
         // Comma lists in the environment become arrays.
         let list_keys = ["NODE_AGENT_CIVO__NODE_POOL_IDS"];
         let mut dict = figment::value::Dict::new();
@@ -516,16 +523,13 @@ impl Config {
         self.checkers_config()
             .build::<crate::node::NodeRef>()
             .map_err(|e| ConfigError::invalid("checkers", e.to_string()))?;
-        if self.agent.metrics_port == 0 {
-            return Err(ConfigError::invalid(
-                name("CIVO_NODE_AGENT_METRICS_PORT", "agent.metrics_port"),
-                "invalid value 0: expected a TCP port from 1 to 65535",
-            ));
-        }
         if self.agent.metrics_address.parse::<std::net::IpAddr>().is_err() {
             return Err(ConfigError::invalid(
                 "agent.metrics_address",
-                format!("invalid value {:?}: expected an IP address such as 0.0.0.0 or 127.0.0.1", self.agent.metrics_address),
+                format!(
+                    "invalid value {:?}: expected an IP address such as 0.0.0.0 or 127.0.0.1",
+                    self.agent.metrics_address
+                ),
             ));
         }
         for (field, d) in [
@@ -546,11 +550,14 @@ impl Config {
             ));
         }
         for id in &self.civo.node_pool_ids {
-            let ok = id.len() <= 63 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+            let ok =
+                id.len() <= 63 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
             if !ok {
                 return Err(ConfigError::invalid(
                     name("CIVO_NODE_POOL_IDS", "civo.node_pool_ids"),
-                    format!("invalid pool id {id:?}: expected a comma list of pool ids (letters, digits, '-', '_', '.')"),
+                    format!(
+                        "invalid pool id {id:?}: expected a comma list of pool ids (letters, digits, '-', '_', '.')"
+                    ),
                 ));
             }
         }
@@ -639,9 +646,8 @@ fn insert_path(dict: &mut figment::value::Dict, path: &str, value: figment::valu
             dict.insert(path.to_owned(), value);
         }
         Some((head, tail)) => {
-            let entry = dict
-                .entry(head.to_owned())
-                .or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
+            let entry =
+                dict.entry(head.to_owned()).or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
             if let figment::value::Value::Dict(_, inner) = entry {
                 insert_path(inner, tail, value);
             } else {
@@ -666,8 +672,8 @@ fn describe_figment(e: &figment::Error) -> String {
             line.push_str(": ");
         }
         line.push_str(&err.kind.to_string());
-        if let Some(src) = err.metadata.as_ref().and_then(|m| m.source.as_ref()) {
-            line.push_str(&format!(" (in {src})"));
+        if let Some(figment::Source::File(path)) = err.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            line.push_str(&format!(" (in {})", path.display()));
         }
         out.push(line);
     }

@@ -107,6 +107,13 @@ fn phase_reason(to: Phase) -> &'static str {
     }
 }
 
+/// `Reboot` for `reboot`: Event reasons and actions are CamelCase.
+fn camel(a: health_core::Action) -> String {
+    let s = a.as_str();
+    let mut c = s.chars();
+    c.next().map_or_else(String::new, |f| f.to_ascii_uppercase().to_string() + c.as_str())
+}
+
 fn uid(target: &AgentNode) -> Option<String> {
     target.node().metadata.uid.clone()
 }
@@ -124,17 +131,21 @@ impl Observer<NodeRef> for EventObserver {
         let _ = write!(
             note,
             "; reboots {}, failed actions {}, replacements {}; mode {}",
-            r.reboot_count, r.reboot_failures, r.replace_count, e.mode.as_str()
+            r.reboot_count,
+            r.reboot_failures,
+            r.replace_count,
+            e.mode.as_str()
         );
         let warning = !matches!(e.to, Phase::Healthy);
+        if e.from == Phase::Unknown && e.to == Phase::Healthy {
+            // First sight of a healthy node: not news (and 65,536 lines at start-up).
+            tracing::debug!(node = e.node, "first evaluation: healthy");
+            return;
+        }
         if warning {
             tracing::warn!(node = e.node, from = %e.from, to = %e.to, mode = e.mode.as_str(), detail = %note, "phase changed");
         } else {
             tracing::info!(node = e.node, from = %e.from, to = %e.to, mode = e.mode.as_str(), detail = %note, "phase changed");
-        }
-        // Healthy -> Healthy start-up transitions (Unknown -> Healthy) are not news.
-        if e.from == Phase::Unknown && e.to == Phase::Healthy {
-            return;
         }
         self.send(NodeEvent {
             node: e.node.to_owned(),
@@ -149,15 +160,15 @@ impl Observer<NodeRef> for EventObserver {
     fn on_action(&self, target: &NodeRef, e: &ActionEvent<'_>) {
         let (reason, note, warning) = match (e.mode, e.error) {
             (health_core::Mode::Monitor, _) => (
-                format!("{}Recorded", e.action),
+                format!("{}Recorded", camel(e.action)),
                 format!("{} decided in monitor-only mode: recorded, not executed", e.action),
                 false,
             ),
             (health_core::Mode::Active, None) => {
-                (format!("{}Issued", e.action), format!("{} issued", e.action), false)
+                (format!("{}Issued", camel(e.action)), format!("{} issued", e.action), false)
             }
             (health_core::Mode::Active, Some(err)) => {
-                (format!("{}Failed", e.action), format!("{} failed ({}): {err}", e.action, err.reason()), true)
+                (format!("{}Failed", camel(e.action)), format!("{} failed ({}): {err}", e.action, err.reason()), true)
             }
         };
         if warning {
@@ -171,7 +182,7 @@ impl Observer<NodeRef> for EventObserver {
             warning,
             reason,
             note,
-            action: e.action.to_string(),
+            action: camel(e.action),
         });
     }
 
@@ -207,7 +218,7 @@ impl Observer<NodeRef> for EventObserver {
             warning: true,
             reason: "RemediationHeld".into(),
             note,
-            action: e.hold.action.to_string(),
+            action: camel(e.hold.action),
         });
     }
 

@@ -20,8 +20,12 @@ fn exit(code: i32) -> ExitCode {
 
 fn init_tracing(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("NODE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -89,7 +93,10 @@ async fn real_main(cli: Cli) -> i32 {
             },
             None => ("built-in scenario".to_owned(), simulate::DEFAULT_SCENARIO.to_owned()),
         };
-        init_tracing(cli.global.log_format.unwrap_or_default(), if args.json { "error" } else { "error,agent_bin=off" });
+        init_tracing(
+            cli.global.log_format.unwrap_or_default(),
+            if args.json { "error" } else { "error,agent_bin=off" },
+        );
         let opts = simulate::SimulateOptions {
             scenario,
             speed: args.speed,
@@ -159,7 +166,8 @@ async fn real_main(cli: Cli) -> i32 {
             let draining = Arc::new(AtomicBool::new(false));
             let ip = config.agent.metrics_address.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
             let addr = SocketAddr::new(ip, config.agent.metrics_port);
-            let state = http::HttpState { recorder: recorder.clone(), health: health.clone(), draining: draining.clone() };
+            let state =
+                http::HttpState { recorder: recorder.clone(), health: health.clone(), draining: draining.clone() };
             let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
             let server = match http::serve(addr, state, async move {
                 let _ = http_stopped.await;

@@ -62,10 +62,7 @@ impl AgentNode {
 fn trim(full: &Node) -> Node {
     let m = &full.metadata;
     let annotations: Option<BTreeMap<String, String>> = m.annotations.as_ref().map(|a| {
-        a.iter()
-            .filter(|(k, _)| KEPT_ANNOTATIONS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        a.iter().filter(|(k, _)| KEPT_ANNOTATIONS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
     });
     let metadata = ObjectMeta {
         name: m.name.clone(),

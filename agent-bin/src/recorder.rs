@@ -30,7 +30,7 @@ struct HistState {
 
 struct Inner {
     registry: Registry<Key, AtomicStorage>,
-    help: Mutex<HashMap<String, (SharedString, Option<Unit>)>>,
+    help: Mutex<HashMap<String, (SharedString, &'static str)>>,
     hist: Mutex<HashMap<Key, HistState>>,
     global: indexmap::IndexMap<String, String>,
 }
@@ -72,8 +72,8 @@ impl AgentRecorder {
         metrics::set_global_recorder(self.clone())
     }
 
-    fn describe(&self, key: KeyName, unit: Option<Unit>, help: SharedString) {
-        self.inner.help.lock().insert(key.as_str().to_owned(), (help, unit));
+    fn describe(&self, key: KeyName, kind: &'static str, help: SharedString) {
+        self.inner.help.lock().insert(key.as_str().to_owned(), (help, kind));
     }
 
     /// Renders every series in the Prometheus text format.
@@ -107,6 +107,12 @@ impl AgentRecorder {
             let labels = LabelSet::from_key_and_global(key, &self.inner.global);
             histograms.entry(key.name().to_owned()).or_default().push((labels, key.clone()));
         });
+        for series in counters.values_mut() {
+            series.sort_by_cached_key(|(l, _)| l.to_strings().collect::<Vec<_>>());
+        }
+        for series in gauges.values_mut() {
+            series.sort_by_cached_key(|(l, _)| l.to_strings().collect::<Vec<_>>());
+        }
         let help = self.inner.help.lock();
         let mut out = String::new();
         let header = |out: &mut String, name: &str, kind: &str| {
@@ -138,19 +144,35 @@ impl AgentRecorder {
                 write_metric_line::<&str, u64>(&mut out, name, Some("count"), labels, None, state.count, None);
             }
         }
+        // Described metrics without a series yet (no action so far, say) still
+        // announce themselves, so dashboards and `promtool` see every name.
+        let mut idle: Vec<(&String, &'static str)> = help
+            .iter()
+            .filter(|(name, _)| {
+                !counters.contains_key(*name) && !gauges.contains_key(*name) && !histograms.contains_key(*name)
+            })
+            .map(|(name, (_, kind))| (name, *kind))
+            .collect();
+        idle.sort();
+        for (name, kind) in idle {
+            header(&mut out, name, kind);
+        }
         out
     }
 }
 
 impl Recorder for AgentRecorder {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.describe(key, unit, description);
+        let _ = unit;
+        self.describe(key, "counter", description);
     }
     fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.describe(key, unit, description);
+        let _ = unit;
+        self.describe(key, "gauge", description);
     }
     fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
-        self.describe(key, unit, description);
+        let _ = unit;
+        self.describe(key, "histogram", description);
     }
     fn register_counter(&self, key: &Key, _metadata: &Metadata<'_>) -> Counter {
         self.inner.registry.get_or_create_counter(key, |c| Counter::from_arc(c.clone()))

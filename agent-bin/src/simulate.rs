@@ -258,11 +258,8 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
     let health = Arc::new(HealthManager::new());
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(port) = opts.metrics_port {
-        let state = crate::http::HttpState {
-            recorder: recorder.clone(),
-            health: health.clone(),
-            draining: Arc::default(),
-        };
+        let state =
+            crate::http::HttpState { recorder: recorder.clone(), health: health.clone(), draining: Arc::default() };
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let (bound, _h) = crate::http::serve(addr, state, async move {
             let _ = http_stopped.await;
@@ -274,13 +271,7 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
         }
     }
     scenario.spawn(sim.cluster().clone())?;
-    let deps = Deps {
-        recorder,
-        health,
-        observers: vec![printer.clone()],
-        once: false,
-        kube_config: Some(kube_config),
-    };
+    let deps = Deps { recorder, health, observers: vec![printer.clone()], once: false, kube_config: Some(kube_config) };
     let run = agent::run(config, deps, tokio::time::sleep(opts.duration)).await?;
     let _ = stop_http.send(());
 
@@ -328,7 +319,11 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
 #[must_use]
 pub fn table(s: &Summary) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<30} {:<9} {:<15} {:>7} {:>8} {:>8}", "NODE", "CLASS", "PHASE", "REBOOTS", "REPLACES", "FAILURES");
+    let _ = writeln!(
+        out,
+        "{:<30} {:<9} {:<15} {:>7} {:>8} {:>8}",
+        "NODE", "CLASS", "PHASE", "REBOOTS", "REPLACES", "FAILURES"
+    );
     for n in &s.nodes {
         let _ = writeln!(
             out,

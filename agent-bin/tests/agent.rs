@@ -1,0 +1,340 @@
+//! Black-box tests: the built `node-agent` against cluster-sim, one per
+//! behaviour of the Civo agent's test plan, plus the safety cases.
+
+mod common;
+
+use std::time::Duration;
+
+use cluster_sim::{CivoFault, Fault, RebootBehaviour};
+use common::*;
+
+fn unfixable(sim: &cluster_sim::SimServer, node: &str) {
+    sim.cluster().set_reboot(node, RebootBehaviour { fixes: false, takes: Duration::from_millis(300) });
+}
+
+fn gpu_node(sim: &cluster_sim::SimServer) -> String {
+    sim.cluster().instances().into_iter().find(|i| i.gpus > 0).unwrap().hostname
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_only_counts_and_logs_but_never_calls_civo() {
+    let sim = sim(3, 0, 1).await;
+    let dir = scratch("monitor");
+    let node = sim.cluster().node_names()[0].clone();
+    let mut agent = spawn(&sim, &dir, FAST_POLICY, &civo_env(&sim)).await;
+    sim.cluster().inject(&node, Fault::NotReady).unwrap();
+    agent.transition(&node, "WaitingReboot").await;
+    let first = agent.action(&node, "reboot").await;
+    assert_eq!(field(&first, "mode"), Some("monitor"));
+    // The identical lifecycle: retries, then Failed, all recorded only.
+    agent.transition(&node, "Failed").await;
+    assert_eq!(hard_reboots(&sim), 0, "monitor-only must not call Civo");
+    let (_, metrics) = agent.get("/metrics").await;
+    let line =
+        format!("civo_node_agent_recovery_actions_total{{node=\"{node}\",action=\"reboot\",mode=\"monitor\"}} 2");
+    assert!(metrics.contains(&line), "{metrics}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_mode_reboots_once_per_wait_then_gpu_nodes_fail() {
+    let sim = sim(2, 1, 1).await;
+    let dir = scratch("active-gpu");
+    let gpu = gpu_node(&sim);
+    unfixable(&sim, &gpu);
+    let mut env = civo_env(&sim);
+    env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
+    let mut agent = spawn(&sim, &dir, FAST_POLICY, &env).await;
+    sim.cluster().inject(&gpu, Fault::GpuLost).unwrap();
+    let started = tokio::time::Instant::now();
+    agent.action(&gpu, "reboot").await;
+    assert_eq!(hard_reboots(&sim), 1, "exactly one hard_reboots call per reboot");
+    agent.action(&gpu, "reboot").await;
+    assert!(started.elapsed() >= Duration::from_secs(2), "the second reboot waited the reboot wait");
+    agent.transition(&gpu, "Failed").await;
+    assert_eq!(hard_reboots(&sim), 2, "max_reboot_retries = 2");
+    assert_eq!(pool_deletes(&sim), 0, "GPU nodes are never replaced");
+    // A Failed node recovers when its checks pass.
+    sim.cluster().heal(&gpu).unwrap();
+    agent.transition(&gpu, "Healthy").await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_nodes_are_drained_and_replaced_when_enabled() {
+    let sim = sim(3, 0, 1).await;
+    let dir = scratch("replace");
+    let node = sim.cluster().node_names()[1].clone();
+    unfixable(&sim, &node);
+    let mut env = civo_env(&sim);
+    env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
+    env.push(("NODE_AGENT_POLICY__ESCALATION__REPLACE".into(), "true".into()));
+    let mut agent = spawn(&sim, &dir, FAST_POLICY, &env).await;
+    sim.cluster().inject(&node, Fault::NotReady).unwrap();
+    agent.transition(&node, "Draining").await;
+    assert_eq!(hard_reboots(&sim), 2);
+    let drain = agent.action(&node, "drain").await;
+    assert_eq!(message(&drain), "action", "the drain succeeded: {drain}");
+    assert_eq!(pool_deletes(&sim), 0, "no replacement before the drain finished");
+    agent.action(&node, "replace").await;
+    assert_eq!(pool_deletes(&sim), 1, "one pool delete");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn civo_api_failures_past_the_limit_send_the_node_to_failed() {
+    let sim = sim(3, 0, 1).await;
+    let dir = scratch("civo-fail");
+    let node = sim.cluster().node_names()[2].clone();
+    sim.cluster().civo_fail_next(CivoFault { skip: 0, status: 500, delay: Duration::ZERO, calls: 1000 });
+    let mut env = civo_env(&sim);
+    env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
+    let mut agent = spawn(&sim, &dir, FAST_POLICY, &env).await;
+    sim.cluster().inject(&node, Fault::NotReady).unwrap();
+    for _ in 0..4 {
+        let a = agent.action(&node, "reboot").await;
+        assert_eq!(message(&a), "action failed", "{a}");
+    }
+    agent.transition(&node, "Failed").await;
+    let (_, metrics) = agent.get("/metrics").await;
+    let line = format!("civo_node_agent_recovery_failures_total{{node=\"{node}\",action=\"reboot\"}} 4");
+    assert!(metrics.contains(&line), "{metrics}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_not_ready_nodes_reboots_nothing() {
+    let sim = sim(5, 0, 1).await;
+    let dir = scratch("storm");
+    let mut env = civo_env(&sim);
+    env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
+    let mut agent = spawn(&sim, &dir, FAST_POLICY, &env).await;
+    let names = sim.cluster().node_names();
+    for n in &names {
+        sim.cluster().inject(n, Fault::NotReady).unwrap();
+    }
+    let storm = agent.wait_for("the storm guard", |v| message(v).starts_with("storm guard engaged")).await;
+    assert_eq!(storm["fields"]["unhealthy"], 5, "{storm}");
+    // Past every threshold and several reboot waits: holds, never reboots.
+    for n in &names {
+        let n = n.clone();
+        agent
+            .wait_for("a hold", move |v| {
+                message(v) == "action held back"
+                    && field(v, "node") == Some(&n)
+                    && field(v, "gate") == Some("StormGuard")
+            })
+            .await;
+    }
+    let (_, metrics) = agent.get("/metrics").await;
+    assert!(metrics.contains("civo_node_agent_storm_guard_active 1"), "{metrics}");
+    assert_eq!(hard_reboots(&sim), 0);
+    let events = sim.cluster().events();
+    assert!(events.iter().any(|e| e.to_string().contains("storm guard")), "an Event says why: {events:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_waiting_reboot_does_not_reboot_again_early() {
+    for backend in ["file", "kubernetes"] {
+        let sim = sim(3, 0, 1).await;
+        let dir = scratch(&format!("kill9-{backend}"));
+        let node = sim.cluster().node_names()[0].clone();
+        unfixable(&sim, &node);
+        let config = FAST_POLICY
+            .replace(
+                "backend = \"memory\"",
+                &format!("backend = \"{backend}\"\npath = \"{}\"", dir.join("state.json").display()),
+            )
+            .replace("reboot_wait = \"2s\"", "reboot_wait = \"6s\"")
+            .replace("max_reboot_retries = 2", "max_reboot_retries = 5");
+        let mut env = civo_env(&sim);
+        env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
+        let mut agent = spawn(&sim, &dir, &config, &env).await;
+        sim.cluster().inject(&node, Fault::NotReady).unwrap();
+        agent.action(&node, "reboot").await;
+        let first = tokio::time::Instant::now();
+        agent.kill9().await;
+        let mut agent = spawn(&sim, &dir, &config, &env).await;
+        let restored = agent.wait_for("restore", |v| message(v) == "state restored").await;
+        assert_eq!(restored["fields"]["records"], 3, "{backend}: {restored}");
+        agent.action(&node, "reboot").await;
+        assert!(
+            first.elapsed() >= Duration::from_secs(5),
+            "{backend}: second reboot {:?} after the first (wait 6s)",
+            first.elapsed()
+        );
+        assert_eq!(hard_reboots(&sim), 2, "{backend}");
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_hold_the_civo_series() {
+    let sim = sim(2, 1, 1).await;
+    let dir = scratch("promtool");
+    let node = sim.cluster().node_names()[0].clone();
+    let mut agent = spawn(&sim, &dir, FAST_POLICY, &civo_env(&sim)).await;
+    sim.cluster().inject(&node, Fault::NotReady).unwrap();
+    agent.action(&node, "reboot").await;
+    let (code, metrics) = agent.get("/metrics").await;
+    assert_eq!(code, 200);
+    for series in [
+        "civo_node_agent_info{",
+        "civo_node_agent_health_check_total{node=",
+        "civo_node_agent_recovery_actions_total{node=",
+        "# TYPE civo_node_agent_recovery_failures_total counter",
+        "# TYPE civo_node_agent_reconcile_errors_total counter",
+        "civo_node_agent_node_unhealthy_duration_seconds{node=",
+        "civo_node_agent_recovery_phase{node=",
+    ] {
+        assert!(metrics.contains(series), "missing {series}:\n{metrics}");
+    }
+    assert!(metrics.contains(",result=\"fail\"}"));
+    assert!(metrics.contains(&format!("{{node=\"{node}\",phase=\"WaitingReboot\"}} 1")), "{metrics}");
+    if std::process::Command::new("promtool").arg("--version").output().is_ok() {
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), metrics.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        println!("skipping promtool: not installed (Debian package prometheus)");
+    }
+    let (code, ready) = agent.get("/readyz").await;
+    assert_eq!(code, 200, "{ready}");
+    let (code, watch) = agent.get("/components/kube-watch").await;
+    assert_eq!(code, 200, "{watch}");
+    assert!(watch.contains("\"synced\":\"true\""), "{watch}");
+    assert_eq!(agent.get("/components/nope").await.0, 404);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_node_loses_its_series_and_a_steady_one_keeps_them() {
+    let sim = sim(3, 0, 1).await;
+    let dir = scratch("series");
+    let names = sim.cluster().node_names();
+    let mut agent = spawn(&sim, &dir, FAST_POLICY, &civo_env(&sim)).await;
+    agent.wait_for("the first list", |v| message(v).starts_with("node list complete")).await;
+    let (_, before) = agent.get("/metrics").await;
+    assert!(before.contains(&format!("node=\"{}\"", names[0])));
+    sim.cluster().inject(&names[1], Fault::NotReady).unwrap();
+    agent.transition(&names[1], "Unhealthy").await;
+    let gone = names[0].clone();
+    let api = format!("{}/api/v1/nodes/{gone}", sim.kube_url());
+    recovery_exec::install_crypto_provider();
+    let r = reqwest::Client::new().delete(api).send().await.unwrap();
+    assert!(r.status().is_success());
+    sim.cluster().inject(&names[2], Fault::NotReady).unwrap();
+    agent.transition(&names[2], "Unhealthy").await;
+    let (_, after) = agent.get("/metrics").await;
+    assert!(!after.contains(&format!("node=\"{gone}\"")), "departed node's series remain:\n{after}");
+    assert!(after.contains(&format!("node=\"{}\"", names[1])), "{after}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_ids_select_the_right_nodes() {
+    let sim = sim(6, 0, 3).await;
+    let dir = scratch("pools");
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let pools: Vec<String> = (0..3).map(cluster_sim::pool_id).collect();
+    let cases =
+        [(String::new(), 6), (pools[0].clone(), 2), (pools.join(","), 6), (format!("{},{}", pools[1], pools[2]), 4)];
+    for (ids, want) in cases {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "check", "--json"])
+            .env_clear()
+            .env("CIVO_NODE_POOL_IDS", &ids)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let mut nodes: Vec<&str> = rows.iter().map(|r| r["node"].as_str().unwrap()).collect();
+        nodes.dedup();
+        assert_eq!(nodes.len(), want, "CIVO_NODE_POOL_IDS={ids:?}");
+        assert!(rows.iter().all(|r| r["result"] == "pass" || r["result"] == "skip"), "{rows:?}");
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_does_one_pass_and_exits_zero() {
+    let sim = sim(2, 0, 1).await;
+    let dir = scratch("once");
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "--log-format", "json", "run", "--once"])
+        .env_clear()
+        .env("NODE_AGENT_AGENT__METRICS_PORT", "0")
+        .env("NODE_AGENT_STORE__BACKEND", "memory")
+        .output()
+        .await
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("node list complete"), "{log}");
+    sim.shutdown().await;
+}
+
+#[test]
+fn validate_config_names_the_field_of_each_broken_input() {
+    let dir = scratch("validate");
+    let file = dir.join("bad.toml");
+    let cases: &[(&[(&str, &str)], Option<&str>, &str)] = &[
+        (&[("NODE_AGENT_POLICY__REBOOT_WAIT", "10 minutes-ish")], None, "reboot_wait"),
+        (&[("NODE_AGENT_POLICY__NOPE", "1")], None, "nope"),
+        (&[("CIVO_NODE_MAX_REBOOT_RETRIES", "-3")], None, "CIVO_NODE_MAX_REBOOT_RETRIES"),
+        (&[("NODE_AGENT_POLICY__GATES__MAX_UNHEALTHY", "150%")], None, "max_unhealthy"),
+        (&[("CIVO_NODE_AGENT_MONITOR_ONLY", "maybe")], None, "CIVO_NODE_AGENT_MONITOR_ONLY"),
+        (&[("CIVO_NODE_AGENT_METRICS_PORT", "70000")], None, "CIVO_NODE_AGENT_METRICS_PORT"),
+        (&[("CIVO_NODE_AGENT_MONITOR_ONLY", "false"), ("CIVO_API_KEY", "")], None, "CIVO_API_KEY"),
+        (&[("CIVO_NODE_REBOOT_WAIT_MINUTES", "0")], None, "CIVO_NODE_REBOOT_WAIT_MINUTES"),
+        (&[("CIVO_GPU_NODE_REBOOT_WAIT_MINUTES", "forty")], None, "CIVO_GPU_NODE_REBOOT_WAIT_MINUTES"),
+        (&[("CIVO_API_URL", "ftp://api.civo.com")], None, "CIVO_API_URL"),
+        (&[("CIVO_NODE_POOL_IDS", "a b")], None, "CIVO_NODE_POOL_IDS"),
+        (&[], Some("[policy]\nmax_reboot_failures = 50\n"), "max_reboot_failures"),
+        (&[], Some("[polcy]\nreboot_wait = \"5m\"\n"), "polcy"),
+        (&[], Some("[[checkers]]\nkind = \"node-ready\"\nthreshold = \"soon\"\n"), "threshold"),
+        (&[], Some("[kube]\ncall_timeout = \"0s\"\n"), "kube.call_timeout"),
+        (&[], Some("not toml ["), "bad.toml"),
+    ];
+    for (env, toml, needle) in cases {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"));
+        cmd.env_clear().envs(env.iter().copied());
+        if let Some(t) = toml {
+            std::fs::write(&file, t).unwrap();
+            cmd.arg("--config").arg(&file);
+        }
+        let out = cmd.arg("validate-config").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?} {toml:?}: {err}");
+        assert!(err.contains(needle), "{env:?} {toml:?}: {needle} not in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .env_clear()
+        .env("CIVO_API_KEY", "very-secret-key")
+        .arg("validate-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("very-secret-key") && text.contains("<redacted>"), "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent")).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "usage errors exit 64");
+}

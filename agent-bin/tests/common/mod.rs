@@ -1,0 +1,207 @@
+//! Runs the built `node-agent` binary against an in-process cluster-sim and
+//! reads its JSON log lines: tests wait for what the agent says it did, never
+//! for a fixed time.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cluster_sim::{ClusterConfig, Ports, SimServer};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+/// The longest a test waits for one log line.
+pub const WAIT: Duration = Duration::from_secs(40);
+
+/// A policy at test speed: thresholds 1s, reboot waits 2s, two retries.
+pub const FAST_POLICY: &str = r#"
+[agent]
+metrics_port = 0
+metrics_address = "127.0.0.1"
+
+[store]
+backend = "memory"
+
+[kube]
+events = true
+
+[policy]
+reboot_wait = "2s"
+gpu_reboot_wait = "2s"
+max_reboot_retries = 2
+history_reset_after = "1m"
+
+[policy.failure_backoff]
+initial = "200ms"
+max = "1s"
+
+[policy.escalation]
+replace_wait = "30s"
+
+[policy.gates]
+startup_grace = "0s"
+max_in_flight = "100%"
+
+[[checkers]]
+kind = "node-ready"
+threshold = "1s"
+
+[[checkers]]
+kind = "gpu"
+threshold = "1s"
+"#;
+
+/// Starts a simulated cluster.
+pub async fn sim(nodes: u32, gpu_nodes: u32, pools: u32) -> SimServer {
+    let config = ClusterConfig {
+        nodes,
+        gpu_nodes,
+        pools,
+        reboot_takes: Duration::from_millis(300),
+        replace_takes: Duration::from_millis(500),
+        ..ClusterConfig::default()
+    };
+    SimServer::start(config, Ports::default()).await.expect("simulator starts")
+}
+
+/// A scratch directory for one test.
+pub fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("node-agent-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The agent process and its log.
+pub struct Agent {
+    pub child: Child,
+    lines: Lines<BufReader<ChildStderr>>,
+    /// Every line read so far.
+    pub seen: Vec<Value>,
+    /// The bound metrics address, once logged.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The environment a Civo user sets, pointed at the simulator.
+pub fn civo_env(sim: &SimServer) -> Vec<(String, String)> {
+    let c = sim.cluster().config();
+    vec![
+        ("CIVO_API_KEY".into(), c.civo_key.clone()),
+        ("CIVO_API_URL".into(), sim.civo_url()),
+        ("CIVO_CLUSTER_ID".into(), c.cluster_id.clone()),
+        ("CIVO_REGION".into(), c.region.clone()),
+    ]
+}
+
+/// Writes the kubeconfig and config file, and starts `node-agent run`.
+pub async fn spawn(sim: &SimServer, dir: &std::path::Path, config: &str, env: &[(String, String)]) -> Agent {
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_node-agent"));
+    cmd.arg("--config")
+        .arg(&file)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--log-format")
+        .arg("json")
+        .arg("run")
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("node-agent starts");
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut agent = Agent { child, lines, seen: Vec::new(), metrics: None };
+    let serving = agent.wait_for("the HTTP port", |v| message(v) == "serving /metrics, /healthz, /readyz").await;
+    agent.metrics = field(&serving, "address").and_then(|a| a.parse().ok());
+    agent
+}
+
+/// The `message` of a log line.
+pub fn message(v: &Value) -> &str {
+    v["fields"]["message"].as_str().unwrap_or("")
+}
+
+/// A field of a log line.
+pub fn field<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
+    v["fields"][name].as_str()
+}
+
+impl Agent {
+    /// Reads log lines until one matches (panics after [`WAIT`] or at exit).
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}; log so far:\n{}", self.dump()));
+            let Some(line) = line.expect("reads the log") else {
+                panic!("node-agent exited while waiting for {what}; log:\n{}", self.dump());
+            };
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// Waits for a phase transition of `node` to `to`.
+    pub async fn transition(&mut self, node: &str, to: &str) -> Value {
+        let n = node.to_owned();
+        let t = to.to_owned();
+        self.wait_for(&format!("{node} -> {to}"), move |v| {
+            message(v) == "phase changed" && field(v, "node") == Some(&n) && field(v, "to") == Some(&t)
+        })
+        .await
+    }
+
+    /// Waits for an action log line of `node` (`action` or `action failed`).
+    pub async fn action(&mut self, node: &str, action: &str) -> Value {
+        let n = node.to_owned();
+        let a = action.to_owned();
+        self.wait_for(&format!("{action} of {node}"), move |v| {
+            (message(v) == "action" || message(v) == "action failed")
+                && field(v, "node") == Some(&n)
+                && field(v, "action") == Some(&a)
+        })
+        .await
+    }
+
+    /// The log so far, one line per entry.
+    pub fn dump(&self) -> String {
+        self.seen.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+    }
+
+    /// GETs a path of the agent's HTTP port.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let addr = self.metrics.expect("metrics address logged");
+        recovery_exec::install_crypto_provider();
+        let r = reqwest::get(format!("http://{addr}{path}")).await.expect("the agent answers");
+        let code = r.status().as_u16();
+        (code, r.text().await.unwrap_or_default())
+    }
+
+    /// Sends SIGKILL.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// Hard reboot calls the simulated Civo API answered, any status.
+pub fn hard_reboots(sim: &SimServer) -> usize {
+    sim.cluster().civo_calls().iter().filter(|c| c.method == "POST" && c.path.contains("/hard_reboots")).count()
+}
+
+/// Pool deletions the simulated Civo API received.
+pub fn pool_deletes(sim: &SimServer) -> usize {
+    sim.cluster().civo_calls().iter().filter(|c| c.method == "DELETE" && c.path.contains("/pools/")).count()
+}
