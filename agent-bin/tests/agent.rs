@@ -295,7 +295,9 @@ async fn run_once_does_one_pass_and_exits_zero() {
 fn validate_config_names_the_field_of_each_broken_input() {
     let dir = scratch("validate");
     let file = dir.join("bad.toml");
-    let cases: &[(&[(&str, &str)], Option<&str>, &str)] = &[
+    /// (environment, config file, what the error must name)
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+    let cases: &[Case<'_>] = &[
         (&[("NODE_AGENT_POLICY__REBOOT_WAIT", "10 minutes-ish")], None, "reboot_wait"),
         (&[("NODE_AGENT_POLICY__NOPE", "1")], None, "nope"),
         (&[("CIVO_NODE_MAX_REBOOT_RETRIES", "-3")], None, "CIVO_NODE_MAX_REBOOT_RETRIES"),

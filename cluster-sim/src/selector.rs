@@ -122,9 +122,7 @@ impl Selectors {
                     return Err(ApiError::bad_request(&format!("invalid field selector {f:?}: expected field=value")));
                 };
                 let supported = match kind {
-                    Kind::Pod => {
-                        ["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"].contains(&k)
-                    }
+                    Kind::Pod => ["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"].contains(&k),
                     _ => ["metadata.name", "metadata.namespace"].contains(&k),
                 };
                 if !supported {
