@@ -146,9 +146,6 @@ pub struct AgentSection {
     pub metrics_address: String,
     /// `--log-format`.
     pub log_format: LogFormat,
-    /// How long in-flight work may take after SIGTERM.
-    #[serde(with = "duration_str")]
-    pub shutdown_grace: Duration,
     /// The name Events are reported under (the pod or host name).
     pub instance: String,
 }
@@ -159,7 +156,6 @@ impl Default for AgentSection {
             metrics_port: DEFAULT_METRICS_PORT,
             metrics_address: "0.0.0.0".to_owned(),
             log_format: LogFormat::Text,
-            shutdown_grace: Duration::from_secs(30),
             instance: String::new(),
         }
     }

@@ -340,3 +340,38 @@ fn validate_config_names_the_field_of_each_broken_input() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent")).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(64), "usage errors exit 64");
 }
+
+#[test]
+fn the_annotated_example_config_is_valid() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["--config", file, "validate-config"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn simulate_runs_the_built_in_scenario_and_reports_json() {
+    let started = std::time::Instant::now();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_node-agent")).args(["simulate", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = s["nodes"].as_array().unwrap();
+    assert!(nodes.len() >= 12, "{s}");
+    for key in ["name", "class", "phase", "reboots", "replaces", "failures"] {
+        assert!(nodes.iter().all(|n| n.get(key).is_some()), "{key}: {s}");
+    }
+    assert_eq!(nodes.iter().filter(|n| n["class"] == "gpu").count(), 3, "{s}");
+    assert_eq!(s["storm_guard_engaged"], true, "the control-plane blip engages the storm guard: {s}");
+    // Every reboot the agent counted reached the Civo API exactly once
+    // (failed reboots reached it too).
+    let reboots = s["totals"]["reboots"].as_u64().unwrap();
+    assert!(reboots >= 5, "{s}");
+    assert!(s["civo_calls"]["hard_reboots"].as_u64().unwrap() >= reboots, "{s}");
+    assert_eq!(s["civo_calls"]["pool_deletes"], s["totals"]["replaces"], "{s}");
+    assert_eq!(s["totals"]["replaces"], 1, "the fault no reboot fixes ends in a replacement: {s}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(90), "took {:?}", started.elapsed());
+}
