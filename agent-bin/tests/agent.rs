@@ -375,3 +375,50 @@ fn simulate_runs_the_built_in_scenario_and_reports_json() {
     assert_eq!(s["totals"]["replaces"], 1, "the fault no reboot fixes ends in a replacement: {s}");
     assert!(started.elapsed() < std::time::Duration::from_secs(90), "took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outage_holds_every_action_until_the_cache_is_synced_again() {
+    let first = sim(3, 0, 1).await;
+    let cluster = first.cluster().clone();
+    let port = |url: String| url.rsplit(':').next().unwrap().trim_end_matches('/').parse::<u16>().unwrap();
+    let (kube_port, civo_port) = (port(first.kube_url()), port(first.civo_url()));
+    let dir = scratch("outage");
+    let node = cluster.node_names()[0].clone();
+    let mut env = civo_env(&first);
+    env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
+    let config = FAST_POLICY.replacen("threshold = \"1s\"", "threshold = \"3s\"", 1);
+    let mut agent = spawn(&first, &dir, &config, &env).await;
+    agent.wait_for("the first list", |v| message(v).starts_with("node list complete")).await;
+    cluster.inject(&node, Fault::NotReady).unwrap();
+    agent.transition(&node, "Unhealthy").await;
+    // The API server goes away before the 3s threshold expires; when it
+    // does, the agent must hold the reboot: it cannot trust what it sees.
+    first.shutdown().await;
+    agent.wait_for("the watch failure", |v| message(v).starts_with("node watch failed")).await;
+    let n = node.clone();
+    agent
+        .wait_for("a SourceStale hold", move |v| {
+            message(v) == "action held back" && field(v, "node") == Some(&n) && field(v, "gate") == Some("SourceStale")
+        })
+        .await;
+    let back =
+        cluster_sim::SimServer::serve_cluster(cluster.clone(), cluster_sim::Ports { kube: kube_port, civo: civo_port })
+            .await
+            .unwrap();
+    // A fresh, complete list comes first; only then the reboot.
+    agent.wait_for("a fresh list", |v| message(v).starts_with("node list complete")).await;
+    let reboot = agent.action(&node, "reboot").await;
+    assert_eq!(message(&reboot), "action", "{reboot}");
+    let lists: Vec<usize> = agent
+        .seen
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| message(v).starts_with("node list complete"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(lists.len() >= 2, "{}", agent.dump());
+    let stale_actions = agent.seen[..lists[lists.len() - 1]].iter().filter(|v| message(v) == "action").count();
+    assert_eq!(stale_actions, 0, "no action while the cache was stale:\n{}", agent.dump());
+    assert_eq!(hard_reboots(&back), 1);
+    back.shutdown().await;
+}

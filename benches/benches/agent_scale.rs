@@ -1,0 +1,166 @@
+//! Scale harness of the built `node-agent` against `cluster-sim serve` in a
+//! separate process: time to the first complete sync, agent RSS at steady
+//! state and after a burst of node updates, and Node event -> decision
+//! latency (p50/p99). Prints figures; asserts nothing about time.
+//!
+//! Build both binaries first (release), then run:
+//!
+//! ```sh
+//! cargo build --release -p agent-bin -p cluster-sim
+//! AGENT_SCALE_NODES=10000,65536 cargo bench -p benches --bench agent_scale
+//! ```
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn bin(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::var_os(format!("{}_BIN", name.to_ascii_uppercase().replace('-', "_")))
+        .map_or_else(|| root.join("target/release").join(name), PathBuf::from)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn run(nodes: u32, burst: usize) {
+    let dir = std::env::temp_dir().join(format!("agent-scale-{}-{nodes}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    let t0 = Instant::now();
+    let mut sim = Command::new(bin("cluster-sim"))
+        .args(["serve", "--nodes", &nodes.to_string(), "--kubeconfig-out"])
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cluster-sim serve starts (build it with cargo build --release -p cluster-sim)");
+    let mut sim_out = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let line = sim_out.next_line().await.unwrap().expect("cluster-sim prints its URLs");
+    let urls: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let kube_url = urls["kube_url"].as_str().unwrap().to_owned();
+    println!("agent_scale/{nodes}: simulator up in {:.1?}", t0.elapsed());
+
+    let t1 = Instant::now();
+    let mut agent = Command::new(bin("node-agent"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--log-format", "json", "run"])
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("NODE_AGENT_AGENT__METRICS_PORT", "0")
+        .env("NODE_AGENT_AGENT__METRICS_ADDRESS", "127.0.0.1")
+        .env("NODE_AGENT_STORE__BACKEND", "memory")
+        .env("NODE_AGENT_KUBE__EVENTS", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node-agent starts (build it with cargo build --release -p agent-bin)");
+    let pid = agent.id().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, serde_json::Value)>();
+    let mut log = BufReader::new(agent.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = log.next_line().await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                let _ = tx.send((Instant::now(), v));
+            }
+        }
+    });
+    let msg = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
+    loop {
+        let (at, v) = rx.recv().await.expect("agent log");
+        if msg(&v).starts_with("node list complete") {
+            println!("agent_scale/{nodes}: first complete sync {:.2?} after start", at - t1);
+            break;
+        }
+    }
+    // Let the first pass finish.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let steady = rss_kib(pid);
+    println!(
+        "agent_scale/{nodes}: RSS at steady state {:.1} MiB (target <= {:.1} MiB)",
+        steady as f64 / 1024.0,
+        64.0 + nodes as f64 / 1024.0
+    );
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let names: Vec<String> = (1..=burst as u32).map(|i| format!("k3s-sim-std-5a1c-node-{i:05}")).collect();
+    let body = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}});
+    let mut sent = std::collections::HashMap::new();
+    for n in &names {
+        let r = http
+            .patch(format!("{kube_url}/api/v1/nodes/{n}/status"))
+            .header("content-type", "application/strategic-merge-patch+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{n}: {}", r.status());
+        sent.insert(n.clone(), Instant::now());
+    }
+    let mut lat = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lat.len() < burst && Instant::now() < deadline {
+        let Ok(Some((at, v))) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else { break };
+        if msg(&v) == "phase changed"
+            && v["fields"]["to"] == "Unhealthy"
+            && let Some(s) = v["fields"]["node"].as_str().and_then(|n| sent.get(n))
+        {
+            lat.push(at.saturating_duration_since(*s));
+        }
+    }
+    lat.sort();
+    println!(
+        "agent_scale/{nodes}: {} of {burst} updates decided; event -> decision p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or_default()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("agent_scale/{nodes}: RSS after the burst {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
+    let _ = agent.kill().await;
+    let _ = sim.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--quick" || a == "--list") {
+        println!("agent_scale: skipped in quick mode (run it with cargo bench -p benches --bench agent_scale)");
+        return;
+    }
+    for b in ["node-agent", "cluster-sim"] {
+        if !bin(b).exists() {
+            println!(
+                "agent_scale: {} not built; run cargo build --release -p agent-bin -p cluster-sim",
+                bin(b).display()
+            );
+            return;
+        }
+    }
+    let sizes = std::env::var("AGENT_SCALE_NODES").unwrap_or_else(|_| "10000".into());
+    for n in sizes.split(',').filter_map(|s| s.trim().parse::<u32>().ok()) {
+        run(n, 1000.min(n as usize / 10).max(1)).await;
+    }
+}
