@@ -260,27 +260,34 @@ pub async fn run(
         backoff_initial: Duration::from_millis(500),
         backoff_max: Duration::from_secs(30),
         errors_metric: errors_metric.clone(),
+        server: base.cluster_url.to_string(),
     };
     tasks.spawn(watch::watch_nodes(watch_client, watch_config, cache.clone(), health.clone()));
 
     let controls = engine.controls();
     let mut summary = RunSummary::default();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut last_generation = u64::MAX;
     let mut due = false;
     let mut last_pass = tokio::time::Instant::now();
+    // `--once` gives the first list a bounded time instead of waiting forever.
+    let once_deadline = deps.once.then(|| tokio::time::Instant::now() + config.kube.call_timeout * 2);
     loop {
-        let snap = cache.snapshot();
+        let snap = cache.take_changes(due);
         controls.set_source_stale(!snap.synced || snap.stale.is_some());
-        if snap.synced && (snap.generation != last_generation || due) {
-            last_generation = snap.generation;
+        let targets = if snap.full { &snap.all } else { &snap.changed };
+        if snap.synced && (snap.full || !targets.is_empty()) {
             due = false;
-            let report = engine.run_pass(&snap.nodes).await;
+            // A full pass when nodes came or went or a deadline is due; else
+            // only the nodes that changed (the others keep their state and
+            // still count in the budget).
+            let report = if snap.full { engine.run_pass(targets).await } else { engine.evaluate(targets).await };
             last_pass = tokio::time::Instant::now();
             summary.passes += 1;
-            summary.nodes = snap.nodes.len();
+            if snap.full {
+                summary.nodes = snap.all.len();
+            }
             let mut meta = BTreeMap::new();
-            meta.insert("nodes".to_owned(), snap.nodes.len().to_string());
+            meta.insert("nodes".to_owned(), summary.nodes.to_string());
             meta.insert("passes".to_owned(), summary.passes.to_string());
             if report.errors.is_empty() {
                 health.update("state-store", ComponentStatus::Healthy, "ok", BTreeMap::new());
@@ -316,6 +323,14 @@ pub async fn run(
                 due = true;
             }
             () = controls.changed() => { due = true; }
+            () = async { match once_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !snap.synced => {
+                tasks.shutdown().await;
+                return Err(RunError::Pass(format!(
+                    "no complete node list within {:?}: {}",
+                    config.kube.call_timeout * 2,
+                    snap.stale.unwrap_or_else(|| "the list did not finish".into())
+                )));
+            }
             () = &mut shutdown => {
                 tracing::info!("shutting down: no new evaluation starts");
                 break;

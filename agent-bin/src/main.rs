@@ -131,7 +131,7 @@ async fn real_main(cli: Cli) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    init_tracing(config.agent.log_format, "info");
+    init_tracing(config.agent.log_format, "info,kube_client=off");
     match command {
         Command::ValidateConfig => {
             println!("configuration is valid");

@@ -8,7 +8,7 @@
 //! that list is complete. Updates that change nothing the agent reads
 //! (heartbeats, images, resourceVersion) do not wake the evaluation loop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,25 @@ struct Inner {
     synced: bool,
     stale: Option<String>,
     generation: u64,
+    /// Nodes updated since the last [`NodeCache::take_changes`].
+    dirty: HashSet<String>,
+    /// Nodes added or removed (or a new list) since then.
+    membership: bool,
+}
+
+/// What changed since the last look, for an incremental evaluation.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Every node, when the set changed or a full pass was asked for; else empty.
+    pub all: Vec<NodeRef>,
+    /// The nodes updated since the last look (when `all` is empty).
+    pub changed: Vec<NodeRef>,
+    /// Whether `all` holds the full set.
+    pub full: bool,
+    /// Whether a complete list has been seen.
+    pub synced: bool,
+    /// Why the cache cannot be trusted right now, if it cannot.
+    pub stale: Option<String>,
 }
 
 /// The cache of selected Nodes, shared by the watch task and the loop.
@@ -80,6 +99,27 @@ impl NodeCache {
         Snapshot { nodes, synced: inner.synced, stale: inner.stale.clone(), generation: inner.generation }
     }
 
+    /// Takes what changed since the last call: the full set when nodes came
+    /// or went (or `full` is asked), else only the updated nodes. Nothing is
+    /// taken before the first complete list.
+    pub fn take_changes(&self, full: bool) -> Changes {
+        let mut inner = self.inner.lock();
+        let mut out = Changes { synced: inner.synced, stale: inner.stale.clone(), ..Changes::default() };
+        if !inner.synced {
+            return out;
+        }
+        if full || inner.membership {
+            out.full = true;
+            out.all = inner.nodes.values().cloned().collect();
+        } else {
+            let dirty = std::mem::take(&mut inner.dirty);
+            out.changed = dirty.iter().filter_map(|n| inner.nodes.get(n).cloned()).collect();
+        }
+        inner.membership = false;
+        inner.dirty.clear();
+        out
+    }
+
     fn bump(inner: &mut Inner, notify: &Notify) {
         inner.generation += 1;
         notify.notify_one();
@@ -92,7 +132,11 @@ impl NodeCache {
         if inner.nodes.get(&name).is_some_and(|old| **old == node) {
             return false;
         }
-        inner.nodes.insert(name, Arc::new(node));
+        if inner.nodes.insert(name.clone(), Arc::new(node)).is_none() {
+            inner.membership = true;
+        } else {
+            inner.dirty.insert(name);
+        }
         Self::bump(&mut inner, &self.changed);
         true
     }
@@ -103,6 +147,7 @@ impl NodeCache {
         if inner.nodes.remove(name).is_none() {
             return false;
         }
+        inner.membership = true;
         Self::bump(&mut inner, &self.changed);
         true
     }
@@ -111,6 +156,8 @@ impl NodeCache {
     pub fn replace_all(&self, nodes: HashMap<String, NodeRef>) {
         let mut inner = self.inner.lock();
         inner.nodes = nodes;
+        inner.membership = true;
+        inner.dirty.clear();
         inner.synced = true;
         inner.stale = None;
         Self::bump(&mut inner, &self.changed);
@@ -135,6 +182,8 @@ pub struct WatchConfig {
     pub backoff_max: Duration,
     /// The metric name of reconcile errors.
     pub errors_metric: String,
+    /// The API server, for log lines.
+    pub server: String,
 }
 
 /// Runs the watch until the task is dropped (aborted).
@@ -184,6 +233,7 @@ pub async fn watch_nodes(client: Client, config: WatchConfig, cache: Arc<NodeCac
         metrics::counter!(config.errors_metric.clone(), "reason" => "watch").increment(1);
         tracing::warn!(
             error = %error,
+            server = %config.server,
             retry_in = ?backoff,
             "node watch failed: the cache is stale and no new action starts until a fresh list completes"
         );
