@@ -62,6 +62,8 @@ pub struct EngineConfig {
     /// When a node's state cannot be read or written, decide it again after
     /// this back-off (5s doubling up to 5m), never in a busy loop.
     pub store_retry: Backoff,
+    /// Time limit of one state-store call (load, save, delete, list). Default 30s.
+    pub store_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +76,7 @@ impl Default for EngineConfig {
             metrics_prefix: crate::metrics::DEFAULT_PREFIX.to_owned(),
             conflict_retries: 3,
             store_retry: Backoff { initial: Duration::from_secs(5), max: Duration::from_secs(300) },
+            store_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -101,6 +104,13 @@ impl EngineConfig {
         self
     }
 
+    /// Sets the time limit of one state-store call.
+    #[must_use]
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
     /// Sets the metric prefix.
     #[must_use]
     pub fn with_metrics_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -122,6 +132,7 @@ impl EngineConfig {
             ("action_timeout", self.action_timeout),
             ("drain_timeout", self.drain_timeout),
             ("store_retry.initial", self.store_retry.initial),
+            ("store_timeout", self.store_timeout),
         ] {
             if d.is_zero() {
                 return bad(field, "a positive duration such as \"30s\"");
@@ -422,6 +433,7 @@ impl<T: Target + 'static> EngineBuilder<T> {
         }
         let thresholds = self.checkers.iter().map(|c| c.threshold()).collect();
         let names = MetricNames::new(&self.config.metrics_prefix);
+        let store_timeout = self.config.store_timeout;
         names.describe();
         let globals = Globals {
             storm: names.gauge(&metrics::Key::from_name(names.storm_guard_active.clone())),
@@ -438,7 +450,7 @@ impl<T: Target + 'static> EngineBuilder<T> {
                 checker_names,
                 thresholds,
                 executor: self.executor,
-                store: self.store,
+                store: Arc::new(crate::store::TimedStore::new(self.store, store_timeout)),
                 observers: self.observers,
                 clock: self.clock,
                 remover: self.remover,

@@ -92,6 +92,7 @@ pub mod component;
 pub mod domain;
 pub mod engine;
 pub mod executor;
+pub mod fence;
 pub mod machine;
 pub mod metrics;
 pub mod observer;
@@ -106,11 +107,12 @@ pub use domain::{
 };
 pub use engine::{ActionRecord, Controls, Engine, EngineBuilder, EngineConfig, EngineError, PassReport, Target};
 pub use executor::{ExecError, Executor};
+pub use fence::LeaseFence;
 pub use machine::{Budget, Check, Decision, Hold, HoldReason, Observation, PhaseChange};
 pub use metrics::{MetricNames, SeriesKind, SeriesRemover};
 pub use observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
 pub use policy::{Backoff, Escalation, Gates, Limit, Policy, PolicyError};
-pub use store::{MemoryStore, StateStore, StoreError, Stored, Version};
+pub use store::{MemoryStore, StateStore, StoreError, Stored, TimedStore, Version};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, TokioClock};
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ pub struct Stored {
 
 /// A state store operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The compare-and-swap lost: the record changed (or appeared, or vanished)
     /// since it was read. Reload and decide again.
@@ -76,6 +77,19 @@ pub enum StoreError {
         key: String,
         /// What is wrong with it.
         message: String,
+    },
+    /// A stored record was written in a newer format than this build reads.
+    /// It is left untouched: upgrade the agent, or move the record away.
+    #[error(
+        "state of {key:?} was written in record format {found}; this build reads format {supported}: upgrade the agent or remove the record"
+    )]
+    NewerFormat {
+        /// The record's key.
+        key: String,
+        /// The format version found in the record.
+        found: u64,
+        /// The newest format this build reads.
+        supported: u32,
     },
     /// The backend failed (I/O, network, permissions).
     #[error("state store backend failed: {message}")]
@@ -154,6 +168,66 @@ impl<S: StateStore + ?Sized> StateStore for Box<S> {
     }
     async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
         (**self).list().await
+    }
+}
+
+/// A store whose every call has a deadline: a backend that accepts a
+/// request and never answers becomes a [`StoreError::Backend`] naming the
+/// call and the deadline, instead of a hang. The engine wraps its store in
+/// one ([`crate::EngineConfig::store_timeout`]).
+///
+/// A `save` or `delete` that timed out may still have been applied: the
+/// error says so, and the next compare-and-swap finds out.
+pub struct TimedStore {
+    inner: Arc<dyn StateStore>,
+    timeout: std::time::Duration,
+}
+
+impl fmt::Debug for TimedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimedStore").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl TimedStore {
+    /// Bounds every call of `inner` by `timeout`.
+    #[must_use]
+    pub fn new(inner: Arc<dyn StateStore>, timeout: std::time::Duration) -> Self {
+        TimedStore { inner, timeout }
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        key: &str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call).await.unwrap_or_else(|_| {
+            let maybe = if what == "load" || what == "list" { "" } else { "; it may have been applied" };
+            Err(StoreError::Backend {
+                message: format!("the store did not answer {what} {key:?} within {:?}{maybe}", self.timeout),
+                source: None,
+            })
+        })
+    }
+}
+
+#[async_trait]
+impl StateStore for TimedStore {
+    async fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        self.bounded("load", key, self.inner.load(key)).await
+    }
+
+    async fn save(&self, key: &str, record: &NodeRecord, expected: Option<&Version>) -> Result<Version, StoreError> {
+        self.bounded("save", key, self.inner.save(key, record, expected)).await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<&Version>) -> Result<(), StoreError> {
+        self.bounded("delete", key, self.inner.delete(key, expected)).await
+    }
+
+    async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
+        self.bounded("list", "*", self.inner.list()).await
     }
 }
 
@@ -236,6 +310,39 @@ impl StateStore for MemoryStore {
 mod tests {
     use super::*;
     use crate::domain::Phase;
+
+    /// A backend that accepts every call and never answers.
+    struct Silent;
+
+    #[async_trait]
+    impl StateStore for Silent {
+        async fn load(&self, _: &str) -> Result<Option<Stored>, StoreError> {
+            std::future::pending().await
+        }
+        async fn save(&self, _: &str, _: &NodeRecord, _: Option<&Version>) -> Result<Version, StoreError> {
+            std::future::pending().await
+        }
+        async fn delete(&self, _: &str, _: Option<&Version>) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+        async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_backend_times_out_on_every_call() {
+        let store = TimedStore::new(Arc::new(Silent), std::time::Duration::from_secs(30));
+        let t0 = tokio::time::Instant::now();
+        let e = store.load("n1").await.unwrap_err().to_string();
+        assert_eq!(t0.elapsed(), std::time::Duration::from_secs(30));
+        assert!(e.contains("did not answer load \"n1\" within 30s"), "{e}");
+        let e = store.save("n1", &NodeRecord::default(), None).await.unwrap_err().to_string();
+        assert!(e.contains("save \"n1\" within 30s; it may have been applied"), "{e}");
+        assert!(store.delete("n1", None).await.is_err());
+        assert!(store.list().await.is_err());
+        assert_eq!(t0.elapsed(), std::time::Duration::from_secs(120));
+    }
 
     #[tokio::test]
     async fn compare_and_swap_semantics() {

@@ -1,13 +1,17 @@
 //! etcd: records under a key prefix with compare-and-swap on `mod_revision`,
 //! and a lease-backed remediation lock/semaphore.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
-use health_core::{NodeRecord, StateStore, StoreError, Stored, Version};
+use health_core::{LeaseFence, NodeRecord, StateStore, StoreError, Stored, Version};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::decode_record;
 
 fn backend(message: String, e: etcd_client::Error) -> StoreError {
     StoreError::Backend { message, source: Some(Box::new(e)) }
@@ -37,8 +41,7 @@ impl EtcdStore {
     }
 
     fn decode(&self, node: &str, value: &[u8], revision: i64) -> Result<Stored, StoreError> {
-        let record = serde_json::from_slice(value)
-            .map_err(|e| StoreError::Corrupt { key: self.key(node), message: format!("not a state record: {e}") })?;
+        let record = decode_record(&self.key(node), value)?;
         Ok(Stored { record, version: Version::from_u64(u64::try_from(revision).unwrap_or(0)) })
     }
 
@@ -159,12 +162,21 @@ impl Holder {
     }
 }
 
-/// The lock could not be taken.
+/// The lock could not be taken, released or read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LockError {
     /// etcd failed.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// etcd did not answer a call in time.
+    #[error("etcd did not answer ({what}) within {after:?}")]
+    Unanswered {
+        /// The call.
+        what: &'static str,
+        /// The deadline it missed.
+        after: Duration,
+    },
     /// Every slot stayed taken until the deadline.
     #[error("every slot of {name} stayed taken for {waited:?}")]
     Timeout {
@@ -172,6 +184,14 @@ pub enum LockError {
         name: String,
         /// How long we waited.
         waited: Duration,
+    },
+    /// A slot's value is not holder metadata (written by something else).
+    #[error("the value of {key} is not holder metadata ({message}); inspect it with etcdctl get {key}")]
+    Unreadable {
+        /// The slot key.
+        key: String,
+        /// Why it cannot be read.
+        message: String,
     },
     /// A setting is invalid.
     #[error("invalid lock settings: {0}")]
@@ -181,12 +201,20 @@ pub enum LockError {
 /// A lease-backed lock (one slot) or semaphore (several) in etcd, so several
 /// agents serialise disruptive actions. A holder that dies stops renewing its
 /// lease, and its slot frees itself within the TTL.
+///
+/// Every call to etcd has a deadline ([`RemediationLock::with_rpc_timeout`]).
+/// A held slot counts as lost ([`LockGuard::is_lost`]) from
+/// `TTL − margin` after the send time of the last confirmed renewal, on the
+/// monotonic clock, whatever the renewals are doing ([`LeaseFence`]): so a
+/// holder cut off from etcd stops believing it holds the slot before etcd
+/// can give the slot to anybody else.
 #[derive(Clone)]
 pub struct RemediationLock {
     client: Client,
     name: String,
     slots: u32,
-    ttl: i64,
+    ttl: Duration,
+    rpc_timeout: Duration,
 }
 
 impl std::fmt::Debug for RemediationLock {
@@ -195,6 +223,7 @@ impl std::fmt::Debug for RemediationLock {
             .field("name", &self.name)
             .field("slots", &self.slots)
             .field("ttl", &self.ttl)
+            .field("rpc_timeout", &self.rpc_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -205,13 +234,30 @@ pub struct LockGuard {
     client: Client,
     key: String,
     lease: i64,
+    rpc_timeout: Duration,
     keepalive: JoinHandle<()>,
+    fence: Arc<Mutex<LeaseFence>>,
     lost: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockGuard").field("key", &self.key).field("lease", &self.lease).finish_non_exhaustive()
+    }
+}
+
+fn fence_of(f: &Mutex<LeaseFence>) -> LeaseFence {
+    *f.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn bounded<T>(
+    what: &'static str,
+    after: Duration,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, LockError> {
+    match tokio::time::timeout(after, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(LockError::Unanswered { what, after }),
     }
 }
 
@@ -228,23 +274,39 @@ impl LockGuard {
         self.lease
     }
 
-    /// Whether the lease was lost (etcd unreachable for a whole TTL, or the
-    /// lease expired): the slot may then belong to someone else, so stop
-    /// disruptive work.
+    /// The instant (monotonic) from which the slot counts as lost unless a
+    /// renewal is confirmed before: bound disruptive work by it.
     #[must_use]
-    pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+    pub fn valid_until(&self) -> Option<Instant> {
+        fence_of(&self.fence).valid_until()
     }
 
-    /// Resolves when the lease is lost.
+    /// Whether the slot may belong to someone else now: no renewal was
+    /// confirmed for `TTL − margin`, or etcd reported the lease gone. Stop
+    /// disruptive work. Judged on the clock, not only by the renewal task.
+    #[must_use]
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow() || !fence_of(&self.fence).is_valid(Instant::now())
+    }
+
+    /// Resolves when the slot is lost.
     pub async fn lost(&mut self) {
-        let _ = self.lost.wait_for(|l| *l).await;
+        loop {
+            if self.is_lost() {
+                return;
+            }
+            let until = self.valid_until().unwrap_or_else(Instant::now);
+            tokio::select! {
+                r = self.lost.changed() => if r.is_err() { return },
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
     }
 
     /// Releases the slot at once (revokes the lease).
     pub async fn release(mut self) -> Result<(), LockError> {
         self.keepalive.abort();
-        self.client.lease_revoke(self.lease).await?;
+        bounded("revoke the lease", self.rpc_timeout, self.client.lease_revoke(self.lease)).await?;
         Ok(())
     }
 }
@@ -256,114 +318,180 @@ impl Drop for LockGuard {
     }
 }
 
+/// One renewal attempt's result.
+enum Renewal {
+    /// Confirmed; the request was sent at this instant.
+    Confirmed(Instant),
+    /// etcd says the lease no longer exists.
+    Gone,
+    /// No confirmation (error, timeout, stream ended); retry.
+    Failed(String),
+}
+
+type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+
+/// Waits `wait`, then sends one keep-alive (reopening the stream if needed)
+/// and waits up to `timeout` for its answer.
+async fn renew(
+    c: &mut Client,
+    stream: &mut Option<KeepAlive>,
+    lease: i64,
+    wait: Duration,
+    timeout: Duration,
+) -> Renewal {
+    tokio::time::sleep(wait).await;
+    if stream.is_none() {
+        match tokio::time::timeout(timeout, c.lease_keep_alive(lease)).await {
+            Ok(Ok(s)) => *stream = Some(s),
+            Ok(Err(e)) => return Renewal::Failed(e.to_string()),
+            Err(_) => return Renewal::Failed(format!("no keep-alive stream within {timeout:?}")),
+        }
+    }
+    let Some((keeper, responses)) = stream.as_mut() else { return Renewal::Failed("no keep-alive stream".into()) };
+    let sent = Instant::now();
+    let answer = tokio::time::timeout(timeout, async {
+        keeper.keep_alive().await?;
+        responses.message().await
+    })
+    .await;
+    let failed = match answer {
+        Ok(Ok(Some(r))) if r.ttl() > 0 => return Renewal::Confirmed(sent),
+        Ok(Ok(Some(_))) => return Renewal::Gone,
+        Ok(Ok(None)) => "the keep-alive stream ended".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {timeout:?}"),
+    };
+    // A later answer on this stream could belong to this request: start anew.
+    *stream = None;
+    Renewal::Failed(failed)
+}
+
 impl RemediationLock {
     /// A lock named `name` (a key prefix, e.g. `/node-health/locks/reboot`)
-    /// with `slots` holders at most and a lease TTL.
+    /// with `slots` holders at most and a lease TTL (whole seconds, at
+    /// least 2 s). Calls to etcd time out after a third of the TTL (at most
+    /// 5 s) unless [`RemediationLock::with_rpc_timeout`] says otherwise.
     pub fn new(client: Client, name: impl Into<String>, slots: u32, ttl: Duration) -> Result<Self, LockError> {
         if slots == 0 {
             return Err(LockError::Invalid("slots must be at least 1".into()));
         }
-        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        if ttl < 2 {
+        let ttl = Duration::from_secs(ttl.as_secs());
+        if ttl < Duration::from_secs(2) {
             return Err(LockError::Invalid("the TTL must be at least 2s".into()));
         }
-        Ok(RemediationLock { client, name: name.into().trim_end_matches('/').to_owned(), slots, ttl })
+        let rpc_timeout = (ttl / 3).min(Duration::from_secs(5));
+        Ok(RemediationLock { client, name: name.into().trim_end_matches('/').to_owned(), slots, ttl, rpc_timeout })
+    }
+
+    /// The same lock with another deadline for each call to etcd (positive,
+    /// below the TTL).
+    pub fn with_rpc_timeout(mut self, timeout: Duration) -> Result<Self, LockError> {
+        if timeout.is_zero() || timeout >= self.ttl {
+            return Err(LockError::Invalid(format!(
+                "the etcd call timeout must be positive and below the TTL ({:?}), got {timeout:?}",
+                self.ttl
+            )));
+        }
+        self.rpc_timeout = timeout;
+        Ok(self)
     }
 
     fn slot_key(&self, i: u32) -> String {
         format!("{}/slot-{i}", self.name)
     }
 
+    fn ttl_secs(&self) -> i64 {
+        i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX)
+    }
+
     /// Takes a free slot now, or returns `None`.
     pub async fn try_acquire(&self, holder: &Holder) -> Result<Option<LockGuard>, LockError> {
+        let t = self.rpc_timeout;
         let mut c = self.client.clone();
-        let lease = c.lease_grant(self.ttl, None).await?.id();
         let value = serde_json::to_vec(holder).map_err(|e| LockError::Invalid(e.to_string()))?;
+        // The server starts the TTL after this instant.
+        let sent = Instant::now();
+        let lease = bounded("grant a lease", t, c.lease_grant(self.ttl_secs(), None)).await?.id();
         for i in 0..self.slots {
             let key = self.slot_key(i);
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)))]);
-            if c.txn(txn).await?.succeeded() {
-                let (keepalive, lost) = match self.spawn_keepalive(lease).await {
-                    Ok(k) => k,
-                    Err(e) => {
-                        // Without renewals the slot would linger for a TTL: give it back.
-                        let _ = c.lease_revoke(lease).await;
-                        return Err(e);
-                    }
-                };
-                tracing::info!(lock = %self.name, slot = i, node = %holder.node, "remediation slot acquired");
-                return Ok(Some(LockGuard { client: c, key, lease, keepalive, lost }));
+            match bounded("take a slot", t, c.txn(txn)).await {
+                Ok(r) if r.succeeded() => {
+                    let mut fence = LeaseFence::new(self.ttl);
+                    fence.renewed(sent);
+                    let (keepalive, fence, lost) = self.spawn_keepalive(lease, fence);
+                    tracing::info!(lock = %self.name, slot = i, node = %holder.node, lease, "remediation slot acquired");
+                    return Ok(Some(LockGuard { client: c, key, lease, rpc_timeout: t, keepalive, fence, lost }));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // The slot may have been taken with this lease: give it
+                    // back (or let it expire within the TTL).
+                    let _ = bounded("revoke the lease", t, c.lease_revoke(lease)).await;
+                    return Err(e);
+                }
             }
         }
-        c.lease_revoke(lease).await?;
+        bounded("revoke the lease", t, c.lease_revoke(lease)).await?;
         Ok(None)
     }
 
-    /// Renews the lease every TTL/3, reconnecting after stream errors,
-    /// until the lease is confirmed gone or a whole TTL passes without a
-    /// renewal; then reports it lost.
-    async fn spawn_keepalive(
+    /// Renews the lease every TTL/3 (retrying sooner after a failure, and
+    /// reconnecting the stream) until etcd says the lease is gone or the
+    /// fence runs out; then reports it lost.
+    fn spawn_keepalive(
         &self,
         lease: i64,
-    ) -> Result<(JoinHandle<()>, tokio::sync::watch::Receiver<bool>), LockError> {
+        fence: LeaseFence,
+    ) -> (JoinHandle<()>, Arc<Mutex<LeaseFence>>, tokio::sync::watch::Receiver<bool>) {
         let mut c = self.client.clone();
-        let first = c.lease_keep_alive(lease).await?;
-        let ttl = Duration::from_secs(u64::try_from(self.ttl).unwrap_or(2));
-        let every = (ttl / 3).max(Duration::from_millis(500));
+        let every = (self.ttl / 3).max(Duration::from_millis(500));
+        let timeout = self.rpc_timeout;
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Mutex::new(fence));
+        let fence = Arc::clone(&shared);
         let name = self.name.clone();
         let handle = tokio::spawn(async move {
-            let mut renewed = tokio::time::Instant::now();
-            let mut stream = Some(first);
-            loop {
-                if renewed.elapsed() >= ttl {
-                    break;
-                }
-                let (keeper, responses) = match stream.as_mut() {
-                    Some(s) => (&mut s.0, &mut s.1),
-                    None => match c.lease_keep_alive(lease).await {
-                        Ok(s) => {
-                            let s = stream.insert(s);
-                            (&mut s.0, &mut s.1)
-                        }
-                        Err(e) => {
-                            tracing::warn!(lock = %name, error = %e, "cannot reach etcd to renew the lease; retrying");
-                            tokio::time::sleep(every / 4).await;
-                            continue;
-                        }
-                    },
-                };
-                let answer = match keeper.keep_alive().await {
-                    Ok(()) => tokio::time::timeout(every, responses.message()).await,
-                    Err(e) => Ok(Err(e)),
-                };
-                match answer {
-                    Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                        renewed = tokio::time::Instant::now();
-                        tokio::time::sleep(every).await;
+            let mut stream = None;
+            let mut wait = every;
+            let why = loop {
+                let Some(until) = fence_of(&fence).valid_until() else { break "never renewed".to_owned() };
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => {
+                        break "no renewal was confirmed for the TTL minus the safety margin".to_owned();
                     }
-                    // TTL 0: the lease is gone.
-                    Ok(Ok(Some(_))) => break,
-                    _ => {
-                        stream = None;
-                        tokio::time::sleep(every / 4).await;
+                    r = renew(&mut c, &mut stream, lease, wait, timeout) => match r {
+                        Renewal::Confirmed(sent) => {
+                            fence.lock().unwrap_or_else(PoisonError::into_inner).renewed(sent);
+                            wait = every;
+                        }
+                        Renewal::Gone => break "etcd reports the lease expired or revoked".to_owned(),
+                        Renewal::Failed(e) => {
+                            tracing::warn!(lock = %name, lease, error = %e, "cannot renew the lock lease; retrying");
+                            wait = every / 4;
+                        }
                     }
                 }
-            }
-            tracing::error!(lock = %name, lease, "remediation lock lease lost");
+            };
+            tracing::error!(lock = %name, lease, reason = %why, "remediation lock lost: stop disruptive work");
             let _ = tx.send(true);
         });
-        Ok((handle, rx))
+        (handle, shared, rx)
     }
 
     /// Waits (up to `timeout`) for a free slot; woken by deletions, not polling.
     pub async fn acquire(&self, holder: &Holder, timeout: Duration) -> Result<LockGuard, LockError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         let mut c = self.client.clone();
         // Watch first, so a slot freed between the attempt and the wait is seen.
-        let mut watch = c.watch(format!("{}/", self.name), Some(WatchOptions::new().with_prefix())).await?;
+        let mut watch = bounded(
+            "watch the lock",
+            self.rpc_timeout,
+            c.watch(format!("{}/", self.name), Some(WatchOptions::new().with_prefix())),
+        )
+        .await?;
         loop {
             if let Some(guard) = self.try_acquire(holder).await? {
                 return Ok(guard);
@@ -380,10 +508,24 @@ impl RemediationLock {
         }
     }
 
-    /// The current holders.
+    /// The current holders. A slot whose value is not holder metadata is an
+    /// error naming its key, not a free slot.
     pub async fn holders(&self) -> Result<Vec<Holder>, LockError> {
         let mut c = self.client.clone();
-        let r = c.get(format!("{}/", self.name), Some(GetOptions::new().with_prefix())).await?;
-        Ok(r.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
+        let r = bounded(
+            "read the holders",
+            self.rpc_timeout,
+            c.get(format!("{}/", self.name), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(kv.value()).map_err(|e| LockError::Unreadable {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
     }
 }

@@ -10,16 +10,25 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::decode_record_value;
+
 /// The annotation holding a node's record.
 pub const STATE_ANNOTATION: &str = "node-agent.civo.com/state";
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Serialize)]
 struct Annotated {
     /// The record's own version (compare-and-swap is on this, not on the
     /// node's resourceVersion, which the kubelet bumps every few seconds).
     v: u64,
     record: NodeRecord,
+}
+
+/// The annotation as read: the record is decoded with its format checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnotated {
+    v: u64,
+    record: serde_json::Value,
 }
 
 /// Records as Node annotations. Writes are merge patches guarded by the
@@ -43,12 +52,19 @@ fn backend(message: String, e: kube::Error) -> StoreError {
 
 fn parse(key: &str, node: &Node) -> Result<Option<Annotated>, StoreError> {
     let Some(text) = node.metadata.annotations.as_ref().and_then(|a| a.get(STATE_ANNOTATION)) else { return Ok(None) };
-    serde_json::from_str(text).map(Some).map_err(|e| StoreError::Corrupt {
+    let corrupt = |message: String| StoreError::Corrupt {
         key: key.to_owned(),
         message: format!(
-            "annotation {STATE_ANNOTATION} is not a state record ({e}); fix or remove it with kubectl annotate"
+            "annotation {STATE_ANNOTATION} is not a state record ({message}); fix or remove it with kubectl annotate"
         ),
-    })
+    };
+    let raw: RawAnnotated = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    let record = match decode_record_value(key, raw.record) {
+        Ok(r) => r,
+        Err(StoreError::Corrupt { message, .. }) => return Err(corrupt(message)),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(Annotated { v: raw.v, record }))
 }
 
 fn fresh_version(previous: Option<u64>) -> u64 {

@@ -47,5 +47,74 @@ pub use etcd::{EtcdStore, Holder, LockError, LockGuard, RemediationLock};
 #[cfg(feature = "file")]
 pub use file::{FILE_FORMAT_VERSION, FileStore};
 pub use health_core::{MemoryStore, StateStore, StoreError, Stored, Version};
+use health_core::{NodeRecord, RECORD_FORMAT_VERSION};
+
+/// Decodes a stored record from JSON text, for store backends.
+///
+/// The format version is read first, so a record written by a newer build
+/// is [`StoreError::NewerFormat`] (even if it has fields this build does not
+/// know), and anything else unreadable is [`StoreError::Corrupt`]; `key`
+/// names the record in both.
+pub fn decode_record(key: &str, json: &[u8]) -> Result<NodeRecord, StoreError> {
+    let value: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| StoreError::Corrupt { key: key.to_owned(), message: format!("not a state record: {e}") })?;
+    decode_record_value(key, value)
+}
+
+/// [`decode_record`] for a record already parsed as a JSON value (a record
+/// embedded in a larger document).
+pub fn decode_record_value(key: &str, value: serde_json::Value) -> Result<NodeRecord, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt { key: key.to_owned(), message };
+    let found = match value.get("format_version") {
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().ok_or_else(|| corrupt(format!("format_version {n} is not a non-negative integer")))?
+        }
+        Some(other) => return Err(corrupt(format!("format_version {other} is not a number"))),
+        None => return Err(corrupt("the record has no format_version".to_owned())),
+    };
+    if found > u64::from(RECORD_FORMAT_VERSION) {
+        return Err(StoreError::NewerFormat { key: key.to_owned(), found, supported: RECORD_FORMAT_VERSION });
+    }
+    if found == 0 {
+        return Err(corrupt("format_version 0 is not a record format".to_owned()));
+    }
+    serde_json::from_value(value).map_err(|e| corrupt(format!("not a state record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_rejects_newer_formats_by_type_and_names_the_key() {
+        let good = serde_json::to_vec(&NodeRecord::default()).unwrap();
+        assert_eq!(decode_record("n1", &good).unwrap(), NodeRecord::default());
+        // A newer record, even with fields this build does not know.
+        let newer = br#"{"format_version":99,"phase":"Healthy","class":"standard","rung":"reimage"}"#;
+        match decode_record("n1", newer) {
+            Err(StoreError::NewerFormat { key, found: 99, supported: 1 }) => assert_eq!(key, "n1"),
+            other => panic!("{other:?}"),
+        }
+        let msg = decode_record("n1", newer).unwrap_err().to_string();
+        assert!(msg.contains("record format 99; this build reads format 1"), "{msg}");
+        for (bad, why) in [
+            (&br#"{"phase":"Healthy","class":"standard"}"#[..], "no format_version"),
+            (br#"{"format_version":"1"}"#, "is not a number"),
+            (br#"{"format_version":-1}"#, "non-negative integer"),
+            (br#"{"format_version":0,"phase":"Healthy","class":"standard"}"#, "format_version 0"),
+            (br#"{"format_version":1,"phase":"Rebooting","class":"standard"}"#, "not a state record"),
+            (b"[1,", "not a state record"),
+        ] {
+            match decode_record("n2", bad) {
+                Err(StoreError::Corrupt { key, message }) => {
+                    assert_eq!(key, "n2");
+                    assert!(message.contains(why), "{message}");
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
+    }
+}
+
 #[cfg(feature = "kube")]
 pub use kube::{KubeStore, STATE_ANNOTATION};

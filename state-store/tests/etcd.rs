@@ -3,10 +3,11 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use state_store::{EtcdStore, Holder, RemediationLock, StateStore, conformance};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use state_store::{EtcdStore, Holder, LockError, RemediationLock, StateStore, conformance};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 struct Etcd {
     child: tokio::process::Child,
@@ -113,4 +114,105 @@ async fn the_lock_serialises_and_a_dead_holder_frees_it_within_the_ttl() {
     one.release().await.unwrap();
     assert!(sem.try_acquire(&Holder::now("n3")).await.unwrap().is_some());
     assert!(RemediationLock::new(client(&e).await, "/x", 0, ttl).is_err());
+}
+
+/// A TCP proxy in front of etcd that can turn into a black hole: it keeps
+/// every connection open and accepts new ones, but drops every byte, as a
+/// partition does.
+struct Proxy {
+    endpoint: String,
+    black: Arc<AtomicBool>,
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    black: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) if !black.load(Ordering::SeqCst) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            // Partitioned: the bytes are lost.
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn proxy(e: &Etcd) -> Proxy {
+    let upstream = e.endpoint.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let black = Arc::new(AtomicBool::new(false));
+    let b = Arc::clone(&black);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(cr, sw, Arc::clone(&b)));
+            tokio::spawn(pump(sr, cw, Arc::clone(&b)));
+        }
+    });
+    Proxy { endpoint, black }
+}
+
+/// Holder A reaches etcd through a proxy that black-holes all traffic; B
+/// reaches etcd directly and waits for the slot. The two timelines (one
+/// monotonic clock) must not overlap: A reports the loss before B holds the
+/// slot, and within the TTL of the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_holder_reports_loss_before_another_can_hold_the_slot() {
+    let e = etcd("partition").await;
+    let p = proxy(&e).await;
+    let ttl = Duration::from_secs(3);
+    let via_proxy = etcd_client::Client::connect([p.endpoint.as_str()], None).await.unwrap();
+    let lock_a = RemediationLock::new(via_proxy, "/node-health/locks/reboot", 1, ttl).unwrap();
+    let lock_b = RemediationLock::new(client(&e).await, "/node-health/locks/reboot", 1, ttl).unwrap();
+    let mut a = lock_a.try_acquire(&Holder::now("node-a")).await.unwrap().expect("a gets the slot");
+    assert!(!a.is_lost());
+
+    p.black.store(true, Ordering::SeqCst);
+    let cut = tokio::time::Instant::now();
+    let a_side = tokio::spawn(async move {
+        a.lost().await;
+        (tokio::time::Instant::now(), a)
+    });
+    let b = lock_b.acquire(&Holder::now("node-b"), Duration::from_secs(30)).await.unwrap();
+    let b_from = tokio::time::Instant::now();
+    let (a_lost_at, a) = tokio::time::timeout(Duration::from_secs(10), a_side).await.expect("A notices").unwrap();
+    println!(
+        "partition at 0 ms; A reports the loss at {} ms; B holds the slot from {} ms",
+        (a_lost_at - cut).as_millis(),
+        (b_from - cut).as_millis()
+    );
+    assert!(a_lost_at < b_from, "A still believed it held the slot when B got it");
+    assert!(a_lost_at - cut <= ttl, "A noticed only after {:?}", a_lost_at - cut);
+    assert!(a.is_lost());
+    assert_eq!(lock_b.holders().await.unwrap()[0].node, "node-b");
+    b.release().await.unwrap();
+
+    // Calls through the partition end with a deadline instead of hanging.
+    let started = tokio::time::Instant::now();
+    let err = lock_a.try_acquire(&Holder::now("node-a")).await.unwrap_err();
+    assert!(matches!(err, LockError::Unanswered { what: "grant a lease", .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_slot_value_is_an_error_not_a_free_slot() {
+    let e = etcd("unreadable").await;
+    let mut c = client(&e).await;
+    c.put("/node-health/locks/reboot/slot-0", "garbage", None).await.unwrap();
+    let lock = RemediationLock::new(client(&e).await, "/node-health/locks/reboot", 1, Duration::from_secs(2)).unwrap();
+    match lock.holders().await {
+        Err(LockError::Unreadable { key, .. }) => assert_eq!(key, "/node-health/locks/reboot/slot-0"),
+        other => panic!("{other:?}"),
+    }
+    assert!(lock.try_acquire(&Holder::now("n1")).await.unwrap().is_none(), "the slot is taken, not free");
 }

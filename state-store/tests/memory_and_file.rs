@@ -75,3 +75,124 @@ async fn a_corrupt_or_future_file_is_an_error_and_is_left_alone() {
     drop(store);
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+/// A record that takes a few hundred bytes, to fill a small disk quickly.
+fn bulky(i: usize) -> NodeRecord {
+    let mut r = NodeRecord::default();
+    r.reboot_count = u32::try_from(i).unwrap();
+    r.failing =
+        (0..4).map(|j| health_core::FailingCheck { checker: format!("checker-{j}"), reason: "x".repeat(40) }).collect();
+    r
+}
+
+/// Unmounts the tmpfs even when the test fails.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The reproduced incident: on a 64 KiB tmpfs the write hit ENOSPC, `save`
+/// still returned Ok, and the document was replaced by a truncated one, so
+/// every record was lost at the next open. Now the failing save is an
+/// error, the previous document stays intact and every record that was
+/// reported saved loads again.
+#[tokio::test]
+async fn a_full_disk_fails_the_save_and_keeps_every_saved_record() {
+    let dir = std::env::temp_dir().join(format!("state-store-{}-tmpfs", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: mounting a 64 KiB tmpfs needs root (CAP_SYS_ADMIN); the full-disk test did not run");
+        let _ = std::fs::remove_dir(&dir);
+        return;
+    }
+    let _guard = Tmpfs(dir.clone());
+    let path = dir.join("state.json");
+    let store = FileStore::open(&path).unwrap();
+    let mut saved = 0;
+    let err = loop {
+        match store.save(&format!("node-{saved}"), &bulky(saved), None).await {
+            Ok(_) => saved += 1,
+            Err(e) => break e,
+        }
+        assert!(saved < 10_000, "the disk never filled");
+    };
+    let chain = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(chain.contains("No space left on device") || chain.contains("StorageFull"), "{chain}");
+    assert!(saved >= 10, "only {saved} records fitted");
+    // Memory did not take the failed write, the temporary file is gone.
+    assert_eq!(store.list().await.unwrap().len(), saved);
+    assert!(store.load(&format!("node-{saved}")).await.unwrap().is_none());
+    assert!(!dir.join("state.json.tmp").exists());
+    drop(store);
+    let reopened = FileStore::open(&path).unwrap();
+    let records = reopened.list().await.unwrap();
+    assert_eq!(records.len(), saved, "every record reported saved is on disk");
+    for (key, stored) in records {
+        let i: usize = key.trim_start_matches("node-").parse().unwrap();
+        assert_eq!(stored.record, bulky(i));
+    }
+    println!("{saved} records saved before the 64 KiB disk was full; the next save failed with: {chain}");
+}
+
+#[tokio::test]
+async fn a_deleted_lock_file_stops_the_first_writer() {
+    let path = temp("lockgone");
+    let first = FileStore::open(&path).unwrap();
+    first.save("node-1", &NodeRecord::default(), None).await.unwrap();
+    std::fs::remove_file(path.with_extension("json.lock")).unwrap();
+    // A second process can now lock a new lock file...
+    let second = FileStore::open(&path).unwrap();
+    // ...so the first one must not write any more.
+    let err = first.save("node-2", &NodeRecord::default(), None).await.unwrap_err().to_string();
+    assert!(err.contains("was deleted or replaced while this store held it"), "{err}");
+    second.save("node-2", &NodeRecord::default(), None).await.unwrap();
+    drop((first, second));
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+fn write_doc(path: &std::path::Path, next_version: u64, records: &[(&str, u64, serde_json::Value)]) {
+    let records: serde_json::Map<String, serde_json::Value> =
+        records.iter().map(|(k, v, r)| ((*k).to_owned(), serde_json::json!({"version": v, "record": r}))).collect();
+    let doc = serde_json::json!({"format_version": 1, "next_version": next_version, "records": records});
+    std::fs::write(path, serde_json::to_vec(&doc).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn counters_and_record_formats_are_checked_at_open() {
+    let path = temp("counters");
+    let record = serde_json::to_value(NodeRecord::default()).unwrap();
+
+    // A counter below a stored version would let a stale writer win a CAS.
+    write_doc(&path, 1, &[("node-1", 5, record.clone())]);
+    let err = FileStore::open(&path).unwrap_err().to_string();
+    assert!(err.contains("next_version 1 is below the version 5 of \"node-1\""), "{err}");
+
+    // An exhausted counter is an error, not an overflow panic.
+    write_doc(&path, u64::MAX, &[("node-1", u64::MAX, record.clone())]);
+    let store = FileStore::open(&path).unwrap();
+    let v = store.load("node-1").await.unwrap().unwrap().version;
+    let err = store.save("node-1", &NodeRecord::default(), Some(&v)).await.unwrap_err().to_string();
+    assert!(err.contains("version counter of the state file is exhausted"), "{err}");
+    drop(store);
+
+    // A record of a newer format is a typed error naming the record.
+    let mut newer = record.clone();
+    newer["format_version"] = 99.into();
+    newer["rung"] = "reimage".into();
+    write_doc(&path, 7, &[("node-1", 3, record), ("node-2", 7, newer)]);
+    match FileStore::open(&path).unwrap_err() {
+        StoreError::NewerFormat { key, found: 99, supported: 1 } => assert_eq!(key, "node-2"),
+        other => panic!("{other}"),
+    }
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
