@@ -121,7 +121,9 @@ fn client(mut cfg: kube::Config, read_timeout: Duration) -> Result<kube::Client,
 
 async fn open_store(config: &Config, call_client: &kube::Client) -> Result<Arc<dyn StateStore>, RunError> {
     Ok(match config.store_backend() {
-        StoreBackend::Kubernetes | StoreBackend::Auto => Arc::new(KubeStore::new(call_client.clone())),
+        StoreBackend::Kubernetes | StoreBackend::Auto => {
+            Arc::new(KubeStore::new(call_client.clone()).with_call_timeout(config.kube.call_timeout))
+        }
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
         StoreBackend::File => {
             let path = config.store.path.clone();
@@ -148,9 +150,16 @@ fn executor(config: &Config, call_cfg: &kube::Config) -> Result<Arc<dyn Executor
         c.region.trim(),
     );
     civo.call_timeout = c.call_timeout;
+    civo.allow_insecure_http = c.allow_insecure_http;
     civo.agent = format!("node-agent/{}", env!("CARGO_PKG_VERSION"));
     let civo = CivoExecutor::new(civo).map_err(|e| RunError::Executor(e.to_string()))?;
-    let drain = DrainConfig { timeout: config.kube.drain_timeout, ..DrainConfig::default() };
+    let drain = DrainConfig {
+        timeout: config.kube.drain_timeout,
+        call_timeout: config.kube.call_timeout,
+        evict_unmanaged: config.kube.drain_evict_unmanaged,
+        delete_emptydir_data: config.kube.drain_delete_emptydir_data,
+        ..DrainConfig::default()
+    };
     let mut kcfg = call_cfg.clone();
     kcfg.read_timeout = Some(config.kube.call_timeout);
     let kube = KubeExecutor::from_config(kcfg, drain).map_err(|e| RunError::Executor(e.to_string()))?;
@@ -209,6 +218,7 @@ pub async fn run(
         .with_check_concurrency(config.engine.check_concurrency)
         .with_check_timeout(config.engine.check_timeout)
         .with_action_timeouts(config.engine.action_timeout, config.kube.drain_timeout)
+        .with_store_timeout(config.engine.store_timeout)
         .with_metrics_prefix(METRICS_PREFIX);
     let mut builder = Engine::builder(store, executor)
         .policy(config.policy)

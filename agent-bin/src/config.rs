@@ -175,6 +175,12 @@ pub struct KubeSection {
     pub drain_timeout: Duration,
     /// Publish Kubernetes Events for transitions and held actions.
     pub events: bool,
+    /// Drain: evict pods no controller manages (they are gone for good),
+    /// like `kubectl drain --force`. Off: such a node is not drained.
+    pub drain_evict_unmanaged: bool,
+    /// Drain: evict pods with `emptyDir` volumes (their data is deleted),
+    /// like `kubectl drain --delete-emptydir-data`. Off: such a node is not drained.
+    pub drain_delete_emptydir_data: bool,
 }
 
 impl Default for KubeSection {
@@ -184,6 +190,8 @@ impl Default for KubeSection {
             call_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(600),
             events: true,
+            drain_evict_unmanaged: false,
+            drain_delete_emptydir_data: false,
         }
     }
 }
@@ -250,6 +258,10 @@ pub struct EngineSection {
     pub action_timeout: Duration,
     /// Checks run at once.
     pub check_concurrency: usize,
+    /// Time limit of one state-store call as the engine sees it (a
+    /// Kubernetes store call retries node conflicts within it).
+    #[serde(with = "duration_str")]
+    pub store_timeout: Duration,
 }
 
 impl Default for EngineSection {
@@ -258,6 +270,7 @@ impl Default for EngineSection {
             check_timeout: Duration::from_secs(10),
             action_timeout: Duration::from_secs(60),
             check_concurrency: 64,
+            store_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -534,6 +547,7 @@ impl Config {
             ("civo.call_timeout", self.civo.call_timeout),
             ("engine.check_timeout", self.engine.check_timeout),
             ("engine.action_timeout", self.engine.action_timeout),
+            ("engine.store_timeout", self.engine.store_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::invalid(field, "must be a positive duration such as \"30s\""));
@@ -565,7 +579,7 @@ impl Config {
                 format!("invalid value {:?}: expected an https URL such as {DEFAULT_CIVO_API_URL}", self.civo.api_url),
             ));
         }
-        if url.starts_with("http://") && !self.civo.allow_insecure_http && !is_loopback_url(url) {
+        if url.starts_with("http://") && !self.civo.allow_insecure_http && !recovery_exec::is_loopback_url(url) {
             return Err(ConfigError::invalid(
                 name("CIVO_API_URL", "civo.api_url"),
                 format!(
@@ -622,18 +636,6 @@ pub fn node_selector(pools: &[String]) -> Option<String> {
         [one] => Some(format!("{label}={one}")),
         many => Some(format!("{label} in ({})", many.join(","))),
     }
-}
-
-fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host = if let Some(h) = host.strip_prefix('[') {
-        h.split(']').next().unwrap_or("")
-    } else {
-        host.split(':').next().unwrap_or("")
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn insert_path(dict: &mut figment::value::Dict, path: &str, value: figment::value::Value) {
@@ -822,14 +824,5 @@ mod tests {
             assert_eq!(parse_go_bool(f), Some(false));
         }
         assert_eq!(parse_go_bool("yes"), None);
-    }
-
-    #[test]
-    fn loopback_urls() {
-        assert!(is_loopback_url("http://127.0.0.1:8080"));
-        assert!(is_loopback_url("http://localhost/x"));
-        assert!(is_loopback_url("http://[::1]:9/"));
-        assert!(!is_loopback_url("http://10.0.0.1"));
-        assert!(!is_loopback_url("http://127.0.0.1.evil.com"));
     }
 }

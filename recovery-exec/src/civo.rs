@@ -58,6 +58,38 @@ pub struct CivoConfig {
     pub retry_base: Duration,
     /// The agent's name and version for the User-Agent, e.g. `node-agent/0.1.0`.
     pub agent: String,
+    /// The largest answer read from Civo (default 4 MiB); a larger one is an
+    /// error, and is never held in memory whole.
+    pub max_body_bytes: usize,
+    /// Allow plain `http://` to a host that is not loopback (the key would
+    /// cross the network in clear). Off by default; for test servers only.
+    pub allow_insecure_http: bool,
+}
+
+/// The longest Civo error reason kept in an error (and so in logs).
+const MAX_REASON_CHARS: usize = 512;
+
+/// Whether `url`'s host is loopback (`localhost`, `127.0.0.0/8`, `::1`).
+#[must_use]
+pub fn is_loopback_url(url: &str) -> bool {
+    let Some(url) = reqwest::Url::parse(url).ok() else { return false };
+    let Some(host) = url.host_str() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `text` cut to `max` characters, saying how much was cut.
+fn truncated(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((at, _)) => format!("{}… ({} more bytes)", &text[..at], text.len() - at),
+    }
+}
+
+/// Whether `id` is a Civo id (letters, digits, `-`, `_`; at most 128): it
+/// goes into URL paths.
+fn is_civo_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl CivoConfig {
@@ -77,6 +109,8 @@ impl CivoConfig {
             max_retries: 3,
             retry_base: Duration::from_millis(500),
             agent: format!("node-health-recovery-exec/{}", env!("CARGO_PKG_VERSION")),
+            max_body_bytes: 4 << 20,
+            allow_insecure_http: false,
         }
     }
 
@@ -85,8 +119,17 @@ impl CivoConfig {
         let bad =
             |field: &'static str, message: &str| Err(CivoError::InvalidConfig { field, message: message.to_owned() });
         let url = self.api_url.trim_end_matches('/');
-        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() <= "https://".len() {
-            return bad("api_url", "must be an http(s) URL such as https://api.civo.com");
+        let parsed = reqwest::Url::parse(url).ok().filter(|u| u.host().is_some() && u.query().is_none());
+        match parsed.as_ref().map(reqwest::Url::scheme) {
+            Some("https") => {}
+            Some("http") if self.allow_insecure_http || is_loopback_url(url) => {}
+            Some("http") => {
+                return bad(
+                    "api_url",
+                    "must use https for a host that is not loopback (plain http would send the API key in clear; allow_insecure_http is for test servers)",
+                );
+            }
+            _ => return bad("api_url", "must be an http(s) URL such as https://api.civo.com"),
         }
         if self.api_key.expose().trim().is_empty() {
             return bad("api_key", "must not be empty");
@@ -114,12 +157,17 @@ impl CivoConfig {
         if self.max_retries > 10 {
             return bad("max_retries", "must be at most 10");
         }
+        if self.max_body_bytes < 1024 {
+            return bad("max_body_bytes", "must be at least 1024");
+        }
         Ok(())
     }
 }
 
-/// What went wrong talking to Civo. Never contains the API key.
+/// What went wrong talking to Civo. Never contains the API key; reasons
+/// quoted from Civo are cut to 512 characters.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CivoError {
     /// A setting is invalid.
     #[error("invalid Civo configuration: {field} {message}")]
@@ -209,6 +257,14 @@ pub enum CivoError {
     NoPool {
         /// The node.
         node: String,
+    },
+    /// The node's pool label is not a pool id.
+    #[error("node {node:?} has the pool label {pool:?}, which is not a Civo pool id (letters, digits, '-', '_')")]
+    InvalidPool {
+        /// The node.
+        node: String,
+        /// The label's value.
+        pool: String,
     },
     /// Civo answered something unexpected.
     #[error("unexpected answer from Civo to {what}: {message}")]
@@ -312,18 +368,13 @@ impl CivoExecutor {
             }
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                CivoError::Timeout { what: what.to_owned(), after: self.config.call_timeout }
-            } else {
-                CivoError::Transport { what: what.to_owned(), message: e.without_url().to_string(), not_sent: false }
-            }
-        })?;
+        let bytes = self.read_body(resp, what, status.is_success()).await?;
         if status.is_success() {
-            return Ok((status, bytes.to_vec()));
+            return Ok((status, bytes));
         }
         let body: Option<CivoErrorBody> = serde_json::from_slice(&bytes).ok();
         let (code, reason) = body.map(|b| (b.code, b.reason)).unwrap_or_default();
+        let (code, reason) = (truncated(&code, 64), truncated(&reason, MAX_REASON_CHARS));
         let auth_code = code.starts_with("authentication") || code == "database_account_not_found";
         Err(match status.as_u16() {
             401 | 403 => CivoError::Auth { status: status.as_u16(), code },
@@ -333,6 +384,42 @@ impl CivoExecutor {
             s if s >= 500 => CivoError::Server { status: s, code, reason },
             s => CivoError::Rejected { status: s, code, reason },
         })
+    }
+
+    /// Reads an answer of at most `max_body_bytes`. A larger success is an
+    /// error; a larger error answer is cut (its reason is only for humans).
+    async fn read_body(&self, mut resp: reqwest::Response, what: &str, success: bool) -> Result<Vec<u8>, CivoError> {
+        let max = self.config.max_body_bytes;
+        let too_big = || CivoError::Unexpected {
+            what: what.to_owned(),
+            message: format!("the answer is larger than {max} bytes (max_body_bytes); not reading it"),
+        };
+        if success && resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| {
+                if e.is_timeout() {
+                    CivoError::Timeout { what: what.to_owned(), after: self.config.call_timeout }
+                } else {
+                    CivoError::Transport {
+                        what: what.to_owned(),
+                        message: e.without_url().to_string(),
+                        not_sent: false,
+                    }
+                }
+            })?;
+            let Some(chunk) = chunk else { return Ok(body) };
+            if body.len() + chunk.len() > max {
+                if success {
+                    return Err(too_big());
+                }
+                body.extend_from_slice(&chunk[..max - body.len()]);
+                return Ok(body);
+            }
+            body.extend_from_slice(&chunk);
+        }
     }
 
     async fn call(
@@ -379,6 +466,13 @@ impl CivoExecutor {
         })?;
         let matching: Vec<&Instance> = instances.iter().filter(|i| i.hostname.eq_ignore_ascii_case(node)).collect();
         match matching.as_slice() {
+            [one] if !is_civo_id(&one.id) => Err(CivoError::Unexpected {
+                what: "list instances".into(),
+                message: format!(
+                    "instance {node:?} has the id {:?}, which is not a Civo id (letters, digits, '-', '_'); refusing to use it in a URL",
+                    truncated(&one.id, 64)
+                ),
+            }),
             [one] => Ok(one.id.clone()),
             [] => Err(CivoError::NoInstance { node: node.to_owned(), cluster: self.config.cluster_id.clone() }),
             many => Err(CivoError::AmbiguousInstance {
@@ -401,6 +495,9 @@ impl CivoExecutor {
 
     /// Deletes the instance behind `node` from `pool`, so the pool replaces it.
     pub async fn replace(&self, node: &str, pool: &str) -> Result<(), CivoError> {
+        if !is_civo_id(pool) {
+            return Err(CivoError::InvalidPool { node: node.to_owned(), pool: truncated(pool, 64) });
+        }
         let id = self.find_instance(node).await?;
         let path = format!("/v2/kubernetes/clusters/{}/pools/{pool}/instances/{id}", self.config.cluster_id);
         tracing::info!(node, instance = %id, pool, "asking Civo to replace the instance");
@@ -437,5 +534,47 @@ impl<T: ExecTarget + ?Sized> Executor<T> for CivoExecutor {
             }
             Action::Drain | Action::Uncordon => Err(ExecError::Unsupported { action }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_urls() {
+        assert!(is_loopback_url("http://127.0.0.1:8080"));
+        assert!(is_loopback_url("http://127.1.2.3"));
+        assert!(is_loopback_url("http://localhost/x"));
+        assert!(is_loopback_url("http://[::1]:9/"));
+        assert!(!is_loopback_url("http://10.0.0.1"));
+        assert!(!is_loopback_url("http://127.0.0.1.evil.com"));
+        assert!(!is_loopback_url("http://user@evil.com"));
+        assert!(!is_loopback_url("not a url"));
+    }
+
+    #[test]
+    fn reasons_are_cut_and_ids_checked() {
+        assert_eq!(truncated("short", 10), "short");
+        assert_eq!(truncated("abcdef", 3), "abc… (3 more bytes)");
+        assert_eq!(truncated("ééé", 1), "é… (4 more bytes)");
+        assert!(is_civo_id("0f9c7a52-3b1e-4d6a-9f20-000000000001"));
+        for bad in ["", "x?region=evil#", "../x", "a/b", "a b", "é"] {
+            assert!(!is_civo_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_needs_loopback_or_the_opt_out() {
+        let cfg = |url: &str| CivoConfig::new(url, ApiKey::new("k"), "c-1", "LON1");
+        assert!(cfg("https://api.civo.com").validate().is_ok());
+        assert!(cfg("http://127.0.0.1:9").validate().is_ok());
+        let err = cfg("http://api.civo.com").validate().unwrap_err().to_string();
+        assert!(err.contains("api_url must use https"), "{err}");
+        let mut c = cfg("http://api.civo.com");
+        c.allow_insecure_http = true;
+        assert!(c.validate().is_ok());
+        assert!(cfg("ftp://x").validate().is_err());
+        assert!(cfg("https://api.civo.com?region=x").validate().is_err());
     }
 }

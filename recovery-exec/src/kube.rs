@@ -26,6 +26,16 @@ pub struct DrainConfig {
     /// never confirms their deletion), like kubectl's
     /// `--skip-wait-for-delete-timeout`.
     pub skip_terminating_after: Duration,
+    /// Time limit of each API call (a drain's calls also end at the drain's
+    /// deadline), whatever retries the client does on its own.
+    pub call_timeout: Duration,
+    /// Evict pods that no controller manages (they are gone for good), like
+    /// kubectl's `--force`. Off by default: such a node is not drained.
+    pub evict_unmanaged: bool,
+    /// Evict pods with `emptyDir` volumes (their data is deleted), like
+    /// kubectl's `--delete-emptydir-data`. Off by default: such a node is not
+    /// drained.
+    pub delete_emptydir_data: bool,
 }
 
 impl Default for DrainConfig {
@@ -35,12 +45,16 @@ impl Default for DrainConfig {
             retry_interval: Duration::from_secs(5),
             grace_period: None,
             skip_terminating_after: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(30),
+            evict_unmanaged: false,
+            delete_emptydir_data: false,
         }
     }
 }
 
 /// What went wrong with a Kubernetes action.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KubeExecError {
     /// An API call failed.
     #[error("{what} on node {node:?}: {source}")]
@@ -52,6 +66,27 @@ pub enum KubeExecError {
         /// The client's error.
         #[source]
         source: kube::Error,
+    },
+    /// An API call did not answer within its time limit.
+    #[error("{what} on node {node:?} got no answer within {after:?}")]
+    Unanswered {
+        /// The node.
+        node: String,
+        /// The call.
+        what: &'static str,
+        /// The limit.
+        after: Duration,
+    },
+    /// The drain would destroy what cannot come back, and the settings do
+    /// not allow it; nothing was cordoned or evicted.
+    #[error("refusing to drain node {node:?}: {why}: {}", pods.join(", "))]
+    Refused {
+        /// The node.
+        node: String,
+        /// What is at stake, and the setting that allows it.
+        why: &'static str,
+        /// `namespace/name` of the pods concerned.
+        pods: Vec<String>,
     },
     /// The node changed under every attempt to cordon it.
     #[error("node {node:?} kept changing while being cordoned; gave up after 5 attempts")]
@@ -114,6 +149,20 @@ fn must_evict(p: &Pod, skip_terminating_after: Duration) -> bool {
     !is_daemonset_pod(p) && !is_mirror_pod(p) && !stuck_terminating(p, skip_terminating_after)
 }
 
+/// A pod no controller would recreate elsewhere.
+fn is_unmanaged(p: &Pod) -> bool {
+    !p.metadata.owner_references.iter().flatten().any(|o| o.controller == Some(true))
+}
+
+fn has_emptydir(p: &Pod) -> bool {
+    p.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|v| v.iter().any(|v| v.empty_dir.is_some()))
+}
+
+/// A pod that has finished: deleting it loses nothing that runs.
+fn is_finished(p: &Pod) -> bool {
+    matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
 fn pod_key(p: &Pod) -> String {
     format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))
 }
@@ -131,16 +180,83 @@ impl KubeExecutor {
         Ok(Self::new(kube::Client::try_from(config)?, drain))
     }
 
+    /// One API call, bounded by the call timeout and by `deadline`.
+    async fn call<T>(
+        &self,
+        node: &str,
+        what: &'static str,
+        deadline: Option<tokio::time::Instant>,
+        call: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, KubeExecError> {
+        let mut until = tokio::time::Instant::now() + self.drain.call_timeout;
+        if let Some(d) = deadline {
+            until = until.min(d);
+        }
+        tokio::time::timeout_at(until, call).await.map_err(|_| match deadline {
+            // Completed with the pods left by `drain`.
+            Some(d) if d <= until => {
+                KubeExecError::DrainTimeout { node: node.to_owned(), after: self.drain.timeout, pods: Vec::new() }
+            }
+            _ => KubeExecError::Unanswered { node: node.to_owned(), what, after: self.drain.call_timeout },
+        })
+    }
+
     fn api_err<'a>(node: &'a str, what: &'static str) -> impl FnOnce(kube::Error) -> KubeExecError + 'a {
         move |source| KubeExecError::Api { node: node.to_owned(), what, source }
+    }
+
+    async fn pods_on(&self, node: &str, deadline: Option<tokio::time::Instant>) -> Result<Vec<Pod>, KubeExecError> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+        Ok(self
+            .call(node, "list pods", deadline, pods.list(&lp))
+            .await?
+            .map_err(Self::api_err(node, "list pods"))?
+            .items)
+    }
+
+    /// Refuses, like kubectl, to evict what would be lost for good unless
+    /// the settings allow it.
+    fn check_drainable(&self, node: &str, pods: &[Pod]) -> Result<(), KubeExecError> {
+        let at_stake = |f: fn(&Pod) -> bool| -> Vec<String> {
+            pods.iter()
+                .filter(|p| must_evict(p, self.drain.skip_terminating_after) && !is_finished(p) && f(p))
+                .map(pod_key)
+                .collect()
+        };
+        if !self.drain.evict_unmanaged {
+            let pods = at_stake(is_unmanaged);
+            if !pods.is_empty() {
+                return Err(KubeExecError::Refused {
+                    node: node.to_owned(),
+                    why: "pods not managed by a controller would be deleted for good (allow with drain evict_unmanaged, like kubectl drain --force)",
+                    pods,
+                });
+            }
+        }
+        if !self.drain.delete_emptydir_data {
+            let pods = at_stake(has_emptydir);
+            if !pods.is_empty() {
+                return Err(KubeExecError::Refused {
+                    node: node.to_owned(),
+                    why: "pods with emptyDir volumes would lose their data (allow with drain delete_emptydir_data, like kubectl drain --delete-emptydir-data)",
+                    pods,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Cordons `node`; returns whether this call cordoned it (false when it
     /// was already unschedulable, e.g. an operator's cordon, which is left alone).
     pub async fn cordon(&self, node: &str) -> Result<bool, KubeExecError> {
+        self.cordon_until(node, None).await
+    }
+
+    async fn cordon_until(&self, node: &str, deadline: Option<tokio::time::Instant>) -> Result<bool, KubeExecError> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         for _ in 0..5 {
-            let n = nodes.get(node).await.map_err(Self::api_err(node, "get"))?;
+            let n = self.call(node, "get", deadline, nodes.get(node)).await?.map_err(Self::api_err(node, "get"))?;
             let ours = n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CORDONED_ANNOTATION));
             if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
                 return Ok(ours);
@@ -149,7 +265,10 @@ impl KubeExecutor {
                 "metadata": {"resourceVersion": n.metadata.resource_version, "annotations": {CORDONED_ANNOTATION: "true"}},
                 "spec": {"unschedulable": true}
             });
-            match nodes.patch(node, &PatchParams::default(), &Patch::Merge(patch)).await {
+            match self
+                .call(node, "cordon", deadline, nodes.patch(node, &PatchParams::default(), &Patch::Merge(patch)))
+                .await?
+            {
                 Ok(_) => {
                     tracing::info!(node, "cordoned");
                     return Ok(true);
@@ -167,7 +286,7 @@ impl KubeExecutor {
     pub async fn uncordon(&self, node: &str) -> Result<(), KubeExecError> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         for _ in 0..5 {
-            let n = nodes.get(node).await.map_err(Self::api_err(node, "get"))?;
+            let n = self.call(node, "get", None, nodes.get(node)).await?.map_err(Self::api_err(node, "get"))?;
             let ours = n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CORDONED_ANNOTATION));
             if !ours {
                 tracing::info!(node, "not uncordoning: the agent did not cordon this node");
@@ -178,7 +297,10 @@ impl KubeExecutor {
             if cordoned {
                 patch["spec"] = json!({"unschedulable": null});
             }
-            match nodes.patch(node, &PatchParams::default(), &Patch::Merge(patch)).await {
+            match self
+                .call(node, "uncordon", None, nodes.patch(node, &PatchParams::default(), &Patch::Merge(patch)))
+                .await?
+            {
                 Ok(_) => {
                     tracing::info!(node, was_cordoned = cordoned, "uncordoned");
                     return Ok(());
@@ -192,53 +314,65 @@ impl KubeExecutor {
 
     /// Cordons `node` and evicts every pod on it except DaemonSet and mirror
     /// pods, retrying evictions refused by disruption budgets until the drain
-    /// timeout.
+    /// timeout. Every call ends by the deadline, whatever the client's own
+    /// retries. Pods without a controller, and pods with `emptyDir` data,
+    /// make the drain refuse before anything is cordoned, unless
+    /// [`DrainConfig`] allows them.
     pub async fn drain(&self, node: &str) -> Result<(), KubeExecError> {
-        self.cordon(node).await?;
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let deadline = tokio::time::Instant::now() + self.drain.timeout;
+        match self.drain_until(node, tokio::time::Instant::now() + self.drain.timeout).await {
+            // A call ran into the deadline: name what is left.
+            Err(KubeExecError::DrainTimeout { .. }) => match self.pods_left(node).await {
+                Ok(pods) => Err(KubeExecError::DrainTimeout { node: node.to_owned(), after: self.drain.timeout, pods }),
+                Err(e) => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    async fn drain_until(&self, node: &str, deadline: tokio::time::Instant) -> Result<(), KubeExecError> {
+        let first = self.pods_on(node, Some(deadline)).await?;
+        self.check_drainable(node, &first)?;
+        self.cordon_until(node, Some(deadline)).await?;
         let mut params = EvictParams::default();
         if let Some(g) = self.drain.grace_period {
             params.delete_options =
                 Some(kube::api::DeleteParams { grace_period_seconds: Some(g), ..Default::default() });
         }
+        let mut on_node = Some(first);
         loop {
-            let on_node = pods
-                .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-                .await
-                .map_err(Self::api_err(node, "list pods"))?;
+            let pods = match on_node.take() {
+                Some(p) => p,
+                None => self.pods_on(node, Some(deadline)).await?,
+            };
             let evictable: Vec<&Pod> =
-                on_node.items.iter().filter(|p| must_evict(p, self.drain.skip_terminating_after)).collect();
+                pods.iter().filter(|p| must_evict(p, self.drain.skip_terminating_after)).collect();
             if evictable.is_empty() {
                 tracing::info!(node, "drained");
                 return Ok(());
             }
+            // Pods that arrived since the check are held to the same rules.
+            let arrived: Vec<Pod> = evictable.iter().map(|p| (*p).clone()).collect();
+            self.check_drainable(node, &arrived)?;
             for p in &evictable {
                 let (Some(ns), Some(name)) = (p.metadata.namespace.as_deref(), p.metadata.name.as_deref()) else {
                     continue;
                 };
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-                match api.evict(name, &params).await {
-                    Ok(_) => tracing::info!(node, pod = %pod_key(p), "evicted"),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(kube::Error::Api(s)) if s.code == 429 => {
+                match self.call(node, "evict", Some(deadline), api.evict(name, &params)).await {
+                    Ok(Ok(_)) => tracing::info!(node, pod = %pod_key(p), "evicted"),
+                    Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
+                    Ok(Err(kube::Error::Api(s))) if s.code == 429 => {
                         tracing::info!(node, pod = %pod_key(p), "eviction refused by a disruption budget; will retry");
                     }
-                    Err(e) => return Err(Self::api_err(node, "evict")(e)),
+                    Ok(Err(e)) => return Err(Self::api_err(node, "evict")(e)),
+                    // The deadline passed inside the call: name what is left.
+                    Err(KubeExecError::DrainTimeout { .. }) => break,
+                    Err(e) => return Err(e),
                 }
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                let left = pods
-                    .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-                    .await
-                    .map_err(Self::api_err(node, "list pods"))?;
-                let pods: Vec<String> = left
-                    .items
-                    .iter()
-                    .filter(|p| must_evict(p, self.drain.skip_terminating_after))
-                    .map(pod_key)
-                    .collect();
+                let pods = self.pods_left(node).await?;
                 if pods.is_empty() {
                     return Ok(());
                 }
@@ -246,6 +380,13 @@ impl KubeExecutor {
             }
             tokio::time::sleep(self.drain.retry_interval.min(deadline - now)).await;
         }
+    }
+
+    /// The pods the drain still had to evict (looked up with the call
+    /// timeout, past the drain's own deadline).
+    async fn pods_left(&self, node: &str) -> Result<Vec<String>, KubeExecError> {
+        let left = self.pods_on(node, None).await?;
+        Ok(left.iter().filter(|p| must_evict(p, self.drain.skip_terminating_after)).map(pod_key).collect())
     }
 }
 

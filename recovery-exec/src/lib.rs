@@ -46,7 +46,7 @@ use async_trait::async_trait;
 use health_core::{Action, ExecError, Executor};
 
 #[cfg(feature = "civo")]
-pub use civo::{ApiKey, CivoConfig, CivoError, CivoExecutor, install_crypto_provider};
+pub use civo::{ApiKey, CivoConfig, CivoError, CivoExecutor, install_crypto_provider, is_loopback_url};
 #[cfg(feature = "command")]
 pub use command::CommandExecutor;
 #[cfg(feature = "kube")]

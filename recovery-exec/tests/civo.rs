@@ -228,3 +228,101 @@ async fn the_api_key_never_leaks() {
         assert!(!t.contains(KEY), "the API key leaked into: {t}");
     }
 }
+
+/// A hostile Civo: answers every request on one connection with `head`
+/// and then `body_chunks` chunks of `chunk` (chunked encoding) until the
+/// client hangs up. Returns its URL and the number of body bytes it sent.
+async fn hostile(head: &'static str, chunk: Vec<u8>, body_chunks: usize) -> (String, Arc<Mutex<usize>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sent = Arc::new(Mutex::new(0usize));
+    let counter = Arc::clone(&sent);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let chunk = chunk.clone();
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut req = vec![0u8; 8192];
+                let _ = conn.read(&mut req).await;
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..body_chunks {
+                    let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                    if conn.write_all(&framed).await.is_err() {
+                        return;
+                    }
+                    *counter.lock() += chunk.len();
+                }
+                let _ = conn.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    (url, sent)
+}
+
+fn hostile_executor(url: &str) -> CivoExecutor {
+    let mut c = CivoConfig::new(url, ApiKey::new(KEY), "c-1", "lon1");
+    c.max_retries = 0;
+    c.call_timeout = Duration::from_secs(20);
+    CivoExecutor::new(c).unwrap()
+}
+
+/// Reproduced: a 768 MiB answer raised the agent's memory from 14 to
+/// 1,556 MiB. Now the read stops at max_body_bytes (4 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_answer_is_refused_without_reading_it_whole() {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    // 768 MiB in 1 MiB chunks, streamed: never held by the server either.
+    let (url, sent) = hostile(head, vec![b' '; 1 << 20], 768).await;
+    let err = hostile_executor(&url).find_instance("node-1").await.unwrap_err().to_string();
+    assert!(err.contains("larger than 4194304 bytes (max_body_bytes)"), "{err}");
+    let sent = *sent.lock();
+    assert!(sent < 64 << 20, "the server got {sent} bytes out before the client hung up");
+    println!("server wrote {} MiB before the executor stopped reading", sent >> 20);
+
+    // A declared length over the cap is refused before any body is read.
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 805306368\r\n\r\n";
+    let (url, _) = hostile(head, Vec::new(), 0).await;
+    let err = hostile_executor(&url).find_instance("node-1").await.unwrap_err().to_string();
+    assert!(err.contains("larger than 4194304 bytes"), "{err}");
+}
+
+/// Reproduced: a 500 with a 50 MiB reason made a 52 MB error message, which
+/// was logged too. Now the reason is cut to 512 characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_error_reason_is_cut() {
+    let head =
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    let mut body = br#"{"code":"database_error","reason":""#.to_vec();
+    body.extend(std::iter::repeat_n(b'x', 50 << 20));
+    body.extend_from_slice(br#""}"#);
+    let (url, _) = hostile(head, body, 1).await;
+    let err = hostile_executor(&url).find_instance("node-1").await.unwrap_err().to_string();
+    assert!(err.len() < 1024, "an error of {} bytes", err.len());
+    assert!(err.starts_with("Civo server error 500"), "{err}");
+}
+
+/// Reproduced: an instance id `x?region=evil#` from the listing went into
+/// the reboot URL, which became `POST /v2/instances/x?region=evil` with the
+/// key, and the executor reported success. Now the id is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_that_is_not_an_id_never_reaches_a_url() {
+    let sim = sim(1).await;
+    sim.cluster().add_civo_instance(Instance {
+        id: "x?region=evil#".into(),
+        hostname: "evil-node".into(),
+        ..sim.cluster().instances()[0].clone()
+    });
+    let e = executor(&sim, KEY, None);
+    let err = e.reboot("evil-node").await.unwrap_err().to_string();
+    assert!(err.contains("which is not a Civo id"), "{err}");
+    assert!(calls(&sim).iter().all(|(m, _, _)| m == "GET"), "{:?}", calls(&sim));
+    // A pool label that is not an id is refused before any call.
+    let before = calls(&sim).len();
+    let err = e.replace(&sim.cluster().node_names()[0], "p/../../x").await.unwrap_err().to_string();
+    assert!(err.contains("is not a Civo pool id"), "{err}");
+    assert_eq!(calls(&sim).len(), before);
+    sim.shutdown().await;
+}

@@ -127,3 +127,117 @@ async fn the_remediator_drains_before_replacing() {
     assert!(c.node(&other).is_some());
     sim.shutdown().await;
 }
+
+/// Reproduced: the drain evicted unmanaged pods and pods with emptyDir data
+/// without any opt-in. Now it refuses like kubectl, before cordoning,
+/// naming the pods; each setting lets its kind through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_unmanaged_and_emptydir_pods_unless_allowed() {
+    let sim = sim(1).await;
+    let c = sim.cluster();
+    let node = c.node_names()[0].clone();
+    c.add_pod("default", "bare", &node, "bare", PodOwner::ReplicaSet).unwrap();
+    c.update(cluster_sim::Kind::Pod, "default", "bare", |p| p["metadata"]["ownerReferences"] = serde_json::Value::Null)
+        .unwrap();
+    c.add_pod("shop", "cache-0", &node, "cache", PodOwner::ReplicaSet).unwrap();
+    c.update(cluster_sim::Kind::Pod, "shop", "cache-0", |p| {
+        p["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {}}])
+    })
+    .unwrap();
+    // A finished unmanaged pod loses nothing: it never blocks a drain.
+    c.add_pod("default", "job-done", &node, "job", PodOwner::ReplicaSet).unwrap();
+    c.update(cluster_sim::Kind::Pod, "default", "job-done", |p| {
+        p["metadata"]["ownerReferences"] = serde_json::Value::Null;
+        p["status"]["phase"] = json!("Succeeded");
+    })
+    .unwrap();
+    let before = c.pods_on(&node).len();
+
+    let drain = |evict_unmanaged, delete_emptydir_data| {
+        let config = kube::Config::new(sim.kube_url().parse().unwrap());
+        let d = DrainConfig {
+            timeout: Duration::from_secs(10),
+            retry_interval: Duration::from_millis(50),
+            grace_period: Some(0),
+            evict_unmanaged,
+            delete_emptydir_data,
+            ..DrainConfig::default()
+        };
+        KubeExecutor::from_config(config, d).unwrap()
+    };
+    let err = drain(false, false).drain(&node).await.unwrap_err();
+    match &err {
+        KubeExecError::Refused { pods, .. } => assert_eq!(pods, &["default/bare".to_owned()]),
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("kubectl drain --force"), "{err}");
+    assert!(!unschedulable(&sim, &node), "a refused drain cordons nothing");
+    assert_eq!(c.pods_on(&node).len(), before, "and evicts nothing");
+
+    let err = drain(true, false).drain(&node).await.unwrap_err().to_string();
+    assert!(err.contains("emptyDir") && err.contains("shop/cache-0") && !err.contains("default/bare"), "{err}");
+    assert_eq!(c.pods_on(&node).len(), before);
+
+    drain(true, true).drain(&node).await.unwrap();
+    let left = c.pods_on(&node);
+    assert!(!left.iter().any(|p| p == "default/bare" || p == "shop/cache-0"), "{left:?}");
+    sim.shutdown().await;
+}
+
+/// A server that accepts connections and never answers.
+async fn silent_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    url
+}
+
+/// Reproduced: against a server that accepts and never answers, a drain
+/// with a 2 s timeout still hung at 30 s. Now every call ends by the
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_api_server_cannot_hang_a_drain_or_an_uncordon() {
+    let url = silent_server().await;
+    let d =
+        DrainConfig { timeout: Duration::from_secs(2), call_timeout: Duration::from_secs(1), ..DrainConfig::default() };
+    let e = KubeExecutor::new(kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap(), d);
+    let started = std::time::Instant::now();
+    let err = e.drain("node-1").await.unwrap_err();
+    let took = started.elapsed();
+    // The drain's first call ends at the call timeout (1 s): no answer at all.
+    assert!(matches!(err, KubeExecError::Unanswered { what: "list pods", .. }), "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let err = e.uncordon("node-1").await.unwrap_err().to_string();
+    assert!(err.contains("got no answer within 1s"), "{err}");
+}
+
+/// Reproduced: `KubeExecutor::new` with a client that retries 429 answers
+/// itself ran a budget-blocked drain with a 1 s timeout past 120 s. Now the
+/// deadline bounds every call, whatever the client does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_retrying_client_cannot_stretch_the_drain_deadline() {
+    let sim = sim(2).await;
+    let c = sim.cluster();
+    let (node, other) = (c.node_names()[0].clone(), c.node_names()[1].clone());
+    c.add_pod("shop", "db-0", &node, "db", PodOwner::ReplicaSet).unwrap();
+    c.add_pod("shop", "db-1", &other, "db", PodOwner::ReplicaSet).unwrap();
+    c.add_pdb("shop", "db", "db", 2).unwrap();
+    // kube's default client: retries 429 with back-off on its own.
+    let client = kube::Client::try_from(kube::Config::new(sim.kube_url().parse().unwrap())).unwrap();
+    let d = DrainConfig { timeout: Duration::from_secs(1), grace_period: Some(0), ..DrainConfig::default() };
+    let started = std::time::Instant::now();
+    let err = KubeExecutor::new(client, d).drain(&node).await.unwrap_err();
+    let took = started.elapsed();
+    match &err {
+        KubeExecError::DrainTimeout { pods, .. } => assert_eq!(pods, &["shop/db-0".to_owned()]),
+        other => panic!("{other}"),
+    }
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    println!("budget-blocked drain with a 1 s timeout and a self-retrying client ended after {took:?}");
+    sim.shutdown().await;
+}

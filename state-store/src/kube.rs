@@ -1,7 +1,7 @@
 //! A Kubernetes store: each record is a JSON annotation on its Node, so
 //! `kubectl get node -o yaml` shows it and it goes away with the node.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use health_core::{NodeRecord, StateStore, StoreError, Stored, Version};
@@ -35,14 +35,21 @@ struct RawAnnotated {
 /// node's `resourceVersion` after checking the record's own version, so an
 /// unrelated node update only causes a transparent retry, while a concurrent
 /// writer of the record is a [`StoreError::Conflict`].
+///
+/// Every API call has a time limit ([`KubeStore::with_call_timeout`],
+/// default 30 s): kube clients have no read timeout of their own.
 #[derive(Clone)]
 pub struct KubeStore {
     nodes: Api<Node>,
+    call_timeout: Duration,
 }
 
 impl std::fmt::Debug for KubeStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeStore").field("annotation", &STATE_ANNOTATION).finish_non_exhaustive()
+        f.debug_struct("KubeStore")
+            .field("annotation", &STATE_ANNOTATION)
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,11 +89,32 @@ impl KubeStore {
     /// A store on the Nodes of `client`'s cluster.
     #[must_use]
     pub fn new(client: kube::Client) -> Self {
-        KubeStore { nodes: Api::all(client) }
+        KubeStore { nodes: Api::all(client), call_timeout: Duration::from_secs(30) }
+    }
+
+    /// The same store with another time limit per API call.
+    #[must_use]
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// `call`, or a backend error once the call timeout has passed.
+    async fn bounded<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        call: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, StoreError> {
+        tokio::time::timeout(self.call_timeout, call).await.map_err(|_| StoreError::Backend {
+            message: format!("{} got no answer from the API server within {:?}", what(), self.call_timeout),
+            source: None,
+        })
     }
 
     async fn get(&self, key: &str) -> Result<Option<Node>, StoreError> {
-        self.nodes.get_opt(key).await.map_err(|e| backend(format!("cannot read node {key}"), e))
+        self.bounded(|| format!("reading node {key}"), self.nodes.get_opt(key))
+            .await?
+            .map_err(|e| backend(format!("cannot read node {key}"), e))
     }
 
     /// Writes `value` (None: removes) as the annotation if the record's
@@ -128,7 +156,9 @@ impl KubeStore {
                 None => serde_json::Value::Null,
             };
             let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version, "annotations": {STATE_ANNOTATION: annotation}}});
-            match self.nodes.patch(key, &PatchParams::default(), &Patch::Merge(patch)).await {
+            let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+            let patched = self.nodes.patch(key, &params, &patch);
+            match self.bounded(|| format!("patching node {key}"), patched).await? {
                 Ok(_) => return Ok(()),
                 // The node changed (a heartbeat, or another writer): look again.
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
@@ -169,8 +199,11 @@ impl StateStore for KubeStore {
     /// Every annotated node. A node whose annotation is garbage makes the
     /// list fail naming it; every other node's record still loads by key.
     async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
-        let nodes =
-            self.nodes.list(&ListParams::default()).await.map_err(|e| backend("cannot list nodes".into(), e))?;
+        let lp = ListParams::default();
+        let nodes = self
+            .bounded(|| "listing nodes".to_owned(), self.nodes.list(&lp))
+            .await?
+            .map_err(|e| backend("cannot list nodes".into(), e))?;
         let mut out = Vec::new();
         for n in &nodes.items {
             let key = n.metadata.name.clone().unwrap_or_default();

@@ -216,3 +216,17 @@ async fn an_unreadable_slot_value_is_an_error_not_a_free_slot() {
     }
     assert!(lock.try_acquire(&Holder::now("n1")).await.unwrap().is_none(), "the slot is taken, not free");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_a_newer_format_is_a_typed_error() {
+    let e = etcd("newer").await;
+    let mut c = client(&e).await;
+    let newer = r#"{"format_version":99,"phase":"Healthy","class":"standard","rung":"reimage"}"#;
+    c.put("/node-health/state/node-1", newer, None).await.unwrap();
+    let store = EtcdStore::new(client(&e).await, "/node-health/state/");
+    match store.load("node-1").await.unwrap_err() {
+        health_core::StoreError::NewerFormat { key, found: 99, .. } => assert_eq!(key, "/node-health/state/node-1"),
+        other => panic!("{other}"),
+    }
+    assert!(store.list().await.is_err());
+}

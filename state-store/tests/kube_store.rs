@@ -81,3 +81,40 @@ async fn a_garbage_annotation_is_a_clear_error_and_loses_nothing_else() {
     );
     sim.shutdown().await;
 }
+
+/// Reproduced: against a server that accepts and never answers,
+/// `KubeStore::load` still hung at 20 s. Now every call has a time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_api_server_cannot_hang_the_store() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let store = KubeStore::new(client).with_call_timeout(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let err = store.load("node-1").await.unwrap_err().to_string();
+    assert!(err.contains("reading node node-1 got no answer from the API server within 500ms"), "{err}");
+    assert!(store.save("node-1", &NodeRecord::default(), None).await.is_err());
+    assert!(store.list().await.is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_a_newer_format_is_a_typed_error() {
+    let (sim, store) = setup(1).await;
+    let node = sim.cluster().node_names()[0].clone();
+    let newer = r#"{"v":3,"record":{"format_version":99,"phase":"Healthy","class":"standard","rung":"reimage"}}"#;
+    sim.cluster()
+        .update_node(&node, |v| v["metadata"]["annotations"][STATE_ANNOTATION] = serde_json::json!(newer))
+        .unwrap();
+    match store.load(&node).await.unwrap_err() {
+        StoreError::NewerFormat { key, found: 99, supported: 1 } => assert_eq!(key, node),
+        other => panic!("{other}"),
+    }
+    sim.shutdown().await;
+}
