@@ -41,7 +41,7 @@ pub fn parse_whole(text: &str) -> Result<u128, String> {
         "Ei" => exp2 = 60,
         s if s.starts_with(['e', 'E']) => {
             let e: i64 = s[1..].parse().map_err(|_| format!("{text:?} has a malformed exponent"))?;
-            if e.abs() > 38 {
+            if e.unsigned_abs() > 38 {
                 return Err(format!("{text:?} is out of range"));
             }
             exp10 += e;
@@ -51,6 +51,10 @@ pub fn parse_whole(text: &str) -> Result<u128, String> {
                 "{text:?} has an unknown suffix {s:?} (expected m, k, M, G, T, P, E, Ki..Ei or an exponent)"
             ));
         }
+    }
+    if digits == 0 {
+        // Zero with any suffix ("0.000", "0e-3", "0Ki").
+        return Ok(0);
     }
     let too_large = || format!("{text:?} is too large");
     let mut value = digits.checked_mul(1u128.checked_shl(exp2).ok_or_else(too_large)?).ok_or_else(too_large)?;
@@ -86,6 +90,8 @@ mod tests {
             ("3000m", 3),
             ("1Mi", 1_048_576),
             ("0.000", 0),
+            ("0e-3", 0),
+            ("0.0000000000000000000000000000000000000000000000", 0),
         ];
         for (t, want) in ok {
             assert_eq!(parse_whole(t), Ok(want), "{t}");
@@ -104,6 +110,9 @@ mod tests {
             "99999999999999999999999999999999999999999",
             "1e99",
             "1Ei1",
+            // Found by fuzzing: the exponent's absolute value overflowed.
+            "1e-9223372036854775808",
+            "1e9223372036854775807",
         ] {
             assert!(parse_whole(bad).is_err(), "{bad:?} should fail");
         }

@@ -66,7 +66,7 @@ pub struct CivoConfig {
     pub allow_insecure_http: bool,
 }
 
-/// The longest Civo error reason kept in an error (and so in logs).
+/// The longest Civo error reason kept in an error (and so in logs), in bytes.
 const MAX_REASON_CHARS: usize = 512;
 
 /// Whether `url`'s host is loopback (`localhost`, `127.0.0.0/8`, `::1`).
@@ -78,12 +78,14 @@ pub fn is_loopback_url(url: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// `text` cut to `max` characters, saying how much was cut.
+/// `text` cut to at most `max` bytes (at a character boundary), saying how
+/// much was cut.
 fn truncated(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_owned(),
-        Some((at, _)) => format!("{}… ({} more bytes)", &text[..at], text.len() - at),
+    if text.len() <= max {
+        return text.to_owned();
     }
+    let at = (0..=max).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}… ({} more bytes)", &text[..at], text.len() - at)
 }
 
 /// Whether `id` is a Civo id (letters, digits, `-`, `_`; at most 128): it
@@ -165,7 +167,7 @@ impl CivoConfig {
 }
 
 /// What went wrong talking to Civo. Never contains the API key; reasons
-/// quoted from Civo are cut to 512 characters.
+/// quoted from Civo are cut to 512 bytes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CivoError {
@@ -299,6 +301,45 @@ struct Instance {
     hostname: String,
 }
 
+/// The typed error for a Civo answer with a failure `status` and `body`.
+fn error_from(status: u16, body: &[u8]) -> CivoError {
+    let body: Option<CivoErrorBody> = serde_json::from_slice(body).ok();
+    let (code, reason) = body.map(|b| (b.code, b.reason)).unwrap_or_default();
+    let (code, reason) = (truncated(&code, 64), truncated(&reason, MAX_REASON_CHARS));
+    let auth_code = code.starts_with("authentication") || code == "database_account_not_found";
+    match status {
+        401 | 403 => CivoError::Auth { status, code },
+        404 if auth_code => CivoError::Auth { status: 404, code },
+        404 => CivoError::NotFound { code, reason },
+        429 => CivoError::RateLimited,
+        s if s >= 500 => CivoError::Server { status: s, code, reason },
+        s => CivoError::Rejected { status: s, code, reason },
+    }
+}
+
+/// The id of the one instance named `node` in a listing.
+fn pick_instance(body: &[u8], node: &str, cluster: &str) -> Result<String, CivoError> {
+    let instances: Vec<Instance> = serde_json::from_slice(body).map_err(|e| CivoError::Unexpected {
+        what: "list instances".into(),
+        message: truncated(&format!("not a list of instances: {e}"), MAX_REASON_CHARS),
+    })?;
+    let matching: Vec<&Instance> = instances.iter().filter(|i| i.hostname.eq_ignore_ascii_case(node)).collect();
+    match matching.as_slice() {
+        [one] if !is_civo_id(&one.id) => Err(CivoError::Unexpected {
+            what: "list instances".into(),
+            message: format!(
+                "instance {node:?} has the id {:?}, which is not a Civo id (letters, digits, '-', '_'); refusing to use it in a URL",
+                truncated(&one.id, 64)
+            ),
+        }),
+        [one] => Ok(one.id.clone()),
+        [] => Err(CivoError::NoInstance { node: node.to_owned(), cluster: cluster.to_owned() }),
+        many => {
+            Err(CivoError::AmbiguousInstance { node: node.to_owned(), cluster: cluster.to_owned(), count: many.len() })
+        }
+    }
+}
+
 /// Reboots and replaces Civo instances behind nodes.
 pub struct CivoExecutor {
     config: CivoConfig,
@@ -372,18 +413,7 @@ impl CivoExecutor {
         if status.is_success() {
             return Ok((status, bytes));
         }
-        let body: Option<CivoErrorBody> = serde_json::from_slice(&bytes).ok();
-        let (code, reason) = body.map(|b| (b.code, b.reason)).unwrap_or_default();
-        let (code, reason) = (truncated(&code, 64), truncated(&reason, MAX_REASON_CHARS));
-        let auth_code = code.starts_with("authentication") || code == "database_account_not_found";
-        Err(match status.as_u16() {
-            401 | 403 => CivoError::Auth { status: status.as_u16(), code },
-            404 if auth_code => CivoError::Auth { status: 404, code },
-            404 => CivoError::NotFound { code, reason },
-            429 => CivoError::RateLimited,
-            s if s >= 500 => CivoError::Server { status: s, code, reason },
-            s => CivoError::Rejected { status: s, code, reason },
-        })
+        Err(error_from(status.as_u16(), &bytes))
     }
 
     /// Reads an answer of at most `max_body_bytes`. A larger success is an
@@ -460,27 +490,7 @@ impl CivoExecutor {
     pub async fn find_instance(&self, node: &str) -> Result<String, CivoError> {
         let path = format!("/v2/kubernetes/clusters/{}/instances", self.config.cluster_id);
         let bytes = self.call(Method::GET, &path, None, "list instances", Repeat::Safe).await?;
-        let instances: Vec<Instance> = serde_json::from_slice(&bytes).map_err(|e| CivoError::Unexpected {
-            what: "list instances".into(),
-            message: format!("not a list of instances: {e}"),
-        })?;
-        let matching: Vec<&Instance> = instances.iter().filter(|i| i.hostname.eq_ignore_ascii_case(node)).collect();
-        match matching.as_slice() {
-            [one] if !is_civo_id(&one.id) => Err(CivoError::Unexpected {
-                what: "list instances".into(),
-                message: format!(
-                    "instance {node:?} has the id {:?}, which is not a Civo id (letters, digits, '-', '_'); refusing to use it in a URL",
-                    truncated(&one.id, 64)
-                ),
-            }),
-            [one] => Ok(one.id.clone()),
-            [] => Err(CivoError::NoInstance { node: node.to_owned(), cluster: self.config.cluster_id.clone() }),
-            many => Err(CivoError::AmbiguousInstance {
-                node: node.to_owned(),
-                cluster: self.config.cluster_id.clone(),
-                count: many.len(),
-            }),
-        }
+        pick_instance(&bytes, node, &self.config.cluster_id)
     }
 
     /// Hard-reboots the instance behind `node`. The reboot call is never
@@ -539,7 +549,58 @@ impl<T: ExecTarget + ?Sized> Executor<T> for CivoExecutor {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn cases() -> u32 {
+        std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
+    }
+
+    /// A listing-shaped answer: instances with arbitrary ids and hostnames,
+    /// or arbitrary bytes.
+    fn listing() -> impl Strategy<Value = Vec<u8>> {
+        let instance = ("\\PC{0,40}", prop_oneof![Just("node-1".to_owned()), "\\PC{0,12}"], any::<bool>()).prop_map(
+            |(id, hostname, extra)| {
+                let mut v = serde_json::json!({"id": id, "hostname": hostname});
+                if extra {
+                    v["size"] = serde_json::json!({"nested": [1, 2]});
+                }
+                v
+            },
+        );
+        prop_oneof![
+            prop::collection::vec(instance, 0..5).prop_map(|v| serde_json::to_vec(&v).unwrap()),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    /// An error-shaped answer: code and reason of any type and length, or bytes.
+    fn error_body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            ("\\PC{0,80}", "\\PC{0,2000}")
+                .prop_map(|(c, r)| serde_json::to_vec(&serde_json::json!({"code": c, "reason": r})).unwrap()),
+            any::<i64>().prop_map(|n| serde_json::to_vec(&serde_json::json!({"code": n, "reason": [n]})).unwrap()),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn listings_never_panic_and_ids_are_always_safe(body in listing()) {
+            if let Ok(id) = pick_instance(&body, "node-1", "c-1") {
+                prop_assert!(is_civo_id(&id), "{id:?}");
+            }
+        }
+
+        #[test]
+        fn error_answers_never_panic_and_stay_short(status in 400u16..600, body in error_body()) {
+            let e = error_from(status, &body).to_string();
+            prop_assert!(e.len() < 1024, "{} bytes", e.len());
+        }
+    }
 
     #[test]
     fn loopback_urls() {
@@ -557,7 +618,7 @@ mod tests {
     fn reasons_are_cut_and_ids_checked() {
         assert_eq!(truncated("short", 10), "short");
         assert_eq!(truncated("abcdef", 3), "abc… (3 more bytes)");
-        assert_eq!(truncated("ééé", 1), "é… (4 more bytes)");
+        assert_eq!(truncated("ééé", 3), "é… (4 more bytes)");
         assert!(is_civo_id("0f9c7a52-3b1e-4d6a-9f20-000000000001"));
         for bad in ["", "x?region=evil#", "../x", "a/b", "a b", "é"] {
             assert!(!is_civo_id(bad), "{bad}");
