@@ -48,6 +48,8 @@ pub use etcd::{EtcdStore, Holder, LockError, LockGuard, RemediationLock};
 pub use file::{FILE_FORMAT_VERSION, FileStore};
 pub use health_core::{MemoryStore, StateStore, StoreError, Stored, Version};
 use health_core::{NodeRecord, RECORD_FORMAT_VERSION};
+#[cfg(feature = "kube")]
+pub use kube::{KubeStore, STATE_ANNOTATION};
 
 /// Decodes a stored record from JSON text, for store backends.
 ///
@@ -115,6 +117,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(feature = "kube")]
-pub use kube::{KubeStore, STATE_ANNOTATION};

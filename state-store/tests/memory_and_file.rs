@@ -78,11 +78,13 @@ async fn a_corrupt_or_future_file_is_an_error_and_is_left_alone() {
 
 /// A record that takes a few hundred bytes, to fill a small disk quickly.
 fn bulky(i: usize) -> NodeRecord {
-    let mut r = NodeRecord::default();
-    r.reboot_count = u32::try_from(i).unwrap();
-    r.failing =
-        (0..4).map(|j| health_core::FailingCheck { checker: format!("checker-{j}"), reason: "x".repeat(40) }).collect();
-    r
+    NodeRecord {
+        reboot_count: u32::try_from(i).unwrap(),
+        failing: (0..4)
+            .map(|j| health_core::FailingCheck { checker: format!("checker-{j}"), reason: "x".repeat(40) })
+            .collect(),
+        ..NodeRecord::default()
+    }
 }
 
 /// Unmounts the tmpfs even when the test fails.
