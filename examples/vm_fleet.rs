@@ -177,7 +177,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("evaluating 8 VMs for 2 hours of simulated time");
     let end = start + Duration::from_secs(2 * 3600);
     loop {
-        engine.run_pass(&hv.inventory()).await;
+        let _ = engine.run_pass(&hv.inventory()).await;
         match engine.next_deadline() {
             Some(t) if t <= end => clock.advance_to(t),
             _ => break,

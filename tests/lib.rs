@@ -179,7 +179,7 @@ impl Sim {
         let mut passes = 0;
         loop {
             let targets = self.fleet.snapshot();
-            self.engine.run_pass(&targets).await;
+            let _ = self.engine.run_pass(&targets).await;
             passes += 1;
             match self.engine.next_deadline() {
                 Some(t) if t <= end => self.clock.advance_to(t.max(self.clock.now())),

@@ -1,20 +1,33 @@
 //! The async engine: runs checkers, applies the machine, persists with
 //! compare-and-swap, performs actions, notifies observers and emits metrics.
 //!
-//! The engine owns no loop and no timer. A driver calls
-//! [`Engine::run_pass`] with the current targets (or [`Engine::evaluate`]
-//! with the few that changed), then sleeps until [`Engine::next_deadline`]
-//! or until something changes; a spurious wake-up is a harmless no-op.
+//! The engine owns no loop and no timer: [`crate::Runtime`] drives it (or a
+//! driver of your own calls [`Engine::sync`] with the complete target set,
+//! [`Engine::evaluate`] with the few that changed, and sleeps until
+//! [`Engine::next_deadline`]; a spurious wake-up is a harmless no-op).
+//!
+//! Actions run off the evaluation path: starting one records it (CAS) and
+//! hands it to a task; other nodes, the storm guard and the budget go on
+//! meanwhile. Its outcome comes back through [`Engine::wait_completion`] and
+//! [`Engine::fold_completions`], and the node's next step is decided only
+//! from a fresh evaluation after that. [`Engine::run_pass`] does all of it in
+//! one call (it waits for the actions it starts), for simulations.
+//!
+//! Cancellation: the in-memory record changes only after the store
+//! confirmed the write, so dropping any engine future at an await point
+//! never loses, resets or duplicates a record or an action.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream;
+use futures_util::{FutureExt, StreamExt};
 use metrics::{Gauge, Histogram};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use crate::checker::HealthChecker;
 use crate::domain::{Action, CheckOutcome, Mode, NodeFacts, NodeRecord, Phase};
@@ -64,6 +77,10 @@ pub struct EngineConfig {
     pub store_retry: Backoff,
     /// Time limit of one state-store call (load, save, delete, list). Default 30s.
     pub store_timeout: Duration,
+    /// How long a departed node (absent from the target set) keeps its
+    /// record and series before they are deleted; a node that comes back
+    /// within it keeps its history. Default 30m.
+    pub forget_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +94,7 @@ impl Default for EngineConfig {
             conflict_retries: 3,
             store_retry: Backoff { initial: Duration::from_secs(5), max: Duration::from_secs(300) },
             store_timeout: Duration::from_secs(30),
+            forget_after: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -108,6 +126,13 @@ impl EngineConfig {
     #[must_use]
     pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a departed node keeps its record.
+    #[must_use]
+    pub fn with_forget_after(mut self, d: Duration) -> Self {
+        self.forget_after = d;
         self
     }
 
@@ -252,6 +277,36 @@ pub struct ActionRecord {
     pub failure: Option<String>,
 }
 
+/// A finished action, waiting to be folded into its node's record.
+#[derive(Clone)]
+struct Completion<T> {
+    node: String,
+    action: Action,
+    mode: Mode,
+    started_at: Timestamp,
+    target: T,
+    error: Option<Arc<ExecError>>,
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned())
+}
+
+/// Calls every observer, containing panics: a panicking observer is logged
+/// and the engine goes on.
+fn notify<T: ?Sized>(observers: &[Arc<dyn Observer<T>>], what: &'static str, call: impl Fn(&dyn Observer<T>)) {
+    for o in observers {
+        if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| call(o.as_ref()))) {
+            tracing::error!(event = what, panic = %panic_message(p.as_ref()), "an observer panicked; the engine goes on");
+        }
+    }
+}
+
 /// A per-node error of one pass.
 #[derive(Debug)]
 pub struct NodeError {
@@ -263,6 +318,8 @@ pub struct NodeError {
 
 /// What one pass did.
 #[derive(Debug, Default)]
+#[must_use = "a pass report says what was done, held back and failed"]
+#[non_exhaustive]
 pub struct PassReport {
     /// Targets evaluated.
     pub evaluated: usize,
@@ -282,6 +339,23 @@ pub struct PassReport {
     pub storm_guard: bool,
     /// The engine's next deadline after the pass.
     pub next_deadline: Option<Timestamp>,
+    /// Nodes that left the target set this pass (kept for `forget_after`).
+    pub departed: Vec<String>,
+}
+
+impl PassReport {
+    pub(crate) fn merge(&mut self, other: PassReport) {
+        self.evaluated += other.evaluated;
+        self.transitions.extend(other.transitions);
+        self.actions.extend(other.actions);
+        self.held.extend(other.held);
+        self.conflicts += other.conflicts;
+        self.removed.extend(other.removed);
+        self.errors.extend(other.errors);
+        self.storm_guard |= other.storm_guard;
+        self.departed.extend(other.departed);
+        self.next_deadline = other.next_deadline;
+    }
 }
 
 struct Slot {
@@ -297,6 +371,13 @@ struct Slot {
     /// Consecutive store errors, for the retry back-off.
     errors: u32,
     series: Option<NodeSeries>,
+    /// An action of this node is running in a task.
+    running: bool,
+    /// The record could not be loaded: the node counts as unhealthy.
+    unknown: bool,
+    /// When the node left the target set (its record is kept until
+    /// `forget_after` has passed).
+    departed_at: Option<Timestamp>,
 }
 
 impl Slot {
@@ -312,7 +393,28 @@ impl Slot {
             seen: 0,
             errors: 0,
             series: None,
+            running: false,
+            unknown: false,
+            departed_at: None,
         }
+    }
+
+    /// Whether the node occupies a `max_in_flight` slot: while its action
+    /// runs, or within the wait that follows it (a node held in an in-flight
+    /// phase past its wait does not block others).
+    fn occupies_slot(&self, policy: &Policy, now: Timestamp) -> bool {
+        if self.running {
+            return true;
+        }
+        let wait = match self.record.phase {
+            Phase::WaitingReboot => policy.reboot_wait_for(self.record.class),
+            Phase::WaitingReplace => policy.escalation.replace_wait,
+            // A drain occupies a slot while it runs; a drained node waiting
+            // for its replacement does until the replacement is decided.
+            Phase::Draining => return self.record.drained && self.hold.is_none(),
+            _ => return false,
+        };
+        self.record.last_action_at.is_some_and(|at| now < at + wait)
     }
 }
 
@@ -357,6 +459,10 @@ struct State {
     pass: u64,
     outcomes: Vec<CheckOutcome>,
     globals: Globals,
+    /// The deadline handed out last, and whether it was already due then
+    /// (two due deadlines in a row back off instead of spinning).
+    due_streak: u32,
+    next_deadline: Option<Timestamp>,
 }
 
 /// Builds an [`Engine`].
@@ -371,7 +477,7 @@ pub struct EngineBuilder<T> {
     remover: Option<Arc<dyn SeriesRemover>>,
 }
 
-impl<T: Target + 'static> EngineBuilder<T> {
+impl<T: Target + Clone + 'static> EngineBuilder<T> {
     /// Sets the policy (default: [`Policy::default`], monitor-only).
     #[must_use]
     pub fn policy(mut self, policy: Policy) -> Self {
@@ -466,7 +572,11 @@ impl<T: Target + 'static> EngineBuilder<T> {
                 pass: 0,
                 outcomes: Vec::new(),
                 globals,
+                due_streak: 0,
+                next_deadline: None,
             },
+            running: JoinSet::new(),
+            completions: VecDeque::new(),
         })
     }
 }
@@ -478,6 +588,11 @@ impl<T: Target + 'static> EngineBuilder<T> {
 pub struct Engine<T> {
     shared: Shared<T>,
     state: State,
+    /// Actions running in tasks.
+    running: JoinSet<Completion<T>>,
+    /// Finished actions not yet folded (kept until their record is written,
+    /// so a cancelled fold is redone, not lost).
+    completions: VecDeque<Completion<T>>,
 }
 
 /// Decide-and-perform rounds per pass (see `evaluate_inner`).
@@ -492,7 +607,7 @@ struct Planned {
     started_at: Timestamp,
 }
 
-impl<T: Target + 'static> Engine<T> {
+impl<T: Target + Clone + 'static> Engine<T> {
     /// Starts building an engine that persists to `store` and acts through `executor`.
     pub fn builder(store: Arc<dyn StateStore>, executor: Arc<dyn Executor<T>>) -> EngineBuilder<T> {
         EngineBuilder {
@@ -531,13 +646,12 @@ impl<T: Target + 'static> Engine<T> {
     }
 
     /// The next instant at which some node's decision can change without a
-    /// new observation; `now` when held nodes should be looked at again.
+    /// new observation (a wait ends, a departed node is to be forgotten, a
+    /// lifted gate frees held nodes). Never at or before the current time
+    /// twice in a row: a driver that follows it cannot busy-loop.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        if self.state.recheck {
-            return Some(self.shared.clock.now());
-        }
-        self.state.slots.iter().filter_map(|s| s.deadline).min()
+        self.state.next_deadline
     }
 
     /// [`Engine::next_deadline`] as a tokio instant, for
@@ -547,12 +661,59 @@ impl<T: Target + 'static> Engine<T> {
         self.next_deadline().map(|t| self.shared.clock.instant_at(t))
     }
 
+    /// Recomputes the next deadline; a deadline due again right after one
+    /// that was due backs off (250 ms doubling to 30 s) instead of spinning.
+    fn refresh_deadline(&mut self) -> Option<Timestamp> {
+        let now = self.shared.clock.now();
+        let mut d =
+            if self.state.recheck { Some(now) } else { self.state.slots.iter().filter_map(|s| s.deadline).min() };
+        match d {
+            Some(t) if t <= now => {
+                self.state.due_streak = self.state.due_streak.saturating_add(1);
+                if self.state.due_streak > 1 {
+                    let shift = (self.state.due_streak - 2).min(7);
+                    d = Some(now + (Duration::from_millis(250) * (1 << shift)).min(Duration::from_secs(30)));
+                }
+            }
+            _ => self.state.due_streak = 0,
+        }
+        self.state.next_deadline = d;
+        d
+    }
+
+    /// Nodes to evaluate now: their deadline has come, or a gate that held
+    /// them has lifted. (Departed nodes are forgotten by the next evaluation.)
+    #[must_use]
+    pub fn due(&self) -> Vec<String> {
+        let now = self.shared.clock.now();
+        self.state
+            .slots
+            .iter()
+            .filter(|s| {
+                s.departed_at.is_none()
+                    && !s.running
+                    && (s.deadline.is_some_and(|d| d <= now) || (self.state.recheck && s.hold.is_some()))
+            })
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Whether actions are running or finished ones wait to be folded.
+    #[must_use]
+    pub fn has_running(&self) -> bool {
+        !self.running.is_empty() || !self.completions.is_empty()
+    }
+
     /// Loads every stored record (after a restart), so remediation history
     /// and in-flight waits carry over. Returns how many were loaded.
+    /// Timestamps in the future (stamped by a clock that was ahead) are
+    /// clamped to now.
     pub async fn restore(&mut self) -> Result<usize, StoreError> {
         let all = self.shared.store.list().await?;
+        let now = self.shared.clock.now();
         let n = all.len();
-        for (name, stored) in all {
+        for (name, mut stored) in all {
+            clamp_future(&mut stored.record, now);
             if let Some(t) = stored.record.last_action_at {
                 self.state.last_action_at = Some(self.state.last_action_at.map_or(t, |l| l.max(t)));
             }
@@ -562,6 +723,7 @@ impl<T: Target + 'static> Engine<T> {
                     slot.record = stored.record;
                     slot.version = Some(stored.version);
                     slot.needs_reload = false;
+                    slot.unknown = false;
                 }
                 None => {
                     self.state.index.insert(name.clone(), self.state.slots.len());
@@ -569,52 +731,113 @@ impl<T: Target + 'static> Engine<T> {
                 }
             }
         }
+        self.refresh_deadline();
         Ok(n)
     }
 
+    /// Evaluates `targets` as the complete set, starts the actions due, and
+    /// (for simulations and tests) waits for those actions, folds their
+    /// outcomes and decides those nodes again from a fresh evaluation, until
+    /// no action runs. Drivers that must not wait use [`Engine::sync`].
+    pub async fn run_pass(&mut self, targets: &[T]) -> PassReport {
+        let mut report = self.sync(targets).await;
+        while self.has_running() {
+            self.wait_completion().await;
+            let (nodes, folded) = self.fold_completions().await;
+            report.merge(folded);
+            let again: Vec<T> = targets.iter().filter(|t| nodes.iter().any(|n| n == t.name())).cloned().collect();
+            if !again.is_empty() {
+                let r = self.evaluate(&again).await;
+                report.merge(r);
+            }
+        }
+        report
+    }
+
     /// Evaluates `targets` as the complete set: nodes the engine knows that
-    /// are not among them are removed (their record and series deleted).
+    /// are not among them depart (their record and series are kept for
+    /// `forget_after`, then deleted; a node back within it keeps its history).
+    /// Actions start in tasks and are not waited for.
     ///
-    /// Removal is skipped while the node source is marked stale
+    /// Departure is skipped while the node source is marked stale
     /// ([`Controls::set_source_stale`]) and when `targets` is empty: an
     /// unsynced or failed listing must never erase remediation history. Use
     /// [`Engine::remove`] to forget nodes explicitly.
-    pub async fn run_pass(&mut self, targets: &[T]) -> PassReport {
-        let mut report = self.evaluate_inner(targets, true).await;
+    pub async fn sync(&mut self, targets: &[T]) -> PassReport {
+        let mut departed = Vec::new();
         if !targets.is_empty() && !self.shared.controls.source_stale() {
-            let pass = self.state.pass;
-            let gone: Vec<(String, Option<Version>)> = self
-                .state
-                .slots
-                .iter()
-                .filter(|s| s.seen != pass)
-                .map(|s| (s.name.clone(), s.version.clone()))
-                .collect();
-            for (name, version) in gone {
-                match self.forget(&name, version.as_ref()).await {
-                    Ok(()) => report.removed.push(name),
-                    Err(error) => {
-                        self.shared.count_error("store_delete");
-                        report.errors.push(NodeError { node: name, error });
-                    }
+            let present: std::collections::HashSet<&str> = targets.iter().map(Target::name).collect();
+            let now = self.shared.clock.now();
+            for s in &mut self.state.slots {
+                if s.departed_at.is_none() && !present.contains(s.name.as_str()) {
+                    s.departed_at = Some(now);
+                    s.deadline = Some(now + self.shared.config.forget_after);
+                    departed.push(s.name.clone());
                 }
             }
         }
-        self.finish_pass(&mut report, true);
+        let mut report = self.evaluate(targets).await;
+        report.departed = departed;
         report
+    }
+
+    /// Marks one node departed (a watch saw it deleted): its record and
+    /// series are kept for `forget_after`.
+    pub fn depart(&mut self, node: &str) {
+        let now = self.shared.clock.now();
+        if let Some(&i) = self.state.index.get(node) {
+            let slot = &mut self.state.slots[i];
+            if slot.departed_at.is_none() {
+                slot.departed_at = Some(now);
+                slot.deadline = Some(now + self.shared.config.forget_after);
+            }
+        }
+        self.refresh_deadline();
     }
 
     /// Evaluates some targets (for example the nodes a watch reported changed);
     /// other known nodes keep their state and still count in the budget.
+    /// Departed nodes whose time has come are forgotten.
     pub async fn evaluate(&mut self, targets: &[T]) -> PassReport {
-        let mut report = self.evaluate_inner(targets, false).await;
-        self.finish_pass(&mut report, false);
+        let mut report = self.evaluate_inner(targets).await;
+        self.sweep_departed(&mut report).await;
+        self.finish_pass(&mut report);
         report
+    }
+
+    /// Forgets departed nodes whose `forget_after` has passed.
+    async fn sweep_departed(&mut self, report: &mut PassReport) {
+        let now = self.shared.clock.now();
+        let forget_after = self.shared.config.forget_after;
+        let gone: Vec<(String, Option<Version>)> = self
+            .state
+            .slots
+            .iter()
+            .filter(|s| !s.running && s.departed_at.is_some_and(|t| now >= t + forget_after))
+            .filter(|s| s.deadline.is_none_or(|d| d <= now))
+            .map(|s| (s.name.clone(), s.version.clone()))
+            .collect();
+        for (name, version) in gone {
+            match self.forget(&name, version.as_ref()).await {
+                Ok(()) => report.removed.push(name),
+                Err(error) => {
+                    self.shared.count_error("store_delete");
+                    if let Some(&i) = self.state.index.get(&name) {
+                        let slot = &mut self.state.slots[i];
+                        slot.errors = slot.errors.saturating_add(1);
+                        slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
+                    }
+                    report.errors.push(NodeError { node: name, error });
+                }
+            }
+        }
     }
 
     /// Forgets a node: deletes its record from the store and its metric series.
     pub async fn remove(&mut self, node: &str) -> Result<(), StoreError> {
-        self.forget(node, None).await
+        let r = self.forget(node, None).await;
+        self.refresh_deadline();
+        r
     }
 
     /// Deletes a node's record (guarded by `expected` when given) and series.
@@ -635,19 +858,21 @@ impl<T: Target + 'static> Engine<T> {
         Ok(())
     }
 
-    /// The cluster budget over the selected nodes: with `only_seen`, the nodes
-    /// of the current full pass (nodes about to be removed do not count).
-    fn budget(&self, only_seen: bool) -> Budget {
+    /// The cluster budget over the present (not departed) nodes. A node
+    /// whose record cannot be loaded counts as unhealthy (fail-safe).
+    fn budget(&self, now: Timestamp) -> Budget {
         let s = &self.state;
         let c = &self.shared.controls;
+        let policy = &self.shared.policy;
         let count = |f: &dyn Fn(&Slot) -> bool| {
-            let n = s.slots.iter().filter(|slot| (!only_seen || slot.seen == s.pass) && f(slot)).count();
+            let n = s.slots.iter().filter(|slot| slot.departed_at.is_none() && f(slot)).count();
             u32::try_from(n).unwrap_or(u32::MAX)
         };
         Budget {
             total: count(&|_| true),
-            unhealthy: count(&|slot| slot.failing),
-            in_flight: count(&|slot| slot.record.phase.is_in_flight()),
+            unhealthy: count(&|slot| slot.failing || slot.unknown),
+            in_flight: u32::try_from(s.slots.iter().filter(|slot| slot.occupies_slot(policy, now)).count())
+                .unwrap_or(u32::MAX),
             paused: c.paused(),
             source_stale: c.source_stale(),
             window_closed: c.window_closed(),
@@ -655,8 +880,9 @@ impl<T: Target + 'static> Engine<T> {
         }
     }
 
-    fn finish_pass(&mut self, report: &mut PassReport, full: bool) {
-        let budget = self.budget(full);
+    fn finish_pass(&mut self, report: &mut PassReport) {
+        let now = self.shared.clock.now();
+        let budget = self.budget(now);
         let policy = &self.shared.policy;
         let max_in_flight = budget.max_in_flight(policy);
         let g = &self.state.globals;
@@ -672,7 +898,7 @@ impl<T: Target + 'static> Engine<T> {
             Some(HoldReason::MaxInFlight) => budget.in_flight < max_in_flight,
             _ => false,
         });
-        report.next_deadline = self.next_deadline();
+        report.next_deadline = self.refresh_deadline();
     }
 
     /// Ensures every target has a slot (loading stored records); returns the
@@ -684,59 +910,71 @@ impl<T: Target + 'static> Engine<T> {
             let name = t.name();
             let idx = match self.state.index.get(name) {
                 Some(&i) if !self.state.slots[i].needs_reload => Some(i),
-                existing => match self.shared.store.load(name).await {
-                    Ok(stored) => {
-                        let (record, version) = match stored {
-                            Some(s) => (s.record, Some(s.version)),
-                            None => (NodeRecord::new(t.facts().class), None),
-                        };
-                        if let Some(at) = record.last_action_at {
-                            self.state.last_action_at = Some(self.state.last_action_at.map_or(at, |l| l.max(at)));
+                existing => {
+                    let existing = existing.copied();
+                    match self.shared.store.load(name).await {
+                        Ok(stored) => {
+                            let now = self.shared.clock.now();
+                            let (mut record, version) = match stored {
+                                Some(s) => (s.record, Some(s.version)),
+                                None => (NodeRecord::new(t.facts().class), None),
+                            };
+                            clamp_future(&mut record, now);
+                            if let Some(at) = record.last_action_at {
+                                self.state.last_action_at = Some(self.state.last_action_at.map_or(at, |l| l.max(at)));
+                            }
+                            match existing {
+                                Some(i) => {
+                                    let slot = &mut self.state.slots[i];
+                                    slot.record = record;
+                                    slot.version = version;
+                                    slot.needs_reload = false;
+                                    slot.unknown = false;
+                                    Some(i)
+                                }
+                                None => {
+                                    let i = self.state.slots.len();
+                                    self.state.slots.push(Slot::new(name, record, version));
+                                    self.state.index.insert(name.to_owned(), i);
+                                    Some(i)
+                                }
+                            }
                         }
-                        match existing {
-                            Some(&i) => {
-                                let slot = &mut self.state.slots[i];
-                                slot.record = record;
-                                slot.version = version;
-                                slot.needs_reload = false;
-                                Some(i)
-                            }
-                            None => {
-                                let i = self.state.slots.len();
-                                self.state.slots.push(Slot::new(name, record, version));
-                                self.state.index.insert(name.to_owned(), i);
-                                Some(i)
-                            }
+                        Err(error) => {
+                            self.shared.count_error("store_load");
+                            report.errors.push(NodeError { node: name.to_owned(), error });
+                            // Keep the node counted (as unhealthy: its state is
+                            // unknown) and not removed, and try it again after a back-off.
+                            let i = match existing {
+                                Some(i) => i,
+                                None => {
+                                    let i = self.state.slots.len();
+                                    let mut slot = Slot::new(name, NodeRecord::new(t.facts().class), None);
+                                    slot.needs_reload = true;
+                                    self.state.slots.push(slot);
+                                    self.state.index.insert(name.to_owned(), i);
+                                    i
+                                }
+                            };
+                            let now = self.shared.clock.now();
+                            let slot = &mut self.state.slots[i];
+                            slot.seen = pass;
+                            slot.unknown = true;
+                            slot.departed_at = None;
+                            slot.errors = slot.errors.saturating_add(1);
+                            slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
+                            None
                         }
                     }
-                    Err(error) => {
-                        self.shared.count_error("store_load");
-                        report.errors.push(NodeError { node: name.to_owned(), error });
-                        // Keep the node counted (and not removed) while its state is
-                        // unknown, and try it again after a back-off.
-                        let i = match existing {
-                            Some(&i) => i,
-                            None => {
-                                let i = self.state.slots.len();
-                                let mut slot = Slot::new(name, NodeRecord::new(t.facts().class), None);
-                                slot.needs_reload = true;
-                                self.state.slots.push(slot);
-                                self.state.index.insert(name.to_owned(), i);
-                                i
-                            }
-                        };
-                        let now = self.shared.clock.now();
-                        let slot = &mut self.state.slots[i];
-                        slot.seen = pass;
-                        slot.errors = slot.errors.saturating_add(1);
-                        slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
-                        None
-                    }
-                },
+                }
             };
             if let Some(i) = idx {
                 let slot = &mut self.state.slots[i];
                 slot.seen = pass;
+                if slot.departed_at.take().is_some() {
+                    // Back within forget_after: history kept.
+                    slot.deadline = None;
+                }
                 if slot.series.is_none() {
                     slot.series = Some(NodeSeries::register(&self.shared.names, name, &self.shared.checker_names));
                 }
@@ -746,7 +984,8 @@ impl<T: Target + 'static> Engine<T> {
         out
     }
 
-    /// Runs every checker on every target into `outcomes` (row-major).
+    /// Runs every checker on every target into `outcomes` (row-major). A
+    /// panicking checker is a failing check with reason `CheckPanicked`.
     async fn run_checks(shared: &Shared<T>, targets: &[T], slots: &[Option<usize>], outcomes: &mut Vec<CheckOutcome>) {
         let nc = shared.checkers.len();
         outcomes.clear();
@@ -757,9 +996,10 @@ impl<T: Target + 'static> Engine<T> {
                 continue;
             }
             for (ci, c) in shared.checkers.iter().enumerate() {
-                match c.check_sync(t) {
-                    Some(r) => outcomes[ti * nc + ci] = to_outcome(r),
-                    None => pending.push((ti, ci)),
+                match std::panic::catch_unwind(AssertUnwindSafe(|| c.check_sync(t))) {
+                    Ok(Some(r)) => outcomes[ti * nc + ci] = to_outcome(r),
+                    Ok(None) => pending.push((ti, ci)),
+                    Err(p) => outcomes[ti * nc + ci] = panicked(c.name(), t.name(), p.as_ref()),
                 }
             }
         }
@@ -772,8 +1012,10 @@ impl<T: Target + 'static> Engine<T> {
                 let checker = &shared.checkers[ci];
                 let target = &targets[ti];
                 async move {
-                    let outcome = match tokio::time::timeout(timeout, checker.check(target)).await {
-                        Ok(r) => to_outcome(r),
+                    let check = AssertUnwindSafe(checker.check(target)).catch_unwind();
+                    let outcome = match tokio::time::timeout(timeout, check).await {
+                        Ok(Ok(r)) => to_outcome(r),
+                        Ok(Err(p)) => panicked(checker.name(), target.name(), p.as_ref()),
                         Err(_) => CheckOutcome::fail_with("CheckTimeout", format!("no answer within {timeout:?}")),
                     };
                     (ti * nc + ci, outcome)
@@ -787,7 +1029,7 @@ impl<T: Target + 'static> Engine<T> {
         }
     }
 
-    async fn evaluate_inner(&mut self, targets: &[T], full: bool) -> PassReport {
+    async fn evaluate_inner(&mut self, targets: &[T]) -> PassReport {
         let started = tokio::time::Instant::now();
         self.state.pass += 1;
         let mut report = PassReport { evaluated: targets.len(), ..PassReport::default() };
@@ -802,8 +1044,9 @@ impl<T: Target + 'static> Engine<T> {
             }
         }
         let mut now = self.shared.clock.now();
-        let mut budget = self.budget(full);
-        let storm = budget.storm(&self.shared.policy);
+        let mut budget = self.budget(now);
+        // A stale source holds everything, like a storm: say so the same way.
+        let storm = budget.storm(&self.shared.policy) || budget.source_stale;
         report.storm_guard = storm;
         if storm != self.state.storm_active {
             self.state.storm_active = storm;
@@ -815,16 +1058,14 @@ impl<T: Target + 'static> Engine<T> {
                 limit: self.shared.policy.gates.max_unhealthy.resolve_ceil(budget.total),
                 at: now,
             };
-            for o in &self.shared.observers {
-                o.on_storm_guard(&event);
-            }
+            notify(&self.shared.observers, "storm_guard", |o| o.on_storm_guard(&event));
         }
 
-        // Round 1 decides every target; later rounds re-decide the nodes that
-        // just acted (a finished drain continues with the replacement; a
-        // failure sets the back-off deadline). Every decided action is
-        // performed before the loop ends; the machine never chains more than
-        // three actions, the bound only guards against a bug.
+        // Round 1 decides every target. Actions in active mode run in tasks
+        // and are decided again after they finish (from a new evaluation);
+        // monitor-mode actions are recorded at once, and later rounds
+        // re-decide those nodes. The machine never chains more than three
+        // actions; the bound only guards against a bug.
         let mut round: Vec<usize> = (0..targets.len()).filter(|&ti| slots[ti].is_some()).collect();
         let mut first = true;
         for _ in 0..MAX_ROUNDS {
@@ -832,8 +1073,6 @@ impl<T: Target + 'static> Engine<T> {
                 break;
             }
             if !first {
-                // Actions may have taken minutes: decide follow-ups with the
-                // current time and the operator switches as they are now.
                 now = self.shared.clock.now();
                 let c = &self.shared.controls;
                 budget.paused = c.paused();
@@ -863,7 +1102,7 @@ impl<T: Target + 'static> Engine<T> {
             round = self.perform(targets, planned, &mut report).await;
         }
         for &ti in &round {
-            // Still chaining after MAX_ROUNDS: look at these nodes again at once.
+            // Still chaining after MAX_ROUNDS: look at these nodes again soon.
             if let Some(si) = slots[ti] {
                 self.state.slots[si].deadline = Some(now);
             }
@@ -874,7 +1113,8 @@ impl<T: Target + 'static> Engine<T> {
     }
 
     /// Steps one node, persists the decision with compare-and-swap, and
-    /// returns the action to perform.
+    /// returns the action to perform. A node whose action is still running
+    /// is not decided (its next step waits for the outcome).
     #[allow(clippy::too_many_arguments)]
     async fn decide(
         &mut self,
@@ -887,6 +1127,9 @@ impl<T: Target + 'static> Engine<T> {
         emit_checks: bool,
         report: &mut PassReport,
     ) -> Option<Planned> {
+        if self.state.slots[si].running {
+            return None;
+        }
         let shared = &self.shared;
         let facts = target.facts();
         let checks: Vec<Check<'_>> = shared
@@ -900,8 +1143,9 @@ impl<T: Target + 'static> Engine<T> {
         let mut attempts = 0;
         let decision: Outline = loop {
             let slot = &mut self.state.slots[si];
-            let was_in_flight = slot.record.phase.is_in_flight();
-            let d = machine::step(std::mem::take(&mut slot.record), &obs, &shared.policy, budget, now);
+            let was_in_flight = slot.occupies_slot(&shared.policy, now);
+            // The record in memory changes only once the store has the new one.
+            let d = machine::step(slot.record.clone(), &obs, &shared.policy, budget, now);
             if !d.changed {
                 break Outline::keep(d, slot);
             }
@@ -913,12 +1157,14 @@ impl<T: Target + 'static> Engine<T> {
                         budget.last_action_at = Some(now);
                         self.state.last_action_at = Some(now);
                     }
-                    match (was_in_flight, d.record.phase.is_in_flight()) {
+                    let starts = d.action.is_some_and(Action::is_disruptive) && d.mode == Mode::Active;
+                    let outline = Outline::keep(d, slot);
+                    match (was_in_flight, starts || slot.occupies_slot(&shared.policy, now)) {
                         (false, true) => budget.in_flight += 1,
                         (true, false) => budget.in_flight = budget.in_flight.saturating_sub(1),
                         _ => {}
                     }
-                    break Outline::keep(d, slot);
+                    break outline;
                 }
                 Err(e) if e.is_conflict() && attempts < shared.config.conflict_retries => {
                     attempts += 1;
@@ -938,14 +1184,12 @@ impl<T: Target + 'static> Engine<T> {
                             }
                         }
                         Err(error) => {
-                            self.state.slots[si].record = d.record;
                             self.store_failed(si, "store_load", error, now, report);
                             return None;
                         }
                     }
                 }
                 Err(error) => {
-                    self.state.slots[si].record = d.record;
                     let reason = if error.is_conflict() { "store_conflict" } else { "store_save" };
                     self.store_failed(si, reason, error, now, report);
                     return None;
@@ -976,9 +1220,8 @@ impl<T: Target + 'static> Engine<T> {
             if slot.hold != new_hold {
                 let names = &shared.names;
                 names.counter(&names.labelled(&names.actions_held_total, "reason", h.reason.as_str())).increment(1);
-                for o in &shared.observers {
-                    o.on_hold(target, &HoldEvent { node: &slot.name, hold: h, at: now });
-                }
+                let event = HoldEvent { node: &slot.name, hold: h, at: now };
+                notify(&shared.observers, "hold", |o| o.on_hold(target, &event));
             }
         }
         slot.hold = new_hold;
@@ -992,9 +1235,7 @@ impl<T: Target + 'static> Engine<T> {
                 record: &slot.record,
                 mode: decision.mode,
             };
-            for o in &shared.observers {
-                o.on_transition(target, &event);
-            }
+            notify(&shared.observers, "transition", |o| o.on_transition(target, &event));
         }
         decision.action.map(|action| Planned { target: ti, slot: si, action, mode: decision.mode, started_at: now })
     }
@@ -1018,90 +1259,146 @@ impl<T: Target + 'static> Engine<T> {
         report.errors.push(NodeError { node: slot.name.clone(), error });
     }
 
-    /// Performs planned actions concurrently, folds their outcomes into the
-    /// records and returns the targets to decide again.
+    /// Starts planned actions: active ones in tasks (bounded by their
+    /// timeout, panics contained), monitor-mode ones recorded at once.
+    /// Returns the targets to decide again in this evaluation.
     async fn perform(&mut self, targets: &[T], planned: Vec<Planned>, report: &mut PassReport) -> Vec<usize> {
-        if planned.is_empty() {
-            return Vec::new();
-        }
-        let executor = Arc::clone(&self.shared.executor);
-        let config = &self.shared.config;
-        let results: Vec<Option<ExecError>> = futures_util::future::join_all(planned.iter().map(|p| {
-            let executor = &executor;
-            let target = &targets[p.target];
-            let limit = config.timeout_for(p.action);
-            async move {
-                match p.mode {
-                    Mode::Monitor => None,
-                    Mode::Active => match tokio::time::timeout(limit, executor.execute(p.action, target)).await {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(e),
-                        Err(_) => Some(ExecError::Timeout { action: p.action, after: limit }),
-                    },
-                }
-            }
-        }))
-        .await;
-
         let mut again = Vec::new();
-        for (p, error) in planned.into_iter().zip(results) {
-            let now = self.shared.clock.now();
-            let names = &self.shared.names;
+        for p in planned {
             let node = self.state.slots[p.slot].name.clone();
-            names.counter(&names.action_key(&node, p.action, p.mode)).increment(1);
-            if error.is_some() {
-                names.counter(&names.failure_key(&node, p.action)).increment(1);
-            }
-            report.actions.push(ActionRecord {
-                node: node.clone(),
-                action: p.action,
-                mode: p.mode,
-                failure: error.as_ref().map(ToString::to_string),
-            });
-            for o in &self.shared.observers {
-                o.on_action(
-                    &targets[p.target],
-                    &ActionEvent { node: &node, action: p.action, mode: p.mode, at: now, error: error.as_ref() },
-                );
-            }
-            if self.record_outcome(&targets[p.target], &p, error.is_none(), now, report).await {
-                again.push(p.target);
+            let target = targets[p.target].clone();
+            match p.mode {
+                Mode::Monitor => {
+                    let c = Completion {
+                        node,
+                        action: p.action,
+                        mode: p.mode,
+                        started_at: p.started_at,
+                        target,
+                        error: None,
+                    };
+                    self.announce(&c);
+                    if self.fold(&c, report).await.is_some() {
+                        again.push(p.target);
+                    }
+                }
+                Mode::Active => {
+                    self.state.slots[p.slot].running = true;
+                    let executor = Arc::clone(&self.shared.executor);
+                    let limit = self.shared.config.timeout_for(p.action);
+                    let (action, mode, started_at) = (p.action, p.mode, p.started_at);
+                    self.running.spawn(async move {
+                        let run = AssertUnwindSafe(executor.execute(action, &target)).catch_unwind();
+                        let error = match tokio::time::timeout(limit, run).await {
+                            Ok(Ok(Ok(()))) => None,
+                            Ok(Ok(Err(e))) => Some(e),
+                            Ok(Err(p)) => {
+                                let message = panic_message(p.as_ref());
+                                tracing::error!(node = %node, %action, panic = %message, "the executor panicked; its outcome is unknown");
+                                Some(ExecError::Unknown { action, message: format!("the executor panicked: {message}") })
+                            }
+                            Err(_) => Some(ExecError::Timeout { action, after: limit }),
+                        };
+                        Completion { node, action, mode, started_at, target, error: error.map(Arc::new) }
+                    });
+                }
             }
         }
         again
     }
 
+    /// Counts a finished action and tells the observers (once per action).
+    fn announce(&self, c: &Completion<T>) {
+        let names = &self.shared.names;
+        let now = self.shared.clock.now();
+        names.counter(&names.action_key(&c.node, c.action, c.mode)).increment(1);
+        if c.error.is_some() {
+            names.counter(&names.failure_key(&c.node, c.action)).increment(1);
+        }
+        let error = c.error.as_deref();
+        let event = ActionEvent { node: &c.node, action: c.action, mode: c.mode, at: now, error };
+        notify(&self.shared.observers, "action", |o| o.on_action(&c.target, &event));
+    }
+
+    /// Waits until an action finishes (at once if one already has, or if
+    /// none runs). Cancel-safe: nothing is lost when the wait is dropped.
+    pub async fn wait_completion(&mut self) {
+        if !self.completions.is_empty() {
+            return;
+        }
+        match self.running.join_next().await {
+            Some(Ok(c)) => {
+                self.announce(&c);
+                self.completions.push_back(c);
+            }
+            // Only an aborted task (the engine is being dropped) ends so.
+            Some(Err(e)) => tracing::error!(error = %e, "an action task ended without an outcome"),
+            None => {}
+        }
+    }
+
+    /// Folds every finished action into its node's record (CAS); returns the
+    /// nodes to evaluate again (a fresh observation decides their next step)
+    /// and what was done. A fold interrupted by cancellation is redone by
+    /// the next call.
+    pub async fn fold_completions(&mut self) -> (Vec<String>, PassReport) {
+        let mut report = PassReport::default();
+        let mut nodes = Vec::new();
+        while let Some(c) = self.completions.front().cloned() {
+            if let Some(node) = self.fold(&c, &mut report).await {
+                nodes.push(node);
+            }
+            self.completions.pop_front();
+        }
+        self.finish_pass(&mut report);
+        (nodes, report)
+    }
+
+    /// Folds one finished action; returns the node when it is to be decided
+    /// again.
+    async fn fold(&mut self, c: &Completion<T>, report: &mut PassReport) -> Option<String> {
+        report.actions.push(ActionRecord {
+            node: c.node.clone(),
+            action: c.action,
+            mode: c.mode,
+            failure: c.error.as_ref().map(ToString::to_string),
+        });
+        let now = self.shared.clock.now();
+        let si = *self.state.index.get(&c.node)?;
+        let again = self.record_outcome(c, si, now, report).await;
+        let slot = &mut self.state.slots[si];
+        slot.running = false;
+        // Decide the next step from a fresh evaluation, not from the
+        // observation taken before the action.
+        slot.deadline = Some(slot.deadline.map_or(now, |d| d.min(now)));
+        again.then(|| c.node.clone())
+    }
+
     /// Applies an action's outcome to the node's record and persists it;
     /// returns whether the node should be decided again (whenever the
     /// outcome was recorded).
-    async fn record_outcome(
-        &mut self,
-        target: &T,
-        p: &Planned,
-        ok: bool,
-        now: Timestamp,
-        report: &mut PassReport,
-    ) -> bool {
+    async fn record_outcome(&mut self, c: &Completion<T>, si: usize, now: Timestamp, report: &mut PassReport) -> bool {
         let shared = &self.shared;
+        let ok = c.error.is_none();
         let mut attempts = 0;
         loop {
-            let slot = &mut self.state.slots[p.slot];
+            let slot = &mut self.state.slots[si];
             // Only fold the outcome into the record of the decision that asked
             // for it; otherwise decide again from the record as it now is.
-            let ours = match p.action {
+            let ours = match c.action {
                 Action::Uncordon => slot.record.cordoned && slot.record.phase == Phase::Healthy,
-                _ => slot.record.last_action == Some(p.action) && slot.record.last_action_at == Some(p.started_at),
+                _ => slot.record.last_action == Some(c.action) && slot.record.last_action_at == Some(c.started_at),
             };
             if !ours {
                 return true;
             }
-            let applied = machine::apply_outcome(slot.record.clone(), p.action, ok, &shared.policy, now);
+            let applied = machine::apply_outcome(slot.record.clone(), c.action, ok, &shared.policy, now);
             if !applied.changed {
                 return true;
             }
             match shared.store.save(&slot.name, &applied.record, slot.version.as_ref()).await {
                 Ok(v) => {
-                    let slot = &mut self.state.slots[p.slot];
+                    let slot = &mut self.state.slots[si];
                     slot.version = Some(v);
                     slot.record = applied.record;
                     if let Some(change) = applied.transition {
@@ -1112,11 +1409,9 @@ impl<T: Target + 'static> Engine<T> {
                             to: change.to,
                             at: now,
                             record: &slot.record,
-                            mode: p.mode,
+                            mode: c.mode,
                         };
-                        for o in &shared.observers {
-                            o.on_transition(target, &event);
-                        }
+                        notify(&shared.observers, "transition", |o| o.on_transition(&c.target, &event));
                     }
                     if let Some(series) = &slot.series {
                         series.set_phase(slot.record.phase);
@@ -1129,30 +1424,58 @@ impl<T: Target + 'static> Engine<T> {
                     let name = slot.name.clone();
                     match shared.store.load(&name).await {
                         Ok(Some(s)) => {
-                            let slot = &mut self.state.slots[p.slot];
+                            let slot = &mut self.state.slots[si];
                             slot.record = s.record;
                             slot.version = Some(s.version);
                         }
                         Ok(None) => {
                             // Deleted meanwhile (the node left): nothing to record.
-                            let slot = &mut self.state.slots[p.slot];
+                            let slot = &mut self.state.slots[si];
                             slot.needs_reload = true;
                             slot.deadline = Some(now + self.shared.config.store_retry.delay(1));
                             return false;
                         }
                         Err(error) => {
-                            self.store_failed(p.slot, "store_load", error, now, report);
+                            self.store_failed(si, "store_load", error, now, report);
                             return false;
                         }
                     }
                 }
                 Err(error) => {
-                    self.store_failed(p.slot, "store_save", error, now, report);
+                    self.store_failed(si, "store_save", error, now, report);
                     return false;
                 }
             }
         }
     }
+}
+
+/// Moves timestamps stamped in the future (by a clock that was ahead) to
+/// `now`, so such a record never holds a node or a slot longer than its wait.
+fn clamp_future(record: &mut NodeRecord, now: Timestamp) {
+    for t in [
+        &mut record.unhealthy_since,
+        &mut record.healthy_since,
+        &mut record.last_transition_at,
+        &mut record.last_action_at,
+    ] {
+        if t.is_some_and(|t| t > now) {
+            *t = Some(now);
+        }
+    }
+    // A back-off may legitimately end in the future, but not past the
+    // longest back-off after a clamped action.
+    if let (Some(nb), Some(at)) = (record.not_before, record.last_action_at)
+        && nb > at + Duration::from_secs(7 * 24 * 3600)
+    {
+        record.not_before = Some(at);
+    }
+}
+
+fn panicked(checker: &str, node: &str, payload: &(dyn std::any::Any + Send)) -> CheckOutcome {
+    let message = panic_message(payload);
+    tracing::error!(checker, node, panic = %message, "a checker panicked; counted as a failing check");
+    CheckOutcome::fail_with("CheckPanicked", format!("the checker panicked: {message}"))
 }
 
 /// A decision whose record has moved into its slot.

@@ -25,7 +25,9 @@
 //! | [`domain`] | phases, classes, outcomes, actions, the persisted [`NodeRecord`] |
 //! | [`policy`] | [`Policy`] and its validation |
 //! | [`machine`] | the pure decision function and the safety gates |
-//! | [`engine`] | the async driver |
+//! | [`engine`] | evaluation, persistence (CAS) and actions run in tasks |
+//! | [`runtime`] | [`Runtime`], the driver loop: target updates, deadlines, controls, completions, shutdown |
+//! | [`fence`] | [`LeaseFence`]: when a lease-backed claim counts as lost |
 //! | [`checker`], [`executor`], [`store`], [`observer`] | the plug-in traits |
 //! | [`metrics`] | metric names and series removal |
 //! | [`component`] | component health |
@@ -34,8 +36,11 @@
 //! # In libraries and controllers
 //!
 //! Implement a checker and an executor for your target type, build an
-//! [`Engine`] and call [`Engine::run_pass`] whenever the targets change or
-//! [`Engine::next_deadline`] arrives:
+//! [`Engine`] and hand it to a [`Runtime`] with a stream of
+//! [`TargetUpdate`]s (see [`runtime`]); simulations and tests can also call
+//! [`Engine::run_pass`] themselves, jumping a clock to
+//! [`Engine::next_deadline`]. The engine needs a Tokio runtime with timers
+//! (actions run in spawned tasks):
 //!
 //! ```
 //! use std::sync::Arc;
@@ -43,6 +48,7 @@
 //! use async_trait::async_trait;
 //! use health_core::*;
 //!
+//! #[derive(Clone)]
 //! struct Vm { name: String, responding: bool }
 //! impl Target for Vm {
 //!     fn name(&self) -> &str { &self.name }
@@ -70,7 +76,7 @@
 //!     .build()?;
 //!
 //! let vms = [Vm { name: "vm-1".into(), responding: false }];
-//! engine.run_pass(&vms).await;                       // Healthy? No: Unhealthy.
+//! let _ = engine.run_pass(&vms).await;               // Healthy? No: Unhealthy.
 //! assert_eq!(engine.record("vm-1").unwrap().phase, Phase::Unhealthy);
 //! clock.advance_to(engine.next_deadline().unwrap()); // the threshold expires
 //! let report = engine.run_pass(&vms).await;          // reboot
@@ -97,6 +103,7 @@ pub mod machine;
 pub mod metrics;
 pub mod observer;
 pub mod policy;
+pub mod runtime;
 pub mod store;
 pub mod time;
 
@@ -112,6 +119,7 @@ pub use machine::{Budget, Check, Decision, Hold, HoldReason, Observation, PhaseC
 pub use metrics::{MetricNames, SeriesKind, SeriesRemover};
 pub use observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
 pub use policy::{Backoff, Escalation, Gates, Limit, Policy, PolicyError};
+pub use runtime::{PassCause, Runtime, RuntimeEvent, Stopped, TargetUpdate};
 pub use store::{MemoryStore, StateStore, StoreError, Stored, TimedStore, Version};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, TokioClock};
 
@@ -138,6 +146,7 @@ mod send_sync {
     #[test]
     fn engine_futures_are_send() {
         fn assert_send<F: Send>(_: F) {}
+        #[derive(Clone)]
         struct T;
         impl Target for T {
             fn name(&self) -> &str {

@@ -87,8 +87,8 @@ async fn a_store_conflict_never_produces_a_second_action() {
     let mut b = engine(Arc::clone(&store), Arc::new(second), active());
     let targets = nodes(10, &[0]);
 
-    a.run_pass(&targets).await;
-    b.run_pass(&targets).await;
+    let _ = a.run_pass(&targets).await;
+    let _ = b.run_pass(&targets).await;
     assert_eq!(a.record("node-0").map(|r| r.phase), Some(Phase::Unhealthy));
     assert_eq!(b.record("node-0").map(|r| r.phase), Some(Phase::Unhealthy));
 
@@ -135,7 +135,7 @@ async fn a_slow_executor_times_out_and_counts_a_failure() {
         .build()
         .expect("engine");
     let targets = nodes(3, &[1]);
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     advance(5 * MIN).await;
     let started = tokio::time::Instant::now();
     let r = e.run_pass(&targets).await;
@@ -201,7 +201,7 @@ async fn escalation_drains_then_replaces_in_order() {
     let policy = active().with_replace(true).with_max_reboot_retries(1);
     let mut e = engine(Arc::new(MemoryStore::new()), Arc::new(exec), policy);
     let targets = nodes(10, &[0]);
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     advance(5 * MIN).await;
     assert_eq!(e.run_pass(&targets).await.actions.len(), 1);
     advance(10 * MIN).await;
@@ -210,7 +210,12 @@ async fn escalation_drains_then_replaces_in_order() {
     assert_eq!(actions, [Action::Drain, Action::Replace]);
     let rec = e.record("node-0").expect("record");
     assert_eq!((rec.phase, rec.replace_count, rec.cordoned), (Phase::WaitingReplace, 1, true));
-    // The replaced node disappears; its record goes with it.
+    // The replaced node disappears; its record is kept for forget_after
+    // (30 minutes), then goes.
+    let r = e.run_pass(&targets[1..]).await;
+    assert_eq!((r.departed.as_slice(), r.removed.len()), (&["node-0".to_owned()][..], 0));
+    assert!(e.record("node-0").is_some());
+    advance(30 * MIN).await;
     let r = e.run_pass(&targets[1..]).await;
     assert_eq!(r.removed, ["node-0"]);
     assert!(e.record("node-0").is_none());
@@ -247,7 +252,7 @@ async fn storm_guard_holds_everything_and_tells_observers() {
         .expect("engine");
     // 3 of 10 broken: more than 20% (2).
     let broken = nodes(10, &[0, 1, 2]);
-    e.run_pass(&broken).await;
+    let _ = e.run_pass(&broken).await;
     advance(5 * MIN).await;
     let r = e.run_pass(&broken).await;
     assert!(r.storm_guard);
@@ -255,7 +260,7 @@ async fn storm_guard_holds_everything_and_tells_observers() {
     assert_eq!(r.held.len(), 3);
     assert!(r.held.iter().all(|(_, h)| *h == HoldReason::StormGuard));
     // A second pass does not repeat the hold events.
-    e.run_pass(&broken).await;
+    let _ = e.run_pass(&broken).await;
     assert_eq!(events.holds.lock().len(), 3);
     let storms = events.storms.lock().clone();
     assert_eq!(storms.len(), 1);
@@ -293,7 +298,7 @@ async fn in_flight_slots_free_up_within_a_pass_and_across_passes() {
     let mut backward_big = backward.clone();
     backward_big.extend((10..20).map(|i| Node::new(&format!("node-{i}"), true)));
 
-    e.run_pass(&forward_big).await;
+    let _ = e.run_pass(&forward_big).await;
     advance(5 * MIN).await;
     // max_in_flight is 2 for 20 nodes: node-2 and node-1 reboot, node-0 waits.
     let r = e.run_pass(&backward_big).await;
@@ -321,7 +326,7 @@ async fn in_flight_slots_free_up_within_a_pass_and_across_passes() {
     let two = nodes(10, &[0, 1]);
     let mut two_back = two.clone();
     two_back.reverse();
-    e2.run_pass(&two).await;
+    let _ = e2.run_pass(&two).await;
     advance(5 * MIN).await;
     let r = e2.run_pass(&two_back).await;
     assert_eq!(r.actions.iter().map(|a| a.node.as_str()).collect::<Vec<_>>(), ["node-1"]);
@@ -344,7 +349,7 @@ async fn controls_pause_and_wake_drivers() {
     exec.expect_execute().times(0);
     let mut e = engine(Arc::new(MemoryStore::new()), Arc::new(exec), active());
     let targets = nodes(10, &[0]);
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     let controls = e.controls();
     let woke = tokio::spawn({
         let c = Arc::clone(&controls);
@@ -359,7 +364,7 @@ async fn controls_pause_and_wake_drivers() {
     assert_eq!(e.next_deadline(), None);
     controls.set_paused(false);
     // Resuming lifts the hold: the driver is told to look again now.
-    e.evaluate(&[]).await;
+    let _ = e.evaluate(&[]).await;
     assert!(e.next_deadline().is_some());
 }
 
@@ -370,16 +375,22 @@ async fn state_survives_a_restart() {
     exec.expect_execute().times(1).returning(|_, _| Ok(()));
     let mut a = engine(Arc::clone(&store), Arc::new(exec), active());
     let targets = nodes(10, &[4]);
-    a.run_pass(&targets).await;
+    let _ = a.run_pass(&targets).await;
     advance(5 * MIN).await;
     assert_eq!(a.run_pass(&targets).await.actions.len(), 1);
     drop(a);
 
-    // A new process two minutes later: it must not reboot again.
+    // A new process two minutes later (its clock reads the same wall time):
+    // it must not reboot again.
     advance(2 * MIN).await;
     let mut exec = MockExec::new();
     exec.expect_execute().times(0);
-    let mut b = engine(Arc::clone(&store), Arc::new(exec), active());
+    let mut b = Engine::builder(Arc::clone(&store), Arc::new(exec))
+        .policy(active())
+        .checker(ready_checker())
+        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0) + 7 * MIN)))
+        .build()
+        .expect("valid engine");
     assert_eq!(b.restore().await.expect("restore"), 10);
     let r = b.run_pass(&targets).await;
     assert!(r.actions.is_empty());
@@ -440,7 +451,7 @@ async fn checks_are_bounded_timed_out_and_errors_fail() {
         .expect("engine");
     let targets = nodes(20, &[]);
     let started = tokio::time::Instant::now();
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     assert_eq!(gauged.peak.load(Ordering::SeqCst), 4);
     assert!(started.elapsed() >= Duration::from_secs(5), "the hanging check ran into its timeout");
     let failing = |n: &str| e.record(n).map(|r| r.failing.clone()).unwrap_or_default();
@@ -573,24 +584,27 @@ async fn metrics_carry_design_names_and_labels_and_vanish_with_the_node() {
     exec.expect_execute().times(1).returning(|_, _| Err(ExecError::failed(Action::Reboot, "HTTP 500")));
     let mut e = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(exec))
         .policy(active())
+        .config(EngineConfig::default().with_forget_after(Duration::ZERO))
         .checker(ready_checker())
         .clock(Arc::new(clock()))
         .series_remover(recorder.clone())
         .build()
         .expect("engine");
     let targets = nodes(5, &[1]);
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     advance(5 * MIN).await;
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
 
     let p = "civo_node_agent";
     assert_eq!(
         recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-0,result=pass}}")),
         Some(2)
     );
+    // node-1 was checked a third time: the failed reboot is decided again
+    // from a fresh evaluation.
     assert_eq!(
         recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-1,result=fail}}")),
-        Some(2)
+        Some(3)
     );
     assert_eq!(
         recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-1,result=pass}}")),
@@ -615,7 +629,7 @@ async fn metrics_carry_design_names_and_labels_and_vanish_with_the_node() {
         assert!(recorder.help.lock().contains_key(&format!("{p}_{name}")), "HELP for {name}");
     }
 
-    // node-1 leaves the cluster: every series naming it goes.
+    // node-1 leaves the cluster (forget_after 0): every series naming it goes.
     assert!(!recorder.with_node("node-1").is_empty());
     let r = e.run_pass(&[targets[0].clone(), targets[2].clone(), targets[3].clone(), targets[4].clone()]).await;
     assert_eq!(r.removed, ["node-1"]);
@@ -636,10 +650,10 @@ async fn store_errors_back_off_instead_of_spinning() {
         .build()
         .expect("engine");
     let targets = nodes(3, &[]);
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     assert_eq!(e.next_deadline(), Some(clk.now() + Duration::from_secs(5)));
     advance(Duration::from_secs(5)).await;
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     assert_eq!(e.next_deadline(), Some(clk.now() + Duration::from_secs(10)), "the back-off doubles");
 }
 
@@ -648,7 +662,7 @@ async fn an_empty_or_stale_listing_never_erases_history() {
     let store = Arc::new(MemoryStore::new());
     let mut e = engine(store.clone(), Arc::new(MockExec::new()), Policy::default());
     let targets = nodes(4, &[2]);
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     assert_eq!(store.len(), 4);
     // An unsynced watch cache: no targets at all.
     let r = e.run_pass(&[]).await;
@@ -659,12 +673,16 @@ async fn an_empty_or_stale_listing_never_erases_history() {
     let r = e.run_pass(&targets[..1]).await;
     assert!(r.removed.is_empty());
     assert_eq!(store.len(), 4);
-    // A fresh listing without node-3: it goes.
+    // A fresh listing without node-3: it departs, and goes after forget_after.
     e.controls().set_source_stale(false);
+    let r = e.run_pass(&targets[..3]).await;
+    assert_eq!(r.departed, ["node-3"]);
+    assert_eq!(store.len(), 4);
+    assert_eq!(e.record("node-2").map(|r| r.phase), Some(Phase::Unhealthy));
+    advance(30 * MIN).await;
     let r = e.run_pass(&targets[..3]).await;
     assert_eq!(r.removed, ["node-3"]);
     assert_eq!(store.len(), 3);
-    assert_eq!(e.record("node-2").map(|r| r.phase), Some(Phase::Unhealthy));
 }
 
 /// Drains successfully, but an operator pauses remediation while the drain runs.
@@ -699,9 +717,9 @@ async fn a_pause_during_a_drain_holds_the_replacement() {
         .expect("engine");
     let _ = exec.controls.set(e.controls());
     let targets = nodes(10, &[0]);
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     advance(5 * MIN).await;
-    e.run_pass(&targets).await;
+    let _ = e.run_pass(&targets).await;
     advance(10 * MIN).await;
     let r = e.run_pass(&targets).await;
     assert_eq!(*exec.calls.lock(), [Action::Reboot, Action::Drain]);

@@ -1,0 +1,448 @@
+//! The engine v2 scenarios, each reproducing a failure seen on the v1
+//! engine: stale follow-up decisions, one slow action blocking everything,
+//! cancellation, held in-flight slots, storm under-counting, lost history
+//! of a re-registered node, busy loops and panics. Paused tokio time.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use health_core::*;
+use parking_lot::Mutex;
+
+const T0: u64 = 1_700_000_000;
+const MIN: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+struct Node {
+    name: String,
+    ready: bool,
+    facts: NodeFacts,
+}
+
+impl Target for Node {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn facts(&self) -> NodeFacts {
+        self.facts
+    }
+}
+
+fn nodes(n: usize, not_ready: &[usize]) -> Vec<Node> {
+    (0..n)
+        .map(|i| Node { name: format!("node-{i}"), ready: !not_ready.contains(&i), facts: NodeFacts::default() })
+        .collect()
+}
+
+fn ready_checker() -> FnChecker<impl Fn(&Node) -> CheckOutcome + Send + Sync> {
+    FnChecker::new("NodeReady", 5 * MIN, |n: &Node| {
+        if n.ready { CheckOutcome::Pass } else { CheckOutcome::fail("KubeletNotReady") }
+    })
+}
+
+/// Records every action with the (paused) instant it started; drains take
+/// `drain_for`.
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<(String, Action, tokio::time::Instant)>>,
+    drain_for: Duration,
+}
+
+impl Recorder {
+    fn actions(&self) -> Vec<(String, Action)> {
+        self.calls.lock().iter().map(|(n, a, _)| (n.clone(), *a)).collect()
+    }
+}
+
+#[async_trait]
+impl Executor<Node> for Recorder {
+    async fn execute(&self, action: Action, target: &Node) -> Result<(), ExecError> {
+        self.calls.lock().push((target.name.clone(), action, tokio::time::Instant::now()));
+        if action == Action::Drain {
+            tokio::time::sleep(self.drain_for).await;
+        }
+        Ok(())
+    }
+}
+
+fn build(store: Arc<dyn StateStore>, exec: Arc<dyn Executor<Node>>, policy: Policy) -> Engine<Node> {
+    Engine::builder(store, exec)
+        .policy(policy)
+        .config(EngineConfig::default().with_action_timeouts(2 * MIN, 30 * MIN))
+        .checker(ready_checker())
+        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
+        .build()
+        .expect("valid engine")
+}
+
+fn escalating() -> Policy {
+    Policy::default().with_monitor_only(false).with_replace(true).with_max_reboot_retries(1)
+}
+
+/// Takes node-0 of 10 to the start of its drain (reboot, wait, still broken).
+async fn until_drain_starts(e: &mut Engine<Node>, targets: &[Node]) {
+    let _ = e.run_pass(targets).await;
+    tokio::time::advance(5 * MIN).await;
+    let _ = e.run_pass(targets).await; // reboot
+    tokio::time::advance(10 * MIN).await;
+    let r = e.sync(targets).await; // the reboot did not help: drain, in a task
+    assert_eq!(e.record("node-0").map(|r| r.phase), Some(Phase::Draining));
+    assert!(r.actions.is_empty(), "the drain runs in a task: {:?}", r.actions);
+    assert!(e.has_running());
+}
+
+/// Why 1: a 10-minute drain cured the node; v1 replaced it anyway from the
+/// observation taken before the drain.
+#[tokio::test(start_paused = true)]
+async fn a_node_cured_by_its_drain_is_not_replaced() {
+    let exec = Arc::new(Recorder { drain_for: 10 * MIN, ..Recorder::default() });
+    let mut e = build(Arc::new(MemoryStore::new()), exec.clone(), escalating());
+    let mut targets = nodes(10, &[0]);
+    until_drain_starts(&mut e, &targets).await;
+    // The node recovers while the drain runs (the watch delivers it).
+    targets[0].ready = true;
+    let _ = e.evaluate(&targets[..1]).await;
+    e.wait_completion().await;
+    let (again, _) = e.fold_completions().await;
+    assert_eq!(again, ["node-0"]);
+    let _ = e.evaluate(&targets[..1]).await;
+    assert_eq!(exec.actions().last().map(|a| a.1), Some(Action::Drain));
+    assert!(!exec.actions().iter().any(|a| a.1 == Action::Replace), "{:?}", exec.actions());
+    let rec = e.record("node-0").unwrap();
+    assert_eq!(rec.phase, Phase::Healthy);
+}
+
+/// Why 1: an opt-out added during the drain, and half the fleet going
+/// NotReady during the drain, both hold the replacement.
+#[tokio::test(start_paused = true)]
+async fn an_opt_out_or_a_storm_during_the_drain_holds_the_replacement() {
+    for storm in [false, true] {
+        let exec = Arc::new(Recorder { drain_for: 10 * MIN, ..Recorder::default() });
+        let mut e = build(Arc::new(MemoryStore::new()), exec.clone(), escalating());
+        let mut targets = nodes(10, &[0]);
+        until_drain_starts(&mut e, &targets).await;
+        if storm {
+            for t in &mut targets[1..6] {
+                t.ready = false;
+            }
+        } else {
+            targets[0].facts.opted_out = true;
+        }
+        let _ = e.evaluate(&targets).await;
+        e.wait_completion().await;
+        let (again, _) = e.fold_completions().await;
+        let fresh: Vec<Node> = targets.iter().filter(|t| again.contains(&t.name)).cloned().collect();
+        let r = e.evaluate(&fresh).await;
+        let want = if storm { HoldReason::StormGuard } else { HoldReason::OptedOut };
+        assert_eq!(r.held, [("node-0".to_owned(), want)]);
+        assert!(!exec.actions().iter().any(|a| a.1 == Action::Replace), "{:?}", exec.actions());
+    }
+}
+
+/// Why 2: a 14-minute drain delayed every other node's evaluation by 14
+/// minutes. Now a node that breaks during the drain is seen at once and
+/// rebooted at its threshold, while the drain still runs.
+#[tokio::test(start_paused = true)]
+async fn a_slow_drain_does_not_delay_other_nodes() {
+    let exec = Arc::new(Recorder { drain_for: 14 * MIN, ..Recorder::default() });
+    let gates = Gates { max_in_flight: Limit::Count(2), ..Gates::default() };
+    let mut e = build(Arc::new(MemoryStore::new()), exec.clone(), escalating().with_gates(gates));
+    let mut targets = nodes(10, &[0]);
+    until_drain_starts(&mut e, &targets).await;
+    let drain_started = tokio::time::Instant::now();
+    targets[3].ready = false;
+    let r = e.evaluate(&targets[3..4]).await;
+    assert_eq!(r.transitions.len(), 1, "node-3 is Unhealthy at once");
+    tokio::time::advance(5 * MIN).await;
+    let r = e.evaluate(&targets[3..4]).await;
+    assert!(r.held.is_empty(), "{:?}", r.held);
+    assert_eq!(e.record("node-3").map(|r| r.phase), Some(Phase::WaitingReboot));
+    // Let the reboot's task run.
+    tokio::task::yield_now().await;
+    let calls = exec.calls.lock().clone();
+    let (_, action, at) = calls.last().cloned().unwrap();
+    assert_eq!(action, Action::Reboot);
+    assert_eq!(at - drain_started, 5 * MIN, "rebooted at its threshold, during the drain");
+    assert!(e.has_running(), "the drain still runs");
+}
+
+/// A store whose `block_at`-th call (1-based) never returns.
+struct BlockingStore {
+    inner: MemoryStore,
+    calls: AtomicUsize,
+    block_at: usize,
+}
+
+impl BlockingStore {
+    async fn gate(&self) {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.block_at {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for BlockingStore {
+    async fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        self.gate().await;
+        self.inner.load(key).await
+    }
+    async fn save(&self, key: &str, record: &NodeRecord, expected: Option<&Version>) -> Result<Version, StoreError> {
+        self.gate().await;
+        self.inner.save(key, record, expected).await
+    }
+    async fn delete(&self, key: &str, expected: Option<&Version>) -> Result<(), StoreError> {
+        self.gate().await;
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
+        self.gate().await;
+        self.inner.list().await
+    }
+}
+
+/// Why 3 and Must show: the pass is dropped at every await point of a
+/// remediation (the store blocks at its N-th call, for every N); no record
+/// is lost or reset, and reboots stay a reboot wait apart.
+#[tokio::test(start_paused = true)]
+async fn dropping_a_pass_at_any_store_call_never_resets_history() {
+    let mut checked = 0;
+    for block_at in 1..=60 {
+        let store = Arc::new(BlockingStore { inner: MemoryStore::new(), calls: AtomicUsize::new(0), block_at });
+        let exec = Arc::new(Recorder::default());
+        let policy = Policy::default().with_monitor_only(false);
+        let mut e = build(store.clone(), exec.clone(), policy);
+        let targets = nodes(3, &[0]);
+        let mut max_count = 0;
+        let mut known = false;
+        for _ in 0..12 {
+            let pass = e.run_pass(&targets);
+            // The blocked call is abandoned after a second: the pass future is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(1), pass).await;
+            if let Some(r) = e.record("node-0") {
+                assert!(r.reboot_count >= max_count, "block at {block_at}: count went back to {}", r.reboot_count);
+                max_count = r.reboot_count;
+                // Before its first stored decision a fresh record is Unknown;
+                // once known it never goes back.
+                assert!(!(known && r.phase == Phase::Unknown), "block at {block_at}: the record was reset");
+                known |= r.phase != Phase::Unknown;
+            }
+            tokio::time::advance(5 * MIN).await;
+        }
+        let calls = exec.calls.lock().clone();
+        for w in calls.windows(2) {
+            assert!(w[1].2 - w[0].2 >= 10 * MIN, "block at {block_at}: reboots {:?} apart", w[1].2 - w[0].2);
+        }
+        assert!(!calls.is_empty(), "block at {block_at}: the node was never rebooted");
+        checked += 1;
+    }
+    assert_eq!(checked, 60);
+}
+
+/// Why 5: a node held (opted out) in WaitingReboot kept its in-flight slot
+/// forever, so with 10 nodes (one slot) a second broken node was never
+/// remediated.
+#[tokio::test(start_paused = true)]
+async fn a_held_node_frees_its_in_flight_slot_after_its_wait() {
+    let exec = Arc::new(Recorder::default());
+    let mut e = build(Arc::new(MemoryStore::new()), exec.clone(), Policy::default().with_monitor_only(false));
+    let mut targets = nodes(10, &[0]);
+    let _ = e.run_pass(&targets).await;
+    tokio::time::advance(5 * MIN).await;
+    let _ = e.run_pass(&targets).await;
+    assert_eq!(exec.actions(), [("node-0".to_owned(), Action::Reboot)]);
+    // An operator opts node-0 out; it stays broken. node-1 breaks.
+    targets[0].facts.opted_out = true;
+    targets[1].ready = false;
+    let r = e.run_pass(&targets).await;
+    assert!(r.held.is_empty() || r.held.iter().all(|h| h.1 == HoldReason::MaxInFlight), "{:?}", r.held);
+    tokio::time::advance(10 * MIN).await;
+    let r = e.run_pass(&targets).await;
+    assert!(r.held.contains(&("node-0".to_owned(), HoldReason::OptedOut)), "the hold names its cause: {:?}", r.held);
+    assert_eq!(exec.actions().last(), Some(&("node-1".to_owned(), Action::Reboot)), "{:?}", exec.actions());
+}
+
+/// Fails `load` for some keys (a store answering 503 for them).
+struct FailingLoads {
+    inner: MemoryStore,
+    failing: HashSet<String>,
+}
+
+#[async_trait]
+impl StateStore for FailingLoads {
+    async fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        if self.failing.contains(key) {
+            return Err(StoreError::Backend { message: "503 Service Unavailable".into(), source: None });
+        }
+        self.inner.load(key).await
+    }
+    async fn save(&self, key: &str, record: &NodeRecord, expected: Option<&Version>) -> Result<Version, StoreError> {
+        self.inner.save(key, record, expected).await
+    }
+    async fn delete(&self, key: &str, expected: Option<&Version>) -> Result<(), StoreError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
+        self.inner.list().await
+    }
+}
+
+/// Why 6: 5 of 10 nodes NotReady, 4 of them with records that cannot be
+/// loaded, looked like 1 unhealthy node, and a reboot went ahead during
+/// the storm. Unreadable nodes now count as unhealthy.
+#[tokio::test(start_paused = true)]
+async fn nodes_whose_record_cannot_be_loaded_count_for_the_storm_guard() {
+    let failing: HashSet<String> = (1..5).map(|i| format!("node-{i}")).collect();
+    let store = Arc::new(FailingLoads { inner: MemoryStore::new(), failing });
+    let exec = Arc::new(Recorder::default());
+    let mut e = build(store, exec.clone(), Policy::default().with_monitor_only(false));
+    let targets = nodes(10, &[0, 1, 2, 3, 4]);
+    let r = e.run_pass(&targets).await;
+    assert!(r.storm_guard, "4 unreadable + 1 failing of 10 is a storm");
+    tokio::time::advance(6 * MIN).await;
+    let r = e.run_pass(&targets).await;
+    assert!(r.storm_guard);
+    assert!(exec.actions().is_empty(), "{:?}", exec.actions());
+    assert!(r.held.contains(&("node-0".to_owned(), HoldReason::StormGuard)));
+}
+
+/// Why 7: a node absent from one listing (deleted and re-registered) lost
+/// its history and was rebooted again 7 minutes after its first reboot.
+#[tokio::test(start_paused = true)]
+async fn a_node_back_within_forget_after_keeps_its_history() {
+    let exec = Arc::new(Recorder::default());
+    let mut e = build(Arc::new(MemoryStore::new()), exec.clone(), Policy::default().with_monitor_only(false));
+    let targets = nodes(10, &[0]);
+    let _ = e.run_pass(&targets).await;
+    tokio::time::advance(5 * MIN).await;
+    let _ = e.run_pass(&targets).await;
+    assert_eq!(exec.actions().len(), 1);
+    tokio::time::advance(MIN).await;
+    let r = e.run_pass(&targets[1..]).await;
+    assert_eq!(r.departed, ["node-0"]);
+    assert!(r.removed.is_empty());
+    tokio::time::advance(6 * MIN).await;
+    let r = e.run_pass(&targets).await;
+    assert!(r.actions.is_empty(), "rebooted again 7 minutes after the first: {:?}", r.actions);
+    assert_eq!(e.record("node-0").map(|r| (r.phase, r.reboot_count)), Some((Phase::WaitingReboot, 1)));
+    tokio::time::advance(3 * MIN).await;
+    let r = e.run_pass(&targets).await;
+    assert_eq!(r.actions.len(), 1, "the second reboot comes at the end of the wait");
+}
+
+/// Why 8 and Must show: over 24 h of simulated time with holds (storm and
+/// opt-out), departures and a store that fails every delete, the runtime's
+/// evaluations stay bounded.
+#[tokio::test(start_paused = true)]
+async fn the_runtime_never_busy_loops() {
+    struct NoDeletes(MemoryStore);
+    #[async_trait]
+    impl StateStore for NoDeletes {
+        async fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+            self.0.load(key).await
+        }
+        async fn save(&self, key: &str, r: &NodeRecord, v: Option<&Version>) -> Result<Version, StoreError> {
+            self.0.save(key, r, v).await
+        }
+        async fn delete(&self, _: &str, _: Option<&Version>) -> Result<(), StoreError> {
+            Err(StoreError::Backend { message: "503".into(), source: None })
+        }
+        async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
+            self.0.list().await
+        }
+    }
+    let exec = Arc::new(Recorder::default());
+    let e = build(Arc::new(NoDeletes(MemoryStore::new())), exec, Policy::default().with_monitor_only(false));
+    let passes = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&passes);
+    let runtime = Runtime::new(e).with_sink(move |ev| {
+        if matches!(ev, RuntimeEvent::Pass { .. }) {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let mut all = nodes(10, &[0, 1, 2, 3]);
+    all[5].facts.opted_out = true;
+    all[5].ready = false;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(TargetUpdate::Full(all.clone())).unwrap();
+    // node-9 departs after an hour (its delete then fails forever).
+    let sender = tokio::spawn(async move {
+        tokio::time::sleep(60 * MIN).await;
+        tx.send(TargetUpdate::Delete("node-9".into())).unwrap();
+        tokio::time::sleep(24 * 60 * MIN).await;
+        drop(tx);
+    });
+    let updates = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|u| (u, rx)) }));
+    let stopped = runtime.run(updates, tokio::time::sleep(24 * 60 * MIN)).await;
+    sender.abort();
+    let n = passes.load(Ordering::SeqCst);
+    println!("evaluations in 24 h of simulated time: {n}");
+    assert!(n <= 400, "{n} evaluations in 24 h");
+    assert!(stopped.engine.record("node-9").is_some(), "the failing delete keeps the record");
+}
+
+struct Panicking;
+
+#[async_trait]
+impl HealthChecker<Node> for Panicking {
+    fn name(&self) -> &str {
+        "Panicking"
+    }
+    fn threshold(&self) -> Duration {
+        MIN
+    }
+    async fn check(&self, target: &Node) -> CheckResult {
+        if target.name == "node-1" {
+            panic!("checker bug");
+        }
+        Ok(CheckOutcome::Pass)
+    }
+}
+
+struct PanickingExec;
+
+#[async_trait]
+impl Executor<Node> for PanickingExec {
+    async fn execute(&self, _: Action, _: &Node) -> Result<(), ExecError> {
+        panic!("executor bug")
+    }
+}
+
+struct PanickingObserver;
+
+impl Observer<Node> for PanickingObserver {
+    fn on_transition(&self, _: &Node, _: &TransitionEvent<'_>) {
+        panic!("observer bug")
+    }
+}
+
+/// Why 10: a panic in a checker, executor or observer aborted the pass and
+/// killed the driver. Now a panicking checker is a failing check, a
+/// panicking executor an action whose outcome is unknown, and the engine
+/// goes on.
+#[tokio::test(start_paused = true)]
+async fn panics_are_contained() {
+    let mut e = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(PanickingExec))
+        .policy(Policy::default().with_monitor_only(false))
+        .checker(ready_checker())
+        .checker(Panicking)
+        .observer(Arc::new(PanickingObserver))
+        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
+        .build()
+        .expect("engine");
+    let targets = nodes(10, &[0]);
+    let r = e.run_pass(&targets).await;
+    assert_eq!(r.evaluated, 10);
+    let rec = e.record("node-1").unwrap();
+    assert_eq!(rec.failing.first().map(|f| f.reason.as_str()), Some("CheckPanicked"));
+    tokio::time::advance(5 * MIN).await;
+    let r = e.run_pass(&targets).await;
+    let failures: Vec<_> = r.actions.iter().filter_map(|a| a.failure.clone()).collect();
+    assert!(failures.iter().any(|f| f.contains("the executor panicked: executor bug")), "{failures:?}");
+    // The outcome is unknown, so the reboot counts as issued: its wait applies.
+    let rec = e.record("node-0").unwrap();
+    assert!(rec.not_before.is_some_and(|t| t >= Timestamp::from_secs(T0) + 15 * MIN), "{rec:?}");
+}
