@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use health_core::{
-    ComponentStatus, Engine, EngineConfig, Executor, HealthManager, MemoryStore, NodeRecord, Observer, StateStore,
+    ComponentStatus, Controls, Engine, EngineConfig, Executor, HealthManager, MemoryStore, NodeRecord, Observer,
+    PassCause, PassReport, Runtime, RuntimeEvent, StateStore, TargetUpdate,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use recovery_exec::{ApiKey, CivoConfig, CivoExecutor, DrainConfig, KubeExecutor, NoopExecutor, Remediator};
@@ -31,9 +32,6 @@ use crate::watch::{self, NodeCache, WatchConfig};
 
 /// The metric prefix of the agent (Civo's agent's names).
 pub const METRICS_PREFIX: &str = "civo_node_agent";
-/// The shortest gap between two deadline-driven passes (a deadline at or
-/// before now never turns into a busy loop).
-pub const MIN_DEADLINE_GAP: Duration = Duration::from_millis(200);
 /// Read timeout of the watch connection (above the watch's own 290s timeout).
 pub const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(330);
 
@@ -219,6 +217,7 @@ pub async fn run(
         .with_check_timeout(config.engine.check_timeout)
         .with_action_timeouts(config.engine.action_timeout, config.kube.drain_timeout)
         .with_store_timeout(config.engine.store_timeout)
+        .with_forget_after(config.engine.forget_after)
         .with_metrics_prefix(METRICS_PREFIX);
     let mut builder = Engine::builder(store, executor)
         .policy(config.policy)
@@ -276,79 +275,137 @@ pub async fn run(
 
     let controls = engine.controls();
     let mut summary = RunSummary::default();
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut due = false;
-    let mut last_pass = tokio::time::Instant::now();
-    // `--once` gives the first list a bounded time instead of waiting forever.
-    let once_deadline = deps.once.then(|| tokio::time::Instant::now() + config.kube.call_timeout * 2);
-    loop {
-        let snap = cache.take_changes(due);
-        controls.set_source_stale(!snap.synced || snap.stale.is_some());
-        let targets = if snap.full { &snap.all } else { &snap.changed };
-        if snap.synced && (snap.full || !targets.is_empty()) {
-            due = false;
-            // A full pass when nodes came or went or a deadline is due; else
-            // only the nodes that changed (the others keep their state and
-            // still count in the budget).
-            let report = if snap.full { engine.run_pass(targets).await } else { engine.evaluate(targets).await };
-            last_pass = tokio::time::Instant::now();
-            summary.passes += 1;
-            if snap.full {
-                summary.nodes = snap.all.len();
-            }
-            let mut meta = BTreeMap::new();
-            meta.insert("nodes".to_owned(), summary.nodes.to_string());
-            meta.insert("passes".to_owned(), summary.passes.to_string());
-            if report.errors.is_empty() {
-                health.update("state-store", ComponentStatus::Healthy, "ok", BTreeMap::new());
-            } else {
-                let first = &report.errors[0];
-                tracing::warn!(
-                    errors = report.errors.len(),
-                    node = %first.node,
-                    error = %first.error,
-                    "state store errors: those nodes are held and retried with back-off"
-                );
-                health.update(
-                    "state-store",
-                    ComponentStatus::Degraded,
-                    format!("{} errors, first: {}: {}", report.errors.len(), first.node, first.error),
-                    BTreeMap::new(),
-                );
-            }
-            health.update("engine", ComponentStatus::Healthy, "evaluating", meta);
-            if deps.once {
-                if !report.errors.is_empty() {
-                    let msg = format!("{} store errors, first: {}", report.errors.len(), report.errors[0].error);
-                    tasks.shutdown().await;
-                    return Err(RunError::Pass(msg));
-                }
-                break;
-            }
-        }
-        let wake = engine.next_wakeup().map(|w| w.max(last_pass + MIN_DEADLINE_GAP));
-        tokio::select! {
-            () = cache.changed() => {}
-            () = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
-                due = true;
-            }
-            () = controls.changed() => { due = true; }
-            () = async { match once_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } }, if !snap.synced => {
-                tasks.shutdown().await;
-                return Err(RunError::Pass(format!(
-                    "no complete node list within {:?}: {}",
-                    config.kube.call_timeout * 2,
-                    snap.stale.unwrap_or_else(|| "the list did not finish".into())
-                )));
-            }
-            () = &mut shutdown => {
-                tracing::info!("shutting down: no new evaluation starts");
-                break;
-            }
-        }
+    if deps.once {
+        return run_once(engine, &cache, &controls, &health, &config, tasks, storm).await;
     }
+
+    // The watch cache becomes a stream of target updates for the runtime:
+    // the complete set when nodes come or go, the changed nodes otherwise.
+    let (updates_tx, updates_rx) = tokio::sync::mpsc::channel::<TargetUpdate<NodeRef>>(64);
+    let feeder_cache = cache.clone();
+    let feeder_controls = Arc::clone(&controls);
+    tasks.spawn(async move {
+        loop {
+            let snap = feeder_cache.take_changes(false);
+            feeder_controls.set_source_stale(!snap.synced || snap.stale.is_some());
+            if snap.synced {
+                let batch: Vec<TargetUpdate<NodeRef>> = if snap.full {
+                    vec![TargetUpdate::Full(snap.all)]
+                } else {
+                    snap.changed.into_iter().map(TargetUpdate::Upsert).collect()
+                };
+                for u in batch {
+                    if updates_tx.send(u).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            feeder_cache.changed().await;
+        }
+    });
+    let updates =
+        Box::pin(futures_util::stream::unfold(updates_rx, |mut rx| async move { rx.recv().await.map(|u| (u, rx)) }));
+
+    let passes = Arc::new(parking_lot::Mutex::new((0u64, 0usize)));
+    let sink_passes = Arc::clone(&passes);
+    let sink_health = Arc::clone(&health);
+    let runtime =
+        Runtime::new(engine).with_shutdown_grace(config.engine.shutdown_grace).with_sink(move |event| match event {
+            RuntimeEvent::Pass { cause, report } => {
+                let mut p = sink_passes.lock();
+                p.0 += 1;
+                if *cause == PassCause::Full {
+                    p.1 = report.evaluated;
+                }
+                report_health(&sink_health, report, p.0, p.1);
+            }
+            RuntimeEvent::ShuttingDown { in_flight } => {
+                tracing::info!(
+                    actions_in_flight = in_flight,
+                    "shutting down: nothing new starts; waiting for actions in flight"
+                );
+            }
+            _ => {}
+        });
+    let stopped = runtime.run(updates, shutdown).await;
+    if stopped.abandoned {
+        tracing::warn!(
+            grace = ?config.engine.shutdown_grace,
+            "actions were still running at the end of the shutdown grace; their records say they were started, so a restarted agent waits them out"
+        );
+    }
+    let engine = stopped.engine;
+    let (passes, nodes) = *passes.lock();
+    summary.passes = passes;
+    summary.nodes = nodes;
     summary.records = engine.records().map(|(k, r)| (k.to_owned(), r.clone())).collect();
     summary.storm_guard_engaged = *storm.0.lock();
     tasks.shutdown().await;
     Ok(summary)
+}
+
+/// Updates the `state-store` and `engine` components after a pass.
+fn report_health(health: &HealthManager, report: &PassReport, passes: u64, nodes: usize) {
+    let mut meta = BTreeMap::new();
+    meta.insert("nodes".to_owned(), nodes.to_string());
+    meta.insert("passes".to_owned(), passes.to_string());
+    if report.errors.is_empty() {
+        health.update("state-store", ComponentStatus::Healthy, "ok", BTreeMap::new());
+    } else {
+        let first = &report.errors[0];
+        tracing::warn!(
+            errors = report.errors.len(),
+            node = %first.node,
+            error = %first.error,
+            "state store errors: those nodes are held and retried with back-off"
+        );
+        health.update(
+            "state-store",
+            ComponentStatus::Degraded,
+            format!("{} errors, first: {}: {}", report.errors.len(), first.node, first.error),
+            BTreeMap::new(),
+        );
+    }
+    health.update("engine", ComponentStatus::Healthy, "evaluating", meta);
+}
+
+/// `--once`: waits (bounded) for a complete node list, runs one pass
+/// (waiting for the actions it starts) and stops.
+async fn run_once(
+    mut engine: Engine<NodeRef>,
+    cache: &NodeCache,
+    controls: &Controls,
+    health: &HealthManager,
+    config: &Config,
+    mut tasks: tokio::task::JoinSet<()>,
+    storm: Arc<StormFlag>,
+) -> Result<RunSummary, RunError> {
+    let limit = config.kube.call_timeout * 2;
+    let deadline = tokio::time::Instant::now() + limit;
+    let snap = loop {
+        let snap = cache.take_changes(true);
+        if snap.synced {
+            break snap;
+        }
+        if tokio::time::timeout_at(deadline, cache.changed()).await.is_err() {
+            tasks.shutdown().await;
+            return Err(RunError::Pass(format!(
+                "no complete node list within {limit:?}: {}",
+                snap.stale.unwrap_or_else(|| "the list did not finish".into())
+            )));
+        }
+    };
+    controls.set_source_stale(snap.stale.is_some());
+    let report = engine.run_pass(&snap.all).await;
+    report_health(health, &report, 1, snap.all.len());
+    tasks.shutdown().await;
+    if !report.errors.is_empty() {
+        return Err(RunError::Pass(format!("{} store errors, first: {}", report.errors.len(), report.errors[0].error)));
+    }
+    Ok(RunSummary {
+        passes: 1,
+        nodes: snap.all.len(),
+        records: engine.records().map(|(k, r)| (k.to_owned(), r.clone())).collect(),
+        storm_guard_engaged: *storm.0.lock(),
+    })
 }

@@ -262,6 +262,13 @@ pub struct EngineSection {
     /// Kubernetes store call retries node conflicts within it).
     #[serde(with = "duration_str")]
     pub store_timeout: Duration,
+    /// On SIGTERM, how long to wait for actions in flight (nothing new starts).
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: Duration,
+    /// How long a departed node's record and series are kept (a node that
+    /// comes back within it keeps its history).
+    #[serde(with = "duration_str")]
+    pub forget_after: Duration,
 }
 
 impl Default for EngineSection {
@@ -271,6 +278,8 @@ impl Default for EngineSection {
             action_timeout: Duration::from_secs(60),
             check_concurrency: 64,
             store_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            forget_after: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -548,6 +557,7 @@ impl Config {
             ("engine.check_timeout", self.engine.check_timeout),
             ("engine.action_timeout", self.engine.action_timeout),
             ("engine.store_timeout", self.engine.store_timeout),
+            ("engine.shutdown_grace", self.engine.shutdown_grace),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::invalid(field, "must be a positive duration such as \"30s\""));

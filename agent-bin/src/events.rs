@@ -223,7 +223,13 @@ impl Observer<NodeRef> for EventObserver {
     }
 
     fn on_storm_guard(&self, e: &StormEvent) {
-        if e.active {
+        if e.active && e.source_stale {
+            tracing::error!(
+                unhealthy = e.unhealthy,
+                total = e.total,
+                "storm guard engaged: the node source is stale (watch down or not synced), so node health cannot be trusted; no new remediation starts until a fresh list arrives"
+            );
+        } else if e.active {
             tracing::error!(
                 unhealthy = e.unhealthy,
                 total = e.total,

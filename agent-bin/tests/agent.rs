@@ -224,7 +224,10 @@ async fn a_departed_node_loses_its_series_and_a_steady_one_keeps_them() {
     let sim = sim(3, 0, 1).await;
     let dir = scratch("series");
     let names = sim.cluster().node_names();
-    let mut agent = spawn(&sim, &dir, FAST_POLICY, &civo_env(&sim)).await;
+    // Departed nodes' records and series go at once (default: after 30m).
+    let mut env = civo_env(&sim);
+    env.push(("NODE_AGENT_ENGINE__FORGET_AFTER".into(), "0s".into()));
+    let mut agent = spawn(&sim, &dir, FAST_POLICY, &env).await;
     agent.wait_for("the first list", |v| message(v).starts_with("node list complete")).await;
     let (_, before) = agent.get("/metrics").await;
     assert!(before.contains(&format!("node=\"{}\"", names[0])));

@@ -1045,8 +1045,9 @@ impl<T: Target + Clone + 'static> Engine<T> {
         }
         let mut now = self.shared.clock.now();
         let mut budget = self.budget(now);
-        // A stale source holds everything, like a storm: say so the same way.
-        let storm = budget.storm(&self.shared.policy) || budget.source_stale;
+        // A stale source holds everything, like a storm: say so the same way
+        // (once there are nodes to hold).
+        let storm = budget.storm(&self.shared.policy) || (budget.source_stale && budget.total > 0);
         report.storm_guard = storm;
         if storm != self.state.storm_active {
             self.state.storm_active = storm;
@@ -1056,6 +1057,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 unhealthy: budget.unhealthy,
                 total: budget.total,
                 limit: self.shared.policy.gates.max_unhealthy.resolve_ceil(budget.total),
+                source_stale: budget.source_stale,
                 at: now,
             };
             notify(&self.shared.observers, "storm_guard", |o| o.on_storm_guard(&event));

@@ -65,6 +65,9 @@ pub struct StormEvent {
     pub total: u32,
     /// The resolved `max_unhealthy`.
     pub limit: u32,
+    /// The node source is stale or unreachable: counts cannot be trusted,
+    /// so everything is held as in a storm.
+    pub source_stale: bool,
     /// When.
     pub at: Timestamp,
 }
