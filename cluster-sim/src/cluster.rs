@@ -14,7 +14,9 @@ use crate::fixtures::{self, NodePlan, PodOwner};
 use crate::objects::{Keep, Kind, Store};
 
 /// How big the simulated cluster is and how it behaves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its `Debug` output shows `civo_key` as `"<redacted>"`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// Standard nodes.
     pub nodes: u32,
@@ -30,7 +32,7 @@ pub struct ClusterConfig {
     pub cluster_name: String,
     /// Civo region.
     pub region: String,
-    /// The Civo API key the simulated API accepts.
+    /// The Civo API key the simulated API accepts (never shown by `Debug`).
     pub civo_key: String,
     /// Pods per node: one DaemonSet pod and this many ReplicaSet pods.
     pub pods_per_node: u32,
@@ -75,6 +77,44 @@ impl ClusterConfig {
             return Err("gpus_per_node must be at least 1 when there are GPU nodes".into());
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be left out (or leak) silently.
+        let ClusterConfig {
+            nodes,
+            gpu_nodes,
+            gpus_per_node,
+            pools,
+            cluster_id,
+            cluster_name,
+            region,
+            civo_key: _,
+            pods_per_node,
+            watch_history,
+            bookmark_interval,
+            lease_renew_interval,
+            reboot_takes,
+            replace_takes,
+        } = self;
+        f.debug_struct("ClusterConfig")
+            .field("nodes", nodes)
+            .field("gpu_nodes", gpu_nodes)
+            .field("gpus_per_node", gpus_per_node)
+            .field("pools", pools)
+            .field("cluster_id", cluster_id)
+            .field("cluster_name", cluster_name)
+            .field("region", region)
+            .field("civo_key", &"<redacted>")
+            .field("pods_per_node", pods_per_node)
+            .field("watch_history", watch_history)
+            .field("bookmark_interval", bookmark_interval)
+            .field("lease_renew_interval", lease_renew_interval)
+            .field("reboot_takes", reboot_takes)
+            .field("replace_takes", replace_takes)
+            .finish()
     }
 }
 
@@ -739,6 +779,17 @@ mod tests {
         let bad = ClusterConfig { pools: 0, ..ClusterConfig::default() };
         assert_eq!(bad.validate().unwrap_err(), "pools must be at least 1");
         assert_eq!(ClusterConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn debug_does_not_show_the_civo_key() {
+        let config = ClusterConfig { civo_key: "s3cr3t-civo-key-0123".into(), ..ClusterConfig::default() };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t-civo-key-0123"), "{shown}");
+        assert!(shown.contains(r#"civo_key: "<redacted>""#), "{shown}");
+        assert!(shown.contains(r#"cluster_name: "sim""#), "the other fields are shown: {shown}");
+        let pretty = format!("{config:#?}");
+        assert!(!pretty.contains("s3cr3t"), "{pretty}");
     }
 
     #[test]
