@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::fixtures::{self, NodePlan, PodOwner};
+use crate::limits::Limits;
 use crate::objects::{Keep, Kind, Store};
 
 /// How big the simulated cluster is and how it behaves.
@@ -46,6 +47,8 @@ pub struct ClusterConfig {
     pub reboot_takes: Duration,
     /// Time until a replaced instance comes back as a new node.
     pub replace_takes: Duration,
+    /// Bounds on request and object sizes and JSON patches.
+    pub limits: Limits,
 }
 
 impl ClusterConfig {
@@ -76,7 +79,7 @@ impl ClusterConfig {
         if self.gpu_nodes > 0 && self.gpus_per_node == 0 {
             return Err("gpus_per_node must be at least 1 when there are GPU nodes".into());
         }
-        Ok(())
+        self.limits.validate()
     }
 }
 
@@ -98,6 +101,7 @@ impl std::fmt::Debug for ClusterConfig {
             lease_renew_interval,
             reboot_takes,
             replace_takes,
+            limits,
         } = self;
         f.debug_struct("ClusterConfig")
             .field("nodes", nodes)
@@ -114,6 +118,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("lease_renew_interval", lease_renew_interval)
             .field("reboot_takes", reboot_takes)
             .field("replace_takes", replace_takes)
+            .field("limits", limits)
             .finish()
     }
 }
@@ -135,6 +140,7 @@ impl Default for ClusterConfig {
             lease_renew_interval: Duration::from_secs(10),
             reboot_takes: Duration::from_secs(30),
             replace_takes: Duration::from_secs(60),
+            limits: Limits::default(),
         }
     }
 }
@@ -289,7 +295,7 @@ impl Cluster {
     /// A cluster populated as `config` says (no servers started).
     #[must_use]
     pub fn new(config: ClusterConfig) -> Self {
-        let store = Store::new(config.watch_history, 65_536);
+        let store = Store::new(config.watch_history, 65_536, config.limits.max_object_bytes);
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
@@ -778,6 +784,8 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("cluster_name \"My Lab\""));
         let bad = ClusterConfig { pools: 0, ..ClusterConfig::default() };
         assert_eq!(bad.validate().unwrap_err(), "pools must be at least 1");
+        let bad = ClusterConfig { limits: Limits::default().max_json_patch_operations(0), ..ClusterConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("max_json_patch_operations"));
         assert_eq!(ClusterConfig::default().validate(), Ok(()));
     }
 

@@ -84,14 +84,15 @@ impl SimServer {
         Self::serve_cluster(Cluster::new(config), ports).await
     }
 
-    /// Serves an existing cluster.
+    /// Serves an existing cluster (its [`Limits`](crate::Limits) must be valid).
     pub async fn serve_cluster(cluster: Cluster, ports: Ports) -> Result<SimServer, SimError> {
+        cluster.config().limits.validate().map_err(SimError::Config)?;
         let kube = bind(ports.kube).await?;
         let civo = bind(ports.civo).await?;
         let kube_addr = kube.local_addr().map_err(|source| SimError::Bind { port: ports.kube, source })?;
         let civo_addr = civo.local_addr().map_err(|source| SimError::Bind { port: ports.civo, source })?;
         let (stop, rx) = watch::channel(false);
-        let kube_app = Router::new().fallback(crate::kube_api::handle).with_state(cluster.clone());
+        let kube_app = crate::kube_api::router(cluster.clone());
         let mut tasks =
             vec![serve(kube, kube_app, rx.clone()), serve(civo, crate::civo::router(cluster.clone()), rx.clone())];
         let every = cluster.config().lease_renew_interval;
