@@ -47,7 +47,7 @@ pub struct ClusterConfig {
     pub reboot_takes: Duration,
     /// Time until a replaced instance comes back as a new node.
     pub replace_takes: Duration,
-    /// Bounds on request and object sizes and JSON patches.
+    /// Bounds on request and object sizes, JSON patches and connections.
     pub limits: Limits,
 }
 

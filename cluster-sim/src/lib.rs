@@ -28,7 +28,9 @@
 //! 3 MiB, stored objects of 1.5 MiB (etcd's limit; it also bounds the bytes
 //! one JSON patch may copy), 10,000 JSON patch operations; past them the
 //! answer is a `Status` with 413 `RequestEntityTooLarge` (422 `Invalid` for a
-//! JSON patch that copies too much).
+//! JSON patch that copies too much). Each API serves at most 1,024
+//! connections at once (more wait in the listen backlog), and a client has
+//! 10 s to send its request headers before its connection is closed.
 //!
 //! # Layout
 //!
@@ -39,7 +41,7 @@
 //! | [`scenario`] | TOML scenario files |
 //! | [`fixtures`] | realistic Node and Pod objects (10-20 KB per Node) |
 //! | [`objects`], [`selector`], [`patch`], [`error`] | the API server's store, selectors, patches and `Status` errors |
-//! | [`limits`] | [`Limits`]: request, object and JSON patch bounds |
+//! | [`limits`] | [`Limits`]: request, object, JSON patch and connection bounds |
 //!
 //! # Example
 //!

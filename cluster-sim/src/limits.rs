@@ -1,21 +1,24 @@
 //! Bounds on what one client can make the simulator do: request and object
-//! sizes and JSON patch work.
+//! sizes, JSON patch work, slow or idle connections.
 //!
 //! The defaults follow the real API server (`MaxRequestBodyBytes`,
 //! `maxJSONPatchOperations`) and etcd (`--max-request-bytes`), so a client
 //! that works against the simulator is not relying on more than a real
 //! cluster allows.
 
-/// Bounds on requests and objects, part of
+use std::time::Duration;
+
+/// Bounds on requests, objects and connections, part of
 /// [`ClusterConfig`](crate::ClusterConfig).
 ///
 /// Build it from [`Limits::default`] with the setters:
 ///
 /// ```
+/// use std::time::Duration;
 /// use cluster_sim::{ClusterConfig, Limits};
 ///
 /// let config = ClusterConfig {
-///     limits: Limits::default().max_json_patch_operations(100),
+///     limits: Limits::default().max_connections(64).header_read_timeout(Duration::from_secs(1)),
 ///     ..ClusterConfig::default()
 /// };
 /// assert_eq!(config.validate(), Ok(()));
@@ -39,6 +42,18 @@ pub struct Limits {
     /// `RequestEntityTooLarge`. Default 10,000, the API server's
     /// `maxJSONPatchOperations`.
     pub max_json_patch_operations: usize,
+    /// Time a client has to send a request's headers, counted from when the
+    /// server starts reading them (on a new connection, and between the
+    /// requests of a kept-alive one, so it is also the idle timeout, as in
+    /// Go's `net/http` without an `IdleTimeout`); the connection is closed
+    /// when it runs out. It also bounds how long [`SimServer::shutdown`](crate::SimServer::shutdown)
+    /// waits for connections to finish. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Connections each API (Kubernetes, Civo) serves at once. Further
+    /// connections wait in the listen backlog until one closes; with the
+    /// header read timeout, a slot held by a client that never finishes its
+    /// headers is free again within `header_read_timeout`. Default 1,024.
+    pub max_connections: usize,
 }
 
 impl Limits {
@@ -67,6 +82,20 @@ impl Limits {
         self
     }
 
+    /// Sets [`Limits::header_read_timeout`].
+    #[must_use]
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Limits::max_connections`].
+    #[must_use]
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
     /// Checks that every limit lets normal requests through.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_request_body_bytes == 0 {
@@ -82,6 +111,12 @@ impl Limits {
         if self.max_json_patch_operations == 0 {
             return Err("limits.max_json_patch_operations must be at least 1".into());
         }
+        if self.header_read_timeout.is_zero() {
+            return Err("limits.header_read_timeout must be more than zero".into());
+        }
+        if self.max_connections == 0 {
+            return Err("limits.max_connections must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -92,6 +127,8 @@ impl Default for Limits {
             max_request_body_bytes: 3 * 1024 * 1024,
             max_object_bytes: 3 * 512 * 1024,
             max_json_patch_operations: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -107,6 +144,8 @@ mod tests {
             (Limits::default().max_request_body_bytes(0), "max_request_body_bytes"),
             (Limits::default().max_object_bytes(Limits::MIN_OBJECT_BYTES - 1), "max_object_bytes"),
             (Limits::default().max_json_patch_operations(0), "max_json_patch_operations"),
+            (Limits::default().header_read_timeout(Duration::ZERO), "header_read_timeout"),
+            (Limits::default().max_connections(0), "max_connections"),
         ];
         for (limits, field) in cases {
             let err = limits.validate().unwrap_err();
