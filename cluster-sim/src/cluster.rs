@@ -11,10 +11,13 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::fixtures::{self, NodePlan, PodOwner};
+use crate::limits::Limits;
 use crate::objects::{Keep, Kind, Store};
 
 /// How big the simulated cluster is and how it behaves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its `Debug` output shows `civo_key` as `"<redacted>"`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// Standard nodes.
     pub nodes: u32,
@@ -30,7 +33,7 @@ pub struct ClusterConfig {
     pub cluster_name: String,
     /// Civo region.
     pub region: String,
-    /// The Civo API key the simulated API accepts.
+    /// The Civo API key the simulated API accepts (never shown by `Debug`).
     pub civo_key: String,
     /// Pods per node: one DaemonSet pod and this many ReplicaSet pods.
     pub pods_per_node: u32,
@@ -44,6 +47,8 @@ pub struct ClusterConfig {
     pub reboot_takes: Duration,
     /// Time until a replaced instance comes back as a new node.
     pub replace_takes: Duration,
+    /// Bounds on request and object sizes, JSON patches and connections.
+    pub limits: Limits,
 }
 
 impl ClusterConfig {
@@ -74,7 +79,47 @@ impl ClusterConfig {
         if self.gpu_nodes > 0 && self.gpus_per_node == 0 {
             return Err("gpus_per_node must be at least 1 when there are GPU nodes".into());
         }
-        Ok(())
+        self.limits.validate()
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be left out (or leak) silently.
+        let ClusterConfig {
+            nodes,
+            gpu_nodes,
+            gpus_per_node,
+            pools,
+            cluster_id,
+            cluster_name,
+            region,
+            civo_key: _,
+            pods_per_node,
+            watch_history,
+            bookmark_interval,
+            lease_renew_interval,
+            reboot_takes,
+            replace_takes,
+            limits,
+        } = self;
+        f.debug_struct("ClusterConfig")
+            .field("nodes", nodes)
+            .field("gpu_nodes", gpu_nodes)
+            .field("gpus_per_node", gpus_per_node)
+            .field("pools", pools)
+            .field("cluster_id", cluster_id)
+            .field("cluster_name", cluster_name)
+            .field("region", region)
+            .field("civo_key", &"<redacted>")
+            .field("pods_per_node", pods_per_node)
+            .field("watch_history", watch_history)
+            .field("bookmark_interval", bookmark_interval)
+            .field("lease_renew_interval", lease_renew_interval)
+            .field("reboot_takes", reboot_takes)
+            .field("replace_takes", replace_takes)
+            .field("limits", limits)
+            .finish()
     }
 }
 
@@ -95,6 +140,7 @@ impl Default for ClusterConfig {
             lease_renew_interval: Duration::from_secs(10),
             reboot_takes: Duration::from_secs(30),
             replace_takes: Duration::from_secs(60),
+            limits: Limits::default(),
         }
     }
 }
@@ -249,7 +295,7 @@ impl Cluster {
     /// A cluster populated as `config` says (no servers started).
     #[must_use]
     pub fn new(config: ClusterConfig) -> Self {
-        let store = Store::new(config.watch_history, 65_536);
+        let store = Store::new(config.watch_history, 65_536, config.limits.max_object_bytes);
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
@@ -738,7 +784,20 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("cluster_name \"My Lab\""));
         let bad = ClusterConfig { pools: 0, ..ClusterConfig::default() };
         assert_eq!(bad.validate().unwrap_err(), "pools must be at least 1");
+        let bad = ClusterConfig { limits: Limits::default().max_json_patch_operations(0), ..ClusterConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("max_json_patch_operations"));
         assert_eq!(ClusterConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn debug_does_not_show_the_civo_key() {
+        let config = ClusterConfig { civo_key: "s3cr3t-civo-key-0123".into(), ..ClusterConfig::default() };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t-civo-key-0123"), "{shown}");
+        assert!(shown.contains(r#"civo_key: "<redacted>""#), "{shown}");
+        assert!(shown.contains(r#"cluster_name: "sim""#), "the other fields are shown: {shown}");
+        let pretty = format!("{config:#?}");
+        assert!(!pretty.contains("s3cr3t"), "{pretty}");
     }
 
     #[test]

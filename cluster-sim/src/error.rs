@@ -124,6 +124,13 @@ impl ApiError {
         e
     }
 
+    /// 413 RequestEntityTooLarge, worded as the API server words it
+    /// (`Request entity too large: {message}`).
+    #[must_use]
+    pub fn entity_too_large(message: &str) -> Self {
+        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: {message}"))
+    }
+
     /// 405 MethodNotAllowed.
     #[must_use]
     pub fn method_not_allowed(what: &str) -> Self {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -74,15 +75,31 @@ fn parse_target(segs: &[&str]) -> Option<Target> {
     Some(Target { def, namespace, name, sub })
 }
 
+/// The Kubernetes API router: every path goes to [`handle`], which reads at
+/// most `max_request_body_bytes` of a body.
+pub(crate) fn router(cluster: Cluster) -> axum::Router {
+    let body_limit = cluster.config().limits.max_request_body_bytes;
+    axum::Router::new().fallback(handle).layer(DefaultBodyLimit::max(body_limit)).with_state(cluster)
+}
+
 /// The fallback handler serving every Kubernetes path.
-pub(crate) async fn handle(
+async fn handle(
     State(cluster): State<Cluster>,
     method: Method,
     uri: Uri,
     Query(params): Query<Params>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // The router's `DefaultBodyLimit` stops reading at `max_request_body_bytes`.
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let limit = cluster.config().limits.max_request_body_bytes;
+            return ApiError::entity_too_large(&format!("limit is {limit} (max_request_body_bytes)")).into_response();
+        }
+        Err(r) => return ApiError::bad_request(&r.body_text()).into_response(),
+    };
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if method == Method::GET
@@ -196,7 +213,7 @@ async fn serve(
             let current =
                 store.get(kind, ns.unwrap_or(""), name).ok_or_else(|| ApiError::not_found(t.def.plural, name))?;
             let mut v = current.value();
-            patch::apply(pk, &mut v, &p)?;
+            patch::apply(pk, &mut v, &p, &cluster.config().limits)?;
             if v.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str) != Some(name) {
                 return Err(ApiError::invalid_field(t.def.kind_name, name, "metadata.name", "field is immutable"));
             }

@@ -21,6 +21,17 @@
 //!   pool instance deletion; `Authorization: bearer KEY` and `?region=`
 //!   required; errors shaped `{code, reason, details}`.
 //!
+//! # Limits
+//!
+//! [`Limits`] (in [`ClusterConfig::limits`]) bound what one client can make
+//! the simulator do, with the real API server's defaults: request bodies of
+//! 3 MiB, stored objects of 1.5 MiB (etcd's limit; it also bounds the bytes
+//! one JSON patch may copy), 10,000 JSON patch operations; past them the
+//! answer is a `Status` with 413 `RequestEntityTooLarge` (422 `Invalid` for a
+//! JSON patch that copies too much). Each API serves at most 1,024
+//! connections at once (more wait in the listen backlog), and a client has
+//! 10 s to send its request headers before its connection is closed.
+//!
 //! # Layout
 //!
 //! | module | what |
@@ -30,6 +41,7 @@
 //! | [`scenario`] | TOML scenario files |
 //! | [`fixtures`] | realistic Node and Pod objects (10-20 KB per Node) |
 //! | [`objects`], [`selector`], [`patch`], [`error`] | the API server's store, selectors, patches and `Status` errors |
+//! | [`limits`] | [`Limits`]: request, object, JSON patch and connection bounds |
 //!
 //! # Example
 //!
@@ -58,6 +70,7 @@ pub mod cluster;
 pub mod error;
 pub mod fixtures;
 mod kube_api;
+pub mod limits;
 pub mod objects;
 pub mod patch;
 pub mod scenario;
@@ -69,6 +82,7 @@ pub use cluster::{
     CivoCall, CivoFault, Cluster, ClusterConfig, Fault, Instance, RebootBehaviour, gpu_pool_id, pool_id,
 };
 pub use error::ApiError;
+pub use limits::Limits;
 pub use objects::Kind;
 pub use scenario::{Scenario, ScenarioError};
 pub use server::{Ports, SimError, SimServer};

@@ -284,6 +284,8 @@ pub(crate) struct Store {
     feeds: HashMap<Kind, Feed>,
     history_cap: usize,
     channel_cap: usize,
+    /// Largest JSON an object may have ([`crate::Limits::max_object_bytes`]).
+    max_object_bytes: usize,
     snapshots: HashMap<u64, Snapshot>,
     snapshot_order: VecDeque<u64>,
     next_snapshot: u64,
@@ -309,7 +311,7 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 impl Store {
-    pub(crate) fn new(history_cap: usize, channel_cap: usize) -> Self {
+    pub(crate) fn new(history_cap: usize, channel_cap: usize, max_object_bytes: usize) -> Self {
         let channel_cap = channel_cap.max(16);
         Store {
             rv: 1,
@@ -318,6 +320,7 @@ impl Store {
             feeds: HashMap::new(),
             history_cap: history_cap.max(1),
             channel_cap,
+            max_object_bytes,
             snapshots: HashMap::new(),
             snapshot_order: VecDeque::new(),
             next_snapshot: 0,
@@ -384,8 +387,8 @@ impl Store {
                 unknown.iter().map(|f| f.trim_start_matches('.')).collect::<Vec<_>>().join("\", unknown field \"")
             )));
         }
-        self.rv += 1;
-        let rv = self.rv;
+        // The version is taken only once the object is known to fit.
+        let rv = self.rv + 1;
         meta_mut(&mut out)?.insert("resourceVersion".into(), Value::String(rv.to_string()));
         let namespace = meta_str(&out, "namespace").unwrap_or_default().to_owned();
         let name = meta_str(&out, "name").unwrap_or_default().to_owned();
@@ -398,6 +401,15 @@ impl Store {
         let node_name = out.get("spec").and_then(|s| s.get("nodeName")).and_then(Value::as_str).map(str::to_owned);
         let phase = out.get("status").and_then(|s| s.get("phase")).and_then(Value::as_str).map(str::to_owned);
         let json = Bytes::from(serde_json::to_vec(&out).map_err(|e| ApiError::internal(&e.to_string()))?);
+        if json.len() > self.max_object_bytes {
+            return Err(ApiError::entity_too_large(&format!(
+                "the {} would be {} bytes, limit is {} (max_object_bytes)",
+                kind.def().kind_name,
+                json.len(),
+                self.max_object_bytes
+            )));
+        }
+        self.rv = rv;
         let obj = Arc::new(Obj { namespace, name, rv, labels, node_name, phase, json });
         let key = (obj.namespace.clone(), obj.name.clone());
         let prev = self.objects.entry(kind).or_default().insert(key, Arc::clone(&obj));

@@ -1,8 +1,11 @@
 //! JSON merge patch, JSON patch and strategic merge patch.
 
+use json_patch::PatchOperation;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::limits::Limits;
 
 /// A patch kind, from the request's Content-Type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,8 +31,14 @@ impl PatchKind {
     }
 }
 
-/// Applies `patch` (already parsed JSON) to `target`.
-pub fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+/// Applies `patch` (already parsed JSON) to `target`, within `limits`: a
+/// JSON patch has at most [`Limits::max_json_patch_operations`] operations
+/// (413 past it) and copies at most [`Limits::max_object_bytes`] in total
+/// (422 past it). Merge and strategic patches grow the object by at most the
+/// patch's own size, which the request body limit bounds.
+///
+/// On error `target` may be left partly patched: apply patches to a copy.
+pub fn apply(kind: PatchKind, target: &mut Value, patch: &Value, limits: &Limits) -> Result<(), ApiError> {
     match kind {
         PatchKind::Merge => {
             if !patch.is_object() {
@@ -39,13 +48,16 @@ pub fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), A
             Ok(())
         }
         PatchKind::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+            let ops = json_patch::Patch::deserialize(patch)
                 .map_err(|e| ApiError::bad_request(&format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(target, &ops).map_err(|e| {
-                let mut err = ApiError::invalid("patch", &e.to_string());
-                err.message = format!("the JSON patch could not be applied: {e}");
-                err
-            })
+            if ops.0.len() > limits.max_json_patch_operations {
+                return Err(ApiError::entity_too_large(&format!(
+                    "The allowed maximum operations in a JSON patch is {}, got {}",
+                    limits.max_json_patch_operations,
+                    ops.0.len()
+                )));
+            }
+            json(target, &ops.0, limits.max_object_bytes)
         }
         PatchKind::Strategic => {
             let p = patch
@@ -54,6 +66,65 @@ pub fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), A
             strategic(target, p)
         }
     }
+}
+
+/// 422 for a JSON patch that cannot be applied.
+fn json_patch_failed(message: &str) -> ApiError {
+    let mut err = ApiError::invalid("patch", message);
+    err.message = format!("the JSON patch could not be applied: {message}");
+    err
+}
+
+/// Applies JSON patch operations one at a time, refusing a `copy` that would
+/// bring the bytes this patch copies over `max_copy_bytes`. Each copy may
+/// double the document, so without that bound a kilobyte of operations asks
+/// for gigabytes; with it, the document grows by at most the patch's own
+/// size (its `add` and `replace` values) plus `max_copy_bytes`, and measuring
+/// the copies costs no more than `max_copy_bytes` either.
+fn json(target: &mut Value, ops: &[PatchOperation], max_copy_bytes: usize) -> Result<(), ApiError> {
+    let mut copied = 0;
+    for (i, op) in ops.iter().enumerate() {
+        if let PatchOperation::Copy(c) = op
+            && let Some(from) = target.pointer(c.from.as_str())
+        {
+            match json_len_within(from, max_copy_bytes - copied) {
+                Some(n) => copied += n,
+                None => {
+                    return Err(json_patch_failed(&format!(
+                        "operation {i} (copy from {:?}) would copy more than {max_copy_bytes} bytes in this patch (max_object_bytes)",
+                        c.from.as_str()
+                    )));
+                }
+            }
+        }
+        // One operation at a time, so no undo log is kept: the caller throws
+        // `target` away on error.
+        json_patch::patch_unsafe(target, std::slice::from_ref(op)).map_err(|mut e| {
+            e.operation = i;
+            json_patch_failed(&e.to_string())
+        })?;
+    }
+    Ok(())
+}
+
+/// The length of `v` as JSON if it is at most `budget` bytes; serialising
+/// stops as soon as it goes past.
+fn json_len_within(v: &Value, budget: usize) -> Option<usize> {
+    struct Counter {
+        len: usize,
+        budget: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.len += buf.len();
+            if self.len > self.budget { Err(std::io::Error::other("over budget")) } else { Ok(buf.len()) }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { len: 0, budget };
+    serde_json::to_writer(&mut counter, v).ok().map(|()| counter.len)
 }
 
 /// The merge key of a list field, as the Kubernetes schema declares it.
@@ -200,7 +271,7 @@ mod tests {
                 "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]
             }
         });
-        apply(PatchKind::Strategic, &mut n, &p).unwrap();
+        apply(PatchKind::Strategic, &mut n, &p, &Limits::default()).unwrap();
         assert_eq!(n["metadata"]["labels"], json!({"a": "1", "c": "3"}));
         assert_eq!(n["metadata"]["finalizers"], json!(["x", "y"]));
         assert_eq!(n["spec"]["unschedulable"], json!(true));
@@ -213,20 +284,20 @@ mod tests {
         assert_eq!(n["status"]["conditions"][1]["type"], "DiskPressure");
 
         let p = json!({"status": {"conditions": [{"type": "DiskPressure", "$patch": "delete"}]}});
-        apply(PatchKind::Strategic, &mut n, &p).unwrap();
+        apply(PatchKind::Strategic, &mut n, &p, &Limits::default()).unwrap();
         assert_eq!(n["status"]["conditions"].as_array().unwrap().len(), 1);
         let p = json!({"spec": {"$patch": "replace", "unschedulable": false}});
-        apply(PatchKind::Strategic, &mut n, &p).unwrap();
+        apply(PatchKind::Strategic, &mut n, &p, &Limits::default()).unwrap();
         assert_eq!(n["spec"], json!({"unschedulable": false}));
     }
 
     #[test]
     fn merge_patch_replaces_lists() {
         let mut n = node();
-        apply(PatchKind::Merge, &mut n, &json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}))
-            .unwrap();
+        let p = json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}});
+        apply(PatchKind::Merge, &mut n, &p, &Limits::default()).unwrap();
         assert_eq!(n["status"]["conditions"].as_array().unwrap().len(), 1);
-        assert_eq!(apply(PatchKind::Merge, &mut n, &json!([1])).unwrap_err().code, 400);
+        assert_eq!(apply(PatchKind::Merge, &mut n, &json!([1]), &Limits::default()).unwrap_err().code, 400);
     }
 
     #[test]
@@ -237,13 +308,66 @@ mod tests {
             {"op": "replace", "path": "/status/conditions/0/status", "value": "False"},
             {"op": "add", "path": "/spec/unschedulable", "value": true}
         ]);
-        apply(PatchKind::Json, &mut n, &p).unwrap();
+        apply(PatchKind::Json, &mut n, &p, &Limits::default()).unwrap();
         assert_eq!(n["status"]["conditions"][0]["status"], "False");
-        let e = apply(PatchKind::Json, &mut n, &json!([{"op": "test", "path": "/metadata/labels/a", "value": "9"}]))
-            .unwrap_err();
+        let p = json!([{"op": "test", "path": "/metadata/labels/a", "value": "9"}]);
+        let e = apply(PatchKind::Json, &mut n, &p, &Limits::default()).unwrap_err();
         assert_eq!(e.code, 422);
-        let e = apply(PatchKind::Json, &mut n, &json!([{"op": "frobnicate", "path": "/x"}])).unwrap_err();
+        let e = apply(PatchKind::Json, &mut n, &json!([{"op": "frobnicate", "path": "/x"}]), &Limits::default())
+            .unwrap_err();
         assert_eq!(e.code, 400);
+    }
+
+    #[test]
+    fn json_patch_failures_name_the_operation() {
+        let mut n = node();
+        let p = json!([
+            {"op": "add", "path": "/spec/unschedulable", "value": true},
+            {"op": "remove", "path": "/spec/nothing-here"}
+        ]);
+        let e = apply(PatchKind::Json, &mut n, &p, &Limits::default()).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("operation '/1'"), "{}", e.message);
+    }
+
+    #[test]
+    fn json_patch_operations_are_counted() {
+        let limits = Limits::default().max_json_patch_operations(2);
+        let test = json!({"op": "test", "path": "/metadata/name", "value": "n"});
+        let mut n = node();
+        apply(PatchKind::Json, &mut n, &json!([test, test]), &limits).unwrap();
+        let e = apply(PatchKind::Json, &mut n, &json!([test, test, test]), &limits).unwrap_err();
+        assert_eq!((e.code, e.reason), (413, "RequestEntityTooLarge"));
+        assert_eq!(e.message, "Request entity too large: The allowed maximum operations in a JSON patch is 2, got 3");
+    }
+
+    #[test]
+    fn json_patch_copies_are_bounded() {
+        // Each copy doubles the document: 18 of them would ask for gigabytes.
+        let limits = Limits::default().max_object_bytes(Limits::MIN_OBJECT_BYTES);
+        let mut n = json!({"metadata": {"name": "n"}, "spec": {"podCIDR": "x".repeat(1000)}});
+        let ops: Vec<Value> =
+            (0..18).map(|i| json!({"op": "copy", "from": "/spec", "path": format!("/spec/c{i}")})).collect();
+        let e = apply(PatchKind::Json, &mut n, &Value::Array(ops), &limits).unwrap_err();
+        assert_eq!((e.code, e.reason), (422, "Invalid"));
+        // 1 KB doubled six times is 64 KB: the seventh copy goes past.
+        assert!(e.message.contains("operation 6 (copy from \"/spec\")"), "{}", e.message);
+        assert!(e.message.contains("65536 bytes"), "{}", e.message);
+        assert!(n.to_string().len() < 2 * Limits::MIN_OBJECT_BYTES, "the document stopped growing");
+
+        // Copies within the budget apply.
+        let mut n = node();
+        let p = json!([{"op": "copy", "from": "/metadata/labels/a", "path": "/metadata/labels/z"}]);
+        apply(PatchKind::Json, &mut n, &p, &limits).unwrap();
+        assert_eq!(n["metadata"]["labels"]["z"], "1");
+    }
+
+    #[test]
+    fn json_len_within_stops_at_the_budget() {
+        let v = json!({"a": [1, 2, 3]});
+        let len = v.to_string().len();
+        assert_eq!(json_len_within(&v, len), Some(len));
+        assert_eq!(json_len_within(&v, len - 1), None);
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! Starting the two HTTP servers on loopback.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use axum::serve::Listener;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::cluster::{Cluster, ClusterConfig};
+use crate::limits::Limits;
 
 /// Where the simulator listens.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -63,17 +69,73 @@ impl std::fmt::Debug for SimServer {
     }
 }
 
-async fn bind(port: u16) -> Result<TcpListener, SimError> {
-    TcpListener::bind(("127.0.0.1", port)).await.map_err(|source| SimError::Bind { port, source })
+/// Connections the kernel queues for each API while every connection slot is
+/// taken (the standard library's 128 would make further clients retry their
+/// SYN after a second or more).
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn bind(port: u16) -> Result<TcpListener, SimError> {
+    let err = |source| SimError::Bind { port, source };
+    let socket = TcpSocket::new_v4().map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind((Ipv4Addr::LOCALHOST, port).into()).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
-fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
+/// Serves `app` on `listener` until `stop` turns true (or its sender goes).
+///
+/// Each connection is an HTTP/1 connection with a header read timeout and
+/// holds one of `limits.max_connections` permits; the loop waits for a
+/// permit before it accepts, so connections beyond the limit wait in the
+/// listen backlog. On stop it accepts no more, asks every connection to
+/// finish (idle ones close at once, requests in flight complete), and aborts
+/// those still open after `limits.header_read_timeout`.
+///
+/// Owned here: the permits, the connection tasks (in `connections`) and the
+/// `drain` channel that tells them to finish.
+async fn serve(mut listener: TcpListener, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let (drain, draining) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    loop {
+        // A stop while waiting for a permit or a connection ends the loop.
+        let accepted = tokio::select! {
+            accepted = async {
+                let permit = Arc::clone(&permits).acquire_owned().await;
+                (permit, Listener::accept(&mut listener).await)
+            } => accepted,
+            _ = stop.wait_for(|s| *s) => break,
         };
-        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    })
+        let (Ok(permit), (tcp, _)) = accepted else { break };
+        while connections.try_join_next().is_some() {}
+        let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        connections.spawn(connection(conn, permit, draining.clone()));
+    }
+    drop(listener);
+    let _ = drain.send(true);
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.header_read_timeout, finished).await.is_err() {
+        connections.shutdown().await;
+    }
+}
+
+/// Drives one connection to its end, or to a graceful end once `draining`
+/// turns true; its permit is released when it returns.
+async fn connection(
+    conn: http1::Connection<TokioIo<TcpStream>, TowerToHyperService<Router>>,
+    _permit: OwnedSemaphorePermit,
+    mut draining: watch::Receiver<bool>,
+) {
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        // Errors (a header read timeout, a client gone) only end the connection.
+        _ = conn.as_mut() => return,
+        _ = draining.wait_for(|d| *d) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 impl SimServer {
@@ -84,16 +146,20 @@ impl SimServer {
         Self::serve_cluster(Cluster::new(config), ports).await
     }
 
-    /// Serves an existing cluster.
+    /// Serves an existing cluster (its [`Limits`] must be valid).
     pub async fn serve_cluster(cluster: Cluster, ports: Ports) -> Result<SimServer, SimError> {
-        let kube = bind(ports.kube).await?;
-        let civo = bind(ports.civo).await?;
+        cluster.config().limits.validate().map_err(SimError::Config)?;
+        let kube = bind(ports.kube)?;
+        let civo = bind(ports.civo)?;
         let kube_addr = kube.local_addr().map_err(|source| SimError::Bind { port: ports.kube, source })?;
         let civo_addr = civo.local_addr().map_err(|source| SimError::Bind { port: ports.civo, source })?;
         let (stop, rx) = watch::channel(false);
-        let kube_app = Router::new().fallback(crate::kube_api::handle).with_state(cluster.clone());
-        let mut tasks =
-            vec![serve(kube, kube_app, rx.clone()), serve(civo, crate::civo::router(cluster.clone()), rx.clone())];
+        let kube_app = crate::kube_api::router(cluster.clone());
+        let limits = &cluster.config().limits;
+        let mut tasks = vec![
+            tokio::spawn(serve(kube, kube_app, limits.clone(), rx.clone())),
+            tokio::spawn(serve(civo, crate::civo::router(cluster.clone()), limits.clone(), rx.clone())),
+        ];
         let every = cluster.config().lease_renew_interval;
         if !every.is_zero() {
             let c = cluster.clone();
@@ -148,7 +214,10 @@ impl SimServer {
             .map_err(|source| SimError::Kubeconfig { path: path.display().to_string(), source })
     }
 
-    /// Stops the servers and waits for them.
+    /// Stops the servers and waits for them: no connection is accepted any
+    /// more, idle connections close, requests in flight complete (open
+    /// watches end), and connections still open after
+    /// [`Limits::header_read_timeout`] are cut.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         // Long-lived watch responses would hold graceful shutdown open.
