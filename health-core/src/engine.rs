@@ -81,6 +81,10 @@ pub struct EngineConfig {
     /// record and series before they are deleted; a node that comes back
     /// within it keeps its history. Default 30m.
     pub forget_after: Duration,
+    /// A checker that errs (its own failure, a timeout, a panic: not a
+    /// finding about the node) counts as failing only after erring
+    /// continuously this long; before, its check is skipped. Default 5m.
+    pub error_grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +99,7 @@ impl Default for EngineConfig {
             store_retry: Backoff { initial: Duration::from_secs(5), max: Duration::from_secs(300) },
             store_timeout: Duration::from_secs(30),
             forget_after: Duration::from_secs(30 * 60),
+            error_grace: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -133,6 +138,13 @@ impl EngineConfig {
     #[must_use]
     pub fn with_forget_after(mut self, d: Duration) -> Self {
         self.forget_after = d;
+        self
+    }
+
+    /// Sets how long a checker may err before it counts as failing.
+    #[must_use]
+    pub fn with_error_grace(mut self, d: Duration) -> Self {
+        self.error_grace = d;
         self
     }
 
@@ -378,6 +390,15 @@ struct Slot {
     /// When the node left the target set (its record is kept until
     /// `forget_after` has passed).
     departed_at: Option<Timestamp>,
+    /// Per checker: since when it has been erring continuously.
+    error_since: Vec<Option<Timestamp>>,
+    /// The earliest end of an error grace, to decide again then.
+    grace_until: Option<Timestamp>,
+    /// The node's own time frame while it is being remediated: a wall
+    /// instant and the monotonic instant it was read at. Its time advances
+    /// with the monotonic clock, so a wall-clock step never shortens (or
+    /// stretches) its waits.
+    frame: Option<(Timestamp, tokio::time::Instant)>,
 }
 
 impl Slot {
@@ -396,13 +417,41 @@ impl Slot {
             running: false,
             unknown: false,
             departed_at: None,
+            error_since: Vec::new(),
+            grace_until: None,
+            frame: None,
+        }
+    }
+
+    /// Nothing time-critical is under way: the node may follow the wall clock.
+    fn calm(&self) -> bool {
+        matches!(self.record.phase, Phase::Healthy | Phase::Unknown)
+            && !self.record.has_history()
+            && !self.record.cordoned
+            && !self.running
+    }
+
+    /// Re-anchors the node's frame on the wall clock while it is calm.
+    fn anchor(&mut self, wall: Timestamp, mono: tokio::time::Instant) {
+        if self.frame.is_none() || self.calm() {
+            self.frame = Some((wall, mono));
+        }
+    }
+
+    /// The node's current time: the wall clock while calm, else its frame
+    /// advanced by monotonic time.
+    fn local_now(&self, wall: Timestamp, mono: tokio::time::Instant) -> Timestamp {
+        match self.frame {
+            Some((t, m)) if !self.calm() => t + mono.saturating_duration_since(m),
+            _ => wall,
         }
     }
 
     /// Whether the node occupies a `max_in_flight` slot: while its action
     /// runs, or within the wait that follows it (a node held in an in-flight
     /// phase past its wait does not block others).
-    fn occupies_slot(&self, policy: &Policy, now: Timestamp) -> bool {
+    fn occupies_slot(&self, policy: &Policy, wall: Timestamp, mono: tokio::time::Instant) -> bool {
+        let now = self.local_now(wall, mono);
         if self.running {
             return true;
         }
@@ -454,10 +503,15 @@ struct State {
     slots: Vec<Slot>,
     index: HashMap<String, usize>,
     last_action_at: Option<Timestamp>,
+    /// The monotonic instant of the last disruptive action started by this
+    /// process (the cluster-wide minimum interval is measured on it).
+    last_action_mono: Option<tokio::time::Instant>,
     storm_active: bool,
     recheck: bool,
     pass: u64,
     outcomes: Vec<CheckOutcome>,
+    /// Per outcome: the checker erred (rather than found the node unhealthy).
+    errs: Vec<bool>,
     globals: Globals,
     /// The deadline handed out last, and whether it was already due then
     /// (two due deadlines in a row back off instead of spinning).
@@ -567,10 +621,12 @@ impl<T: Target + Clone + 'static> EngineBuilder<T> {
                 slots: Vec::new(),
                 index: HashMap::new(),
                 last_action_at: None,
+                last_action_mono: None,
                 storm_active: false,
                 recheck: false,
                 pass: 0,
                 outcomes: Vec::new(),
+                errs: Vec::new(),
                 globals,
                 due_streak: 0,
                 next_deadline: None,
@@ -871,8 +927,11 @@ impl<T: Target + Clone + 'static> Engine<T> {
         Budget {
             total: count(&|_| true),
             unhealthy: count(&|slot| slot.failing || slot.unknown),
-            in_flight: u32::try_from(s.slots.iter().filter(|slot| slot.occupies_slot(policy, now)).count())
-                .unwrap_or(u32::MAX),
+            in_flight: u32::try_from({
+                let mono = tokio::time::Instant::now();
+                s.slots.iter().filter(|slot| slot.occupies_slot(policy, now, mono)).count()
+            })
+            .unwrap_or(u32::MAX),
             paused: c.paused(),
             source_stale: c.source_stale(),
             window_closed: c.window_closed(),
@@ -986,20 +1045,29 @@ impl<T: Target + Clone + 'static> Engine<T> {
 
     /// Runs every checker on every target into `outcomes` (row-major). A
     /// panicking checker is a failing check with reason `CheckPanicked`.
-    async fn run_checks(shared: &Shared<T>, targets: &[T], slots: &[Option<usize>], outcomes: &mut Vec<CheckOutcome>) {
+    async fn run_checks(
+        shared: &Shared<T>,
+        targets: &[T],
+        slots: &[Option<usize>],
+        outcomes: &mut Vec<CheckOutcome>,
+        errs: &mut Vec<bool>,
+    ) {
         let nc = shared.checkers.len();
         outcomes.clear();
         outcomes.resize(targets.len() * nc, CheckOutcome::Pass);
+        errs.clear();
+        errs.resize(targets.len() * nc, false);
         let mut pending: Vec<(usize, usize)> = Vec::new();
         for (ti, t) in targets.iter().enumerate() {
             if slots[ti].is_none() {
                 continue;
             }
             for (ci, c) in shared.checkers.iter().enumerate() {
+                let i = ti * nc + ci;
                 match std::panic::catch_unwind(AssertUnwindSafe(|| c.check_sync(t))) {
-                    Ok(Some(r)) => outcomes[ti * nc + ci] = to_outcome(r),
+                    Ok(Some(r)) => (outcomes[i], errs[i]) = to_outcome(r),
                     Ok(None) => pending.push((ti, ci)),
-                    Err(p) => outcomes[ti * nc + ci] = panicked(c.name(), t.name(), p.as_ref()),
+                    Err(p) => (outcomes[i], errs[i]) = (panicked(c.name(), t.name(), p.as_ref()), true),
                 }
             }
         }
@@ -1007,7 +1075,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             return;
         }
         let timeout = shared.config.check_timeout;
-        let results: Vec<(usize, CheckOutcome)> = stream::iter(pending)
+        let results: Vec<(usize, (CheckOutcome, bool))> = stream::iter(pending)
             .map(|(ti, ci)| {
                 let checker = &shared.checkers[ci];
                 let target = &targets[ti];
@@ -1015,8 +1083,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     let check = AssertUnwindSafe(checker.check(target)).catch_unwind();
                     let outcome = match tokio::time::timeout(timeout, check).await {
                         Ok(Ok(r)) => to_outcome(r),
-                        Ok(Err(p)) => panicked(checker.name(), target.name(), p.as_ref()),
-                        Err(_) => CheckOutcome::fail_with("CheckTimeout", format!("no answer within {timeout:?}")),
+                        Ok(Err(p)) => (panicked(checker.name(), target.name(), p.as_ref()), true),
+                        Err(_) => {
+                            (CheckOutcome::fail_with("CheckTimeout", format!("no answer within {timeout:?}")), true)
+                        }
                     };
                     (ti * nc + ci, outcome)
                 }
@@ -1024,8 +1094,9 @@ impl<T: Target + Clone + 'static> Engine<T> {
             .buffer_unordered(shared.config.check_concurrency)
             .collect()
             .await;
-        for (i, o) in results {
+        for (i, (o, e)) in results {
             outcomes[i] = o;
+            errs[i] = e;
         }
     }
 
@@ -1035,15 +1106,35 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let mut report = PassReport { evaluated: targets.len(), ..PassReport::default() };
         let slots = self.slots_for(targets, &mut report).await;
         let mut outcomes = std::mem::take(&mut self.state.outcomes);
-        Self::run_checks(&self.shared, targets, &slots, &mut outcomes).await;
+        let mut errs = std::mem::take(&mut self.state.errs);
+        Self::run_checks(&self.shared, targets, &slots, &mut outcomes, &mut errs).await;
         let nc = self.shared.checkers.len();
+        let mut now = self.shared.clock.now();
+        let grace = self.shared.config.error_grace;
 
         for (ti, slot) in slots.iter().enumerate() {
-            if let Some(si) = *slot {
-                self.state.slots[si].failing = outcomes[ti * nc..(ti + 1) * nc].iter().any(CheckOutcome::is_fail);
+            let Some(si) = *slot else { continue };
+            let s = &mut self.state.slots[si];
+            s.error_since.resize(nc, None);
+            s.grace_until = None;
+            for ci in 0..nc {
+                let i = ti * nc + ci;
+                if !errs[i] {
+                    s.error_since[ci] = None;
+                    continue;
+                }
+                // A checker's own error is not a finding about the node: skip
+                // it until it has lasted the grace.
+                let since = *s.error_since[ci].get_or_insert(now);
+                if now < since + grace
+                    && let CheckOutcome::Fail { reason, .. } = &outcomes[i]
+                {
+                    s.grace_until = Some(s.grace_until.map_or(since + grace, |g| g.min(since + grace)));
+                    outcomes[i] = CheckOutcome::Skip { reason: reason.clone() };
+                }
             }
+            s.failing = outcomes[ti * nc..(ti + 1) * nc].iter().any(CheckOutcome::is_fail);
         }
-        let mut now = self.shared.clock.now();
         let mut budget = self.budget(now);
         // A stale source holds everything, like a storm: say so the same way
         // (once there are nodes to hold).
@@ -1090,6 +1181,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                         ti,
                         si,
                         &outcomes[ti * nc..(ti + 1) * nc],
+                        &errs[ti * nc..(ti + 1) * nc],
                         &mut budget,
                         now,
                         first,
@@ -1110,6 +1202,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             }
         }
         self.state.outcomes = outcomes;
+        self.state.errs = errs;
         self.state.globals.eval.record(started.elapsed().as_secs_f64());
         report
     }
@@ -1124,6 +1217,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         ti: usize,
         si: usize,
         outcomes: &[CheckOutcome],
+        errs: &[bool],
         budget: &mut Budget,
         now: Timestamp,
         emit_checks: bool,
@@ -1143,11 +1237,21 @@ impl<T: Target + Clone + 'static> Engine<T> {
             .collect();
         let obs = Observation { checks: &checks, facts };
         let mut attempts = 0;
+        let mono = tokio::time::Instant::now();
+        let wall = now;
+        let mut local: Timestamp;
         let decision: Outline = loop {
             let slot = &mut self.state.slots[si];
-            let was_in_flight = slot.occupies_slot(&shared.policy, now);
+            slot.anchor(wall, mono);
+            local = slot.local_now(wall, mono);
+            let was_in_flight = slot.occupies_slot(&shared.policy, wall, mono);
+            // The cluster-wide last action, in this node's frame.
+            let mut b = *budget;
+            if let Some(m) = self.state.last_action_mono {
+                b.last_action_at = Some(local - mono.saturating_duration_since(m));
+            }
             // The record in memory changes only once the store has the new one.
-            let d = machine::step(slot.record.clone(), &obs, &shared.policy, budget, now);
+            let d = machine::step(slot.record.clone(), &obs, &shared.policy, &b, local);
             if !d.changed {
                 break Outline::keep(d, slot);
             }
@@ -1156,12 +1260,13 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     let slot = &mut self.state.slots[si];
                     slot.version = Some(v);
                     if d.action.is_some_and(Action::is_disruptive) {
-                        budget.last_action_at = Some(now);
-                        self.state.last_action_at = Some(now);
+                        budget.last_action_at = Some(wall);
+                        self.state.last_action_at = Some(wall);
+                        self.state.last_action_mono = Some(mono);
                     }
                     let starts = d.action.is_some_and(Action::is_disruptive) && d.mode == Mode::Active;
                     let outline = Outline::keep(d, slot);
-                    match (was_in_flight, starts || slot.occupies_slot(&shared.policy, now)) {
+                    match (was_in_flight, starts || slot.occupies_slot(&shared.policy, wall, mono)) {
                         (false, true) => budget.in_flight += 1,
                         (true, false) => budget.in_flight = budget.in_flight.saturating_sub(1),
                         _ => {}
@@ -1200,14 +1305,22 @@ impl<T: Target + Clone + 'static> Engine<T> {
         };
 
         let slot = &mut self.state.slots[si];
-        slot.deadline = decision.next_deadline;
+        // The machine's deadline is in the node's frame; the driver sleeps on the wall clock.
+        let next = decision
+            .next_deadline
+            .map(|d| if d >= local { wall + d.saturating_since(local) } else { wall - local.saturating_since(d) });
+        slot.deadline = match (next, slot.grace_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         slot.errors = 0;
         if let Some(series) = &slot.series {
             if emit_checks {
-                for ((pass, fail), outcome) in series.checks.iter().zip(outcomes) {
+                for ((c, outcome), &erred) in series.checks.iter().zip(outcomes).zip(errs) {
                     match outcome {
-                        CheckOutcome::Pass => pass.increment(1),
-                        CheckOutcome::Fail { .. } => fail.increment(1),
+                        _ if erred => c.error.increment(1),
+                        CheckOutcome::Pass => c.pass.increment(1),
+                        CheckOutcome::Fail { .. } => c.fail.increment(1),
                         CheckOutcome::Skip { .. } => {}
                     }
                 }
@@ -1394,7 +1507,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
             if !ours {
                 return true;
             }
-            let applied = machine::apply_outcome(slot.record.clone(), c.action, ok, &shared.policy, now);
+            let local = slot.local_now(now, tokio::time::Instant::now());
+            let applied = machine::apply_outcome(slot.record.clone(), c.action, ok, &shared.policy, local);
             if !applied.changed {
                 return true;
             }
@@ -1502,9 +1616,10 @@ impl Outline {
     }
 }
 
-fn to_outcome(r: crate::checker::CheckResult) -> CheckOutcome {
+/// A checker's result as an outcome, and whether the checker erred.
+fn to_outcome(r: crate::checker::CheckResult) -> (CheckOutcome, bool) {
     match r {
-        Ok(o) => o,
-        Err(e) => CheckOutcome::fail_with("CheckError", e.to_string()),
+        Ok(o) => (o, false),
+        Err(e) => (CheckOutcome::fail_with("CheckError", e.to_string()), true),
     }
 }

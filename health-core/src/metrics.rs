@@ -43,7 +43,7 @@ impl<R: SeriesRemover + ?Sized> SeriesRemover for std::sync::Arc<R> {
 /// The full metric names for one prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricNames {
-    /// `{prefix}_health_check_total{node,checker,result=pass|fail}` (counter).
+    /// `{prefix}_health_check_total{node,checker,result=pass|fail|error}` (counter).
     pub health_check_total: String,
     /// `{prefix}_recovery_actions_total{node,action,mode=monitor|active}` (counter).
     pub recovery_actions_total: String,
@@ -99,7 +99,11 @@ impl MetricNames {
             let g = |name: &String, unit: Option<Unit>, help: &'static str| {
                 r.describe_gauge(name.clone().into(), unit, help.into())
             };
-            c(&self.health_check_total, None, "Health check evaluations per node, checker and result (pass or fail).");
+            c(
+                &self.health_check_total,
+                None,
+                "Health check evaluations per node, checker and result (pass, fail, or error: the checker itself failed or timed out).",
+            );
             c(
                 &self.recovery_actions_total,
                 None,
@@ -150,8 +154,7 @@ impl MetricNames {
         metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
     }
 
-    pub(crate) fn check_key(&self, node: &str, checker: &str, pass: bool) -> Key {
-        let result = if pass { "pass" } else { "fail" };
+    pub(crate) fn check_key(&self, node: &str, checker: &str, result: &'static str) -> Key {
         Key::from_parts(
             self.health_check_total.clone(),
             vec![
@@ -199,8 +202,8 @@ impl MetricNames {
     pub(crate) fn node_series(&self, node: &str, checkers: &[String]) -> Vec<(SeriesKind, Key)> {
         let mut keys = Vec::new();
         for checker in checkers {
-            for pass in [true, false] {
-                keys.push((SeriesKind::Counter, self.check_key(node, checker, pass)));
+            for result in CHECK_RESULTS {
+                keys.push((SeriesKind::Counter, self.check_key(node, checker, result)));
             }
         }
         for action in Action::ALL {
@@ -217,6 +220,16 @@ impl MetricNames {
     }
 }
 
+/// The `result` label values of `health_check_total`.
+pub(crate) const CHECK_RESULTS: [&str; 3] = ["pass", "fail", "error"];
+
+/// One checker's counters on one node.
+pub(crate) struct CheckSeries {
+    pub(crate) pass: Counter,
+    pub(crate) fail: Counter,
+    pub(crate) error: Counter,
+}
+
 /// The phases exported in the one-hot `recovery_phase` gauge (all but `Unknown`).
 pub(crate) const EXPORTED_PHASES: [Phase; 6] =
     [Phase::Healthy, Phase::Unhealthy, Phase::WaitingReboot, Phase::Draining, Phase::WaitingReplace, Phase::Failed];
@@ -224,8 +237,8 @@ pub(crate) const EXPORTED_PHASES: [Phase; 6] =
 /// Cached handles for the series updated on every evaluation of one node, so
 /// the steady state neither builds keys nor allocates.
 pub(crate) struct NodeSeries {
-    /// Per checker: (pass, fail) counters.
-    pub(crate) checks: Vec<(Counter, Counter)>,
+    /// Per checker: pass, fail and error counters.
+    pub(crate) checks: Vec<CheckSeries>,
     /// One gauge per [`EXPORTED_PHASES`] entry.
     pub(crate) phases: [Gauge; 6],
     /// Unhealthy duration.
@@ -237,8 +250,10 @@ impl NodeSeries {
         NodeSeries {
             checks: checkers
                 .iter()
-                .map(|c| {
-                    (names.counter(&names.check_key(node, c, true)), names.counter(&names.check_key(node, c, false)))
+                .map(|c| CheckSeries {
+                    pass: names.counter(&names.check_key(node, c, "pass")),
+                    fail: names.counter(&names.check_key(node, c, "fail")),
+                    error: names.counter(&names.check_key(node, c, "error")),
                 })
                 .collect(),
             phases: EXPORTED_PHASES.map(|p| names.gauge(&names.phase_key(node, p))),
@@ -266,8 +281,8 @@ mod tests {
         let m = MetricNames::new("acme");
         assert_eq!(m.reconcile_errors_total, "acme_reconcile_errors_total");
         let keys = n.node_series("n1", &["NodeReady".to_owned()]);
-        // 2 check + 4 actions x (2 modes + 1 failure) + 7 phases + 1 duration.
-        assert_eq!(keys.len(), 2 + 12 + 7 + 1);
+        // 3 check results + 4 actions x (2 modes + 1 failure) + 7 phases + 1 duration.
+        assert_eq!(keys.len(), 3 + 12 + 7 + 1);
         assert!(keys.iter().all(|(_, k)| k.labels().any(|l| l.key() == "node" && l.value() == "n1")));
     }
 }

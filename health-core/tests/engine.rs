@@ -440,7 +440,7 @@ impl HealthChecker<Node> for Gauged {
 }
 
 #[tokio::test(start_paused = true)]
-async fn checks_are_bounded_timed_out_and_errors_fail() {
+async fn checks_are_bounded_timed_out_and_errors_fail_only_after_the_grace() {
     let gauged = Arc::new(Gauged { running: AtomicUsize::new(0), peak: AtomicUsize::new(0) });
     let mut e = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(MockExec::new()))
         .config(EngineConfig::default().with_check_concurrency(4).with_check_timeout(Duration::from_secs(5)))
@@ -454,6 +454,12 @@ async fn checks_are_bounded_timed_out_and_errors_fail() {
     let _ = e.run_pass(&targets).await;
     assert_eq!(gauged.peak.load(Ordering::SeqCst), 4);
     assert!(started.elapsed() >= Duration::from_secs(5), "the hanging check ran into its timeout");
+    // A checker's own error or timeout is skipped for error_grace (5m)...
+    assert!(e.record("node-0").unwrap().failing.is_empty());
+    assert!(e.record("node-1").unwrap().failing.is_empty());
+    // ...and counts as failing once it has lasted that long.
+    advance(5 * MIN).await;
+    let _ = e.run_pass(&targets).await;
     let failing = |n: &str| e.record(n).map(|r| r.failing.clone()).unwrap_or_default();
     assert_eq!(failing("node-0"), [FailingCheck { checker: "Hanging".into(), reason: "CheckTimeout".into() }]);
     assert_eq!(failing("node-1"), [FailingCheck { checker: "Hanging".into(), reason: "CheckError".into() }]);

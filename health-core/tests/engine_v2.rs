@@ -436,13 +436,119 @@ async fn panics_are_contained() {
     let targets = nodes(10, &[0]);
     let r = e.run_pass(&targets).await;
     assert_eq!(r.evaluated, 10);
-    let rec = e.record("node-1").unwrap();
-    assert_eq!(rec.failing.first().map(|f| f.reason.as_str()), Some("CheckPanicked"));
+    // A panicking checker is a checker error: skipped for the error grace...
+    assert!(e.record("node-1").unwrap().failing.is_empty());
     tokio::time::advance(5 * MIN).await;
     let r = e.run_pass(&targets).await;
+    // ...then failing, with its own reason.
+    let rec = e.record("node-1").unwrap();
+    assert_eq!(rec.failing.first().map(|f| f.reason.as_str()), Some("CheckPanicked"));
     let failures: Vec<_> = r.actions.iter().filter_map(|a| a.failure.clone()).collect();
     assert!(failures.iter().any(|f| f.contains("the executor panicked: executor bug")), "{failures:?}");
     // The outcome is unknown, so the reboot counts as issued: its wait applies.
     let rec = e.record("node-0").unwrap();
     assert!(rec.not_before.is_some_and(|t| t >= Timestamp::from_secs(T0) + 15 * MIN), "{rec:?}");
+}
+
+/// Errs (a fork failure, a probe timeout) on every call.
+struct Erring;
+
+#[async_trait]
+impl HealthChecker<Node> for Erring {
+    fn name(&self) -> &str {
+        "Probe"
+    }
+    fn threshold(&self) -> Duration {
+        Duration::ZERO
+    }
+    async fn check(&self, target: &Node) -> CheckResult {
+        if target.name == "node-0" {
+            Err(CheckError::new("fork: resource temporarily unavailable"))
+        } else {
+            Ok(CheckOutcome::Pass)
+        }
+    }
+}
+
+/// Why 9: with threshold 0 one checker error rebooted the node at once.
+/// Now an error is not a failure until it has lasted error_grace (5m).
+#[tokio::test(start_paused = true)]
+async fn a_checker_error_is_not_a_failure_until_the_grace_has_passed() {
+    let exec = Arc::new(Recorder::default());
+    let mut e = Engine::builder(Arc::new(MemoryStore::new()), exec.clone())
+        .policy(Policy::default().with_monitor_only(false))
+        .checker(Erring)
+        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
+        .build()
+        .expect("engine");
+    let targets = nodes(10, &[]);
+    let r = e.run_pass(&targets).await;
+    assert!(r.actions.is_empty() && r.transitions.iter().all(|t| t.1.to != Phase::Unhealthy), "{r:?}");
+    // The engine looks again when the grace ends.
+    assert_eq!(e.next_deadline(), Some(Timestamp::from_secs(T0) + 5 * MIN));
+    tokio::time::advance(4 * MIN).await;
+    let r = e.run_pass(&targets).await;
+    assert!(r.actions.is_empty());
+    tokio::time::advance(MIN).await;
+    let r = e.run_pass(&targets).await;
+    assert_eq!(r.actions.first().map(|a| (a.node.as_str(), a.action)), Some(("node-0", Action::Reboot)));
+    assert_eq!(e.record("node-0").unwrap().failing[0].reason, "CheckError");
+}
+
+/// A wall clock that follows tokio's (paused) clock and can be stepped.
+#[derive(Clone)]
+struct SteppingClock {
+    origin: tokio::time::Instant,
+    offset_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Clock for SteppingClock {
+    fn now(&self) -> Timestamp {
+        let base = i64::try_from((Timestamp::from_secs(T0) + self.origin.elapsed()).as_millis()).unwrap();
+        Timestamp::from_millis(u64::try_from(base + self.offset_ms.load(Ordering::SeqCst)).unwrap())
+    }
+}
+
+/// Must show: wall-clock steps of −1 h, +2 h and +2 days, at every minute
+/// of a remediation (before the threshold, during every reboot wait): two
+/// reboots are never closer than the reboot wait in elapsed time, and none
+/// comes later than the wait plus one pass (1 minute).
+#[tokio::test(start_paused = true)]
+async fn wall_clock_steps_never_shorten_or_stretch_a_wait() {
+    const HOUR: i64 = 3_600_000;
+    let mut runs = 0;
+    for step in [-HOUR, 2 * HOUR, 48 * HOUR] {
+        for at_minute in 0..60 {
+            let clock = SteppingClock {
+                origin: tokio::time::Instant::now(),
+                offset_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            };
+            let exec = Arc::new(Recorder::default());
+            let mut e = Engine::builder(Arc::new(MemoryStore::new()), exec.clone())
+                .policy(Policy::default().with_monitor_only(false))
+                .checker(ready_checker())
+                .clock(Arc::new(clock.clone()))
+                .build()
+                .expect("engine");
+            let targets = nodes(10, &[0]);
+            let start = tokio::time::Instant::now();
+            for minute in 0..90 {
+                if minute == at_minute {
+                    clock.offset_ms.store(step, Ordering::SeqCst);
+                }
+                let _ = e.run_pass(&targets).await;
+                tokio::time::advance(MIN).await;
+            }
+            let at: Vec<Duration> = exec.calls.lock().iter().map(|c| c.2 - start).collect();
+            let ctx = format!("step {step} ms at minute {at_minute}: reboots at {at:?}");
+            assert_eq!(at.len(), 5, "{ctx}");
+            assert!(at[0] >= 5 * MIN && at[0] <= 6 * MIN, "{ctx}");
+            for w in at.windows(2) {
+                let gap = w[1] - w[0];
+                assert!(gap >= 10 * MIN && gap <= 11 * MIN, "{ctx}");
+            }
+            runs += 1;
+        }
+    }
+    assert_eq!(runs, 180);
 }
