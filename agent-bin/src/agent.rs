@@ -218,6 +218,7 @@ pub async fn run(
         .with_action_timeouts(config.engine.action_timeout, config.kube.drain_timeout)
         .with_store_timeout(config.engine.store_timeout)
         .with_forget_after(config.engine.forget_after)
+        .with_error_grace(config.engine.error_grace)
         .with_metrics_prefix(METRICS_PREFIX);
     let mut builder = Engine::builder(store, executor)
         .policy(config.policy)

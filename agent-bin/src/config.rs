@@ -269,6 +269,10 @@ pub struct EngineSection {
     /// comes back within it keeps its history).
     #[serde(with = "duration_str")]
     pub forget_after: Duration,
+    /// A checker that errs (its own failure or timeout) counts as failing
+    /// only after erring continuously this long.
+    #[serde(with = "duration_str")]
+    pub error_grace: Duration,
 }
 
 impl Default for EngineSection {
@@ -280,6 +284,7 @@ impl Default for EngineSection {
             store_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             forget_after: Duration::from_secs(30 * 60),
+            error_grace: Duration::from_secs(5 * 60),
         }
     }
 }
