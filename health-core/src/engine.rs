@@ -398,7 +398,7 @@ struct Slot {
     /// instant and the monotonic instant it was read at. Its time advances
     /// with the monotonic clock, so a wall-clock step never shortens (or
     /// stretches) its waits.
-    frame: Option<(Timestamp, tokio::time::Instant)>,
+    frame: Option<(Timestamp, Duration)>,
 }
 
 impl Slot {
@@ -432,7 +432,7 @@ impl Slot {
     }
 
     /// Re-anchors the node's frame on the wall clock while it is calm.
-    fn anchor(&mut self, wall: Timestamp, mono: tokio::time::Instant) {
+    fn anchor(&mut self, wall: Timestamp, mono: Duration) {
         if self.frame.is_none() || self.calm() {
             self.frame = Some((wall, mono));
         }
@@ -440,9 +440,9 @@ impl Slot {
 
     /// The node's current time: the wall clock while calm, else its frame
     /// advanced by monotonic time.
-    fn local_now(&self, wall: Timestamp, mono: tokio::time::Instant) -> Timestamp {
+    fn local_now(&self, wall: Timestamp, mono: Duration) -> Timestamp {
         match self.frame {
-            Some((t, m)) if !self.calm() => t + mono.saturating_duration_since(m),
+            Some((t, m)) if !self.calm() => t + mono.saturating_sub(m),
             _ => wall,
         }
     }
@@ -450,7 +450,7 @@ impl Slot {
     /// Whether the node occupies a `max_in_flight` slot: while its action
     /// runs, or within the wait that follows it (a node held in an in-flight
     /// phase past its wait does not block others).
-    fn occupies_slot(&self, policy: &Policy, wall: Timestamp, mono: tokio::time::Instant) -> bool {
+    fn occupies_slot(&self, policy: &Policy, wall: Timestamp, mono: Duration) -> bool {
         let now = self.local_now(wall, mono);
         if self.running {
             return true;
@@ -505,7 +505,7 @@ struct State {
     last_action_at: Option<Timestamp>,
     /// The monotonic instant of the last disruptive action started by this
     /// process (the cluster-wide minimum interval is measured on it).
-    last_action_mono: Option<tokio::time::Instant>,
+    last_action_mono: Option<Duration>,
     storm_active: bool,
     recheck: bool,
     pass: u64,
@@ -797,11 +797,23 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// no action runs. Drivers that must not wait use [`Engine::sync`].
     pub async fn run_pass(&mut self, targets: &[T]) -> PassReport {
         let mut report = self.sync(targets).await;
+        // The machine chains at most three actions per node; the bound only
+        // guards against a bug turning a pass into an endless loop.
+        let mut rounds: HashMap<String, usize> = HashMap::new();
         while self.has_running() {
             self.wait_completion().await;
             let (nodes, folded) = self.fold_completions().await;
             report.merge(folded);
-            let again: Vec<T> = targets.iter().filter(|t| nodes.iter().any(|n| n == t.name())).cloned().collect();
+            let again: Vec<T> = targets
+                .iter()
+                .filter(|t| nodes.iter().any(|n| n == t.name()))
+                .filter(|t| {
+                    let n = rounds.entry(t.name().to_owned()).or_default();
+                    *n += 1;
+                    *n <= MAX_ROUNDS
+                })
+                .cloned()
+                .collect();
             if !again.is_empty() {
                 let r = self.evaluate(&again).await;
                 report.merge(r);
@@ -928,7 +940,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             total: count(&|_| true),
             unhealthy: count(&|slot| slot.failing || slot.unknown),
             in_flight: u32::try_from({
-                let mono = tokio::time::Instant::now();
+                let mono = self.shared.clock.monotonic();
                 s.slots.iter().filter(|slot| slot.occupies_slot(policy, now, mono)).count()
             })
             .unwrap_or(u32::MAX),
@@ -1237,7 +1249,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             .collect();
         let obs = Observation { checks: &checks, facts };
         let mut attempts = 0;
-        let mono = tokio::time::Instant::now();
+        let mono = shared.clock.monotonic();
         let wall = now;
         let mut local: Timestamp;
         let decision: Outline = loop {
@@ -1248,7 +1260,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             // The cluster-wide last action, in this node's frame.
             let mut b = *budget;
             if let Some(m) = self.state.last_action_mono {
-                b.last_action_at = Some(local - mono.saturating_duration_since(m));
+                b.last_action_at = Some(local - mono.saturating_sub(m));
             }
             // The record in memory changes only once the store has the new one.
             let d = machine::step(slot.record.clone(), &obs, &shared.policy, &b, local);
@@ -1352,7 +1364,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
             };
             notify(&shared.observers, "transition", |o| o.on_transition(target, &event));
         }
-        decision.action.map(|action| Planned { target: ti, slot: si, action, mode: decision.mode, started_at: now })
+        // The record stamps the action in the node's frame: so does the plan.
+        decision.action.map(|action| Planned { target: ti, slot: si, action, mode: decision.mode, started_at: local })
     }
 
     /// Records a store failure for a node: its in-memory record may now differ
@@ -1507,7 +1520,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             if !ours {
                 return true;
             }
-            let local = slot.local_now(now, tokio::time::Instant::now());
+            let local = slot.local_now(now, shared.clock.monotonic());
             let applied = machine::apply_outcome(slot.record.clone(), c.action, ok, &shared.policy, local);
             if !applied.changed {
                 return true;

@@ -98,6 +98,16 @@ pub trait Clock: Send + Sync {
     /// The current wall-clock time.
     fn now(&self) -> Timestamp;
 
+    /// A monotonic reading (any origin) that advances at the rate of
+    /// [`Clock::now`] but never jumps when the wall clock is stepped. The
+    /// engine measures the waits of a node under remediation on it.
+    ///
+    /// The default follows [`Clock::now`] (no protection against steps):
+    /// right for simulated clocks that are never stepped.
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(self.now().as_millis())
+    }
+
     /// The tokio instant at which `deadline` falls, for `tokio::time::sleep_until`.
     ///
     /// The default maps through the distance from [`Clock::now`], which is
@@ -117,6 +127,9 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> Timestamp {
         (**self).now()
     }
+    fn monotonic(&self) -> Duration {
+        (**self).monotonic()
+    }
     fn instant_at(&self, deadline: Timestamp) -> tokio::time::Instant {
         (**self).instant_at(deadline)
     }
@@ -129,6 +142,11 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::from_system_time(SystemTime::now())
+    }
+
+    fn monotonic(&self) -> Duration {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN.get_or_init(std::time::Instant::now).elapsed()
     }
 }
 
@@ -151,6 +169,10 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> Timestamp {
         self.origin_wall + self.origin.elapsed()
+    }
+
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
     }
 
     fn instant_at(&self, deadline: Timestamp) -> tokio::time::Instant {

@@ -507,6 +507,9 @@ impl Clock for SteppingClock {
         let base = i64::try_from((Timestamp::from_secs(T0) + self.origin.elapsed()).as_millis()).unwrap();
         Timestamp::from_millis(u64::try_from(base + self.offset_ms.load(Ordering::SeqCst)).unwrap())
     }
+    fn monotonic(&self) -> Duration {
+        self.origin.elapsed()
+    }
 }
 
 /// Must show: wall-clock steps of −1 h, +2 h and +2 days, at every minute
@@ -551,4 +554,31 @@ async fn wall_clock_steps_never_shorten_or_stretch_a_wait() {
         }
     }
     assert_eq!(runs, 180);
+}
+
+/// With the node's time frame apart from the wall clock (here after a step
+/// of 1.234 s), an action's outcome is still folded into the decision that
+/// asked for it: one drain, then one replacement, not a drain loop.
+#[tokio::test(start_paused = true)]
+async fn a_drifted_frame_still_folds_each_outcome_once() {
+    let clock = SteppingClock {
+        origin: tokio::time::Instant::now(),
+        offset_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+    };
+    let exec = Arc::new(Recorder::default());
+    let mut e = Engine::builder(Arc::new(MemoryStore::new()), exec.clone())
+        .policy(escalating())
+        .checker(ready_checker())
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .expect("engine");
+    let targets = nodes(10, &[0]);
+    let _ = e.run_pass(&targets).await;
+    clock.offset_ms.store(1234, Ordering::SeqCst);
+    for _ in 0..30 {
+        tokio::time::advance(MIN).await;
+        let _ = e.run_pass(&targets).await;
+    }
+    let actions: Vec<Action> = exec.actions().into_iter().map(|a| a.1).collect();
+    assert_eq!(actions, [Action::Reboot, Action::Drain, Action::Replace]);
 }
