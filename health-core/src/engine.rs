@@ -451,10 +451,13 @@ impl Slot {
     /// runs, or within the wait that follows it (a node held in an in-flight
     /// phase past its wait does not block others).
     fn occupies_slot(&self, policy: &Policy, wall: Timestamp, mono: Duration) -> bool {
-        let now = self.local_now(wall, mono);
         if self.running {
             return true;
         }
+        if !self.record.phase.is_in_flight() {
+            return false;
+        }
+        let now = self.local_now(wall, mono);
         let wait = match self.record.phase {
             Phase::WaitingReboot => policy.reboot_wait_for(self.record.class),
             Phase::WaitingReplace => policy.escalation.replace_wait,
@@ -506,6 +509,8 @@ struct State {
     /// The monotonic instant of the last disruptive action started by this
     /// process (the cluster-wide minimum interval is measured on it).
     last_action_mono: Option<Duration>,
+    /// The monotonic reading of the current decision round.
+    mono: Duration,
     storm_active: bool,
     recheck: bool,
     pass: u64,
@@ -622,6 +627,7 @@ impl<T: Target + Clone + 'static> EngineBuilder<T> {
                 index: HashMap::new(),
                 last_action_at: None,
                 last_action_mono: None,
+                mono: Duration::ZERO,
                 storm_active: false,
                 recheck: false,
                 pass: 0,
@@ -832,20 +838,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// unsynced or failed listing must never erase remediation history. Use
     /// [`Engine::remove`] to forget nodes explicitly.
     pub async fn sync(&mut self, targets: &[T]) -> PassReport {
-        let mut departed = Vec::new();
-        if !targets.is_empty() && !self.shared.controls.source_stale() {
-            let present: std::collections::HashSet<&str> = targets.iter().map(Target::name).collect();
-            let now = self.shared.clock.now();
-            for s in &mut self.state.slots {
-                if s.departed_at.is_none() && !present.contains(s.name.as_str()) {
-                    s.departed_at = Some(now);
-                    s.deadline = Some(now + self.shared.config.forget_after);
-                    departed.push(s.name.clone());
-                }
-            }
-        }
-        let mut report = self.evaluate(targets).await;
-        report.departed = departed;
+        let may_depart = !targets.is_empty() && !self.shared.controls.source_stale();
+        let mut report = self.evaluate_inner(targets, may_depart).await;
+        self.sweep_departed(&mut report).await;
+        self.finish_pass(&mut report);
         report
     }
 
@@ -867,7 +863,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// other known nodes keep their state and still count in the budget.
     /// Departed nodes whose time has come are forgotten.
     pub async fn evaluate(&mut self, targets: &[T]) -> PassReport {
-        let mut report = self.evaluate_inner(targets).await;
+        let mut report = self.evaluate_inner(targets, false).await;
         self.sweep_departed(&mut report).await;
         self.finish_pass(&mut report);
         report
@@ -875,6 +871,9 @@ impl<T: Target + Clone + 'static> Engine<T> {
 
     /// Forgets departed nodes whose `forget_after` has passed.
     async fn sweep_departed(&mut self, report: &mut PassReport) {
+        if !self.state.slots.iter().any(|s| s.departed_at.is_some()) {
+            return;
+        }
         let now = self.shared.clock.now();
         let forget_after = self.shared.config.forget_after;
         let gone: Vec<(String, Option<Version>)> = self
@@ -932,18 +931,23 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let s = &self.state;
         let c = &self.shared.controls;
         let policy = &self.shared.policy;
-        let count = |f: &dyn Fn(&Slot) -> bool| {
-            let n = s.slots.iter().filter(|slot| slot.departed_at.is_none() && f(slot)).count();
-            u32::try_from(n).unwrap_or(u32::MAX)
-        };
+        let mono = self.shared.clock.monotonic();
+        let (mut total, mut unhealthy, mut in_flight) = (0u32, 0u32, 0u32);
+        for slot in &s.slots {
+            if slot.occupies_slot(policy, now, mono) {
+                in_flight = in_flight.saturating_add(1);
+            }
+            if slot.departed_at.is_none() {
+                total = total.saturating_add(1);
+                if slot.failing || slot.unknown {
+                    unhealthy = unhealthy.saturating_add(1);
+                }
+            }
+        }
         Budget {
-            total: count(&|_| true),
-            unhealthy: count(&|slot| slot.failing || slot.unknown),
-            in_flight: u32::try_from({
-                let mono = self.shared.clock.monotonic();
-                s.slots.iter().filter(|slot| slot.occupies_slot(policy, now, mono)).count()
-            })
-            .unwrap_or(u32::MAX),
+            total,
+            unhealthy,
+            in_flight,
             paused: c.paused(),
             source_stale: c.source_stale(),
             window_closed: c.window_closed(),
@@ -1112,22 +1116,37 @@ impl<T: Target + Clone + 'static> Engine<T> {
         }
     }
 
-    async fn evaluate_inner(&mut self, targets: &[T]) -> PassReport {
+    /// Evaluates `targets`; with `complete`, they are the whole set and
+    /// known nodes not among them depart first (so they leave the budget).
+    async fn evaluate_inner(&mut self, targets: &[T], complete: bool) -> PassReport {
         let started = tokio::time::Instant::now();
         self.state.pass += 1;
         let mut report = PassReport { evaluated: targets.len(), ..PassReport::default() };
         let slots = self.slots_for(targets, &mut report).await;
+        if complete {
+            let (pass, now, forget_after) = (self.state.pass, self.shared.clock.now(), self.shared.config.forget_after);
+            for s in &mut self.state.slots {
+                if s.seen != pass && s.departed_at.is_none() {
+                    s.departed_at = Some(now);
+                    s.deadline = Some(now + forget_after);
+                    report.departed.push(s.name.clone());
+                }
+            }
+        }
         let mut outcomes = std::mem::take(&mut self.state.outcomes);
         let mut errs = std::mem::take(&mut self.state.errs);
         Self::run_checks(&self.shared, targets, &slots, &mut outcomes, &mut errs).await;
         let nc = self.shared.checkers.len();
         let mut now = self.shared.clock.now();
+        self.state.mono = self.shared.clock.monotonic();
         let grace = self.shared.config.error_grace;
 
         for (ti, slot) in slots.iter().enumerate() {
             let Some(si) = *slot else { continue };
             let s = &mut self.state.slots[si];
-            s.error_since.resize(nc, None);
+            if s.error_since.len() != nc {
+                s.error_since.resize(nc, None);
+            }
             s.grace_until = None;
             for ci in 0..nc {
                 let i = ti * nc + ci;
@@ -1179,6 +1198,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             }
             if !first {
                 now = self.shared.clock.now();
+                self.state.mono = self.shared.clock.monotonic();
                 let c = &self.shared.controls;
                 budget.paused = c.paused();
                 budget.source_stale = c.source_stale();
@@ -1249,7 +1269,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             .collect();
         let obs = Observation { checks: &checks, facts };
         let mut attempts = 0;
-        let mono = shared.clock.monotonic();
+        let mono = self.state.mono;
         let wall = now;
         let mut local: Timestamp;
         let decision: Outline = loop {
