@@ -1,10 +1,11 @@
 //! Embedding the recovery machine in a non-Kubernetes controller: a fleet of
 //! virtual machines on a hypervisor, with its own checkers and executor.
 //!
-//! The hypervisor is simulated in memory so the example runs anywhere and
-//! finishes at once: instead of sleeping, the driver jumps a [`ManualClock`]
-//! to the engine's next deadline, exactly as a real driver would sleep until
-//! it. Run with `cargo run -p examples --example vm_fleet`.
+//! The hypervisor is simulated in memory, and the example runs on a Tokio
+//! runtime with paused time, so two hours pass at once: the crate's
+//! [`Runtime`] sleeps until the engine's deadlines exactly as it would in
+//! production, and a poller feeds it the hypervisor's inventory every
+//! minute. Run with `cargo run -p examples --example vm_fleet`.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use health_core::{
     Action, CheckError, CheckOutcome, CheckResult, Engine, ExecError, Executor, FnChecker, Gates, HealthChecker, Limit,
-    ManualClock, MemoryStore, NodeClass, NodeFacts, Observer, Phase, Policy, StormEvent, Target, Timestamp,
-    TransitionEvent,
+    MemoryStore, NodeClass, NodeFacts, Observer, Phase, Policy, Runtime, StormEvent, Target, TargetUpdate, Timestamp,
+    TokioClock, TransitionEvent,
 };
 use parking_lot::Mutex;
 
@@ -156,7 +157,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let start = Timestamp::from_secs(1_700_000_000);
-    let clock = ManualClock::new(start);
+    let clock = TokioClock::starting_at(start);
     let policy = Policy::default()
         .with_monitor_only(false)
         .with_reboot_waits(Duration::from_secs(5 * 60), Duration::from_secs(5 * 60))
@@ -166,27 +167,37 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let disk = FnChecker::new("DiskFull", Duration::from_secs(10 * 60), |vm: &Vm| {
         if vm.disk_pct >= 95 { CheckOutcome::fail("DiskFull") } else { CheckOutcome::Pass }
     });
-    let mut engine = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(PowerCycle { hv: Arc::clone(&hv) }))
+    let engine = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(PowerCycle { hv: Arc::clone(&hv) }))
         .policy(policy)
         .checker(GuestAgentProbe { hv: Arc::clone(&hv) })
         .checker(disk)
         .observer(Arc::new(Printer { start }))
-        .clock(Arc::new(clock.clone()))
+        .clock(Arc::new(clock))
         .build()?;
 
     println!("evaluating 8 VMs for 2 hours of simulated time");
-    let end = start + Duration::from_secs(2 * 3600);
-    loop {
-        let _ = engine.run_pass(&hv.inventory()).await;
-        match engine.next_deadline() {
-            Some(t) if t <= end => clock.advance_to(t),
-            _ => break,
+    // The controller polls the hypervisor's inventory once a minute.
+    let (updates, rx) = tokio::sync::mpsc::channel(4);
+    let poll_hv = Arc::clone(&hv);
+    let poller = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if updates.send(TargetUpdate::Full(poll_hv.inventory())).await.is_err() {
+                return;
+            }
         }
-    }
+    });
+    let two_hours = tokio::time::sleep(Duration::from_secs(2 * 3600));
+    let stopped = Runtime::new(engine).run(health_core::runtime::updates_from(rx), two_hours).await;
+    poller.abort();
+    let engine = stopped.engine;
 
     println!("\n{:<8} {:<10} {:>7} {:>8}", "VM", "PHASE", "REBOOTS", "FAILURES");
     let mut phases = BTreeMap::new();
-    for (name, rec) in engine.records() {
+    let mut records: Vec<_> = engine.records().collect();
+    records.sort_by_key(|(name, _)| *name);
+    for (name, rec) in records {
         println!("{name:<8} {:<10} {:>7} {:>8}", rec.phase.as_str(), rec.reboot_count, rec.reboot_failures);
         phases.insert(name.to_owned(), rec.phase);
     }
@@ -203,7 +214,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

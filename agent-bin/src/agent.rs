@@ -304,8 +304,7 @@ pub async fn run(
             feeder_cache.changed().await;
         }
     });
-    let updates =
-        Box::pin(futures_util::stream::unfold(updates_rx, |mut rx| async move { rx.recv().await.map(|u| (u, rx)) }));
+    let updates = health_core::runtime::updates_from(updates_rx);
 
     let passes = Arc::new(parking_lot::Mutex::new((0u64, 0usize)));
     let sink_passes = Arc::clone(&passes);

@@ -37,16 +37,13 @@
 //!     .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(1_000_000))))
 //!     .build()?;
 //!
-//! let (updates, rx) = tokio::sync::mpsc::unbounded_channel();
-//! updates.send(TargetUpdate::Full(vec![Vm { name: "vm-1".into(), responding: false }])).unwrap();
+//! let (updates, rx) = tokio::sync::mpsc::channel(16);
+//! updates.send(TargetUpdate::Full(vec![Vm { name: "vm-1".into(), responding: false }])).await.unwrap();
 //! // Stop after ten simulated minutes: the threshold passed, the VM was rebooted.
 //! let shutdown = tokio::time::sleep(Duration::from_secs(600));
-//! let stopped = Runtime::new(engine).run(tokio_stream(rx), shutdown).await;
+//! let stopped = Runtime::new(engine).run(runtime::updates_from(rx), shutdown).await;
 //! assert_eq!(stopped.engine.record("vm-1").unwrap().phase, Phase::WaitingReboot);
 //! # Ok(()) }
-//! # fn tokio_stream<T>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl futures_util::Stream<Item = T> + Unpin {
-//! #     Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-//! # }
 //! ```
 
 use std::collections::HashMap;
@@ -56,6 +53,13 @@ use std::time::Duration;
 use futures_util::{FutureExt, Stream, StreamExt};
 
 use crate::engine::{Engine, PassReport, Target};
+
+/// The receiving end of a Tokio channel as the stream [`Runtime::run`] takes.
+pub fn updates_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<TargetUpdate<T>>,
+) -> impl Stream<Item = TargetUpdate<T>> + Unpin + Send {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|u| (u, rx)) }))
+}
 
 /// A change of the target set.
 #[derive(Clone, Debug)]
