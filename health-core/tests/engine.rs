@@ -11,40 +11,9 @@ use health_core::*;
 use mockall::{Sequence, mock, predicate::eq};
 use parking_lot::Mutex;
 
-const T0: u64 = 1_700_000_000;
-const MIN: Duration = Duration::from_secs(60);
+mod common;
 
-#[derive(Clone, Debug)]
-struct Node {
-    name: String,
-    ready: bool,
-    facts: NodeFacts,
-}
-
-impl Node {
-    fn new(name: &str, ready: bool) -> Self {
-        Node { name: name.to_owned(), ready, facts: NodeFacts::default() }
-    }
-}
-
-impl Target for Node {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn facts(&self) -> NodeFacts {
-        self.facts
-    }
-}
-
-fn nodes(n: usize, not_ready: &[usize]) -> Vec<Node> {
-    (0..n).map(|i| Node::new(&format!("node-{i}"), !not_ready.contains(&i))).collect()
-}
-
-fn ready_checker() -> FnChecker<impl Fn(&Node) -> CheckOutcome + Send + Sync> {
-    FnChecker::new("NodeReady", 5 * MIN, |n: &Node| {
-        if n.ready { CheckOutcome::Pass } else { CheckOutcome::fail("KubeletNotReady") }
-    })
-}
+use common::{MIN, Node, T0, nodes, ready_checker};
 
 mock! {
     Exec {}

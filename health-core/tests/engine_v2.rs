@@ -12,36 +12,9 @@ use async_trait::async_trait;
 use health_core::*;
 use parking_lot::Mutex;
 
-const T0: u64 = 1_700_000_000;
-const MIN: Duration = Duration::from_secs(60);
+mod common;
 
-#[derive(Clone, Debug)]
-struct Node {
-    name: String,
-    ready: bool,
-    facts: NodeFacts,
-}
-
-impl Target for Node {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn facts(&self) -> NodeFacts {
-        self.facts
-    }
-}
-
-fn nodes(n: usize, not_ready: &[usize]) -> Vec<Node> {
-    (0..n)
-        .map(|i| Node { name: format!("node-{i}"), ready: !not_ready.contains(&i), facts: NodeFacts::default() })
-        .collect()
-}
-
-fn ready_checker() -> FnChecker<impl Fn(&Node) -> CheckOutcome + Send + Sync> {
-    FnChecker::new("NodeReady", 5 * MIN, |n: &Node| {
-        if n.ready { CheckOutcome::Pass } else { CheckOutcome::fail("KubeletNotReady") }
-    })
-}
+use common::{MIN, Node, T0, nodes, ready_checker};
 
 /// Records every action with the (paused) instant it started; drains take
 /// `drain_for`.
