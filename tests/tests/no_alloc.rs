@@ -1,7 +1,10 @@
 //! The Healthy -> Healthy machine step allocates nothing.
 //!
 //! This file holds a single test, so no other test thread allocates while
-//! the global counters are read.
+//! the global counters are read. The test harness's own threads still may
+//! (rarely; seen once in CI: one 96-byte allocation): the loop is measured
+//! five times and the fewest allocations must be zero. An allocation in the
+//! step itself would show in every round.
 
 use std::alloc::System;
 use std::time::Duration;
@@ -28,14 +31,18 @@ fn healthy_step_does_not_allocate() {
     let budget = Budget::new(10);
     let mut record = NodeRecord { phase: Phase::Healthy, healthy_since: Some(now), ..NodeRecord::default() };
 
-    let region = Region::new(GLOBAL);
-    for i in 0..1000u64 {
-        let d = step(record, &obs, &policy, &budget, now + Duration::from_secs(i));
-        assert!(!d.changed);
-        record = d.record;
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let region = Region::new(GLOBAL);
+        for i in 0..1000u64 {
+            let d = step(record, &obs, &policy, &budget, now + Duration::from_secs(i));
+            assert!(!d.changed);
+            record = d.record;
+        }
+        rounds.push(region.change());
     }
-    let stats = region.change();
-    assert_eq!(stats.allocations + stats.reallocations, 0, "{stats:?}");
+    let fewest = rounds.iter().map(|s| s.allocations + s.reallocations).min();
+    assert_eq!(fewest, Some(0), "{rounds:?}");
 
     // The check is real: a failing observation does allocate (it records the reason).
     let fail = [CheckOutcome::fail("KubeletNotReady")];
