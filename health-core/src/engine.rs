@@ -1527,7 +1527,6 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// outcome was recorded).
     async fn record_outcome(&mut self, c: &Completion<T>, si: usize, now: Timestamp, report: &mut PassReport) -> bool {
         let shared = &self.shared;
-        let ok = c.error.is_none();
         let mut attempts = 0;
         loop {
             let slot = &mut self.state.slots[si];
@@ -1541,7 +1540,13 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 return true;
             }
             let local = slot.local_now(now, shared.clock.monotonic());
-            let applied = machine::apply_outcome(slot.record.clone(), c.action, ok, &shared.policy, local);
+            let outcome = match c.error.as_deref() {
+                None => machine::ActionOutcome::Succeeded,
+                Some(ExecError::Unsupported { .. }) => machine::ActionOutcome::Unsupported,
+                Some(ExecError::Unknown { .. } | ExecError::Timeout { .. }) => machine::ActionOutcome::Unknown,
+                Some(_) => machine::ActionOutcome::Failed,
+            };
+            let applied = machine::apply_outcome(slot.record.clone(), c.action, outcome, &shared.policy, local);
             if !applied.changed {
                 return true;
             }

@@ -115,7 +115,7 @@ pub use domain::{
 pub use engine::{ActionRecord, Controls, Engine, EngineBuilder, EngineConfig, EngineError, PassReport, Target};
 pub use executor::{ExecError, Executor};
 pub use fence::LeaseFence;
-pub use machine::{Budget, Check, Decision, Hold, HoldReason, Observation, PhaseChange};
+pub use machine::{ActionOutcome, Budget, Check, Decision, Hold, HoldReason, Observation, PhaseChange};
 pub use metrics::{MetricNames, SeriesKind, SeriesRemover};
 pub use observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
 pub use policy::{Backoff, Escalation, Gates, Limit, Policy, PolicyError};

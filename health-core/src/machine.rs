@@ -571,18 +571,76 @@ pub fn step(
     Decision { record, action, mode: mode_of(policy), changed, transition, hold, next_deadline: next }
 }
 
+/// What came of an action, as [`apply_outcome`] folds it in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ActionOutcome {
+    /// It was done.
+    Succeeded,
+    /// It certainly failed (nothing happened).
+    Failed,
+    /// It may or may not have happened (a timeout, a lost answer, a panic).
+    Unknown,
+    /// The executor cannot do this action at all: retrying is pointless.
+    Unsupported,
+}
+
+impl From<bool> for ActionOutcome {
+    /// `true`: succeeded; `false`: failed.
+    fn from(ok: bool) -> Self {
+        if ok { ActionOutcome::Succeeded } else { ActionOutcome::Failed }
+    }
+}
+
 /// Folds the outcome of performing `action` into the record produced by the
 /// [`step`] that asked for it. In monitor-only mode drivers report success.
+///
+/// A failure counts `reboot_failures` and backs off. An unknown outcome is
+/// a failure that may have happened: a reboot or a replacement of unknown
+/// outcome keeps its wait (a replacement stays `WaitingReplace` instead of
+/// being retried a minute later). An unsupported disruptive action sends
+/// the node to `Failed` at once; an unsupported uncordon is given up.
 pub fn apply_outcome(
     mut record: NodeRecord,
     action: Action,
-    succeeded: bool,
+    outcome: impl Into<ActionOutcome>,
     policy: &Policy,
     now: Timestamp,
 ) -> Applied {
+    let outcome = outcome.into();
+    let succeeded = outcome == ActionOutcome::Succeeded;
     let initial_phase = record.phase;
     let before = record.clone();
     let backoff = policy.failure_backoff;
+    if outcome == ActionOutcome::Unsupported {
+        if action.is_disruptive() {
+            record.phase = Phase::Failed;
+        } else {
+            // Nobody can uncordon through this executor: stop trying.
+            record.cordoned = false;
+        }
+        let transition =
+            (record.phase != initial_phase).then_some(PhaseChange { from: initial_phase, to: record.phase });
+        if transition.is_some() {
+            record.last_transition_at = Some(now);
+        }
+        let changed = record != before;
+        return Applied { record, changed, transition };
+    }
+    if outcome == ActionOutcome::Unknown && action == Action::Replace && record.phase == Phase::WaitingReplace {
+        // The pool may be replacing the node: wait for it as after a replacement.
+        record.reboot_failures = record.reboot_failures.saturating_add(1);
+        if record.reboot_failures > policy.max_reboot_failures {
+            record.phase = Phase::Failed;
+        }
+        let transition =
+            (record.phase != initial_phase).then_some(PhaseChange { from: initial_phase, to: record.phase });
+        if transition.is_some() {
+            record.last_transition_at = Some(now);
+        }
+        let changed = record != before;
+        return Applied { record, changed, transition };
+    }
     match (action, succeeded) {
         (Action::Reboot | Action::Replace, true) => {}
         (Action::Drain, true) => {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use health_core::machine::{apply_outcome, step};
+use health_core::machine::{ActionOutcome, apply_outcome, step};
 use health_core::*;
 
 const T0: u64 = 1_700_000_000;
@@ -591,4 +591,35 @@ fn healthy_steady_state_changes_nothing() {
     assert!(!d.changed);
     assert_eq!(d.record, rec);
     assert_eq!(d.transition, None);
+}
+
+/// Typed outcomes: an unsupported disruptive action goes Failed without a
+/// retry; an unsupported uncordon is given up; a replacement of unknown
+/// outcome keeps its wait instead of being retried a minute later.
+#[test]
+fn typed_outcomes() {
+    let issued = waiting(2, 0);
+    let a = apply_outcome(issued.clone(), Action::Reboot, ActionOutcome::Unsupported, &active(), at(NOW));
+    assert_eq!((a.record.phase, a.record.not_before), (Phase::Failed, None));
+    assert_eq!(a.transition, Some(PhaseChange { from: Phase::WaitingReboot, to: Phase::Failed }));
+
+    let cordoned = NodeRecord { phase: Phase::Healthy, cordoned: true, ..NodeRecord::default() };
+    let a = apply_outcome(cordoned, Action::Uncordon, ActionOutcome::Unsupported, &active(), at(NOW));
+    assert!(!a.record.cordoned && a.record.not_before.is_none(), "{:?}", a.record);
+    assert_eq!(a.record.phase, Phase::Healthy);
+
+    let replacing = NodeRecord {
+        phase: Phase::WaitingReplace,
+        replace_count: 1,
+        last_action: Some(Action::Replace),
+        last_action_at: Some(at(NOW)),
+        ..NodeRecord::default()
+    };
+    let a = apply_outcome(replacing.clone(), Action::Replace, ActionOutcome::Unknown, &active(), at(NOW));
+    assert_eq!((a.record.phase, a.record.replace_count, a.record.reboot_failures), (Phase::WaitingReplace, 1, 1));
+    assert_eq!(a.record.not_before, None);
+    // A certain failure still goes back to retry the replacement after a back-off.
+    let r = applied(replacing, Action::Replace, false);
+    assert_eq!((r.phase, r.drained), (Phase::Draining, true));
+    assert!(r.not_before.is_some());
 }
