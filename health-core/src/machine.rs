@@ -619,13 +619,7 @@ pub fn apply_outcome(
             // Nobody can uncordon through this executor: stop trying.
             record.cordoned = false;
         }
-        let transition =
-            (record.phase != initial_phase).then_some(PhaseChange { from: initial_phase, to: record.phase });
-        if transition.is_some() {
-            record.last_transition_at = Some(now);
-        }
-        let changed = record != before;
-        return Applied { record, changed, transition };
+        return applied(record, &before, initial_phase, now);
     }
     if outcome == ActionOutcome::Unknown && action == Action::Replace && record.phase == Phase::WaitingReplace {
         // The pool may be replacing the node: wait for it as after a replacement.
@@ -633,13 +627,7 @@ pub fn apply_outcome(
         if record.reboot_failures > policy.max_reboot_failures {
             record.phase = Phase::Failed;
         }
-        let transition =
-            (record.phase != initial_phase).then_some(PhaseChange { from: initial_phase, to: record.phase });
-        if transition.is_some() {
-            record.last_transition_at = Some(now);
-        }
-        let changed = record != before;
-        return Applied { record, changed, transition };
+        return applied(record, &before, initial_phase, now);
     }
     match (action, succeeded) {
         (Action::Reboot | Action::Replace, true) => {}
@@ -679,10 +667,15 @@ pub fn apply_outcome(
     if !succeeded && action.is_disruptive() && record.reboot_failures > policy.max_reboot_failures {
         record.phase = Phase::Failed;
     }
+    applied(record, &before, initial_phase, now)
+}
+
+/// The [`Applied`] for a record changed from `before` (its phase then).
+fn applied(mut record: NodeRecord, before: &NodeRecord, initial_phase: Phase, now: Timestamp) -> Applied {
     let transition = (record.phase != initial_phase).then_some(PhaseChange { from: initial_phase, to: record.phase });
     if transition.is_some() {
         record.last_transition_at = Some(now);
     }
-    let changed = record != before;
+    let changed = record != *before;
     Applied { record, changed, transition }
 }
