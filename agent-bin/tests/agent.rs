@@ -374,7 +374,16 @@ fn simulate_runs_the_built_in_scenario_and_reports_json() {
     assert!(reboots >= 5, "{s}");
     assert!(s["civo_calls"]["hard_reboots"].as_u64().unwrap() >= reboots, "{s}");
     assert_eq!(s["civo_calls"]["pool_deletes"], s["totals"]["replaces"], "{s}");
-    assert_eq!(s["totals"]["replaces"], 1, "the fault no reboot fixes ends in a replacement: {s}");
+    // The fault no reboot fixes ends in a replacement, unless the Civo
+    // outage happened to hit that node's reboots (which node the outage
+    // meets depends on scheduling): then its failures delay the escalation
+    // past the demo's 50 s, and it must still be under remediation.
+    // (The unfixable node is rebooted most: every reboot fails to cure it.)
+    let unfixable = nodes.iter().max_by_key(|n| n["reboots"].as_u64().unwrap_or(0)).expect("nodes");
+    let delayed = unfixable["failures"].as_u64().unwrap_or(0) >= 1
+        && ["Unhealthy", "WaitingReboot", "Draining", "WaitingReplace"]
+            .contains(&unfixable["phase"].as_str().unwrap_or(""));
+    assert!(s["totals"]["replaces"] == 1 || delayed, "the fault no reboot fixes ends in a replacement: {s}");
     assert!(started.elapsed() < std::time::Duration::from_secs(90), "took {:?}", started.elapsed());
 }
 
