@@ -198,7 +198,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut records: Vec<_> = engine.records().collect();
     records.sort_by_key(|(name, _)| *name);
     for (name, rec) in records {
-        println!("{name:<8} {:<10} {:>7} {:>8}", rec.phase.as_str(), rec.reboot_count, rec.reboot_failures);
+        println!("{name:<8} {:<10} {:>7} {:>8}", rec.phase.as_str(), rec.reboot_count, rec.action_failures);
         phases.insert(name.to_owned(), rec.phase);
     }
     println!("\nhypervisor calls: {}", hv.calls.lock().join(", "));

@@ -132,7 +132,7 @@ impl Observer<NodeRef> for EventObserver {
             note,
             "; reboots {}, failed actions {}, replacements {}; mode {}",
             r.reboot_count,
-            r.reboot_failures,
+            r.action_failures,
             r.replace_count,
             e.mode.as_str()
         );

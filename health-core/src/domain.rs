@@ -274,6 +274,23 @@ pub struct FailingCheck {
     pub checker: String,
     /// The checker's reason word.
     pub reason: String,
+    /// Since when this checker has been failing continuously (its threshold
+    /// counts from here). Absent in records of earlier versions: the
+    /// episode's start is used then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+}
+
+impl FailingCheck {
+    /// A checker failing with `reason` since `since`.
+    #[must_use]
+    pub fn new(checker: impl Into<String>, reason: impl Into<String>, since: Timestamp) -> Self {
+        FailingCheck { checker: checker.into(), reason: reason.into(), since: Some(since) }
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The version of the [`NodeRecord`] serialisation format written by this crate.
@@ -317,9 +334,15 @@ pub struct NodeRecord {
     /// Reboots issued and not reported failed, in the current history.
     #[serde(default)]
     pub reboot_count: u32,
-    /// Disruptive actions (reboot, drain, replace) the executor reported failed.
-    #[serde(default)]
-    pub reboot_failures: u32,
+    /// Disruptive actions (reboot, drain, replace) that failed or whose
+    /// outcome is unknown, in the current history. Stored as
+    /// `reboot_failures` (the name of earlier versions, and of the Go agent).
+    #[serde(default, rename = "reboot_failures")]
+    pub action_failures: u32,
+    /// Consecutive failed uncordons; past the policy's
+    /// `max_uncordon_failures` the node is left cordoned for an operator.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uncordon_failures: u32,
     /// Replacements requested, in the current history.
     #[serde(default)]
     pub replace_count: u32,
@@ -345,7 +368,8 @@ impl Default for NodeRecord {
             last_action: None,
             not_before: None,
             reboot_count: 0,
-            reboot_failures: 0,
+            action_failures: 0,
+            uncordon_failures: 0,
             replace_count: 0,
             cordoned: false,
             drained: false,
@@ -363,7 +387,7 @@ impl NodeRecord {
     /// Whether any remediation history (counters, back-off) is remembered.
     #[must_use]
     pub fn has_history(&self) -> bool {
-        self.reboot_count != 0 || self.reboot_failures != 0 || self.replace_count != 0 || self.not_before.is_some()
+        self.reboot_count != 0 || self.action_failures != 0 || self.replace_count != 0 || self.not_before.is_some()
     }
 }
 
@@ -404,7 +428,7 @@ mod tests {
         let rec = NodeRecord {
             phase: Phase::WaitingReboot,
             class: NodeClass::Gpu,
-            failing: vec![FailingCheck { checker: "NodeReady".into(), reason: "KubeletNotReady".into() }],
+            failing: vec![FailingCheck::new("NodeReady", "KubeletNotReady", Timestamp::from_secs(1_000))],
             unhealthy_since: Some(Timestamp::from_secs(10)),
             last_action_at: Some(Timestamp::from_secs(20)),
             last_action: Some(Action::Reboot),

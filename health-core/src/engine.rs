@@ -1555,6 +1555,13 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     let slot = &mut self.state.slots[si];
                     slot.version = Some(v);
                     slot.record = applied.record;
+                    if c.action == Action::Uncordon && c.error.is_some() && !slot.record.cordoned {
+                        tracing::warn!(
+                            node = %slot.name,
+                            failures = slot.record.uncordon_failures,
+                            "gave up uncordoning: the node stays cordoned until an operator uncordons it"
+                        );
+                    }
                     if let Some(change) = applied.transition {
                         report.transitions.push((slot.name.clone(), change));
                         let event = TransitionEvent {

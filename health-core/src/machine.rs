@@ -15,8 +15,9 @@
 //!   A node we cordoned is uncordoned.
 //! * Some checker fails:
 //!   * `Unknown`/`Healthy` become `Unhealthy` (`unhealthy_since = now`).
-//!   * `Unhealthy`, once `now - unhealthy_since` reaches the smallest threshold
-//!     of the failing checkers (and any back-off has passed): reboot
+//!   * `Unhealthy`, once some failing checker has failed continuously for its
+//!     threshold (each checker counts from its own [`FailingCheck::since`],
+//!     and any back-off has passed): reboot
 //!     (`WaitingReboot`, `reboot_count + 1`). A node whose history already
 //!     exhausts the retries escalates instead; one whose failures already
 //!     exceed `max_reboot_failures` goes to `Failed`.
@@ -28,7 +29,11 @@
 //!   * Two reboots of one node are always at least its reboot wait apart, even
 //!     when it recovered and failed again in between.
 //!   * `Failed` stays until every checker passes.
-//! * Executor errors ([`apply_outcome`]) count `reboot_failures`, back off,
+//! * A failed uncordon is retried after the failure back-off; after
+//!   `max_uncordon_failures` in a row the node is left cordoned.
+//! * The cluster-wide `min_action_interval` spaces every disruptive action,
+//!   retries included, except a replacement following its own drain.
+//! * Executor errors ([`apply_outcome`]) count `action_failures`, back off,
 //!   and past `max_reboot_failures` send the node to `Failed`. A failed reboot
 //!   is retried no sooner than a full reboot wait after it was issued (its
 //!   outcome may be unknown), plus the back-off.
@@ -277,12 +282,52 @@ fn failing_matches(list: &[FailingCheck], checks: &[Check<'_>]) -> bool {
     remembered.next().is_none()
 }
 
+/// The failing checks, each keeping the start of its continuous failure
+/// from `previous`; a checker new to the list starts failing `now`. A
+/// record in an unhealthy `episode` that remembers no per-checker start (an
+/// earlier version's, or one written by hand) counts from the episode.
+fn failing_list(
+    previous: &[FailingCheck],
+    episode: Option<Timestamp>,
+    checks: &[Check<'_>],
+    now: Timestamp,
+) -> Vec<FailingCheck> {
+    let unknown = if previous.iter().any(|f| f.since.is_some()) { None } else { episode };
+    checks
+        .iter()
+        .filter_map(|c| match c.outcome {
+            CheckOutcome::Fail { reason, .. } => {
+                let since =
+                    previous.iter().find(|f| f.checker == c.name).and_then(|f| f.since).or(unknown).unwrap_or(now);
+                Some(FailingCheck::new(c.name, reason.as_ref(), since))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// When the first failing checker reaches its threshold, each counted from
+/// when that checker started failing (`None`: nothing fails).
+fn threshold_due(record: &NodeRecord, checks: &[Check<'_>], now: Timestamp) -> Option<Timestamp> {
+    let episode = record.unhealthy_since.unwrap_or(now);
+    checks
+        .iter()
+        .filter(|c| c.outcome.is_fail())
+        .map(|c| {
+            let since = record.failing.iter().find(|f| f.checker == c.name).and_then(|f| f.since).unwrap_or(episode);
+            since + c.threshold
+        })
+        .min()
+}
+
 fn mode_of(policy: &Policy) -> Mode {
     if policy.monitor_only { Mode::Monitor } else { Mode::Active }
 }
 
 /// Consults the safety gates for `action`. `starting` is true when the node
-/// has no remediation under way (the action starts a new one).
+/// has no remediation under way (the action starts a new one): only then
+/// does `max_in_flight` apply. The cluster-wide minimum interval spaces
+/// every disruptive action but a replacement (it follows the node's own drain).
 fn gate(
     action: Action,
     starting: bool,
@@ -322,17 +367,16 @@ fn gate(
             return hold(HoldReason::StartupGrace, Some(end));
         }
     }
-    if starting {
-        if budget.in_flight >= budget.max_in_flight(policy) {
-            return hold(HoldReason::MaxInFlight, None);
-        }
-        if let Some(last) = budget.last_action_at
-            && !policy.gates.min_action_interval.is_zero()
-        {
-            let end = last + policy.gates.min_action_interval;
-            if end > now {
-                return hold(HoldReason::MinActionInterval, Some(end));
-            }
+    if starting && budget.in_flight >= budget.max_in_flight(policy) {
+        return hold(HoldReason::MaxInFlight, None);
+    }
+    if let Some(last) = budget.last_action_at
+        && action != Action::Replace
+        && !policy.gates.min_action_interval.is_zero()
+    {
+        let end = last + policy.gates.min_action_interval;
+        if end > now {
+            return hold(HoldReason::MinActionInterval, Some(end));
         }
     }
     None
@@ -363,6 +407,7 @@ fn apply_action(record: &mut NodeRecord, action: Action, now: Timestamp) {
             record.phase = Phase::Draining;
             record.cordoned = true;
             record.drained = false;
+            record.uncordon_failures = 0;
         }
         Action::Replace => {
             record.phase = Phase::WaitingReplace;
@@ -403,23 +448,11 @@ pub fn step(
         changed = true;
     }
 
-    let mut min_threshold: Option<Duration> = None;
-    for c in obs.checks {
-        if c.outcome.is_fail() {
-            min_threshold = Some(min_threshold.map_or(c.threshold, |t| t.min(c.threshold)));
-        }
-    }
+    let any_failing = obs.checks.iter().any(|c| c.outcome.is_fail());
     if !failing_matches(&record.failing, obs.checks) {
-        record.failing = obs
-            .checks
-            .iter()
-            .filter_map(|c| match c.outcome {
-                CheckOutcome::Fail { reason, .. } => {
-                    Some(FailingCheck { checker: c.name.to_owned(), reason: reason.to_string() })
-                }
-                _ => None,
-            })
-            .collect();
+        let episode =
+            if matches!(record.phase, Phase::Unknown | Phase::Healthy) { None } else { record.unhealthy_since };
+        record.failing = failing_list(&record.failing, episode, obs.checks, now);
         changed = true;
     }
 
@@ -427,8 +460,8 @@ pub fn step(
     let mut hold = None;
     let mut next: Option<Timestamp> = None;
 
-    match min_threshold {
-        None => {
+    match any_failing {
+        false => {
             if record.phase != Phase::Healthy {
                 record.phase = Phase::Healthy;
                 record.healthy_since = Some(now);
@@ -448,7 +481,7 @@ pub fn step(
                 let reset_at = healthy_since + policy.history_reset_after;
                 if now >= reset_at {
                     record.reboot_count = 0;
-                    record.reboot_failures = 0;
+                    record.action_failures = 0;
                     record.replace_count = 0;
                     record.not_before = None;
                     changed = true;
@@ -463,7 +496,7 @@ pub fn step(
                 }
             }
         }
-        Some(min_threshold) => {
+        true => {
             if matches!(record.phase, Phase::Unknown | Phase::Healthy) {
                 record.phase = Phase::Unhealthy;
                 record.unhealthy_since = Some(now);
@@ -480,20 +513,20 @@ pub fn step(
                 record.last_action_at = Some(now);
                 changed = true;
             }
-            let unhealthy_since = record.unhealthy_since.unwrap_or(now);
+            let threshold_due = threshold_due(&record, obs.checks, now).unwrap_or(now);
             let last_action_at = record.last_action_at.unwrap_or(now);
             let not_before = record.not_before.unwrap_or(Timestamp::EPOCH);
 
             let (want, due) = match record.phase {
                 Phase::Unhealthy => {
-                    let mut due = (unhealthy_since + min_threshold).max(not_before);
+                    let mut due = threshold_due.max(not_before);
                     if record.last_action == Some(Action::Reboot) {
                         // A reboot needs its wait to take effect, whatever happened since.
                         due = due.max(last_action_at + policy.reboot_wait_for(record.class));
                     }
                     let want = if now < due {
                         Want::Nothing
-                    } else if record.reboot_failures > policy.max_reboot_failures {
+                    } else if record.action_failures > policy.max_reboot_failures {
                         Want::Fail
                     } else if record.reboot_count >= policy.max_reboot_retries {
                         escalate(&record, policy)
@@ -595,7 +628,7 @@ impl From<bool> for ActionOutcome {
 /// Folds the outcome of performing `action` into the record produced by the
 /// [`step`] that asked for it. In monitor-only mode drivers report success.
 ///
-/// A failure counts `reboot_failures` and backs off. An unknown outcome is
+/// A failure counts `action_failures` and backs off. An unknown outcome is
 /// a failure that may have happened: a reboot or a replacement of unknown
 /// outcome keeps its wait (a replacement stays `WaitingReplace` instead of
 /// being retried a minute later). An unsupported disruptive action sends
@@ -623,8 +656,8 @@ pub fn apply_outcome(
     }
     if outcome == ActionOutcome::Unknown && action == Action::Replace && record.phase == Phase::WaitingReplace {
         // The pool may be replacing the node: wait for it as after a replacement.
-        record.reboot_failures = record.reboot_failures.saturating_add(1);
-        if record.reboot_failures > policy.max_reboot_failures {
+        record.action_failures = record.action_failures.saturating_add(1);
+        if record.action_failures > policy.max_reboot_failures {
             record.phase = Phase::Failed;
         }
         return applied(record, &before, initial_phase, now);
@@ -636,10 +669,21 @@ pub fn apply_outcome(
                 record.drained = true;
             }
         }
-        (Action::Uncordon, true) => record.cordoned = false,
-        (Action::Uncordon, false) => record.not_before = Some(now + backoff.delay(1)),
+        (Action::Uncordon, true) => {
+            record.cordoned = false;
+            record.uncordon_failures = 0;
+        }
+        (Action::Uncordon, false) => {
+            record.uncordon_failures = record.uncordon_failures.saturating_add(1);
+            if record.uncordon_failures >= policy.max_uncordon_failures {
+                // Given up: the node stays cordoned for an operator.
+                record.cordoned = false;
+            } else {
+                record.not_before = Some(now + backoff.delay(record.uncordon_failures));
+            }
+        }
         (Action::Reboot, false) => {
-            record.reboot_failures = record.reboot_failures.saturating_add(1);
+            record.action_failures = record.action_failures.saturating_add(1);
             if record.phase == Phase::WaitingReboot && record.last_action == Some(Action::Reboot) {
                 record.reboot_count = record.reboot_count.saturating_sub(1);
                 record.phase = Phase::Unhealthy;
@@ -648,23 +692,23 @@ pub fn apply_outcome(
             // retry sooner than a full reboot wait after issuing it.
             let issued = record.last_action_at.unwrap_or(now);
             record.not_before =
-                Some(issued + policy.reboot_wait_for(record.class) + backoff.delay(record.reboot_failures));
+                Some(issued + policy.reboot_wait_for(record.class) + backoff.delay(record.action_failures));
         }
         (Action::Drain, false) => {
-            record.reboot_failures = record.reboot_failures.saturating_add(1);
-            record.not_before = Some(now + backoff.delay(record.reboot_failures));
+            record.action_failures = record.action_failures.saturating_add(1);
+            record.not_before = Some(now + backoff.delay(record.action_failures));
         }
         (Action::Replace, false) => {
-            record.reboot_failures = record.reboot_failures.saturating_add(1);
+            record.action_failures = record.action_failures.saturating_add(1);
             if record.phase == Phase::WaitingReplace {
                 record.replace_count = record.replace_count.saturating_sub(1);
                 record.phase = Phase::Draining;
                 record.drained = true;
             }
-            record.not_before = Some(now + backoff.delay(record.reboot_failures));
+            record.not_before = Some(now + backoff.delay(record.action_failures));
         }
     }
-    if !succeeded && action.is_disruptive() && record.reboot_failures > policy.max_reboot_failures {
+    if !succeeded && action.is_disruptive() && record.action_failures > policy.max_reboot_failures {
         record.phase = Phase::Failed;
     }
     applied(record, &before, initial_phase, now)

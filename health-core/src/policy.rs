@@ -19,6 +19,9 @@ pub const MAX_DURATION_DAYS: u64 = 365;
 /// API be hammered for hours.
 pub const MAX_REBOOT_FAILURES_CAP: u32 = 10;
 
+/// The largest accepted `max_uncordon_failures`.
+pub const MAX_UNCORDON_FAILURES_CAP: u32 = 20;
+
 /// A policy value that cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -295,8 +298,9 @@ pub struct Gates {
     /// No action for a node this soon after its creation. Default 10m.
     #[serde(with = "duration_str")]
     pub startup_grace: Duration,
-    /// Minimum time between two remediations started anywhere in the cluster.
-    /// Default 0 (off).
+    /// Minimum time between two disruptive actions started anywhere in the
+    /// cluster, retries included (a replacement following its own drain is
+    /// exempt: the node's workloads have already moved). Default 0 (off).
     #[serde(with = "duration_str")]
     pub min_action_interval: Duration,
 }
@@ -329,6 +333,9 @@ pub struct Policy {
     /// Failed actions tolerated; one more sends the node to `Failed`.
     /// Default 3, at most [`MAX_REBOOT_FAILURES_CAP`].
     pub max_reboot_failures: u32,
+    /// Failed uncordons tolerated: after this many in a row (spaced by the
+    /// failure back-off) the node is left cordoned for an operator. Default 5.
+    pub max_uncordon_failures: u32,
     /// Back-off after failed actions.
     pub failure_backoff: Backoff,
     /// Remediation history is forgotten after this long continuously healthy. Default 30m.
@@ -348,6 +355,7 @@ impl Default for Policy {
             gpu_reboot_wait: Duration::from_secs(40 * 60),
             max_reboot_retries: 5,
             max_reboot_failures: 3,
+            max_uncordon_failures: 5,
             failure_backoff: Backoff::default(),
             history_reset_after: Duration::from_secs(30 * 60),
             escalation: Escalation::default(),
@@ -395,6 +403,16 @@ impl Policy {
                 field: "max_reboot_failures",
                 value: u64::from(self.max_reboot_failures),
                 max: u64::from(MAX_REBOOT_FAILURES_CAP),
+            });
+        }
+        if self.max_uncordon_failures == 0 {
+            return Err(PolicyError::TooSmall { field: "max_uncordon_failures", value: 0, min: 1 });
+        }
+        if self.max_uncordon_failures > MAX_UNCORDON_FAILURES_CAP {
+            return Err(PolicyError::TooLarge {
+                field: "max_uncordon_failures",
+                value: u64::from(self.max_uncordon_failures),
+                max: u64::from(MAX_UNCORDON_FAILURES_CAP),
             });
         }
         if self.max_reboot_retries == 0 {
@@ -454,6 +472,13 @@ impl Policy {
     #[must_use]
     pub fn with_max_reboot_failures(mut self, n: u32) -> Self {
         self.max_reboot_failures = n;
+        self
+    }
+
+    /// Sets `max_uncordon_failures`.
+    #[must_use]
+    pub fn with_max_uncordon_failures(mut self, n: u32) -> Self {
+        self.max_uncordon_failures = n;
         self
     }
 

@@ -119,7 +119,7 @@ async fn a_slow_executor_times_out_and_counts_a_failure() {
         }]
     );
     let rec = e.record("node-1").expect("record").clone();
-    assert_eq!((rec.phase, rec.reboot_count, rec.reboot_failures), (Phase::Unhealthy, 0, 1));
+    assert_eq!((rec.phase, rec.reboot_count, rec.action_failures), (Phase::Unhealthy, 0, 1));
     // Persisted, and not retried before a reboot wait plus back-off after issuing it.
     let stored = store.load("node-1").await.expect("load").expect("stored");
     assert_eq!(stored.record, rec);
@@ -429,10 +429,12 @@ async fn checks_are_bounded_timed_out_and_errors_fail_only_after_the_grace() {
     // ...and counts as failing once it has lasted that long.
     advance(5 * MIN).await;
     let _ = e.run_pass(&targets).await;
-    let failing = |n: &str| e.record(n).map(|r| r.failing.clone()).unwrap_or_default();
-    assert_eq!(failing("node-0"), [FailingCheck { checker: "Hanging".into(), reason: "CheckTimeout".into() }]);
-    assert_eq!(failing("node-1"), [FailingCheck { checker: "Hanging".into(), reason: "CheckError".into() }]);
-    assert!(failing("node-2").is_empty());
+    let failing = |n: &str| {
+        e.record(n).map(|r| r.failing.iter().map(|f| (f.checker.clone(), f.reason.clone())).collect::<Vec<_>>())
+    };
+    assert_eq!(failing("node-0").unwrap_or_default(), [("Hanging".to_owned(), "CheckTimeout".to_owned())]);
+    assert_eq!(failing("node-1").unwrap_or_default(), [("Hanging".to_owned(), "CheckError".to_owned())]);
+    assert!(failing("node-2").unwrap_or_default().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

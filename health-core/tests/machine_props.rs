@@ -164,8 +164,8 @@ proptest! {
             let d = &seen.decision;
             if let Some(h) = d.hold {
                 let (b, r) = (&seen.before, &d.record);
-                let same = (b.reboot_count, b.reboot_failures, b.replace_count, b.last_action_at, b.last_action, b.not_before, b.cordoned, b.drained)
-                    == (r.reboot_count, r.reboot_failures, r.replace_count, r.last_action_at, r.last_action, r.not_before, r.cordoned, r.drained);
+                let same = (b.reboot_count, b.action_failures, b.replace_count, b.last_action_at, b.last_action, b.not_before, b.cordoned, b.drained)
+                    == (r.reboot_count, r.action_failures, r.replace_count, r.last_action_at, r.last_action, r.not_before, r.cordoned, r.drained);
                 if !same || d.action.is_some() || !h.action.is_disruptive() {
                     bad = Some(format!("{:?} -> {:?}", seen.before, d));
                 }
@@ -217,7 +217,7 @@ proptest! {
         run(&s, |seen| {
             let (b, r) = (&seen.before, &seen.decision.record);
             let reset = r.phase == Phase::Healthy;
-            if !reset && (r.reboot_failures < b.reboot_failures || r.replace_count < b.replace_count || r.reboot_count < b.reboot_count) {
+            if !reset && (r.action_failures < b.action_failures || r.replace_count < b.replace_count || r.reboot_count < b.reboot_count) {
                 bad = Some(format!("{b:?} -> {r:?}"));
             }
         });

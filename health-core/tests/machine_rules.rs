@@ -61,7 +61,7 @@ struct Row {
     phase: Phase,
     action: Option<Action>,
     hold: Option<HoldReason>,
-    /// (reboot_count, reboot_failures, replace_count)
+    /// (reboot_count, action_failures, replace_count)
     counters: (u32, u32, u32),
     /// Seconds relative to T0, like `NOW`.
     deadline: Option<u64>,
@@ -140,7 +140,7 @@ impl Row {
         assert_eq!(d.action, self.action, "{n}: action");
         assert_eq!(d.hold.map(|h| h.reason), self.hold, "{n}: hold");
         assert_eq!(
-            (d.record.reboot_count, d.record.reboot_failures, d.record.replace_count),
+            (d.record.reboot_count, d.record.action_failures, d.record.replace_count),
             self.counters,
             "{n}: counters"
         );
@@ -306,7 +306,7 @@ fn lifecycle_rules() {
                 phase: Phase::Healthy,
                 healthy_since: ago(30 * MIN),
                 reboot_count: 3,
-                reboot_failures: 2,
+                action_failures: 2,
                 ..NodeRecord::default()
             },
         )
@@ -319,19 +319,19 @@ fn lifecycle_rules() {
         .expect(Phase::Failed, None, (5, 0, 0), None),
         Row::new(
             "a node past max_reboot_failures goes to failed",
-            NodeRecord { reboot_failures: 4, ..unhealthy(5 * MIN) },
+            NodeRecord { action_failures: 4, ..unhealthy(5 * MIN) },
         )
         .failing()
         .expect(Phase::Failed, None, (0, 4, 0), None),
         Row::new(
             "back-off after a failure holds the retry",
-            NodeRecord { reboot_failures: 1, not_before: Some(at(NOW + 90)), ..unhealthy(20 * MIN) },
+            NodeRecord { action_failures: 1, not_before: Some(at(NOW + 90)), ..unhealthy(20 * MIN) },
         )
         .failing()
         .expect(Phase::Unhealthy, None, (0, 1, 0), Some(NOW + 90)),
         Row::new(
             "back-off elapsed: reboot",
-            NodeRecord { reboot_failures: 1, not_before: ago(0), ..unhealthy(20 * MIN) },
+            NodeRecord { action_failures: 1, not_before: ago(0), ..unhealthy(20 * MIN) },
         )
         .failing()
         .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 1, 0), Some(NOW + 10 * MIN)),
@@ -503,13 +503,39 @@ fn gate_boundaries_and_exemptions() {
         .budget(Budget { total: 3, unhealthy: 1, in_flight: 0, ..Budget::default() })
         .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 0, 0), Some(NOW + 10 * MIN))
         .check();
-    // A remediation already under way continues past max_in_flight and the minimum interval.
+    // A remediation already under way continues past max_in_flight...
     let interval = active().with_gates(Gates { min_action_interval: Duration::from_secs(5 * MIN), ..Gates::default() });
-    Row::new("retry passes in-flight and interval gates", waiting(1, 10 * MIN))
+    Row::new("retry passes the in-flight gate", waiting(1, 10 * MIN))
+        .failing()
+        .policy(interval)
+        .budget(Budget { in_flight: 10, last_action_at: ago(10 * MIN), ..budget() })
+        .expect(Phase::WaitingReboot, Some(Action::Reboot), (2, 0, 0), Some(NOW + 10 * MIN))
+        .check();
+    // ...but a retry is spaced by the cluster-wide minimum interval like a first action.
+    Row::new("retry waits for the minimum interval", waiting(1, 10 * MIN))
         .failing()
         .policy(interval)
         .budget(Budget { in_flight: 10, last_action_at: ago(MIN), ..budget() })
-        .expect(Phase::WaitingReboot, Some(Action::Reboot), (2, 0, 0), Some(NOW + 10 * MIN))
+        .held(HoldReason::MinActionInterval)
+        .expect(Phase::WaitingReboot, None, (1, 0, 0), Some(NOW + 4 * MIN))
+        .check();
+    // A replacement follows its own drain at once: the interval does not apply.
+    let replacing = active()
+        .with_gates(Gates { min_action_interval: Duration::from_secs(5 * MIN), ..Gates::default() })
+        .with_replace(true);
+    let drained = NodeRecord {
+        phase: Phase::Draining,
+        cordoned: true,
+        drained: true,
+        last_action: Some(Action::Drain),
+        last_action_at: ago(MIN),
+        ..waiting(5, MIN)
+    };
+    Row::new("replace after the drain", drained)
+        .failing()
+        .policy(replacing)
+        .budget(Budget { last_action_at: ago(MIN), ..budget() })
+        .expect(Phase::WaitingReplace, Some(Action::Replace), (5, 0, 1), Some(NOW + 30 * MIN))
         .check();
     // Start-up grace over: act.
     due()
@@ -540,15 +566,15 @@ fn executor_outcomes() {
     let issued = waiting(2, 0);
     let a = apply_outcome(issued.clone(), Action::Reboot, false, &active(), at(NOW));
     assert_eq!(a.record.phase, Phase::Unhealthy);
-    assert_eq!((a.record.reboot_count, a.record.reboot_failures), (1, 1));
+    assert_eq!((a.record.reboot_count, a.record.action_failures), (1, 1));
     assert_eq!(a.record.not_before, Some(at(NOW + 10 * MIN + MIN)));
     assert_eq!(a.transition, Some(PhaseChange { from: Phase::WaitingReboot, to: Phase::Unhealthy }));
     // Second failure doubles the back-off.
-    let r = applied(NodeRecord { reboot_failures: 1, ..issued.clone() }, Action::Reboot, false);
+    let r = applied(NodeRecord { action_failures: 1, ..issued.clone() }, Action::Reboot, false);
     assert_eq!(r.not_before, Some(at(NOW + 10 * MIN + 2 * MIN)));
     // Past max_reboot_failures (3): failed.
-    let r = applied(NodeRecord { reboot_failures: 3, ..issued.clone() }, Action::Reboot, false);
-    assert_eq!((r.phase, r.reboot_failures), (Phase::Failed, 4));
+    let r = applied(NodeRecord { action_failures: 3, ..issued.clone() }, Action::Reboot, false);
+    assert_eq!((r.phase, r.action_failures), (Phase::Failed, 4));
     // max_reboot_failures = 0: the first failure gives up.
     let p = active().with_max_reboot_failures(0);
     assert_eq!(apply_outcome(issued.clone(), Action::Reboot, false, &p, at(NOW)).record.phase, Phase::Failed);
@@ -562,7 +588,7 @@ fn executor_outcomes() {
     let r = applied(draining.clone(), Action::Drain, true);
     assert!(r.drained && r.phase == Phase::Draining);
     let r = applied(draining.clone(), Action::Drain, false);
-    assert_eq!((r.phase, r.reboot_failures, r.drained), (Phase::Draining, 1, false));
+    assert_eq!((r.phase, r.action_failures, r.drained), (Phase::Draining, 1, false));
     assert_eq!(r.not_before, Some(at(NOW + MIN)));
 
     let replacing = NodeRecord {
@@ -573,7 +599,7 @@ fn executor_outcomes() {
         ..waiting(5, 0)
     };
     let r = applied(replacing.clone(), Action::Replace, false);
-    assert_eq!((r.phase, r.replace_count, r.reboot_failures, r.drained), (Phase::Draining, 0, 1, true));
+    assert_eq!((r.phase, r.replace_count, r.action_failures, r.drained), (Phase::Draining, 0, 1, true));
     assert_eq!(r.not_before, Some(at(NOW + MIN)));
 
     let cordoned = NodeRecord { phase: Phase::Healthy, cordoned: true, ..NodeRecord::default() };
@@ -581,7 +607,7 @@ fn executor_outcomes() {
     let r = applied(cordoned, Action::Uncordon, false);
     assert!(r.cordoned);
     assert_eq!(r.not_before, Some(at(NOW + MIN)));
-    assert_eq!(r.reboot_failures, 0, "uncordon failures do not count toward giving up");
+    assert_eq!(r.action_failures, 0, "uncordon failures do not count toward giving up");
 }
 
 #[test]
@@ -616,10 +642,85 @@ fn typed_outcomes() {
         ..NodeRecord::default()
     };
     let a = apply_outcome(replacing.clone(), Action::Replace, ActionOutcome::Unknown, &active(), at(NOW));
-    assert_eq!((a.record.phase, a.record.replace_count, a.record.reboot_failures), (Phase::WaitingReplace, 1, 1));
+    assert_eq!((a.record.phase, a.record.replace_count, a.record.action_failures), (Phase::WaitingReplace, 1, 1));
     assert_eq!(a.record.not_before, None);
     // A certain failure still goes back to retry the replacement after a back-off.
     let r = applied(replacing, Action::Replace, false);
     assert_eq!((r.phase, r.drained), (Phase::Draining, true));
     assert!(r.not_before.is_some());
+}
+
+/// Steps `record` at `now` (seconds after T0) with `checks` (name, threshold, outcome).
+fn step_at(record: NodeRecord, checks: &[(&str, u64, CheckOutcome)], now: u64) -> Decision {
+    let checks: Vec<Check<'_>> =
+        checks.iter().map(|c| Check { name: c.0, threshold: Duration::from_secs(c.1), outcome: &c.2 }).collect();
+    step(record, &Observation { checks: &checks, facts: NodeFacts::default() }, &active(), &budget(), at(now))
+}
+
+/// Each checker's threshold counts from when that checker started failing:
+/// a 20 s NodeReady blip (threshold 5m) on a node with 25 minutes of
+/// DiskPressure (threshold 30m) does not reboot it; DiskPressure's own
+/// threshold does, 30 minutes after it began.
+#[test]
+fn thresholds_count_per_checker() {
+    let disk = ("DiskPressure", 30 * MIN, fail("KubeletHasDiskPressure"));
+    let ready = |o: CheckOutcome| ("NodeReady", 5 * MIN, o);
+    let d = step_at(NodeRecord::default(), &[disk.clone(), ready(pass())], 0);
+    assert_eq!((d.record.phase, d.next_deadline), (Phase::Unhealthy, Some(at(30 * MIN))));
+    let d = step_at(d.record, &[disk.clone(), ready(fail("KubeletNotReady"))], 25 * MIN);
+    assert_eq!(d.action, None, "the blip has failed for 0 s of its 5m");
+    assert_eq!(d.next_deadline, Some(at(30 * MIN)), "DiskPressure is due first (NodeReady at 30m too)");
+    let since: Vec<_> = d.record.failing.iter().map(|f| (f.checker.as_str(), f.since)).collect();
+    assert_eq!(since, [("DiskPressure", Some(at(0))), ("NodeReady", Some(at(25 * MIN)))]);
+    let d = step_at(d.record, &[disk.clone(), ready(pass())], 25 * MIN + 20);
+    assert_eq!((d.action, d.next_deadline), (None, Some(at(30 * MIN))));
+    let d = step_at(d.record, &[disk.clone(), ready(pass())], 30 * MIN);
+    assert_eq!((d.record.phase, d.action), (Phase::WaitingReboot, Some(Action::Reboot)));
+
+    // A checker that fails again after passing starts from zero.
+    let d = step_at(NodeRecord::default(), &[ready(fail("KubeletNotReady")), disk.clone()], 0);
+    let d = step_at(d.record, &[ready(fail("KubeletNotReady")), disk.clone()], 4 * MIN);
+    let d = step_at(d.record, &[ready(pass()), disk.clone()], 4 * MIN + 30);
+    let d = step_at(d.record, &[ready(fail("KubeletNotReady")), disk], 5 * MIN);
+    assert_eq!((d.action, d.next_deadline), (None, Some(at(10 * MIN))));
+
+    // A record from an earlier version (no per-checker start) counts from its episode.
+    let old = NodeRecord {
+        failing: vec![FailingCheck { checker: "NodeReady".into(), reason: "KubeletNotReady".into(), since: None }],
+        ..unhealthy(10 * MIN)
+    };
+    let d = step_at(old, &[ready(fail("KubeletNotReady"))], NOW);
+    assert_eq!(d.action, Some(Action::Reboot));
+}
+
+/// A failed uncordon backs off (1, 2, 4, 8 minutes with the default
+/// failure back-off) and is given up after `max_uncordon_failures` (5):
+/// the node is left cordoned, and no uncordon is asked for again.
+#[test]
+fn a_failing_uncordon_backs_off_and_gives_up() {
+    let policy = active();
+    let mut record =
+        NodeRecord { phase: Phase::Healthy, cordoned: true, healthy_since: ago(MIN), ..Default::default() };
+    let mut now = NOW;
+    let mut asked = Vec::new();
+    for _ in 0..40 {
+        let d = step_at(record, &[("NodeReady", 5 * MIN, pass())], now);
+        record = d.record;
+        match d.action {
+            Some(Action::Uncordon) => {
+                asked.push((now - NOW) / MIN);
+                record = apply_outcome(record, Action::Uncordon, ActionOutcome::Failed, &policy, at(now)).record;
+            }
+            Some(a) => panic!("unexpected {a}"),
+            None => {}
+        }
+        now += MIN;
+    }
+    assert_eq!(asked, [0, 1, 3, 7, 15], "uncordon attempts, in minutes");
+    assert!(!record.cordoned, "given up: the record no longer claims a cordon of ours");
+    assert_eq!(record.uncordon_failures, 5);
+    // A later success resets the count.
+    let cordoned = NodeRecord { phase: Phase::Healthy, cordoned: true, uncordon_failures: 3, ..Default::default() };
+    let r = apply_outcome(cordoned, Action::Uncordon, ActionOutcome::Succeeded, &policy, at(NOW)).record;
+    assert_eq!((r.cordoned, r.uncordon_failures), (false, 0));
 }
