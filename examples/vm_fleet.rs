@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use health_core::{
-    Action, CheckError, CheckOutcome, CheckResult, Engine, ExecError, Executor, FnChecker, Gates, HealthChecker, Limit,
-    MemoryStore, NodeClass, NodeFacts, Observer, Phase, Policy, Runtime, StormEvent, Target, TargetUpdate, Timestamp,
-    TokioClock, TransitionEvent,
+    Action, CheckContext, CheckError, CheckOutcome, CheckResult, Engine, ExecError, Executor, FnChecker, Gates,
+    HealthChecker, Limit, MemoryStore, NodeClass, NodeFacts, Observer, Phase, Policy, Runtime, StormEvent, Target,
+    TargetUpdate, Timestamp, TokioClock, TransitionEvent,
 };
 use parking_lot::Mutex;
 
@@ -75,7 +75,7 @@ impl HealthChecker<Vm> for GuestAgentProbe {
     fn threshold(&self) -> Duration {
         Duration::from_secs(2 * 60)
     }
-    async fn check(&self, vm: &Vm) -> CheckResult {
+    async fn check(&self, vm: &Vm, _ctx: &CheckContext) -> CheckResult {
         let live = self.hv.vms.lock().get(&vm.name).cloned();
         match live {
             None => Err(CheckError::new("VM vanished from the inventory")),

@@ -53,14 +53,18 @@ pub async fn check(config: &Config, kube_config: kube::Config) -> Result<Vec<Che
         }
     }
     let mut rows = Vec::new();
+    let ctx = health_core::CheckContext::at(health_core::Clock::now(&health_core::SystemClock));
     for node in &nodes {
         let class = health_checks::classify(node.node()).as_str().to_owned();
         for c in &checkers {
-            let result = match c.check_sync(node) {
+            let result = match c.check_sync(node, &ctx) {
                 Some(r) => r,
                 None => {
-                    match tokio::time::timeout(config.engine.check_timeout.max(Duration::from_millis(1)), c.check(node))
-                        .await
+                    match tokio::time::timeout(
+                        config.engine.check_timeout.max(Duration::from_millis(1)),
+                        c.check(node, &ctx),
+                    )
+                    .await
                     {
                         Ok(r) => r,
                         Err(_) => Err(health_core::CheckError::new(format!(

@@ -185,9 +185,11 @@ mod tests {
         let view = AgentNode::from_node(&full);
         assert!(view.approx_size() * 5 < full_size, "{} vs {full_size}", view.approx_size());
         let checkers = health_checks::CheckersConfig::default().build::<NodeRef>().unwrap();
+        let ctx = health_core::CheckContext::at(health_core::Timestamp::from_secs(1_700_000_000));
         for c in &checkers {
-            let a = c.check_sync(&Arc::new(view.clone()));
-            let b = c.check_sync(&Arc::new(AgentNode { node: full.clone(), lease: LeaseObservation::NotFetched }));
+            let a = c.check_sync(&Arc::new(view.clone()), &ctx);
+            let b =
+                c.check_sync(&Arc::new(AgentNode { node: full.clone(), lease: LeaseObservation::NotFetched }), &ctx);
             let a = a.map(|r| r.map_err(|e| e.to_string()));
             let b = b.map(|r| r.map_err(|e| e.to_string()));
             assert_eq!(a, b, "{}", c.name());

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use health_core::{CheckError, CheckOutcome, CheckResult, HealthChecker};
+use health_core::{CheckContext, CheckError, CheckOutcome, CheckResult, HealthChecker};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{ConfigError, NodeIdentity};
@@ -158,7 +158,7 @@ impl<T: NodeIdentity> HealthChecker<T> for CommandChecker {
     fn threshold(&self) -> Duration {
         self.config.threshold
     }
-    async fn check(&self, target: &T) -> CheckResult {
+    async fn check(&self, target: &T, _ctx: &CheckContext) -> CheckResult {
         self.run(target).await
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use health_core::{CheckError, CheckOutcome, CheckResult, HealthChecker};
+use health_core::{CheckContext, CheckError, CheckOutcome, CheckResult, HealthChecker};
 
 /// Fails while `path` exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl<T: ?Sized + Sync> HealthChecker<T> for FileSentinel {
     fn threshold(&self) -> Duration {
         self.threshold
     }
-    async fn check(&self, _target: &T) -> CheckResult {
+    async fn check(&self, _target: &T, _ctx: &CheckContext) -> CheckResult {
         self.look().await
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use health_core::{CheckError, CheckOutcome, CheckResult, HealthChecker};
+use health_core::{CheckContext, CheckError, CheckOutcome, CheckResult, HealthChecker};
 
 use crate::{ConfigError, NodeIdentity};
 
@@ -153,7 +153,7 @@ impl<T: NodeIdentity> HealthChecker<T> for HttpProbe {
     fn threshold(&self) -> Duration {
         self.config.threshold
     }
-    async fn check(&self, target: &T) -> CheckResult {
+    async fn check(&self, target: &T, _ctx: &CheckContext) -> CheckResult {
         self.probe(target).await
     }
 }

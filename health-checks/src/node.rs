@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use health_core::{CheckOutcome, CheckResult, Clock, HealthChecker, NodeClass, NodeFacts, SystemClock, Timestamp};
+use health_core::{CheckContext, CheckOutcome, CheckResult, HealthChecker, NodeClass, NodeFacts, Timestamp};
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -163,20 +163,12 @@ pub struct ConditionChecker {
     name: String,
     threshold: Duration,
     rule: ConditionRule,
-    clock: Arc<dyn Clock>,
 }
 
 impl ConditionChecker {
     /// A checker named `name` applying `rule`.
     pub fn new(name: impl Into<String>, threshold: Duration, rule: ConditionRule) -> Self {
-        ConditionChecker { name: name.into(), threshold, rule, clock: Arc::new(SystemClock) }
-    }
-
-    /// Uses `clock` for the `for_at_least` window.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
+        ConditionChecker { name: name.into(), threshold, rule }
     }
 
     fn pressure(kind: &str, threshold: Duration) -> Self {
@@ -211,13 +203,8 @@ impl ConditionChecker {
         Self::pressure("PIDPressure", Duration::from_secs(600))
     }
 
-    /// Evaluates a Node at the clock's current time.
-    #[must_use]
-    pub fn evaluate(&self, node: &Node) -> CheckOutcome {
-        self.evaluate_at(node, self.clock.now())
-    }
-
-    /// Evaluates a Node at `now`.
+    /// Evaluates a Node at `now` (the engine passes its clock's time in the
+    /// [`health_core::CheckContext`]).
     #[must_use]
     pub fn evaluate_at(&self, node: &Node, now: Timestamp) -> CheckOutcome {
         let r = &self.rule;
@@ -387,7 +374,6 @@ pub struct KubeletLeaseChecker {
     name: String,
     threshold: Duration,
     stale_after: Duration,
-    clock: Arc<dyn Clock>,
 }
 
 impl KubeletLeaseChecker {
@@ -398,7 +384,6 @@ impl KubeletLeaseChecker {
             name: "KubeletLease".into(),
             threshold: Duration::from_secs(300),
             stale_after: Duration::from_secs(40),
-            clock: Arc::new(SystemClock),
         }
     }
 
@@ -406,13 +391,6 @@ impl KubeletLeaseChecker {
     #[must_use]
     pub fn with_stale_after(mut self, d: Duration) -> Self {
         self.stale_after = d;
-        self
-    }
-
-    /// Uses `clock` for "now".
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
         self
     }
 
@@ -470,7 +448,7 @@ macro_rules! name_and_threshold {
 name_and_threshold!(NodeReadyChecker, ConditionChecker, GpuChecker, CiliumChecker, KubeletLeaseChecker);
 
 macro_rules! sync_checker {
-    ($ty:ty, |$self_:ident, $t:ident| $body:expr) => {
+    ($ty:ty, |$self_:ident, $t:ident, $now:ident| $body:expr) => {
         #[async_trait]
         impl<T: NodeSource + ?Sized> HealthChecker<T> for $ty {
             fn name(&self) -> &str {
@@ -479,20 +457,20 @@ macro_rules! sync_checker {
             fn threshold(&self) -> Duration {
                 self.threshold
             }
-            fn check_sync(&self, target: &T) -> Option<CheckResult> {
-                let ($self_, $t) = (self, target);
+            fn check_sync(&self, target: &T, ctx: &CheckContext) -> Option<CheckResult> {
+                let ($self_, $t, $now) = (self, target, ctx.now);
                 Some(Ok($body))
             }
-            async fn check(&self, target: &T) -> CheckResult {
-                let ($self_, $t) = (self, target);
+            async fn check(&self, target: &T, ctx: &CheckContext) -> CheckResult {
+                let ($self_, $t, $now) = (self, target, ctx.now);
                 Ok($body)
             }
         }
     };
 }
 
-sync_checker!(NodeReadyChecker, |s, t| s.evaluate(t.node()));
-sync_checker!(ConditionChecker, |s, t| s.evaluate(t.node()));
-sync_checker!(GpuChecker, |_s, t| GpuChecker::evaluate(t.node()));
-sync_checker!(CiliumChecker, |_s, t| CiliumChecker::evaluate(t.node()));
-sync_checker!(KubeletLeaseChecker, |s, t| s.evaluate_at(t.lease(), s.clock.now()));
+sync_checker!(NodeReadyChecker, |s, t, _now| s.evaluate(t.node()));
+sync_checker!(ConditionChecker, |s, t, now| s.evaluate_at(t.node(), now));
+sync_checker!(GpuChecker, |_s, t, _now| GpuChecker::evaluate(t.node()));
+sync_checker!(CiliumChecker, |_s, t, _now| CiliumChecker::evaluate(t.node()));
+sync_checker!(KubeletLeaseChecker, |s, t, now| s.evaluate_at(t.lease(), now));

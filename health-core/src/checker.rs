@@ -6,11 +6,35 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::CheckOutcome;
+use crate::time::Timestamp;
+
+/// What the engine tells a checker about the evaluation it runs in.
+///
+/// All time comes from the engine's one injected clock: a checker that
+/// needs "now" (a heartbeat's age, a condition held for some time) reads
+/// [`CheckContext::now`] instead of owning a clock, so a simulation or a
+/// test moves every checker's time with the engine's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckContext {
+    /// The wall-clock instant of the evaluation.
+    pub now: Timestamp,
+}
+
+impl CheckContext {
+    /// A context for an evaluation at `now`.
+    #[must_use]
+    pub const fn at(now: Timestamp) -> Self {
+        CheckContext { now }
+    }
+}
 
 /// A checker could not decide (a probe errored, a command exited oddly).
 ///
-/// The engine turns it into a failure with reason `CheckError` and the
-/// message as detail.
+/// It is not a finding about the target: the engine skips the check while
+/// the checker has erred for less than `EngineConfig::error_grace`, then
+/// counts it as failing with reason `CheckError` and the message as detail
+/// (a timeout is `CheckTimeout`, a panic `CheckPanicked`).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct CheckError {
@@ -40,6 +64,41 @@ pub type CheckResult = Result<CheckOutcome, CheckError>;
 /// `Arc<dyn HealthChecker<T>>`. Checkers that only inspect the target in
 /// memory also implement [`HealthChecker::check_sync`], which the engine calls
 /// directly without allocating a future or arming a timer.
+///
+/// An asynchronous checker (a probe over the network) implements
+/// [`HealthChecker::check`] only:
+///
+/// ```
+/// use std::time::Duration;
+/// use async_trait::async_trait;
+/// use health_core::{CheckContext, CheckOutcome, CheckResult, HealthChecker, Timestamp};
+///
+/// struct Vm { last_heartbeat: Timestamp }
+///
+/// /// Fails when the VM's guest agent has not been heard from for a minute.
+/// struct Heartbeat;
+///
+/// #[async_trait]
+/// impl HealthChecker<Vm> for Heartbeat {
+///     fn name(&self) -> &str { "Heartbeat" }
+///     fn threshold(&self) -> Duration { Duration::from_secs(120) }
+///     async fn check(&self, vm: &Vm, ctx: &CheckContext) -> CheckResult {
+///         // A real probe awaits I/O here; the engine bounds it with its check timeout.
+///         tokio::task::yield_now().await;
+///         let age = ctx.now.saturating_since(vm.last_heartbeat);
+///         if age > Duration::from_secs(60) {
+///             return Ok(CheckOutcome::fail_with("HeartbeatLost", format!("silent for {}s", age.as_secs())));
+///         }
+///         Ok(CheckOutcome::Pass)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let vm = Vm { last_heartbeat: Timestamp::from_secs(1_000) };
+/// let r = Heartbeat.check(&vm, &CheckContext::at(Timestamp::from_secs(1_090))).await;
+/// assert!(r.unwrap().is_fail());
+/// # }
+/// ```
 #[async_trait]
 pub trait HealthChecker<T: ?Sized + Sync>: Send + Sync {
     /// A stable name (a metric label), e.g. `NodeReady`.
@@ -49,12 +108,13 @@ pub trait HealthChecker<T: ?Sized + Sync>: Send + Sync {
     fn threshold(&self) -> Duration;
 
     /// The synchronous fast path: `Some` for checkers that need no I/O.
-    fn check_sync(&self, _target: &T) -> Option<CheckResult> {
+    fn check_sync(&self, _target: &T, _ctx: &CheckContext) -> Option<CheckResult> {
         None
     }
 
-    /// Checks the target. The engine bounds it with a per-check timeout.
-    async fn check(&self, target: &T) -> CheckResult;
+    /// Checks the target. The engine bounds it with a per-check timeout
+    /// (and contains a panic: it counts as the checker's own error).
+    async fn check(&self, target: &T, ctx: &CheckContext) -> CheckResult;
 }
 
 #[async_trait]
@@ -65,11 +125,11 @@ impl<T: ?Sized + Sync, C: HealthChecker<T> + ?Sized> HealthChecker<T> for Arc<C>
     fn threshold(&self) -> Duration {
         (**self).threshold()
     }
-    fn check_sync(&self, target: &T) -> Option<CheckResult> {
-        (**self).check_sync(target)
+    fn check_sync(&self, target: &T, ctx: &CheckContext) -> Option<CheckResult> {
+        (**self).check_sync(target, ctx)
     }
-    async fn check(&self, target: &T) -> CheckResult {
-        (**self).check(target).await
+    async fn check(&self, target: &T, ctx: &CheckContext) -> CheckResult {
+        (**self).check(target, ctx).await
     }
 }
 
@@ -81,11 +141,11 @@ impl<T: ?Sized + Sync, C: HealthChecker<T> + ?Sized> HealthChecker<T> for Box<C>
     fn threshold(&self) -> Duration {
         (**self).threshold()
     }
-    fn check_sync(&self, target: &T) -> Option<CheckResult> {
-        (**self).check_sync(target)
+    fn check_sync(&self, target: &T, ctx: &CheckContext) -> Option<CheckResult> {
+        (**self).check_sync(target, ctx)
     }
-    async fn check(&self, target: &T) -> CheckResult {
-        (**self).check(target).await
+    async fn check(&self, target: &T, ctx: &CheckContext) -> CheckResult {
+        (**self).check(target, ctx).await
     }
 }
 
@@ -93,14 +153,15 @@ impl<T: ?Sized + Sync, C: HealthChecker<T> + ?Sized> HealthChecker<T> for Box<C>
 ///
 /// ```
 /// use std::time::Duration;
-/// use health_core::{CheckOutcome, FnChecker, HealthChecker};
+/// use health_core::{CheckContext, CheckOutcome, FnChecker, HealthChecker, Timestamp};
 ///
 /// struct Disk { used_pct: u8 }
 /// let full = FnChecker::new("DiskFull", Duration::from_secs(300), |d: &Disk| {
 ///     if d.used_pct >= 95 { CheckOutcome::fail("DiskFull") } else { CheckOutcome::Pass }
 /// });
 /// assert_eq!(full.name(), "DiskFull");
-/// assert!(full.check_sync(&Disk { used_pct: 99 }).unwrap().unwrap().is_fail());
+/// let ctx = CheckContext::at(Timestamp::from_secs(1_000));
+/// assert!(full.check_sync(&Disk { used_pct: 99 }, &ctx).unwrap().unwrap().is_fail());
 /// ```
 pub struct FnChecker<F> {
     name: String,
@@ -136,10 +197,10 @@ where
     fn threshold(&self) -> Duration {
         self.threshold
     }
-    fn check_sync(&self, target: &T) -> Option<CheckResult> {
+    fn check_sync(&self, target: &T, _ctx: &CheckContext) -> Option<CheckResult> {
         Some(Ok((self.f)(target)))
     }
-    async fn check(&self, target: &T) -> CheckResult {
+    async fn check(&self, target: &T, _ctx: &CheckContext) -> CheckResult {
         Ok((self.f)(target))
     }
 }
@@ -160,8 +221,9 @@ mod tests {
         let boxed: Box<dyn HealthChecker<str>> = Box::new(arc.clone());
         assert_eq!(boxed.name(), "Empty");
         assert_eq!(boxed.threshold(), Duration::from_secs(1));
-        assert_eq!(boxed.check("").await.unwrap(), CheckOutcome::fail("Empty"));
-        assert_eq!(arc.check_sync("x").unwrap().unwrap(), CheckOutcome::Pass);
+        let ctx = CheckContext::at(Timestamp::from_secs(1));
+        assert_eq!(boxed.check("", &ctx).await.unwrap(), CheckOutcome::fail("Empty"));
+        assert_eq!(arc.check_sync("x", &ctx).unwrap().unwrap(), CheckOutcome::Pass);
     }
 
     #[test]

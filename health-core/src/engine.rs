@@ -1069,6 +1069,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
         errs: &mut Vec<bool>,
     ) {
         let nc = shared.checkers.len();
+        let ctx = crate::checker::CheckContext::at(shared.clock.now());
+        let ctx = &ctx;
         outcomes.clear();
         outcomes.resize(targets.len() * nc, CheckOutcome::Pass);
         errs.clear();
@@ -1080,7 +1082,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             }
             for (ci, c) in shared.checkers.iter().enumerate() {
                 let i = ti * nc + ci;
-                match std::panic::catch_unwind(AssertUnwindSafe(|| c.check_sync(t))) {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| c.check_sync(t, ctx))) {
                     Ok(Some(r)) => (outcomes[i], errs[i]) = to_outcome(r),
                     Ok(None) => pending.push((ti, ci)),
                     Err(p) => (outcomes[i], errs[i]) = (panicked(c.name(), t.name(), p.as_ref()), true),
@@ -1096,7 +1098,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 let checker = &shared.checkers[ci];
                 let target = &targets[ti];
                 async move {
-                    let check = AssertUnwindSafe(checker.check(target)).catch_unwind();
+                    let check = AssertUnwindSafe(checker.check(target, ctx)).catch_unwind();
                     let outcome = match tokio::time::timeout(timeout, check).await {
                         Ok(Ok(r)) => to_outcome(r),
                         Ok(Err(p)) => (panicked(checker.name(), target.name(), p.as_ref()), true),

@@ -107,7 +107,7 @@ pub mod runtime;
 pub mod store;
 pub mod time;
 
-pub use checker::{CheckError, CheckResult, FnChecker, HealthChecker};
+pub use checker::{CheckContext, CheckError, CheckResult, FnChecker, HealthChecker};
 pub use component::{ComponentState, ComponentStatus, HealthManager, HealthReport};
 pub use domain::{
     Action, CheckOutcome, FailingCheck, Mode, NodeClass, NodeFacts, NodeRecord, Phase, RECORD_FORMAT_VERSION, Reason,

@@ -377,7 +377,7 @@ impl HealthChecker<Node> for Hanging {
     fn threshold(&self) -> Duration {
         Duration::ZERO
     }
-    async fn check(&self, target: &Node) -> CheckResult {
+    async fn check(&self, target: &Node, _ctx: &CheckContext) -> CheckResult {
         match target.name.as_str() {
             "node-0" => std::future::pending().await,
             "node-1" => Err(CheckError::new("connection refused")),
@@ -399,7 +399,7 @@ impl HealthChecker<Node> for Gauged {
     fn threshold(&self) -> Duration {
         MIN
     }
-    async fn check(&self, _target: &Node) -> CheckResult {
+    async fn check(&self, _target: &Node, _ctx: &CheckContext) -> CheckResult {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;

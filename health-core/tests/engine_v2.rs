@@ -367,7 +367,7 @@ impl HealthChecker<Node> for Panicking {
     fn threshold(&self) -> Duration {
         MIN
     }
-    async fn check(&self, target: &Node) -> CheckResult {
+    async fn check(&self, target: &Node, _ctx: &CheckContext) -> CheckResult {
         if target.name == "node-1" {
             panic!("checker bug");
         }
@@ -434,7 +434,7 @@ impl HealthChecker<Node> for Erring {
     fn threshold(&self) -> Duration {
         Duration::ZERO
     }
-    async fn check(&self, target: &Node) -> CheckResult {
+    async fn check(&self, target: &Node, _ctx: &CheckContext) -> CheckResult {
         if target.name == "node-0" {
             Err(CheckError::new("fork: resource temporarily unavailable"))
         } else {
@@ -554,4 +554,36 @@ async fn a_drifted_frame_still_folds_each_outcome_once() {
     }
     let actions: Vec<Action> = exec.actions().into_iter().map(|a| a.1).collect();
     assert_eq!(actions, [Action::Reboot, Action::Drain, Action::Replace]);
+}
+
+/// Item 4: checkers take "now" from the engine's clock (the check context),
+/// so a simulated clock moves them too.
+#[tokio::test(start_paused = true)]
+async fn checkers_read_the_engines_clock() {
+    struct SeesTime(Arc<Mutex<Vec<Timestamp>>>);
+    #[async_trait]
+    impl HealthChecker<Node> for SeesTime {
+        fn name(&self) -> &str {
+            "Clocked"
+        }
+        fn threshold(&self) -> Duration {
+            Duration::ZERO
+        }
+        async fn check(&self, _: &Node, ctx: &CheckContext) -> CheckResult {
+            self.0.lock().push(ctx.now);
+            Ok(CheckOutcome::Pass)
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let clock = Arc::new(ManualClock::new(Timestamp::from_secs(T0)));
+    let mut e = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(Recorder::default()))
+        .checker(SeesTime(seen.clone()))
+        .clock(clock.clone())
+        .build()
+        .expect("engine");
+    let targets = nodes(1, &[]);
+    let _ = e.run_pass(&targets).await;
+    clock.advance(Duration::from_secs(3 * 24 * 3600));
+    let _ = e.run_pass(&targets).await;
+    assert_eq!(*seen.lock(), [Timestamp::from_secs(T0), Timestamp::from_secs(T0 + 3 * 24 * 3600)]);
 }

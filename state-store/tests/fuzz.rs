@@ -14,7 +14,7 @@ fn busy_record() -> NodeRecord {
     NodeRecord {
         phase: Phase::WaitingReboot,
         class: NodeClass::Gpu,
-        failing: vec![FailingCheck { checker: "NodeReady".into(), reason: "KubeletNotReady".into() }],
+        failing: vec![FailingCheck::new("NodeReady", "KubeletNotReady", Timestamp::from_secs(1_000))],
         unhealthy_since: Some(Timestamp::from_secs(1_800_000_000)),
         last_action_at: Some(Timestamp::from_secs(1_800_000_600)),
         last_action: Some(Action::Reboot),

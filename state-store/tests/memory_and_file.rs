@@ -81,7 +81,13 @@ fn bulky(i: usize) -> NodeRecord {
     NodeRecord {
         reboot_count: u32::try_from(i).unwrap(),
         failing: (0..4)
-            .map(|j| health_core::FailingCheck { checker: format!("checker-{j}"), reason: "x".repeat(40) })
+            .map(|j| {
+                health_core::FailingCheck::new(
+                    format!("checker-{j}"),
+                    "x".repeat(40),
+                    health_core::Timestamp::from_secs(1_000),
+                )
+            })
             .collect(),
         ..NodeRecord::default()
     }
