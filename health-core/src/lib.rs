@@ -105,6 +105,7 @@ pub mod observer;
 pub mod policy;
 pub mod runtime;
 pub mod store;
+pub mod target;
 pub mod time;
 
 pub use checker::{CheckContext, CheckError, CheckResult, FnChecker, HealthChecker};

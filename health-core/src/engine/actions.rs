@@ -1,0 +1,231 @@
+//! Actions off the evaluation path: started in tasks, folded in when they finish.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// A finished action, waiting to be folded into its node's record.
+#[derive(Clone)]
+pub(super) struct Completion<T> {
+    pub(super) node: String,
+    pub(super) action: Action,
+    pub(super) mode: Mode,
+    pub(super) started_at: Timestamp,
+    pub(super) target: T,
+    pub(super) error: Option<Arc<ExecError>>,
+}
+
+impl<T: Target + Clone + 'static> Engine<T> {
+    /// Starts planned actions: active ones in tasks (bounded by their
+    /// timeout, panics contained), monitor-mode ones recorded at once.
+    /// Returns the targets to decide again in this evaluation.
+    pub(super) async fn perform(
+        &mut self,
+        targets: &[T],
+        planned: Vec<Planned>,
+        report: &mut PassReport,
+    ) -> Vec<usize> {
+        let mut again = Vec::new();
+        for p in planned {
+            let node = self.state.slots[p.slot].name.clone();
+            let target = targets[p.target].clone();
+            match p.mode {
+                Mode::Monitor => {
+                    let c = Completion {
+                        node,
+                        action: p.action,
+                        mode: p.mode,
+                        started_at: p.started_at,
+                        target,
+                        error: None,
+                    };
+                    self.announce(&c);
+                    if self.fold(&c, report).await.is_some() {
+                        again.push(p.target);
+                    }
+                }
+                Mode::Active => {
+                    self.state.slots[p.slot].running = true;
+                    let executor = Arc::clone(&self.shared.executor);
+                    let limit = self.shared.config.timeout_for(p.action);
+                    let (action, mode, started_at) = (p.action, p.mode, p.started_at);
+                    self.running.spawn(async move {
+                        let run = AssertUnwindSafe(executor.execute(action, &target)).catch_unwind();
+                        let error = match tokio::time::timeout(limit, run).await {
+                            Ok(Ok(Ok(()))) => None,
+                            Ok(Ok(Err(e))) => Some(e),
+                            Ok(Err(p)) => {
+                                let message = panic_message(p.as_ref());
+                                tracing::error!(node = %node, %action, panic = %message, "the executor panicked; its outcome is unknown");
+                                Some(ExecError::Unknown { action, message: format!("the executor panicked: {message}") })
+                            }
+                            Err(_) => Some(ExecError::Timeout { action, after: limit }),
+                        };
+                        Completion { node, action, mode, started_at, target, error: error.map(Arc::new) }
+                    });
+                }
+            }
+        }
+        again
+    }
+
+    /// Counts a finished action and tells the observers (once per action).
+    pub(super) fn announce(&self, c: &Completion<T>) {
+        let names = &self.shared.names;
+        let now = self.shared.clock.now();
+        names.counter(&names.action_key(&c.node, c.action, c.mode)).increment(1);
+        if c.error.is_some() {
+            names.counter(&names.failure_key(&c.node, c.action)).increment(1);
+        }
+        let error = c.error.as_deref();
+        let event = ActionEvent { node: &c.node, action: c.action, mode: c.mode, at: now, error };
+        notify(&self.shared.observers, "action", |o| o.on_action(&c.target, &event));
+    }
+
+    /// Waits until an action finishes (at once if one already has, or if
+    /// none runs). Cancel-safe: nothing is lost when the wait is dropped.
+    pub async fn wait_completion(&mut self) {
+        if !self.completions.is_empty() {
+            return;
+        }
+        match self.running.join_next().await {
+            Some(Ok(c)) => {
+                self.announce(&c);
+                self.completions.push_back(c);
+            }
+            // Only an aborted task (the engine is being dropped) ends so.
+            Some(Err(e)) => tracing::error!(error = %e, "an action task ended without an outcome"),
+            None => {}
+        }
+    }
+
+    /// Folds every finished action into its node's record (CAS); returns the
+    /// nodes to evaluate again (a fresh observation decides their next step)
+    /// and what was done. A fold interrupted by cancellation is redone by
+    /// the next call.
+    pub async fn fold_completions(&mut self) -> (Vec<String>, PassReport) {
+        let mut report = PassReport::default();
+        let mut nodes = Vec::new();
+        while let Some(c) = self.completions.front().cloned() {
+            if let Some(node) = self.fold(&c, &mut report).await {
+                nodes.push(node);
+            }
+            self.completions.pop_front();
+        }
+        self.finish_pass(&mut report);
+        (nodes, report)
+    }
+
+    /// Folds one finished action; returns the node when it is to be decided
+    /// again.
+    pub(super) async fn fold(&mut self, c: &Completion<T>, report: &mut PassReport) -> Option<String> {
+        report.actions.push(ActionRecord {
+            node: c.node.clone(),
+            action: c.action,
+            mode: c.mode,
+            failure: c.error.as_ref().map(ToString::to_string),
+        });
+        let now = self.shared.clock.now();
+        let si = *self.state.index.get(&c.node)?;
+        let again = self.record_outcome(c, si, now, report).await;
+        let slot = &mut self.state.slots[si];
+        slot.running = false;
+        // Decide the next step from a fresh evaluation, not from the
+        // observation taken before the action.
+        slot.deadline = Some(slot.deadline.map_or(now, |d| d.min(now)));
+        again.then(|| c.node.clone())
+    }
+
+    /// Applies an action's outcome to the node's record and persists it;
+    /// returns whether the node should be decided again (whenever the
+    /// outcome was recorded).
+    pub(super) async fn record_outcome(
+        &mut self,
+        c: &Completion<T>,
+        si: usize,
+        now: Timestamp,
+        report: &mut PassReport,
+    ) -> bool {
+        let shared = &self.shared;
+        let mut attempts = 0;
+        loop {
+            let slot = &mut self.state.slots[si];
+            // Only fold the outcome into the record of the decision that asked
+            // for it; otherwise decide again from the record as it now is.
+            let ours = match c.action {
+                Action::Uncordon => slot.record.cordoned && slot.record.phase == Phase::Healthy,
+                _ => slot.record.last_action == Some(c.action) && slot.record.last_action_at == Some(c.started_at),
+            };
+            if !ours {
+                return true;
+            }
+            let local = slot.local_now(now, shared.clock.monotonic());
+            let outcome = match c.error.as_deref() {
+                None => machine::ActionOutcome::Succeeded,
+                Some(ExecError::Unsupported { .. }) => machine::ActionOutcome::Unsupported,
+                Some(ExecError::Unknown { .. } | ExecError::Timeout { .. }) => machine::ActionOutcome::Unknown,
+                Some(_) => machine::ActionOutcome::Failed,
+            };
+            let applied = machine::apply_outcome(slot.record.clone(), c.action, outcome, &shared.policy, local);
+            if !applied.changed {
+                return true;
+            }
+            match shared.store.save(&slot.name, &applied.record, slot.version.as_ref()).await {
+                Ok(v) => {
+                    let slot = &mut self.state.slots[si];
+                    slot.version = Some(v);
+                    slot.record = applied.record;
+                    if c.action == Action::Uncordon && c.error.is_some() && !slot.record.cordoned {
+                        tracing::warn!(
+                            node = %slot.name,
+                            failures = slot.record.uncordon_failures,
+                            "gave up uncordoning: the node stays cordoned until an operator uncordons it"
+                        );
+                    }
+                    if let Some(change) = applied.transition {
+                        report.transitions.push((slot.name.clone(), change));
+                        let event = TransitionEvent {
+                            node: &slot.name,
+                            from: change.from,
+                            to: change.to,
+                            at: now,
+                            record: &slot.record,
+                            mode: c.mode,
+                        };
+                        notify(&shared.observers, "transition", |o| o.on_transition(&c.target, &event));
+                    }
+                    if let Some(series) = &slot.series {
+                        series.set_phase(slot.record.phase);
+                    }
+                    return true;
+                }
+                Err(e) if e.is_conflict() && attempts < shared.config.conflict_retries => {
+                    attempts += 1;
+                    report.conflicts += 1;
+                    let name = slot.name.clone();
+                    match shared.store.load(&name).await {
+                        Ok(Some(s)) => {
+                            let slot = &mut self.state.slots[si];
+                            slot.record = s.record;
+                            slot.version = Some(s.version);
+                        }
+                        Ok(None) => {
+                            // Deleted meanwhile (the node left): nothing to record.
+                            let slot = &mut self.state.slots[si];
+                            slot.needs_reload = true;
+                            slot.deadline = Some(now + self.shared.config.store_retry.delay(1));
+                            return false;
+                        }
+                        Err(error) => {
+                            self.store_failed(si, "store_load", error, now, report);
+                            return false;
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.store_failed(si, "store_save", error, now, report);
+                    return false;
+                }
+            }
+        }
+    }
+}

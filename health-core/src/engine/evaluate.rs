@@ -1,0 +1,402 @@
+//! One evaluation: load, check, decide with compare-and-swap.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+impl<T: Target + Clone + 'static> Engine<T> {
+    /// Ensures every target has a slot (loading stored records); returns the
+    /// slot index per target (`None` where loading failed).
+    pub(super) async fn slots_for(&mut self, targets: &[T], report: &mut PassReport) -> Vec<Option<usize>> {
+        let pass = self.state.pass;
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let name = t.name();
+            let idx = match self.state.index.get(name) {
+                Some(&i) if !self.state.slots[i].needs_reload => Some(i),
+                existing => {
+                    let existing = existing.copied();
+                    match self.shared.store.load(name).await {
+                        Ok(stored) => {
+                            let now = self.shared.clock.now();
+                            let (mut record, version) = match stored {
+                                Some(s) => (s.record, Some(s.version)),
+                                None => (NodeRecord::new(t.facts().class), None),
+                            };
+                            clamp_future(&mut record, now);
+                            if let Some(at) = record.last_action_at {
+                                self.state.last_action_at = Some(self.state.last_action_at.map_or(at, |l| l.max(at)));
+                            }
+                            match existing {
+                                Some(i) => {
+                                    let slot = &mut self.state.slots[i];
+                                    slot.record = record;
+                                    slot.version = version;
+                                    slot.needs_reload = false;
+                                    slot.unknown = false;
+                                    Some(i)
+                                }
+                                None => {
+                                    let i = self.state.slots.len();
+                                    self.state.slots.push(Slot::new(name, record, version));
+                                    self.state.index.insert(name.to_owned(), i);
+                                    Some(i)
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            self.shared.count_error("store_load");
+                            report.errors.push(NodeError { node: name.to_owned(), error });
+                            // Keep the node counted (as unhealthy: its state is
+                            // unknown) and not removed, and try it again after a back-off.
+                            let i = match existing {
+                                Some(i) => i,
+                                None => {
+                                    let i = self.state.slots.len();
+                                    let mut slot = Slot::new(name, NodeRecord::new(t.facts().class), None);
+                                    slot.needs_reload = true;
+                                    self.state.slots.push(slot);
+                                    self.state.index.insert(name.to_owned(), i);
+                                    i
+                                }
+                            };
+                            let now = self.shared.clock.now();
+                            let slot = &mut self.state.slots[i];
+                            slot.seen = pass;
+                            slot.unknown = true;
+                            slot.departed_at = None;
+                            slot.errors = slot.errors.saturating_add(1);
+                            slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(i) = idx {
+                let slot = &mut self.state.slots[i];
+                slot.seen = pass;
+                if slot.departed_at.take().is_some() {
+                    // Back within forget_after: history kept.
+                    slot.deadline = None;
+                }
+                if slot.series.is_none() {
+                    slot.series = Some(NodeSeries::register(&self.shared.names, name, &self.shared.checker_names));
+                }
+            }
+            out.push(idx);
+        }
+        out
+    }
+
+    /// Evaluates `targets`; with `complete`, they are the whole set and
+    /// known nodes not among them depart first (so they leave the budget).
+    pub(super) async fn evaluate_inner(&mut self, targets: &[T], complete: bool) -> PassReport {
+        let started = tokio::time::Instant::now();
+        self.state.pass += 1;
+        let mut report = PassReport { evaluated: targets.len(), ..PassReport::default() };
+        let slots = self.slots_for(targets, &mut report).await;
+        if complete {
+            let (pass, now, forget_after) = (self.state.pass, self.shared.clock.now(), self.shared.config.forget_after);
+            for s in &mut self.state.slots {
+                if s.seen != pass && s.departed_at.is_none() {
+                    s.departed_at = Some(now);
+                    s.deadline = Some(now + forget_after);
+                    report.departed.push(s.name.clone());
+                }
+            }
+        }
+        let mut outcomes = std::mem::take(&mut self.state.outcomes);
+        let mut errs = std::mem::take(&mut self.state.errs);
+        Self::run_checks(&self.shared, targets, &slots, &mut outcomes, &mut errs).await;
+        let nc = self.shared.checkers.len();
+        let mut now = self.shared.clock.now();
+        self.state.mono = self.shared.clock.monotonic();
+        let grace = self.shared.config.error_grace;
+
+        for (ti, slot) in slots.iter().enumerate() {
+            let Some(si) = *slot else { continue };
+            let s = &mut self.state.slots[si];
+            if s.error_since.len() != nc {
+                s.error_since.resize(nc, None);
+            }
+            s.grace_until = None;
+            for ci in 0..nc {
+                let i = ti * nc + ci;
+                if !errs[i] {
+                    s.error_since[ci] = None;
+                    continue;
+                }
+                // A checker's own error is not a finding about the node: skip
+                // it until it has lasted the grace.
+                let since = *s.error_since[ci].get_or_insert(now);
+                if now < since + grace
+                    && let CheckOutcome::Fail { reason, .. } = &outcomes[i]
+                {
+                    s.grace_until = Some(s.grace_until.map_or(since + grace, |g| g.min(since + grace)));
+                    outcomes[i] = CheckOutcome::Skip { reason: reason.clone() };
+                }
+            }
+            s.failing = outcomes[ti * nc..(ti + 1) * nc].iter().any(CheckOutcome::is_fail);
+        }
+        let mut budget = self.budget(now);
+        // A stale source holds everything, like a storm: say so the same way
+        // (once there are nodes to hold).
+        let storm = budget.storm(&self.shared.policy) || (budget.source_stale && budget.total > 0);
+        report.storm_guard = storm;
+        if storm != self.state.storm_active {
+            self.state.storm_active = storm;
+            self.state.globals.storm.set(if storm { 1.0 } else { 0.0 });
+            let event = StormEvent {
+                active: storm,
+                unhealthy: budget.unhealthy,
+                total: budget.total,
+                limit: self.shared.policy.gates.max_unhealthy.resolve_ceil(budget.total),
+                source_stale: budget.source_stale,
+                at: now,
+            };
+            notify(&self.shared.observers, "storm_guard", |o| o.on_storm_guard(&event));
+        }
+
+        // Round 1 decides every target. Actions in active mode run in tasks
+        // and are decided again after they finish (from a new evaluation);
+        // monitor-mode actions are recorded at once, and later rounds
+        // re-decide those nodes. The machine never chains more than three
+        // actions; the bound only guards against a bug.
+        let mut round: Vec<usize> = (0..targets.len()).filter(|&ti| slots[ti].is_some()).collect();
+        let mut first = true;
+        for _ in 0..MAX_ROUNDS {
+            if round.is_empty() {
+                break;
+            }
+            if !first {
+                now = self.shared.clock.now();
+                self.state.mono = self.shared.clock.monotonic();
+                let c = &self.shared.controls;
+                budget.paused = c.paused();
+                budget.source_stale = c.source_stale();
+                budget.window_closed = c.window_closed();
+            }
+            let mut planned = Vec::new();
+            for &ti in &round {
+                let Some(si) = slots[ti] else { continue };
+                if let Some(p) = self
+                    .decide(
+                        &targets[ti],
+                        ti,
+                        si,
+                        &outcomes[ti * nc..(ti + 1) * nc],
+                        &errs[ti * nc..(ti + 1) * nc],
+                        &mut budget,
+                        now,
+                        first,
+                        &mut report,
+                    )
+                    .await
+                {
+                    planned.push(p);
+                }
+            }
+            first = false;
+            round = self.perform(targets, planned, &mut report).await;
+        }
+        for &ti in &round {
+            // Still chaining after MAX_ROUNDS: look at these nodes again soon.
+            if let Some(si) = slots[ti] {
+                self.state.slots[si].deadline = Some(now);
+            }
+        }
+        self.state.outcomes = outcomes;
+        self.state.errs = errs;
+        self.state.globals.eval.record(started.elapsed().as_secs_f64());
+        report
+    }
+
+    /// Steps one node, persists the decision with compare-and-swap, and
+    /// returns the action to perform. A node whose action is still running
+    /// is not decided (its next step waits for the outcome).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn decide(
+        &mut self,
+        target: &T,
+        ti: usize,
+        si: usize,
+        outcomes: &[CheckOutcome],
+        errs: &[bool],
+        budget: &mut Budget,
+        now: Timestamp,
+        emit_checks: bool,
+        report: &mut PassReport,
+    ) -> Option<Planned> {
+        if self.state.slots[si].running {
+            return None;
+        }
+        let shared = &self.shared;
+        let facts = target.facts();
+        let checks: Vec<Check<'_>> = shared
+            .checker_names
+            .iter()
+            .zip(&shared.thresholds)
+            .zip(outcomes)
+            .map(|((name, &threshold), outcome)| Check { name, threshold, outcome })
+            .collect();
+        let obs = Observation { checks: &checks, facts };
+        let mut attempts = 0;
+        let mono = self.state.mono;
+        let wall = now;
+        let mut local: Timestamp;
+        let decision: Outline = loop {
+            let slot = &mut self.state.slots[si];
+            slot.anchor(wall, mono);
+            local = slot.local_now(wall, mono);
+            let was_in_flight = slot.occupies_slot(&shared.policy, wall, mono);
+            // The cluster-wide last action, in this node's frame.
+            let mut b = *budget;
+            if let Some(m) = self.state.last_action_mono {
+                b.last_action_at = Some(local - mono.saturating_sub(m));
+            }
+            // The record in memory changes only once the store has the new one.
+            let d = machine::step(slot.record.clone(), &obs, &shared.policy, &b, local);
+            if !d.changed {
+                break Outline::keep(d, slot);
+            }
+            match shared.store.save(&slot.name, &d.record, slot.version.as_ref()).await {
+                Ok(v) => {
+                    let slot = &mut self.state.slots[si];
+                    slot.version = Some(v);
+                    if d.action.is_some_and(Action::is_disruptive) {
+                        budget.last_action_at = Some(wall);
+                        self.state.last_action_at = Some(wall);
+                        self.state.last_action_mono = Some(mono);
+                    }
+                    let starts = d.action.is_some_and(Action::is_disruptive) && d.mode == Mode::Active;
+                    let outline = Outline::keep(d, slot);
+                    match (was_in_flight, starts || slot.occupies_slot(&shared.policy, wall, mono)) {
+                        (false, true) => budget.in_flight += 1,
+                        (true, false) => budget.in_flight = budget.in_flight.saturating_sub(1),
+                        _ => {}
+                    }
+                    break outline;
+                }
+                Err(e) if e.is_conflict() && attempts < shared.config.conflict_retries => {
+                    attempts += 1;
+                    report.conflicts += 1;
+                    match shared.store.load(&self.state.slots[si].name).await {
+                        Ok(stored) => {
+                            let slot = &mut self.state.slots[si];
+                            match stored {
+                                Some(s) => {
+                                    slot.record = s.record;
+                                    slot.version = Some(s.version);
+                                }
+                                None => {
+                                    slot.record = NodeRecord::new(facts.class);
+                                    slot.version = None;
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            self.store_failed(si, "store_load", error, now, report);
+                            return None;
+                        }
+                    }
+                }
+                Err(error) => {
+                    let reason = if error.is_conflict() { "store_conflict" } else { "store_save" };
+                    self.store_failed(si, reason, error, now, report);
+                    return None;
+                }
+            }
+        };
+
+        let slot = &mut self.state.slots[si];
+        // The machine's deadline is in the node's frame; the driver sleeps on the wall clock.
+        let next = decision
+            .next_deadline
+            .map(|d| if d >= local { wall + d.saturating_since(local) } else { wall - local.saturating_since(d) });
+        slot.deadline = match (next, slot.grace_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        slot.errors = 0;
+        if let Some(series) = &slot.series {
+            if emit_checks {
+                for ((c, outcome), &erred) in series.checks.iter().zip(outcomes).zip(errs) {
+                    match outcome {
+                        _ if erred => c.error.increment(1),
+                        CheckOutcome::Pass => c.pass.increment(1),
+                        CheckOutcome::Fail { .. } => c.fail.increment(1),
+                        CheckOutcome::Skip { .. } => {}
+                    }
+                }
+            }
+            series.set_phase(slot.record.phase);
+            let unhealthy_for = slot.record.unhealthy_since.map_or(0.0, |t| now.saturating_since(t).as_secs_f64());
+            series.unhealthy.set(unhealthy_for);
+        }
+        let new_hold = decision.hold.map(|h| h.reason);
+        if let Some(h) = &decision.hold {
+            report.held.push((slot.name.clone(), h.reason));
+            if slot.hold != new_hold {
+                let names = &shared.names;
+                names.counter(&names.labelled(&names.actions_held_total, "reason", h.reason.as_str())).increment(1);
+                let event = HoldEvent { node: &slot.name, hold: h, at: now };
+                notify(&shared.observers, "hold", |o| o.on_hold(target, &event));
+            }
+        }
+        slot.hold = new_hold;
+        if let Some(change) = decision.transition {
+            report.transitions.push((slot.name.clone(), change));
+            let event = TransitionEvent {
+                node: &slot.name,
+                from: change.from,
+                to: change.to,
+                at: now,
+                record: &slot.record,
+                mode: decision.mode,
+            };
+            notify(&shared.observers, "transition", |o| o.on_transition(target, &event));
+        }
+        // The record stamps the action in the node's frame: so does the plan.
+        decision.action.map(|action| Planned { target: ti, slot: si, action, mode: decision.mode, started_at: local })
+    }
+
+    /// Records a store failure for a node: its in-memory record may now differ
+    /// from the store, so it is reloaded before the next decision, which comes
+    /// after a growing back-off (never a busy loop, never forgotten).
+    pub(super) fn store_failed(
+        &mut self,
+        si: usize,
+        reason: &'static str,
+        error: StoreError,
+        now: Timestamp,
+        report: &mut PassReport,
+    ) {
+        self.shared.count_error(reason);
+        let slot = &mut self.state.slots[si];
+        slot.needs_reload = true;
+        slot.errors = slot.errors.saturating_add(1);
+        slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
+        report.errors.push(NodeError { node: slot.name.clone(), error });
+    }
+}
+
+/// A decision whose record has moved into its slot.
+pub(super) struct Outline {
+    pub(super) action: Option<Action>,
+    pub(super) mode: Mode,
+    pub(super) transition: Option<PhaseChange>,
+    pub(super) hold: Option<crate::machine::Hold>,
+    pub(super) next_deadline: Option<Timestamp>,
+}
+
+impl Outline {
+    pub(super) fn keep(d: Decision, slot: &mut Slot) -> Self {
+        slot.record = d.record;
+        Outline {
+            action: d.action,
+            mode: d.mode,
+            transition: d.transition,
+            hold: d.hold,
+            next_deadline: d.next_deadline,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Per-node bookkeeping ([`Slot`]) and the engine's mutable state.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+pub(super) struct Slot {
+    pub(super) name: String,
+    pub(super) record: NodeRecord,
+    pub(super) version: Option<Version>,
+    /// The record in memory may differ from the store: reload before deciding.
+    pub(super) needs_reload: bool,
+    pub(super) failing: bool,
+    pub(super) deadline: Option<Timestamp>,
+    pub(super) hold: Option<HoldReason>,
+    pub(super) seen: u64,
+    /// Consecutive store errors, for the retry back-off.
+    pub(super) errors: u32,
+    pub(super) series: Option<NodeSeries>,
+    /// An action of this node is running in a task.
+    pub(super) running: bool,
+    /// The record could not be loaded: the node counts as unhealthy.
+    pub(super) unknown: bool,
+    /// When the node left the target set (its record is kept until
+    /// `forget_after` has passed).
+    pub(super) departed_at: Option<Timestamp>,
+    /// Per checker: since when it has been erring continuously.
+    pub(super) error_since: Vec<Option<Timestamp>>,
+    /// The earliest end of an error grace, to decide again then.
+    pub(super) grace_until: Option<Timestamp>,
+    /// The node's own time frame while it is being remediated: a wall
+    /// instant and the monotonic instant it was read at. Its time advances
+    /// with the monotonic clock, so a wall-clock step never shortens (or
+    /// stretches) its waits.
+    pub(super) frame: Option<(Timestamp, Duration)>,
+}
+
+impl Slot {
+    pub(super) fn new(name: &str, record: NodeRecord, version: Option<Version>) -> Self {
+        Slot {
+            name: name.to_owned(),
+            failing: !record.failing.is_empty(),
+            record,
+            version,
+            needs_reload: false,
+            deadline: None,
+            hold: None,
+            seen: 0,
+            errors: 0,
+            series: None,
+            running: false,
+            unknown: false,
+            departed_at: None,
+            error_since: Vec::new(),
+            grace_until: None,
+            frame: None,
+        }
+    }
+
+    /// Nothing time-critical is under way: the node may follow the wall clock.
+    pub(super) fn calm(&self) -> bool {
+        matches!(self.record.phase, Phase::Healthy | Phase::Unknown)
+            && !self.record.has_history()
+            && !self.record.cordoned
+            && !self.running
+    }
+
+    /// Re-anchors the node's frame on the wall clock while it is calm.
+    pub(super) fn anchor(&mut self, wall: Timestamp, mono: Duration) {
+        if self.frame.is_none() || self.calm() {
+            self.frame = Some((wall, mono));
+        }
+    }
+
+    /// The node's current time: the wall clock while calm, else its frame
+    /// advanced by monotonic time.
+    pub(super) fn local_now(&self, wall: Timestamp, mono: Duration) -> Timestamp {
+        match self.frame {
+            Some((t, m)) if !self.calm() => t + mono.saturating_sub(m),
+            _ => wall,
+        }
+    }
+
+    /// Whether the node occupies a `max_in_flight` slot: while its action
+    /// runs, or within the wait that follows it (a node held in an in-flight
+    /// phase past its wait does not block others).
+    pub(super) fn occupies_slot(&self, policy: &Policy, wall: Timestamp, mono: Duration) -> bool {
+        if self.running {
+            return true;
+        }
+        if !self.record.phase.is_in_flight() {
+            return false;
+        }
+        let now = self.local_now(wall, mono);
+        let wait = match self.record.phase {
+            Phase::WaitingReboot => policy.reboot_wait_for(self.record.class),
+            Phase::WaitingReplace => policy.escalation.replace_wait,
+            // A drain occupies a slot while it runs; a drained node waiting
+            // for its replacement does until the replacement is decided.
+            Phase::Draining => return self.record.drained && self.hold.is_none(),
+            _ => return false,
+        };
+        self.record.last_action_at.is_some_and(|at| now < at + wait)
+    }
+}
+
+pub(super) struct Globals {
+    pub(super) storm: Gauge,
+    pub(super) unhealthy: Gauge,
+    pub(super) selected: Gauge,
+    pub(super) in_flight: Gauge,
+    pub(super) eval: Histogram,
+}
+
+/// The mutable bookkeeping of the engine.
+pub(super) struct State {
+    pub(super) slots: Vec<Slot>,
+    pub(super) index: HashMap<String, usize>,
+    pub(super) last_action_at: Option<Timestamp>,
+    /// The monotonic instant of the last disruptive action started by this
+    /// process (the cluster-wide minimum interval is measured on it).
+    pub(super) last_action_mono: Option<Duration>,
+    /// The monotonic reading of the current decision round.
+    pub(super) mono: Duration,
+    pub(super) storm_active: bool,
+    pub(super) recheck: bool,
+    pub(super) pass: u64,
+    pub(super) outcomes: Vec<CheckOutcome>,
+    /// Per outcome: the checker erred (rather than found the node unhealthy).
+    pub(super) errs: Vec<bool>,
+    pub(super) globals: Globals,
+    /// The deadline handed out last, and whether it was already due then
+    /// (two due deadlines in a row back off instead of spinning).
+    pub(super) due_streak: u32,
+    pub(super) next_deadline: Option<Timestamp>,
+}
+
+/// Moves timestamps stamped in the future (by a clock that was ahead) to
+/// `now`, so such a record never holds a node or a slot longer than its wait.
+pub(super) fn clamp_future(record: &mut NodeRecord, now: Timestamp) {
+    for t in [
+        &mut record.unhealthy_since,
+        &mut record.healthy_since,
+        &mut record.last_transition_at,
+        &mut record.last_action_at,
+    ] {
+        if t.is_some_and(|t| t > now) {
+            *t = Some(now);
+        }
+    }
+    // A back-off may legitimately end in the future, but not past the
+    // longest back-off after a clamped action.
+    if let (Some(nb), Some(at)) = (record.not_before, record.last_action_at)
+        && nb > at + Duration::from_secs(7 * 24 * 3600)
+    {
+        record.not_before = Some(at);
+    }
+}
