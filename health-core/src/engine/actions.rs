@@ -45,6 +45,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 }
                 Mode::Active => {
                     self.state.slots[p.slot].running = true;
+                    self.state.touch(p.slot);
                     let executor = Arc::clone(&self.shared.executor);
                     let limit = self.shared.config.timeout_for(p.action);
                     let (action, mode, started_at) = (p.action, p.mode, p.started_at);
@@ -132,12 +133,13 @@ impl<T: Target + Clone + 'static> Engine<T> {
         // Decide the next step from a fresh evaluation, not from the
         // observation taken before the action.
         slot.deadline = Some(slot.deadline.map_or(now, |d| d.min(now)));
+        self.state.touch(si);
         again.then(|| c.node.clone())
     }
 
     /// Applies an action's outcome to the node's record and persists it;
     /// returns whether the node should be decided again (whenever the
-    /// outcome was recorded).
+    /// outcome was recorded, or was not this record's to record).
     pub(super) async fn record_outcome(
         &mut self,
         c: &Completion<T>,
@@ -146,9 +148,14 @@ impl<T: Target + Clone + 'static> Engine<T> {
         report: &mut PassReport,
     ) -> bool {
         let shared = &self.shared;
-        let mut attempts = 0;
-        loop {
-            let slot = &mut self.state.slots[si];
+        let mono = shared.clock.monotonic();
+        let outcome = match c.error.as_deref() {
+            None => machine::ActionOutcome::Succeeded,
+            Some(ExecError::Unsupported { .. }) => machine::ActionOutcome::Unsupported,
+            Some(ExecError::Unknown { .. } | ExecError::Timeout { .. }) => machine::ActionOutcome::Unknown,
+            Some(_) => machine::ActionOutcome::Failed,
+        };
+        let written = Self::write_cas(shared, &mut self.state, si, now, report, |slot| {
             // Only fold the outcome into the record of the decision that asked
             // for it; otherwise decide again from the record as it now is.
             let ours = match c.action {
@@ -156,76 +163,41 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 _ => slot.record.last_action == Some(c.action) && slot.record.last_action_at == Some(c.started_at),
             };
             if !ours {
-                return true;
+                return Plan::Keep(None);
             }
-            let local = slot.local_now(now, shared.clock.monotonic());
-            let outcome = match c.error.as_deref() {
-                None => machine::ActionOutcome::Succeeded,
-                Some(ExecError::Unsupported { .. }) => machine::ActionOutcome::Unsupported,
-                Some(ExecError::Unknown { .. } | ExecError::Timeout { .. }) => machine::ActionOutcome::Unknown,
-                Some(_) => machine::ActionOutcome::Failed,
-            };
+            let local = slot.local_now(now, mono);
             let applied = machine::apply_outcome(slot.record.clone(), c.action, outcome, &shared.policy, local);
-            if !applied.changed {
-                return true;
-            }
-            match shared.store.save(&slot.name, &applied.record, slot.version.as_ref()).await {
-                Ok(v) => {
-                    let slot = &mut self.state.slots[si];
-                    slot.version = Some(v);
-                    slot.record = applied.record;
-                    if c.action == Action::Uncordon && c.error.is_some() && !slot.record.cordoned {
-                        tracing::warn!(
-                            node = %slot.name,
-                            failures = slot.record.uncordon_failures,
-                            "gave up uncordoning: the node stays cordoned until an operator uncordons it"
-                        );
-                    }
-                    if let Some(change) = applied.transition {
-                        report.transitions.push((slot.name.clone(), change));
-                        let event = TransitionEvent {
-                            node: &slot.name,
-                            from: change.from,
-                            to: change.to,
-                            at: now,
-                            record: &slot.record,
-                            mode: c.mode,
-                        };
-                        notify(&shared.observers, "transition", |o| o.on_transition(&c.target, &event));
-                    }
-                    if let Some(series) = &slot.series {
-                        series.set_phase(slot.record.phase);
-                    }
-                    return true;
-                }
-                Err(e) if e.is_conflict() && attempts < shared.config.conflict_retries => {
-                    attempts += 1;
-                    report.conflicts += 1;
-                    let name = slot.name.clone();
-                    match shared.store.load(&name).await {
-                        Ok(Some(s)) => {
-                            let slot = &mut self.state.slots[si];
-                            slot.record = s.record;
-                            slot.version = Some(s.version);
-                        }
-                        Ok(None) => {
-                            // Deleted meanwhile (the node left): nothing to record.
-                            let slot = &mut self.state.slots[si];
-                            slot.needs_reload = true;
-                            slot.deadline = Some(now + self.shared.config.store_retry.delay(1));
-                            return false;
-                        }
-                        Err(error) => {
-                            self.store_failed(si, "store_load", error, now, report);
-                            return false;
-                        }
-                    }
-                }
-                Err(error) => {
-                    self.store_failed(si, "store_save", error, now, report);
-                    return false;
-                }
-            }
+            if applied.changed { Plan::Write(applied.record, Some(applied.transition)) } else { Plan::Keep(None) }
+        })
+        .await;
+        let transition = match written {
+            Written::Failed => return false,
+            Written::Kept(_) => return true,
+            Written::Saved(t) => t.flatten(),
+        };
+        let slot = &self.state.slots[si];
+        if c.action == Action::Uncordon && c.error.is_some() && !slot.record.cordoned {
+            tracing::warn!(
+                node = %slot.name,
+                failures = slot.record.uncordon_failures,
+                "gave up uncordoning: the node stays cordoned until an operator uncordons it"
+            );
         }
+        if let Some(change) = transition {
+            report.transitions.push((slot.name.clone(), change));
+            let event = TransitionEvent {
+                node: &slot.name,
+                from: change.from,
+                to: change.to,
+                at: now,
+                record: &slot.record,
+                mode: c.mode,
+            };
+            notify(&shared.observers, "transition", |o| o.on_transition(&c.target, &event));
+        }
+        if let Some(series) = &slot.series {
+            series.set_phase(slot.record.phase);
+        }
+        true
     }
 }

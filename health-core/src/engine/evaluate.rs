@@ -9,12 +9,18 @@ impl<T: Target + Clone + 'static> Engine<T> {
     pub(super) async fn slots_for(&mut self, targets: &[T], report: &mut PassReport) -> Vec<Option<usize>> {
         let pass = self.state.pass;
         let mut out = Vec::with_capacity(targets.len());
-        for t in targets {
+        for (ti, t) in targets.iter().enumerate() {
             let name = t.name();
-            let idx = match self.state.index.get(name) {
-                Some(&i) if !self.state.slots[i].needs_reload => Some(i),
+            // Drivers that pass the same targets in the same order (a
+            // simulation, a full listing) find each slot where they left
+            // it, without a hash lookup (a cache miss per node at scale).
+            let known = match self.state.slots.get(ti) {
+                Some(s) if s.name == name => Some(ti),
+                _ => self.state.index.get(name).copied(),
+            };
+            let idx = match known {
+                Some(i) if !self.state.slots[i].needs_reload => Some(i),
                 existing => {
-                    let existing = existing.copied();
                     match self.shared.store.load(name).await {
                         Ok(stored) => {
                             let now = self.shared.clock.now();
@@ -35,12 +41,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                                     slot.unknown = false;
                                     Some(i)
                                 }
-                                None => {
-                                    let i = self.state.slots.len();
-                                    self.state.slots.push(Slot::new(name, record, version));
-                                    self.state.index.insert(name.to_owned(), i);
-                                    Some(i)
-                                }
+                                None => Some(self.state.push(Slot::new(name, record, version))),
                             }
                         }
                         Err(error) => {
@@ -51,12 +52,9 @@ impl<T: Target + Clone + 'static> Engine<T> {
                             let i = match existing {
                                 Some(i) => i,
                                 None => {
-                                    let i = self.state.slots.len();
                                     let mut slot = Slot::new(name, NodeRecord::new(t.facts().class), None);
                                     slot.needs_reload = true;
-                                    self.state.slots.push(slot);
-                                    self.state.index.insert(name.to_owned(), i);
-                                    i
+                                    self.state.push(slot)
                                 }
                             };
                             let now = self.shared.clock.now();
@@ -66,6 +64,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                             slot.departed_at = None;
                             slot.errors = slot.errors.saturating_add(1);
                             slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
+                            self.state.touch(i);
                             None
                         }
                     }
@@ -81,6 +80,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 if slot.series.is_none() {
                     slot.series = Some(NodeSeries::register(&self.shared.names, name, &self.shared.checker_names));
                 }
+                self.state.touch(i);
             }
             out.push(idx);
         }
@@ -96,11 +96,13 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let slots = self.slots_for(targets, &mut report).await;
         if complete {
             let (pass, now, forget_after) = (self.state.pass, self.shared.clock.now(), self.shared.config.forget_after);
-            for s in &mut self.state.slots {
+            for si in 0..self.state.slots.len() {
+                let s = &mut self.state.slots[si];
                 if s.seen != pass && s.departed_at.is_none() {
                     s.departed_at = Some(now);
                     s.deadline = Some(now + forget_after);
                     report.departed.push(s.name.clone());
+                    self.state.touch(si);
                 }
             }
         }
@@ -136,6 +138,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 }
             }
             s.failing = outcomes[ti * nc..(ti + 1) * nc].iter().any(CheckOutcome::is_fail);
+            self.state.touch(si);
         }
         let mut budget = self.budget(now);
         // A stale source holds everything, like a storm: say so the same way
@@ -161,6 +164,11 @@ impl<T: Target + Clone + 'static> Engine<T> {
         // monitor-mode actions are recorded at once, and later rounds
         // re-decide those nodes. The machine never chains more than three
         // actions; the bound only guards against a bug.
+        // One target's checks as the machine sees them, in a buffer reused
+        // for every target (no allocation per node).
+        let names = Arc::clone(&self.shared.checker_names);
+        let thresholds = self.shared.thresholds.clone();
+        let mut checks: Vec<Check<'_>> = Vec::with_capacity(nc);
         let mut round: Vec<usize> = (0..targets.len()).filter(|&ti| slots[ti].is_some()).collect();
         let mut first = true;
         for _ in 0..MAX_ROUNDS {
@@ -178,12 +186,20 @@ impl<T: Target + Clone + 'static> Engine<T> {
             let mut planned = Vec::new();
             for &ti in &round {
                 let Some(si) = slots[ti] else { continue };
+                checks.clear();
+                checks.extend(
+                    names
+                        .iter()
+                        .zip(&thresholds)
+                        .zip(&outcomes[ti * nc..(ti + 1) * nc])
+                        .map(|((name, &threshold), outcome)| Check { name, threshold, outcome }),
+                );
                 if let Some(p) = self
                     .decide(
                         &targets[ti],
                         ti,
                         si,
-                        &outcomes[ti * nc..(ti + 1) * nc],
+                        &checks,
                         &errs[ti * nc..(ti + 1) * nc],
                         &mut budget,
                         now,
@@ -202,8 +218,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
             // Still chaining after MAX_ROUNDS: look at these nodes again soon.
             if let Some(si) = slots[ti] {
                 self.state.slots[si].deadline = Some(now);
+                self.state.touch(si);
             }
         }
+        drop(checks);
         self.state.outcomes = outcomes;
         self.state.errs = errs;
         self.state.globals.eval.record(started.elapsed().as_secs_f64());
@@ -219,7 +237,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         target: &T,
         ti: usize,
         si: usize,
-        outcomes: &[CheckOutcome],
+        checks: &[Check<'_>],
         errs: &[bool],
         budget: &mut Budget,
         now: Timestamp,
@@ -231,79 +249,46 @@ impl<T: Target + Clone + 'static> Engine<T> {
         }
         let shared = &self.shared;
         let facts = target.facts();
-        let checks: Vec<Check<'_>> = shared
-            .checker_names
-            .iter()
-            .zip(&shared.thresholds)
-            .zip(outcomes)
-            .map(|((name, &threshold), outcome)| Check { name, threshold, outcome })
-            .collect();
-        let obs = Observation { checks: &checks, facts };
-        let mut attempts = 0;
+        let obs = Observation { checks, facts };
         let mono = self.state.mono;
         let wall = now;
-        let mut local: Timestamp;
-        let decision: Outline = loop {
-            let slot = &mut self.state.slots[si];
+        let last_mono = self.state.last_action_mono;
+        let policy = &shared.policy;
+        let b0 = *budget;
+        let written = Self::write_cas(shared, &mut self.state, si, now, report, |slot| {
             slot.anchor(wall, mono);
-            local = slot.local_now(wall, mono);
-            let was_in_flight = slot.occupies_slot(&shared.policy, wall, mono);
+            let local = slot.local_now(wall, mono);
+            let was_in_flight = slot.occupies_slot(policy, wall, mono);
             // The cluster-wide last action, in this node's frame.
-            let mut b = *budget;
-            if let Some(m) = self.state.last_action_mono {
+            let mut b = b0;
+            if let Some(m) = last_mono {
                 b.last_action_at = Some(local - mono.saturating_sub(m));
             }
-            // The record in memory changes only once the store has the new one.
-            let d = machine::step(slot.record.clone(), &obs, &shared.policy, &b, local);
-            if !d.changed {
-                break Outline::keep(d, slot);
+            let (record, outline) = Outline::split(machine::step(slot.record.clone(), &obs, policy, &b, local));
+            match record {
+                Some(record) => Plan::Write(record, (outline, local, was_in_flight)),
+                None => Plan::Keep((outline, local, was_in_flight)),
             }
-            match shared.store.save(&slot.name, &d.record, slot.version.as_ref()).await {
-                Ok(v) => {
-                    let slot = &mut self.state.slots[si];
-                    slot.version = Some(v);
-                    if d.action.is_some_and(Action::is_disruptive) {
-                        budget.last_action_at = Some(wall);
-                        self.state.last_action_at = Some(wall);
-                        self.state.last_action_mono = Some(mono);
-                    }
-                    let starts = d.action.is_some_and(Action::is_disruptive) && d.mode == Mode::Active;
-                    let outline = Outline::keep(d, slot);
-                    match (was_in_flight, starts || slot.occupies_slot(&shared.policy, wall, mono)) {
-                        (false, true) => budget.in_flight += 1,
-                        (true, false) => budget.in_flight = budget.in_flight.saturating_sub(1),
-                        _ => {}
-                    }
-                    break outline;
+        })
+        .await;
+        let (decision, local) = match written {
+            Written::Failed => return None,
+            Written::Kept((outline, local, _)) => (outline, local),
+            Written::Saved((outline, local, was_in_flight)) => {
+                let disruptive = outline.action.is_some_and(Action::is_disruptive);
+                if disruptive {
+                    budget.last_action_at = Some(wall);
+                    self.state.last_action_at = Some(wall);
+                    self.state.last_action_mono = Some(mono);
                 }
-                Err(e) if e.is_conflict() && attempts < shared.config.conflict_retries => {
-                    attempts += 1;
-                    report.conflicts += 1;
-                    match shared.store.load(&self.state.slots[si].name).await {
-                        Ok(stored) => {
-                            let slot = &mut self.state.slots[si];
-                            match stored {
-                                Some(s) => {
-                                    slot.record = s.record;
-                                    slot.version = Some(s.version);
-                                }
-                                None => {
-                                    slot.record = NodeRecord::new(facts.class);
-                                    slot.version = None;
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            self.store_failed(si, "store_load", error, now, report);
-                            return None;
-                        }
-                    }
+                let starts = disruptive && outline.mode == Mode::Active;
+                let slot = &self.state.slots[si];
+                match (was_in_flight, starts || slot.occupies_slot(policy, wall, mono)) {
+                    (false, true) => budget.in_flight += 1,
+                    (true, false) => budget.in_flight = budget.in_flight.saturating_sub(1),
+                    _ => {}
                 }
-                Err(error) => {
-                    let reason = if error.is_conflict() { "store_conflict" } else { "store_save" };
-                    self.store_failed(si, reason, error, now, report);
-                    return None;
-                }
+                (outline, local)
             }
         };
 
@@ -319,8 +304,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
         slot.errors = 0;
         if let Some(series) = &slot.series {
             if emit_checks {
-                for ((c, outcome), &erred) in series.checks.iter().zip(outcomes).zip(errs) {
-                    match outcome {
+                for ((c, check), &erred) in series.checks.iter().zip(checks).zip(errs) {
+                    match check.outcome {
                         _ if erred => c.error.increment(1),
                         CheckOutcome::Pass => c.pass.increment(1),
                         CheckOutcome::Fail { .. } => c.fail.increment(1),
@@ -343,6 +328,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
             }
         }
         slot.hold = new_hold;
+        self.state.touch(si);
+        let slot = &self.state.slots[si];
         if let Some(change) = decision.transition {
             report.transitions.push((slot.name.clone(), change));
             let event = TransitionEvent {
@@ -358,28 +345,9 @@ impl<T: Target + Clone + 'static> Engine<T> {
         // The record stamps the action in the node's frame: so does the plan.
         decision.action.map(|action| Planned { target: ti, slot: si, action, mode: decision.mode, started_at: local })
     }
-
-    /// Records a store failure for a node: its in-memory record may now differ
-    /// from the store, so it is reloaded before the next decision, which comes
-    /// after a growing back-off (never a busy loop, never forgotten).
-    pub(super) fn store_failed(
-        &mut self,
-        si: usize,
-        reason: &'static str,
-        error: StoreError,
-        now: Timestamp,
-        report: &mut PassReport,
-    ) {
-        self.shared.count_error(reason);
-        let slot = &mut self.state.slots[si];
-        slot.needs_reload = true;
-        slot.errors = slot.errors.saturating_add(1);
-        slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
-        report.errors.push(NodeError { node: slot.name.clone(), error });
-    }
 }
 
-/// A decision whose record has moved into its slot.
+/// A decision without its record.
 pub(super) struct Outline {
     pub(super) action: Option<Action>,
     pub(super) mode: Mode,
@@ -389,14 +357,15 @@ pub(super) struct Outline {
 }
 
 impl Outline {
-    pub(super) fn keep(d: Decision, slot: &mut Slot) -> Self {
-        slot.record = d.record;
-        Outline {
+    /// Splits a decision into its new record (when it changed) and the rest.
+    pub(super) fn split(d: Decision) -> (Option<NodeRecord>, Self) {
+        let outline = Outline {
             action: d.action,
             mode: d.mode,
             transition: d.transition,
             hold: d.hold,
             next_deadline: d.next_deadline,
-        }
+        };
+        (d.changed.then_some(d.record), outline)
     }
 }

@@ -17,7 +17,7 @@
 //! confirmed the write, so dropping any engine future at an await point
 //! never loses, resets or duplicates a record or an action.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +45,7 @@ mod config;
 mod contain;
 mod controls;
 mod evaluate;
+mod persist;
 mod report;
 mod state;
 
@@ -55,14 +56,15 @@ pub use report::{ActionRecord, NodeError, PassReport};
 
 use actions::Completion;
 use contain::{notify, panic_message, panicked};
-use state::{Globals, Slot, State, clamp_future};
+use persist::{Plan, Written};
+use state::{Globals, Slot, State, Tally, clamp_future};
 
 /// Everything that does not change while the engine runs.
 struct Shared<T> {
     policy: Policy,
     config: EngineConfig,
     checkers: Vec<Arc<dyn HealthChecker<T>>>,
-    checker_names: Vec<String>,
+    checker_names: Arc<[String]>,
     thresholds: Vec<Duration>,
     executor: Arc<dyn Executor<T>>,
     store: Arc<dyn StateStore>,
@@ -168,7 +170,7 @@ impl<T: Target + Clone + 'static> EngineBuilder<T> {
                 policy: self.policy,
                 config: self.config,
                 checkers: self.checkers,
-                checker_names,
+                checker_names: checker_names.into(),
                 thresholds,
                 executor: self.executor,
                 store: Arc::new(crate::store::TimedStore::new(self.store, store_timeout)),
@@ -192,6 +194,7 @@ impl<T: Target + Clone + 'static> EngineBuilder<T> {
                 globals,
                 due_streak: 0,
                 next_deadline: None,
+                tally: Tally::default(),
             },
             running: JoinSet::new(),
             completions: VecDeque::new(),
@@ -283,8 +286,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// that was due backs off (250 ms doubling to 30 s) instead of spinning.
     fn refresh_deadline(&mut self) -> Option<Timestamp> {
         let now = self.shared.clock.now();
-        let mut d =
-            if self.state.recheck { Some(now) } else { self.state.slots.iter().filter_map(|s| s.deadline).min() };
+        self.state.debug_check_tally();
+        let mut d = if self.state.recheck { Some(now) } else { self.state.tally.deadlines.first().map(|&(t, _)| t) };
         match d {
             Some(t) if t <= now => {
                 self.state.due_streak = self.state.due_streak.saturating_add(1);
@@ -304,16 +307,14 @@ impl<T: Target + Clone + 'static> Engine<T> {
     #[must_use]
     pub fn due(&self) -> Vec<String> {
         let now = self.shared.clock.now();
-        self.state
-            .slots
-            .iter()
-            .filter(|s| {
-                s.departed_at.is_none()
-                    && !s.running
-                    && (s.deadline.is_some_and(|d| d <= now) || (self.state.recheck && s.hold.is_some()))
-            })
-            .map(|s| s.name.clone())
-            .collect()
+        let s = &self.state;
+        let timed = s.tally.deadlines.iter().take_while(|&&(d, _)| d <= now).map(|&(_, i)| i);
+        let held = s.tally.held.iter().copied().filter(|_| s.recheck);
+        let mut due: Vec<usize> =
+            timed.chain(held).filter(|&i| s.slots[i].departed_at.is_none() && !s.slots[i].running).collect();
+        due.sort_unstable();
+        due.dedup();
+        due.into_iter().map(|i| s.slots[i].name.clone()).collect()
     }
 
     /// Whether actions are running or finished ones wait to be folded.
@@ -342,10 +343,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     slot.version = Some(stored.version);
                     slot.needs_reload = false;
                     slot.unknown = false;
+                    self.state.touch(i);
                 }
                 None => {
-                    self.state.index.insert(name.clone(), self.state.slots.len());
-                    self.state.slots.push(Slot::new(&name, stored.record, Some(stored.version)));
+                    self.state.push(Slot::new(&name, stored.record, Some(stored.version)));
                 }
             }
         }
@@ -411,6 +412,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 slot.departed_at = Some(now);
                 slot.deadline = Some(now + self.shared.config.forget_after);
             }
+            self.state.touch(i);
         }
         self.refresh_deadline();
     }
@@ -427,15 +429,17 @@ impl<T: Target + Clone + 'static> Engine<T> {
 
     /// Forgets departed nodes whose `forget_after` has passed.
     async fn sweep_departed(&mut self, report: &mut PassReport) {
-        if !self.state.slots.iter().any(|s| s.departed_at.is_some()) {
+        if self.state.tally.departed.is_empty() {
             return;
         }
         let now = self.shared.clock.now();
         let forget_after = self.shared.config.forget_after;
         let gone: Vec<(String, Option<Version>)> = self
             .state
-            .slots
+            .tally
+            .departed
             .iter()
+            .map(|&i| &self.state.slots[i])
             .filter(|s| !s.running && s.departed_at.is_some_and(|t| now >= t + forget_after))
             .filter(|s| s.deadline.is_none_or(|d| d <= now))
             .map(|s| (s.name.clone(), s.version.clone()))
@@ -449,6 +453,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                         let slot = &mut self.state.slots[i];
                         slot.errors = slot.errors.saturating_add(1);
                         slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
+                        self.state.touch(i);
                     }
                     report.errors.push(NodeError { node: name, error });
                 }
@@ -466,11 +471,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// Deletes a node's record (guarded by `expected` when given) and series.
     async fn forget(&mut self, node: &str, expected: Option<&Version>) -> Result<(), StoreError> {
         self.shared.store.delete(node, expected).await?;
-        if let Some(i) = self.state.index.remove(node) {
-            let slot = self.state.slots.swap_remove(i);
-            if let Some(moved) = self.state.slots.get(i) {
-                self.state.index.insert(moved.name.clone(), i);
-            }
+        if let Some(slot) = self.state.remove(node) {
             drop(slot.series);
         }
         if let Some(remover) = &self.shared.remover {
@@ -488,18 +489,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let c = &self.shared.controls;
         let policy = &self.shared.policy;
         let mono = self.shared.clock.monotonic();
-        let (mut total, mut unhealthy, mut in_flight) = (0u32, 0u32, 0u32);
-        for slot in &s.slots {
-            if slot.occupies_slot(policy, now, mono) {
-                in_flight = in_flight.saturating_add(1);
-            }
-            if slot.departed_at.is_none() {
-                total = total.saturating_add(1);
-                if slot.failing || slot.unknown {
-                    unhealthy = unhealthy.saturating_add(1);
-                }
-            }
-        }
+        let t = &s.tally;
+        let occupying = t.candidates.iter().filter(|&&i| s.slots[i].occupies_slot(policy, now, mono)).count();
+        let (total, unhealthy) = (t.present, t.unhealthy);
+        let in_flight = u32::try_from(occupying).unwrap_or(u32::MAX);
         Budget {
             total,
             unhealthy,
@@ -521,14 +514,12 @@ impl<T: Target + Clone + 'static> Engine<T> {
         g.unhealthy.set(f64::from(budget.unhealthy));
         g.in_flight.set(f64::from(budget.in_flight));
         // A node held by a gate that has since lifted must be looked at again.
-        self.state.recheck = self.state.slots.iter().any(|s| match s.hold {
-            Some(HoldReason::Paused) => !budget.paused,
-            Some(HoldReason::SourceStale) => !budget.source_stale,
-            Some(HoldReason::StormGuard) => !budget.storm(policy),
-            Some(HoldReason::MaintenanceWindow) => !budget.window_closed,
-            Some(HoldReason::MaxInFlight) => budget.in_flight < max_in_flight,
-            _ => false,
-        });
+        let t = &self.state.tally;
+        self.state.recheck = (t.holds(HoldReason::Paused) && !budget.paused)
+            || (t.holds(HoldReason::SourceStale) && !budget.source_stale)
+            || (t.holds(HoldReason::StormGuard) && !budget.storm(policy))
+            || (t.holds(HoldReason::MaintenanceWindow) && !budget.window_closed)
+            || (t.holds(HoldReason::MaxInFlight) && budget.in_flight < max_in_flight);
         report.next_deadline = self.refresh_deadline();
     }
 }

@@ -32,6 +32,8 @@ pub(super) struct Slot {
     /// with the monotonic clock, so a wall-clock step never shortens (or
     /// stretches) its waits.
     pub(super) frame: Option<(Timestamp, Duration)>,
+    /// What the slot adds to the engine's [`Tally`], as last accounted.
+    pub(super) counted: Counted,
 }
 
 impl Slot {
@@ -53,6 +55,7 @@ impl Slot {
             error_since: Vec::new(),
             grace_until: None,
             frame: None,
+            counted: Counted::default(),
         }
     }
 
@@ -103,6 +106,94 @@ impl Slot {
     }
 }
 
+/// What one slot adds to the engine's [`Tally`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Counted {
+    /// Present (not departed): counts toward the budget's total.
+    present: bool,
+    /// Present and failing, or its record could not be loaded.
+    unhealthy: bool,
+    /// May occupy a `max_in_flight` slot (running, or in an in-flight phase).
+    candidate: bool,
+    departed: bool,
+    deadline: Option<Timestamp>,
+    hold: Option<HoldReason>,
+}
+
+impl Slot {
+    fn counts(&self) -> Counted {
+        let present = self.departed_at.is_none();
+        Counted {
+            present,
+            unhealthy: present && (self.failing || self.unknown),
+            candidate: self.running || self.record.phase.is_in_flight(),
+            departed: !present,
+            deadline: self.deadline,
+            hold: self.hold,
+        }
+    }
+}
+
+/// Aggregates over every slot, kept current by [`State::touch`], so that
+/// evaluating a few nodes costs time in those nodes (and the few in
+/// remediation), not in the size of the fleet.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    /// Present nodes.
+    pub(super) present: u32,
+    /// Present nodes failing or unknown.
+    pub(super) unhealthy: u32,
+    /// Slots that may occupy an in-flight slot.
+    pub(super) candidates: BTreeSet<usize>,
+    /// Every slot's deadline.
+    pub(super) deadlines: BTreeSet<(Timestamp, usize)>,
+    /// Slots whose last decision was held back.
+    pub(super) held: BTreeSet<usize>,
+    /// Held slots per reason (indexed like [`HoldReason::ALL`]).
+    pub(super) holds: [u32; HoldReason::ALL.len()],
+    /// Departed slots, waiting for `forget_after`.
+    pub(super) departed: BTreeSet<usize>,
+}
+
+impl Tally {
+    fn account(&mut self, si: usize, c: Counted, add: bool) {
+        let n = |v: &mut u32, on: bool| {
+            if on {
+                *v = if add { v.saturating_add(1) } else { v.saturating_sub(1) };
+            }
+        };
+        n(&mut self.present, c.present);
+        n(&mut self.unhealthy, c.unhealthy);
+        let set = |s: &mut BTreeSet<usize>, on: bool| {
+            if on {
+                if add {
+                    s.insert(si);
+                } else {
+                    s.remove(&si);
+                }
+            }
+        };
+        set(&mut self.candidates, c.candidate);
+        set(&mut self.departed, c.departed);
+        set(&mut self.held, c.hold.is_some());
+        if let Some(h) = c.hold {
+            n(&mut self.holds[h as usize], true);
+        }
+        if let Some(d) = c.deadline {
+            if add {
+                self.deadlines.insert((d, si));
+            } else {
+                self.deadlines.remove(&(d, si));
+            }
+        }
+    }
+
+    /// Whether some node is held by `reason`.
+    pub(super) fn holds(&self, reason: HoldReason) -> bool {
+        self.holds[reason as usize] > 0
+    }
+}
+
 pub(super) struct Globals {
     pub(super) storm: Gauge,
     pub(super) unhealthy: Gauge,
@@ -132,6 +223,71 @@ pub(super) struct State {
     /// (two due deadlines in a row back off instead of spinning).
     pub(super) due_streak: u32,
     pub(super) next_deadline: Option<Timestamp>,
+    pub(super) tally: Tally,
+}
+
+impl State {
+    /// Brings the tally up to date with slot `si` (after any change to it).
+    pub(super) fn touch(&mut self, si: usize) {
+        let slot = &mut self.slots[si];
+        let now = slot.counts();
+        let before = std::mem::replace(&mut slot.counted, now);
+        if before != now {
+            self.tally.account(si, before, false);
+            self.tally.account(si, now, true);
+        }
+    }
+
+    /// Adds a slot and accounts it; returns its index.
+    pub(super) fn push(&mut self, slot: Slot) -> usize {
+        let i = self.slots.len();
+        self.index.insert(slot.name.clone(), i);
+        self.slots.push(slot);
+        self.touch(i);
+        i
+    }
+
+    /// Removes the slot of `node` (the last slot takes its index).
+    pub(super) fn remove(&mut self, node: &str) -> Option<Slot> {
+        let i = self.index.remove(node)?;
+        let last = self.slots.len() - 1;
+        let counted = self.slots[i].counted;
+        self.tally.account(i, counted, false);
+        if i != last {
+            let moved = self.slots[last].counted;
+            self.tally.account(last, moved, false);
+        }
+        let slot = self.slots.swap_remove(i);
+        if i != last {
+            self.tally.account(i, self.slots[i].counted, true);
+            self.index.insert(self.slots[i].name.clone(), i);
+        }
+        Some(slot)
+    }
+
+    /// Recomputes the tally from scratch and compares (debug builds, small
+    /// fleets): a slot changed without [`State::touch`] is a bug.
+    pub(super) fn debug_check_tally(&self) {
+        if cfg!(debug_assertions) && self.slots.len() <= 2048 {
+            let mut fresh = Tally::default();
+            for (i, s) in self.slots.iter().enumerate() {
+                fresh.account(i, s.counts(), true);
+            }
+            let t = &self.tally;
+            assert!(
+                (
+                    fresh.present,
+                    fresh.unhealthy,
+                    &fresh.candidates,
+                    &fresh.deadlines,
+                    &fresh.held,
+                    fresh.holds,
+                    &fresh.departed
+                ) == (t.present, t.unhealthy, &t.candidates, &t.deadlines, &t.held, t.holds, &t.departed),
+                "engine tally out of date: {t:?}, expected {fresh:?}"
+            );
+        }
+    }
 }
 
 /// Moves timestamps stamped in the future (by a clock that was ahead) to
