@@ -53,8 +53,8 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// Checks the settings that would otherwise produce invalid objects.
-    pub fn validate(&self) -> Result<(), String> {
-        let label = |field: &str, v: &str| {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let label = |field: &'static str, v: &str| {
             let ok = !v.is_empty()
                 && v.len() <= 40
                 && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -63,23 +63,42 @@ impl ClusterConfig {
             if ok {
                 Ok(())
             } else {
-                Err(format!(
-                    "{field} {v:?} must be 1-40 lowercase letters, digits or '-', not starting or ending with '-'"
+                Err(ConfigError::new(
+                    field,
+                    format!("{v:?} must be 1-40 lowercase letters, digits or '-', not starting or ending with '-'"),
                 ))
             }
         };
         label("cluster_name", &self.cluster_name)?;
         label("region", &self.region)?;
         if self.pools == 0 {
-            return Err("pools must be at least 1".into());
+            return Err(ConfigError::new("pools", "must be at least 1"));
         }
         if self.civo_key.is_empty() {
-            return Err("civo_key must not be empty".into());
+            return Err(ConfigError::new("civo_key", "must not be empty"));
         }
         if self.gpu_nodes > 0 && self.gpus_per_node == 0 {
-            return Err("gpus_per_node must be at least 1 when there are GPU nodes".into());
+            return Err(ConfigError::new("gpus_per_node", "must be at least 1 when there are GPU nodes"));
         }
         self.limits.validate()
+    }
+}
+
+/// A simulator setting that cannot be used: the field (dotted) and what is
+/// wrong with its value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {problem}")]
+pub struct ConfigError {
+    /// The setting, e.g. `pools` or `limits.max_connections`.
+    pub field: &'static str,
+    /// What is wrong, and the accepted form.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// An error for `field`.
+    pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError { field, problem: problem.into() }
     }
 }
 
@@ -781,11 +800,11 @@ mod tests {
     #[test]
     fn configuration_is_validated() {
         let bad = ClusterConfig { cluster_name: "My Lab".into(), ..ClusterConfig::default() };
-        assert!(bad.validate().unwrap_err().contains("cluster_name \"My Lab\""));
+        assert!(bad.validate().unwrap_err().to_string().contains("cluster_name \"My Lab\""));
         let bad = ClusterConfig { pools: 0, ..ClusterConfig::default() };
-        assert_eq!(bad.validate().unwrap_err(), "pools must be at least 1");
+        assert_eq!(bad.validate().unwrap_err().to_string(), "pools must be at least 1");
         let bad = ClusterConfig { limits: Limits::default().max_json_patch_operations(0), ..ClusterConfig::default() };
-        assert!(bad.validate().unwrap_err().contains("max_json_patch_operations"));
+        assert_eq!(bad.validate().unwrap_err().field, "limits.max_json_patch_operations");
         assert_eq!(ClusterConfig::default().validate(), Ok(()));
     }
 

@@ -17,7 +17,7 @@
 //!   Objects are validated through the k8s-openapi types, unknown fields are
 //!   dropped with a warning (or rejected with `fieldValidation=Strict`), and
 //!   errors are `Status` objects. kubectl gets server-side tables.
-//! * **Civo** (DESIGN §5): the cluster, its instances, hard and soft reboots,
+//! * **Civo**: the cluster, its instances, hard and soft reboots,
 //!   pool instance deletion; `Authorization: bearer KEY` and `?region=`
 //!   required; errors shaped `{code, reason, details}`.
 //!
@@ -79,7 +79,7 @@ pub mod server;
 mod table;
 
 pub use cluster::{
-    CivoCall, CivoFault, Cluster, ClusterConfig, Fault, Instance, RebootBehaviour, gpu_pool_id, pool_id,
+    CivoCall, CivoFault, Cluster, ClusterConfig, ConfigError, Fault, Instance, RebootBehaviour, gpu_pool_id, pool_id,
 };
 pub use error::ApiError;
 pub use limits::Limits;

@@ -97,25 +97,29 @@ impl Limits {
     }
 
     /// Checks that every limit lets normal requests through.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::cluster::ConfigError> {
+        use crate::cluster::ConfigError;
         if self.max_request_body_bytes == 0 {
-            return Err("limits.max_request_body_bytes must be at least 1".into());
+            return Err(ConfigError::new("limits.max_request_body_bytes", "must be at least 1"));
         }
         if self.max_object_bytes < Self::MIN_OBJECT_BYTES {
-            return Err(format!(
-                "limits.max_object_bytes ({}) must be at least {} (the simulator's own objects must fit)",
-                self.max_object_bytes,
-                Self::MIN_OBJECT_BYTES
+            return Err(ConfigError::new(
+                "limits.max_object_bytes",
+                format!(
+                    "({}) must be at least {} (the simulator's own objects must fit)",
+                    self.max_object_bytes,
+                    Self::MIN_OBJECT_BYTES
+                ),
             ));
         }
         if self.max_json_patch_operations == 0 {
-            return Err("limits.max_json_patch_operations must be at least 1".into());
+            return Err(ConfigError::new("limits.max_json_patch_operations", "must be at least 1"));
         }
         if self.header_read_timeout.is_zero() {
-            return Err("limits.header_read_timeout must be more than zero".into());
+            return Err(ConfigError::new("limits.header_read_timeout", "must be more than zero"));
         }
         if self.max_connections == 0 {
-            return Err("limits.max_connections must be at least 1".into());
+            return Err(ConfigError::new("limits.max_connections", "must be at least 1"));
         }
         Ok(())
     }
@@ -149,7 +153,7 @@ mod tests {
         ];
         for (limits, field) in cases {
             let err = limits.validate().unwrap_err();
-            assert!(err.contains(field), "{field}: {err}");
+            assert_eq!(err.field.strip_prefix("limits."), Some(field), "{err}");
         }
     }
 }

@@ -39,7 +39,7 @@ pub enum SimError {
     },
     /// The configuration is invalid.
     #[error("invalid cluster configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::cluster::ConfigError),
     /// The kubeconfig could not be written.
     #[error("cannot write the kubeconfig to {path}: {source}")]
     Kubeconfig {

@@ -55,20 +55,43 @@ impl std::fmt::Debug for HttpProbe {
     }
 }
 
+/// A URL template that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// Not an `http://` URL.
+    #[error("{url:?} must start with http:// (https is not supported by this build)")]
+    NotHttp {
+        /// The template.
+        url: String,
+    },
+    /// A `{` without its `}`.
+    #[error("{url:?} has an unclosed '{{'")]
+    Unclosed {
+        /// The template.
+        url: String,
+    },
+    /// A placeholder that is not in [`PLACEHOLDERS`].
+    #[error("unknown placeholder {placeholder} in {url:?}: accepted are {}", PLACEHOLDERS.join(", "))]
+    UnknownPlaceholder {
+        /// The placeholder, with its braces.
+        placeholder: String,
+        /// The template.
+        url: String,
+    },
+}
+
 /// Checks a URL template: `http://`, known placeholders only.
-pub fn validate_template(url: &str) -> Result<(), String> {
+pub fn validate_template(url: &str) -> Result<(), TemplateError> {
     if !url.starts_with("http://") {
-        return Err(format!("{url:?} must start with http:// (https is not supported by this build)"));
+        return Err(TemplateError::NotHttp { url: url.to_owned() });
     }
     let mut rest = url;
     while let Some(open) = rest.find('{') {
-        let close = rest[open..].find('}').ok_or_else(|| format!("{url:?} has an unclosed '{{'"))? + open;
+        let close = rest[open..].find('}').ok_or_else(|| TemplateError::Unclosed { url: url.to_owned() })? + open;
         let placeholder = &rest[open..=close];
         if !PLACEHOLDERS.contains(&placeholder) {
-            return Err(format!(
-                "unknown placeholder {placeholder} in {url:?}: accepted are {}",
-                PLACEHOLDERS.join(", ")
-            ));
+            return Err(TemplateError::UnknownPlaceholder { placeholder: placeholder.to_owned(), url: url.to_owned() });
         }
         rest = &rest[close + 1..];
     }
@@ -95,7 +118,7 @@ impl HttpProbe {
     pub fn new(config: HttpProbeConfig) -> Result<Self, ConfigError> {
         let field =
             |f: &'static str, m: String| ConfigError::Field { entry: config.name.clone(), field: f, message: m };
-        validate_template(&config.url).map_err(|m| field("url", m))?;
+        validate_template(&config.url).map_err(|e| field("url", e.to_string()))?;
         if config.timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(field("timeout", "timeouts must be positive durations such as \"5s\"".into()));
         }

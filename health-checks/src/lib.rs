@@ -66,7 +66,7 @@ pub use config::{CheckerEntry, CheckerKind, CheckersConfig};
 #[cfg(feature = "file")]
 pub use file::FileSentinel;
 #[cfg(feature = "http")]
-pub use http::{HttpProbe, HttpProbeConfig, PLACEHOLDERS, validate_template};
+pub use http::{HttpProbe, HttpProbeConfig, PLACEHOLDERS, TemplateError, validate_template};
 #[cfg(feature = "kube")]
 pub use node::{
     AUTOSCALER_TAINT, CILIUM_TAINT, CiliumChecker, ConditionChecker, ConditionRule, GPU_COUNT_LABEL, GPU_RESOURCE,

@@ -1,28 +1,60 @@
 //! Kubernetes resource quantities (`8`, `8k`, `1e3`, `2Ki`, `1500m`) as whole numbers.
 
+/// A quantity that is not a whole, non-negative number of units.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuantityError {
+    /// Nothing but spaces.
+    #[error("empty quantity")]
+    Empty,
+    /// Below zero.
+    #[error("negative quantity")]
+    Negative,
+    /// No number where one belongs.
+    #[error("{0:?} is not a number")]
+    NotANumber(String),
+    /// More than 2^128 - 1 units.
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+    /// An exponent that is not a whole number, or beyond ±38.
+    #[error("{0:?} has a malformed or out-of-range exponent")]
+    BadExponent(String),
+    /// A suffix Kubernetes does not define.
+    #[error("{text:?} has an unknown suffix {suffix:?} (expected m, k, M, G, T, P, E, Ki..Ei or an exponent)")]
+    UnknownSuffix {
+        /// The quantity.
+        text: String,
+        /// Its suffix.
+        suffix: String,
+    },
+    /// A fraction of a unit.
+    #[error("{0:?} is not a whole number")]
+    NotWhole(String),
+}
+
 /// Parses a quantity that must be a whole, non-negative number of units
 /// (e.g. a GPU count): `8`, `+8`, `8k` (8000), `1e3` (1000), `2Ki` (2048),
 /// `1.5k` (1500), `3000m` (3). Fractions of a unit, negatives and overflow
 /// are errors naming the problem.
-pub fn parse_whole(text: &str) -> Result<u128, String> {
+pub fn parse_whole(text: &str) -> Result<u128, QuantityError> {
     let t = text.trim();
     if t.is_empty() {
-        return Err("empty quantity".into());
+        return Err(QuantityError::Empty);
     }
     if t.starts_with('-') {
-        return Err("negative quantity".into());
+        return Err(QuantityError::Negative);
     }
     let t = t.strip_prefix('+').unwrap_or(t);
     let num_end = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, suffix) = t.split_at(num_end);
     if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-        return Err(format!("{text:?} is not a number"));
+        return Err(QuantityError::NotANumber(text.to_owned()));
     }
     let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
     // value = digits * 10^(exp10) * 2^(exp2), with digits an integer.
     let digits_text = format!("{int_part}{frac_part}");
-    let digits: u128 = digits_text.parse().map_err(|_| format!("{text:?} is too large"))?;
-    let mut exp10: i64 = -i64::try_from(frac_part.len()).map_err(|_| "too many digits".to_owned())?;
+    let digits: u128 = digits_text.parse().map_err(|_| QuantityError::TooLarge(text.to_owned()))?;
+    let mut exp10: i64 = -i64::try_from(frac_part.len()).map_err(|_| QuantityError::TooLarge(text.to_owned()))?;
     let mut exp2: u32 = 0;
     match suffix {
         "" => {}
@@ -40,23 +72,21 @@ pub fn parse_whole(text: &str) -> Result<u128, String> {
         "Pi" => exp2 = 50,
         "Ei" => exp2 = 60,
         s if s.starts_with(['e', 'E']) => {
-            let e: i64 = s[1..].parse().map_err(|_| format!("{text:?} has a malformed exponent"))?;
+            let e: i64 = s[1..].parse().map_err(|_| QuantityError::BadExponent(text.to_owned()))?;
             if e.unsigned_abs() > 38 {
-                return Err(format!("{text:?} is out of range"));
+                return Err(QuantityError::BadExponent(text.to_owned()));
             }
             exp10 += e;
         }
         s => {
-            return Err(format!(
-                "{text:?} has an unknown suffix {s:?} (expected m, k, M, G, T, P, E, Ki..Ei or an exponent)"
-            ));
+            return Err(QuantityError::UnknownSuffix { text: text.to_owned(), suffix: s.to_owned() });
         }
     }
     if digits == 0 {
         // Zero with any suffix ("0.000", "0e-3", "0Ki").
         return Ok(0);
     }
-    let too_large = || format!("{text:?} is too large");
+    let too_large = || QuantityError::TooLarge(text.to_owned());
     let mut value = digits.checked_mul(1u128.checked_shl(exp2).ok_or_else(too_large)?).ok_or_else(too_large)?;
     if exp10 >= 0 {
         let p = 10u128.checked_pow(u32::try_from(exp10).map_err(|_| too_large())?).ok_or_else(too_large)?;
@@ -64,7 +94,7 @@ pub fn parse_whole(text: &str) -> Result<u128, String> {
     } else {
         let p = 10u128.checked_pow(u32::try_from(-exp10).map_err(|_| too_large())?).ok_or_else(too_large)?;
         if value % p != 0 {
-            return Err(format!("{text:?} is not a whole number"));
+            return Err(QuantityError::NotWhole(text.to_owned()));
         }
         value /= p;
     }

@@ -90,9 +90,12 @@ async fn http_probe_outcomes() {
 fn http_templates_are_validated() {
     assert_eq!(validate_template("http://{internal_ip}:8080/healthz"), Ok(()));
     let e = validate_template("http://{ip}:8080/").unwrap_err();
+    assert!(matches!(&e, TemplateError::UnknownPlaceholder { placeholder, .. } if placeholder == "{ip}"));
+    let e = e.to_string();
     assert!(e.contains("unknown placeholder {ip}") && e.contains("{internal_ip}"), "{e}");
-    assert!(validate_template("https://x/").unwrap_err().contains("must start with http://"));
-    assert!(validate_template("http://{name").unwrap_err().contains("unclosed"));
+    let e = validate_template("https://x/").unwrap_err();
+    assert!(matches!(e, TemplateError::NotHttp { .. }) && e.to_string().contains("must start with http://"));
+    assert!(matches!(validate_template("http://{name"), Err(TemplateError::Unclosed { .. })));
 }
 
 fn sh(name: &str, script: &str, timeout: Duration) -> CommandChecker {

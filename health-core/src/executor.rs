@@ -9,6 +9,7 @@ use crate::domain::Action;
 
 /// An executor could not perform an action.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExecError {
     /// The action was refused or failed; it did not happen.
     #[error("{action} failed: {message}")]

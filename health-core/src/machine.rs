@@ -8,7 +8,7 @@
 //! property test. [`apply_outcome`] folds an executor's result back into the
 //! record.
 //!
-//! # Rules (DESIGN §3)
+//! # Rules
 //!
 //! * All checkers pass or skip: the node becomes `Healthy` from any phase.
 //!   Counters are kept until it has been healthy for `history_reset_after`.

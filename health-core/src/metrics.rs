@@ -1,8 +1,9 @@
-//! Metric names (DESIGN §7) and per-node series handles.
+//! Metric names and per-node series handles.
 //!
 //! The engine emits through the [`metrics`] facade only; the binary installs
 //! an exporter. Names are `{prefix}_{name}`, with the prefix configurable
-//! (default `civo_node_agent`, the names of Civo's Go agent).
+//! (default [`DEFAULT_PREFIX`], `node_health`; the `node-agent` binary sets
+//! `civo_node_agent`, the names of Civo's Go agent).
 //!
 //! The facade cannot delete a series, so when a node leaves the engine hands
 //! every per-node key to a [`SeriesRemover`], implemented by the recorder
@@ -12,8 +13,8 @@ use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Unit};
 
 use crate::domain::{Action, Mode, Phase};
 
-/// The default metric name prefix (that of Civo's Go node-agent).
-pub const DEFAULT_PREFIX: &str = "civo_node_agent";
+/// The library's default metric name prefix (vendor-neutral).
+pub const DEFAULT_PREFIX: &str = "node_health";
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
@@ -275,6 +276,8 @@ mod tests {
     #[test]
     fn names_follow_the_prefix() {
         let n = MetricNames::new(DEFAULT_PREFIX);
+        assert_eq!(n.health_check_total, "node_health_health_check_total");
+        let n = MetricNames::new("civo_node_agent");
         assert_eq!(n.health_check_total, "civo_node_agent_health_check_total");
         assert_eq!(n.recovery_phase, "civo_node_agent_recovery_phase");
         assert_eq!(n.node_unhealthy_duration_seconds, "civo_node_agent_node_unhealthy_duration_seconds");

@@ -13,6 +13,7 @@ use crate::time::Timestamp;
 
 /// A node changed phase.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct TransitionEvent<'a> {
     /// The node's name.
     pub node: &'a str,
@@ -30,6 +31,7 @@ pub struct TransitionEvent<'a> {
 
 /// An action was performed (active mode) or recorded (monitor mode).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ActionEvent<'a> {
     /// The node's name.
     pub node: &'a str,
@@ -45,6 +47,7 @@ pub struct ActionEvent<'a> {
 
 /// A gate started holding an action back for a node (reported once per change).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct HoldEvent<'a> {
     /// The node's name.
     pub node: &'a str,
@@ -56,6 +59,7 @@ pub struct HoldEvent<'a> {
 
 /// The storm guard tripped or cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StormEvent {
     /// Whether the guard is now holding new remediations back.
     pub active: bool,

@@ -1,6 +1,6 @@
 //! The remediation policy: waits, limits, escalation and safety gates.
 //!
-//! [`Policy`] is a plain struct with DESIGN §3 defaults; [`Policy::validate`]
+//! [`Policy`] is a plain struct with conservative defaults; [`Policy::validate`]
 //! rejects values that would make the agent unsafe, naming the field and the
 //! accepted form. Durations deserialise from human strings (`"10m"`, `"1h 30m"`).
 
@@ -24,6 +24,7 @@ pub const MAX_UNCORDON_FAILURES_CAP: u32 = 20;
 
 /// A policy value that cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// A duration that must be positive is zero.
     #[error("{field} must be a positive duration such as \"10m\", got 0")]
@@ -97,15 +98,16 @@ pub enum PolicyError {
 pub enum Limit {
     /// At most this many nodes.
     Count(u32),
-    /// At most this share of the nodes, in basis points (1% = 100).
-    Percent(u32),
+    /// At most this share of the nodes, in basis points: 1% is 100, so
+    /// `BasisPoints(2000)` is 20% (write [`Limit::percent`]`(20)`).
+    BasisPoints(u32),
 }
 
 impl Limit {
     /// A percentage limit; `pct` is clamped to 0..=100.
     #[must_use]
     pub fn percent(pct: u32) -> Self {
-        Limit::Percent(pct.min(100) * 100)
+        Limit::BasisPoints(pct.min(100) * 100)
     }
 
     /// The limit for `total` nodes, rounding a percentage up
@@ -114,7 +116,7 @@ impl Limit {
     pub fn resolve_ceil(self, total: u32) -> u32 {
         match self {
             Limit::Count(n) => n,
-            Limit::Percent(bp) => {
+            Limit::BasisPoints(bp) => {
                 let v = (u64::from(total) * u64::from(bp)).div_ceil(10_000);
                 u32::try_from(v).unwrap_or(u32::MAX)
             }
@@ -127,7 +129,7 @@ impl Limit {
     pub fn resolve_floor_at_least_one(self, total: u32) -> u32 {
         match self {
             Limit::Count(n) => n,
-            Limit::Percent(bp) => {
+            Limit::BasisPoints(bp) => {
                 let v = (u64::from(total) * u64::from(bp)) / 10_000;
                 u32::try_from(v).unwrap_or(u32::MAX).max(1)
             }
@@ -157,7 +159,7 @@ impl Limit {
             if bp > 10_000 {
                 return Err(invalid());
             }
-            Ok(Limit::Percent(bp))
+            Ok(Limit::BasisPoints(bp))
         } else if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
             t.parse().map(Limit::Count).map_err(|_| invalid())
         } else {
@@ -170,8 +172,8 @@ impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Limit::Count(n) => write!(f, "{n}"),
-            Limit::Percent(bp) if bp % 100 == 0 => write!(f, "{}%", bp / 100),
-            Limit::Percent(bp) => {
+            Limit::BasisPoints(bp) if bp % 100 == 0 => write!(f, "{}%", bp / 100),
+            Limit::BasisPoints(bp) => {
                 let frac = format!("{:02}", bp % 100);
                 write!(f, "{}.{}%", bp / 100, frac.trim_end_matches('0'))
             }
@@ -190,7 +192,7 @@ impl Serialize for Limit {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match *self {
             Limit::Count(n) => s.serialize_u32(n),
-            Limit::Percent(_) => s.collect_str(self),
+            Limit::BasisPoints(_) => s.collect_str(self),
         }
     }
 }
@@ -316,7 +318,7 @@ impl Default for Gates {
     }
 }
 
-/// The full remediation policy (DESIGN §3 defaults).
+/// The full remediation policy (defaults compatible with Civo's node-agent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
@@ -421,7 +423,7 @@ impl Policy {
         for (field, limit) in
             [("gates.max_unhealthy", self.gates.max_unhealthy), ("gates.max_in_flight", self.gates.max_in_flight)]
         {
-            if let Limit::Percent(bp) = limit
+            if let Limit::BasisPoints(bp) = limit
                 && bp > 10_000
             {
                 return Err(PolicyError::InvalidLimit { field, value: limit.to_string() });
@@ -430,7 +432,7 @@ impl Policy {
         for (field, limit) in
             [("gates.max_unhealthy", self.gates.max_unhealthy), ("gates.max_in_flight", self.gates.max_in_flight)]
         {
-            if matches!(limit, Limit::Count(0) | Limit::Percent(0)) {
+            if matches!(limit, Limit::Count(0) | Limit::BasisPoints(0)) {
                 return Err(PolicyError::ZeroLimit { field });
             }
         }
@@ -511,7 +513,7 @@ mod tests {
         assert_eq!(p.max_reboot_failures, 3);
         assert_eq!(p.history_reset_after, Duration::from_secs(1800));
         assert!(!p.escalation.replace);
-        assert_eq!(p.gates.max_unhealthy, Limit::Percent(2000));
+        assert_eq!(p.gates.max_unhealthy, Limit::BasisPoints(2000));
         assert_eq!(p.gates.startup_grace, Duration::from_secs(600));
         assert_eq!(p.validate(), Ok(()));
         assert_eq!(p.reboot_wait_for(NodeClass::Gpu), Duration::from_secs(2400));
@@ -531,7 +533,7 @@ mod tests {
             (Policy::default().with_max_reboot_failures(11), "max_reboot_failures must be at most 10, got 11"),
             (Policy::default().with_max_reboot_retries(0), "max_reboot_retries must be at least 1, got 0"),
             (
-                Policy::default().with_gates(Gates { max_unhealthy: Limit::Percent(10_001), ..Gates::default() }),
+                Policy::default().with_gates(Gates { max_unhealthy: Limit::BasisPoints(10_001), ..Gates::default() }),
                 "gates.max_unhealthy: invalid limit \"100.01%\": expected a whole count such as 3 or a percentage from 0% to 100% such as \"20%\"",
             ),
             (
@@ -539,7 +541,7 @@ mod tests {
                 "gates.max_in_flight must allow at least one node: a count of at least 1 or a percentage above 0%",
             ),
             (
-                Policy::default().with_gates(Gates { max_unhealthy: Limit::Percent(0), ..Gates::default() }),
+                Policy::default().with_gates(Gates { max_unhealthy: Limit::BasisPoints(0), ..Gates::default() }),
                 "gates.max_unhealthy must allow at least one node: a count of at least 1 or a percentage above 0%",
             ),
             (
@@ -570,11 +572,11 @@ mod tests {
         let ok = [
             ("3", Limit::Count(3)),
             ("0", Limit::Count(0)),
-            ("20%", Limit::Percent(2000)),
-            (" 100% ", Limit::Percent(10_000)),
-            ("12.5%", Limit::Percent(1250)),
-            ("0.25%", Limit::Percent(25)),
-            ("0%", Limit::Percent(0)),
+            ("20%", Limit::BasisPoints(2000)),
+            (" 100% ", Limit::BasisPoints(10_000)),
+            ("12.5%", Limit::BasisPoints(1250)),
+            ("0.25%", Limit::BasisPoints(25)),
+            ("0%", Limit::BasisPoints(0)),
         ];
         for (text, want) in ok {
             assert_eq!(Limit::parse("f", text), Ok(want), "{text}");
@@ -609,8 +611,8 @@ mod tests {
         assert_eq!(Limit::percent(10).resolve_floor_at_least_one(5), 1);
         assert_eq!(Limit::percent(10).resolve_floor_at_least_one(25), 2);
         assert_eq!(Limit::percent(10).resolve_floor_at_least_one(65_536), 6553);
-        assert_eq!(Limit::Percent(1250).to_string(), "12.5%");
-        assert_eq!(Limit::Percent(25).to_string(), "0.25%");
+        assert_eq!(Limit::BasisPoints(1250).to_string(), "12.5%");
+        assert_eq!(Limit::BasisPoints(25).to_string(), "0.25%");
     }
 
     #[test]
@@ -619,7 +621,7 @@ mod tests {
         let p: Policy = serde_json::from_str(json).unwrap();
         assert!(!p.monitor_only);
         assert_eq!(p.reboot_wait, Duration::from_secs(900));
-        assert_eq!(p.gates.max_unhealthy, Limit::Percent(3000));
+        assert_eq!(p.gates.max_unhealthy, Limit::BasisPoints(3000));
         assert_eq!(p.gates.max_in_flight, Limit::Count(2));
         assert_eq!(p.gpu_reboot_wait, Duration::from_secs(2400));
 

@@ -109,15 +109,8 @@ async fn a_slow_executor_times_out_and_counts_a_failure() {
     let started = tokio::time::Instant::now();
     let r = e.run_pass(&targets).await;
     assert_eq!(started.elapsed(), Duration::from_secs(30), "the pass waited exactly the action timeout");
-    assert_eq!(
-        r.actions,
-        vec![ActionRecord {
-            node: "node-1".into(),
-            action: Action::Reboot,
-            mode: Mode::Active,
-            failure: Some("reboot timed out after 30s".into()),
-        }]
-    );
+    let actions: Vec<_> = r.actions.iter().map(|a| (a.node.as_str(), a.action, a.mode, a.failure.as_deref())).collect();
+    assert_eq!(actions, [("node-1", Action::Reboot, Mode::Active, Some("reboot timed out after 30s"))]);
     let rec = e.record("node-1").expect("record").clone();
     assert_eq!((rec.phase, rec.reboot_count, rec.action_failures), (Phase::Unhealthy, 0, 1));
     // Persisted, and not retried before a reboot wait plus back-off after issuing it.
@@ -572,7 +565,7 @@ async fn metrics_carry_design_names_and_labels_and_vanish_with_the_node() {
     advance(5 * MIN).await;
     let _ = e.run_pass(&targets).await;
 
-    let p = "civo_node_agent";
+    let p = "node_health";
     assert_eq!(
         recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-0,result=pass}}")),
         Some(2)

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | [`CivoExecutor`] | `civo` | Reboot (hard reboot of the instance behind the node), Replace (delete it from its pool) |
 //! | [`KubeExecutor`] | `kube` | Drain (cordon, then evict through the Eviction API), Uncordon (only a cordon of ours) |
-//! | [`Remediator`] | — | routes Drain/Uncordon to a cluster executor, Reboot to a cloud one, and Replace to both: drain first, then replace |
+//! | [`Remediator`] | — | routes Drain/Uncordon to a cluster executor, Reboot and Replace to a cloud one |
 //! | [`CommandExecutor`] | `command` | any configured action, as a program |
 //! | [`NoopExecutor`], [`DryRun`] | — | nothing (dry-run logs what it would do) |
 //!
@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use health_core::{Action, Executor};
-//! use recovery_exec::{DryRun, NoopExecutor};
+//! use recovery_exec::DryRun;
 //!
 //! struct Vm(&'static str);
 //! impl recovery_exec::ExecTarget for Vm {
@@ -28,8 +28,7 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let dry = DryRun::new(NoopExecutor);
-//! assert!(dry.execute(Action::Reboot, &Vm("vm-1")).await.is_ok());
+//! assert!(DryRun.execute(Action::Reboot, &Vm("vm-1")).await.is_ok());
 //! # }
 //! ```
 
@@ -93,34 +92,25 @@ impl<T: ?Sized + Sync> Executor<T> for NoopExecutor {
     }
 }
 
-/// Logs what the inner executor would do and succeeds without calling it.
-#[derive(Clone, Debug, Default)]
-pub struct DryRun<E> {
-    inner: E,
-}
-
-impl<E> DryRun<E> {
-    /// Wraps `inner`.
-    pub fn new(inner: E) -> Self {
-        DryRun { inner }
-    }
-
-    /// The wrapped executor.
-    pub fn inner(&self) -> &E {
-        &self.inner
-    }
-}
+/// Logs what it would do and succeeds without acting.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DryRun;
 
 #[async_trait]
-impl<T: ExecTarget + ?Sized, E: Executor<T>> Executor<T> for DryRun<E> {
+impl<T: ExecTarget + ?Sized> Executor<T> for DryRun {
     async fn execute(&self, action: Action, target: &T) -> Result<(), ExecError> {
         tracing::info!(node = target.node_name(), %action, "dry run: would perform the action");
         Ok(())
     }
 }
 
-/// Routes actions: Drain and Uncordon to the cluster executor, Reboot to the
-/// cloud executor, Replace to both (drain first; replace only if it drained).
+/// Routes actions: Drain and Uncordon to the cluster executor, Reboot and
+/// Replace to the cloud executor.
+///
+/// A replacement is not drained here: the recovery machine drains first
+/// (`Drain`, then `Replace` only once the drain succeeded), so a second
+/// drain would only repeat the evictions. A driver of its own must do the
+/// same.
 pub struct Remediator<T: ?Sized> {
     cluster: Arc<dyn Executor<T>>,
     cloud: Arc<dyn Executor<T>>,
@@ -144,15 +134,7 @@ impl<T: ?Sized + Sync> Executor<T> for Remediator<T> {
     async fn execute(&self, action: Action, target: &T) -> Result<(), ExecError> {
         match action {
             Action::Drain | Action::Uncordon => self.cluster.execute(action, target).await,
-            Action::Reboot => self.cloud.execute(action, target).await,
-            Action::Replace => {
-                self.cluster.execute(Action::Drain, target).await.map_err(|e| ExecError::Failed {
-                    action,
-                    message: format!("not replacing: the drain before it failed: {e}"),
-                    source: Some(Box::new(e)),
-                })?;
-                self.cloud.execute(Action::Replace, target).await
-            }
+            Action::Reboot | Action::Replace => self.cloud.execute(action, target).await,
         }
     }
 }

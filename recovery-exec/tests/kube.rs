@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cluster_sim::fixtures::PodOwner;
 use cluster_sim::{ClusterConfig, Ports, SimServer};
-use health_core::{Action, ExecError, Executor};
+use health_core::{Action, Executor};
 use k8s_openapi::api::core::v1::Node;
 use recovery_exec::*;
 use serde_json::json;
@@ -101,8 +101,10 @@ async fn uncordon_only_undoes_our_own_cordon() {
     sim.shutdown().await;
 }
 
+/// The remediator routes: Drain to the cluster, Replace to the cloud only
+/// (the machine drained before; a second drain would repeat the evictions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_remediator_drains_before_replacing() {
+async fn the_remediator_routes_without_a_second_drain() {
     let sim = sim(2).await;
     let c = sim.cluster().clone();
     let node = c.node_names()[0].clone();
@@ -111,20 +113,15 @@ async fn the_remediator_drains_before_replacing() {
     let r: Remediator<Node> =
         Remediator::new(Arc::new(kube(&sim, Duration::from_secs(10))), Arc::new(CivoExecutor::new(civo).unwrap()));
     let target: Node = serde_json::from_value(c.node(&node).unwrap()).unwrap();
+    r.execute(Action::Drain, &target).await.unwrap();
+    assert!(unschedulable(&sim, &node), "drained through the cluster executor");
+    // A pod no drain could evict (its budget allows no disruption) does not
+    // hold the replacement back: Replace does not drain again.
+    c.add_pod("shop", "db-0", &node, "db", PodOwner::ReplicaSet).unwrap();
+    c.add_pdb("shop", "db", "db", 1).unwrap();
     r.execute(Action::Replace, &target).await.unwrap();
     assert!(c.node(&node).is_none(), "replaced");
     assert!(c.civo_calls().iter().any(|k| k.method == "DELETE"));
-
-    // A drain that cannot finish stops the replacement.
-    let other = c.node_names()[0].clone();
-    c.add_pod("shop", "db-0", &other, "db", PodOwner::ReplicaSet).unwrap();
-    c.add_pdb("shop", "db", "db", 1).unwrap();
-    let r: Remediator<Node> = Remediator::new(Arc::new(kube(&sim, Duration::from_millis(200))), Arc::new(NoopExecutor));
-    let target: Node = serde_json::from_value(c.node(&other).unwrap()).unwrap();
-    let err = r.execute(Action::Replace, &target).await.unwrap_err();
-    assert!(matches!(err, ExecError::Failed { action: Action::Replace, .. }));
-    assert!(err.to_string().contains("not replacing: the drain before it failed"), "{err}");
-    assert!(c.node(&other).is_some());
     sim.shutdown().await;
 }
 

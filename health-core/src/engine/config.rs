@@ -5,16 +5,17 @@ use super::*;
 
 /// Engine tuning (not policy): concurrency, timeouts, metric prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// Asynchronous checks run at once. Default 64.
     pub check_concurrency: usize,
     /// Time limit of one asynchronous check. Default 10s.
     pub check_timeout: Duration,
-    /// Time limit of a reboot or uncordon (a replace gets this plus the drain timeout). Default 2m.
+    /// Time limit of a reboot, replace or uncordon. Default 2m.
     pub action_timeout: Duration,
     /// Time limit of a drain (evictions wait on disruption budgets). Default 15m.
     pub drain_timeout: Duration,
-    /// Metric name prefix. Default `civo_node_agent`.
+    /// Metric name prefix. Default `node_health` ([`crate::metrics::DEFAULT_PREFIX`]).
     pub metrics_prefix: String,
     /// Store conflicts tolerated per node per pass before giving up until the
     /// next pass. Default 3.
@@ -138,8 +139,6 @@ impl EngineConfig {
     pub(super) fn timeout_for(&self, action: Action) -> Duration {
         match action {
             Action::Drain => self.drain_timeout,
-            // Executors may drain before replacing (recovery-exec's Remediator).
-            Action::Replace => self.drain_timeout.saturating_add(self.action_timeout),
             _ => self.action_timeout,
         }
     }
@@ -147,6 +146,7 @@ impl EngineConfig {
 
 /// The engine cannot be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// The policy is invalid.
     #[error("invalid policy: {0}")]

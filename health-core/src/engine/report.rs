@@ -5,6 +5,7 @@ use super::*;
 
 /// An action the engine started.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ActionRecord {
     /// The node.
     pub node: String,
@@ -18,6 +19,7 @@ pub struct ActionRecord {
 
 /// A per-node error of one pass.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct NodeError {
     /// The node.
     pub node: String,
