@@ -587,3 +587,77 @@ async fn checkers_read_the_engines_clock() {
     let _ = e.run_pass(&targets).await;
     assert_eq!(*seen.lock(), [Timestamp::from_secs(T0), Timestamp::from_secs(T0 + 3 * 24 * 3600)]);
 }
+
+/// An executor whose `block_at`-th call (1-based) is recorded and then
+/// never returns; it tells the test when it blocks.
+struct BlockingExec {
+    log: Arc<Recorder>,
+    calls: AtomicUsize,
+    block_at: usize,
+    blocked: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl Executor<Node> for BlockingExec {
+    async fn execute(&self, action: Action, target: &Node) -> Result<(), ExecError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.log.execute(action, target).await?;
+        if n == self.block_at {
+            self.blocked.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+/// Must show (cancellation at executor await points): the agent stops
+/// while its N-th action has not answered (for every N of a remediation:
+/// the grace runs out, the action is abandoned), and a new engine over the
+/// same store carries on. The record is never reset, and no node is
+/// rebooted twice within its reboot wait across the restart.
+#[tokio::test(start_paused = true)]
+async fn stopping_while_an_action_hangs_never_repeats_it_early() {
+    for block_at in 1..=5 {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0)));
+        let log = Arc::new(Recorder::default());
+        let policy = Policy::default().with_monitor_only(false);
+        let engine = |exec: Arc<dyn Executor<Node>>| {
+            Engine::builder(store.clone(), exec)
+                .policy(policy)
+                .checker(ready_checker())
+                .clock(clock.clone())
+                .build()
+                .expect("valid engine")
+        };
+        let blocked = Arc::new(tokio::sync::Notify::new());
+        let exec =
+            Arc::new(BlockingExec { log: log.clone(), calls: AtomicUsize::new(0), block_at, blocked: blocked.clone() });
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(TargetUpdate::Full(nodes(3, &[0]))).await.expect("runtime alive");
+        let waiting = blocked.clone();
+        let stopped = Runtime::new(engine(exec))
+            .with_shutdown_grace(Duration::from_secs(30))
+            .run(runtime::updates_from(rx), async move { waiting.notified().await })
+            .await;
+        assert!(stopped.abandoned, "block at {block_at}: the hung action was abandoned");
+        let before = stopped.engine.record("node-0").expect("record").clone();
+        assert_eq!(before.reboot_count as usize, block_at, "block at {block_at}: the hung reboot is on record");
+        drop(stopped);
+
+        // The restarted agent.
+        let mut e = engine(log.clone());
+        assert_eq!(e.restore().await.expect("restore"), 3);
+        assert_eq!(e.record("node-0"), Some(&before), "block at {block_at}: the record survived as it was");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(TargetUpdate::Full(nodes(3, &[0]))).await.expect("runtime alive");
+        let _ = Runtime::new(e).run(runtime::updates_from(rx), tokio::time::sleep(120 * MIN)).await;
+
+        let calls = log.calls.lock().clone();
+        let reboots: Vec<_> = calls.iter().filter(|c| c.0 == "node-0" && c.1 == Action::Reboot).map(|c| c.2).collect();
+        assert_eq!(reboots.len(), 5, "block at {block_at}: every retry happened once ({calls:?})");
+        for w in reboots.windows(2) {
+            assert!(w[1] - w[0] >= 10 * MIN, "block at {block_at}: reboots {:?} apart", w[1] - w[0]);
+        }
+    }
+}
