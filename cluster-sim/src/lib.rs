@@ -43,6 +43,13 @@
 //! | [`objects`], [`selector`], [`patch`], [`error`] | the API server's store, selectors, patches and `Status` errors |
 //! | [`limits`] | [`Limits`]: request, object, JSON patch and connection bounds |
 //!
+//! # Runtime needs and panics
+//!
+//! The simulator serves on a Tokio runtime with the I/O driver and timers
+//! (a multi-thread runtime when a blocking client such as `kubectl` runs in
+//! the same process's tests). Bad client input gets a `Status` error;
+//! an invalid [`ClusterConfig`] is a [`ConfigError`].
+//!
 //! # Example
 //!
 //! ```

@@ -18,6 +18,14 @@
 //! k8s-openapi `Node` objects (and a lease observation the agent fetches), so
 //! they run through the engine's synchronous fast path.
 //!
+//! # Runtime needs and panics
+//!
+//! Node checkers are synchronous and need no runtime. [`HttpProbe`] and
+//! [`CommandChecker`] need a Tokio runtime (with timers; `CommandChecker`
+//! also the `process` driver, on by default in a multi-feature Tokio). No
+//! checker panics on any Node object, quantity or label (fuzzed); bad
+//! configuration is a [`ConfigError`] naming the entry and the field.
+//!
 //! # Features
 //!
 //! * `kube`: Node checkers, [`node_facts`] and [`classify`] (k8s-openapi only).

@@ -33,6 +33,17 @@
 //! | [`component`] | component health |
 //! | [`time`] | timestamps and clocks |
 //!
+//! # Runtime needs and panics
+//!
+//! The machine ([`machine`]) is pure and needs nothing. The engine and the
+//! runtime need a Tokio runtime with timers enabled (`rt` and `time`;
+//! current-thread is enough): actions run in spawned tasks and checks and
+//! store calls are bounded with `tokio::time::timeout`. The engine does not
+//! panic on bad input; a panicking checker, executor or observer is
+//! contained (a checker's panic is its error, an executor's an action of
+//! unknown outcome, an observer's a log line). [`Policy::validate`] and the
+//! builder reject settings instead of panicking later.
+//!
 //! # In libraries and controllers
 //!
 //! Implement a checker and an executor for your target type, build an

@@ -15,6 +15,15 @@
 //! maps Civo's JSON errors to [`CivoError`], and never lets the API key
 //! reach Debug output, errors or logs.
 //!
+//! # Runtime needs and panics
+//!
+//! Every executor needs a Tokio runtime with timers (the Civo and
+//! Kubernetes executors also its I/O driver, the command executor its
+//! process driver). Before building a [`CivoExecutor`] (feature `civo`)
+//! the process needs a rustls crypto provider: call
+//! `install_crypto_provider` once, or install your own. No executor
+//! panics on an API answer: errors become [`health_core::ExecError`]s.
+//!
 //! # Example
 //!
 //! ```

@@ -15,6 +15,13 @@
 //!
 //! [`conformance`] is the suite every backend passes; use it for your own.
 //!
+//! # Runtime needs and panics
+//!
+//! The stores need a Tokio runtime: [`FileStore`] (feature `file`) runs its
+//! blocking I/O on the blocking pool, the Kubernetes and etcd stores need
+//! the I/O driver and timers. A damaged or newer-format record is a
+//! [`health_core::StoreError`], never a panic (fuzzed).
+//!
 //! # Example
 //!
 //! ```
