@@ -675,11 +675,11 @@ pub fn apply_outcome(
         }
         (Action::Uncordon, false) => {
             record.uncordon_failures = record.uncordon_failures.saturating_add(1);
-            if record.uncordon_failures >= policy.max_uncordon_failures {
+            if u32::from(record.uncordon_failures) >= policy.max_uncordon_failures {
                 // Given up: the node stays cordoned for an operator.
                 record.cordoned = false;
             } else {
-                record.not_before = Some(now + backoff.delay(record.uncordon_failures));
+                record.not_before = Some(now + backoff.delay(u32::from(record.uncordon_failures)));
             }
         }
         (Action::Reboot, false) => {
