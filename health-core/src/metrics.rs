@@ -9,6 +9,8 @@
 //! every per-node key to a [`SeriesRemover`], implemented by the recorder
 //! the binary installs (or a test recorder).
 
+use std::sync::Arc;
+
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Unit};
 
 use crate::domain::{Action, Mode, Phase};
@@ -224,47 +226,91 @@ impl MetricNames {
 /// The `result` label values of `health_check_total`.
 pub(crate) const CHECK_RESULTS: [&str; 3] = ["pass", "fail", "error"];
 
-/// One checker's counters on one node.
-pub(crate) struct CheckSeries {
-    pub(crate) pass: Counter,
-    pub(crate) fail: Counter,
-    pub(crate) error: Counter,
-}
-
 /// The phases exported in the one-hot `recovery_phase` gauge (all but `Unknown`).
 pub(crate) const EXPORTED_PHASES: [Phase; 6] =
     [Phase::Healthy, Phase::Unhealthy, Phase::WaitingReboot, Phase::Draining, Phase::WaitingReplace, Phase::Failed];
 
-/// Cached handles for the series updated on every evaluation of one node, so
-/// the steady state neither builds keys nor allocates.
+/// Handles for the series updated on every evaluation of one node, so the
+/// steady state neither builds keys nor allocates.
+///
+/// A series is registered when it is first written: a healthy node has its
+/// `pass` counters, its `Healthy` phase gauge and its unhealthy-duration
+/// gauge, not twelve more zero series (about 250 bytes each in the
+/// recorder, which at 65,536 nodes is most of the agent's memory). Once
+/// registered a series stays until its node is forgotten. All of a node's
+/// series share one copy of its name.
 pub(crate) struct NodeSeries {
-    /// Per checker: pass, fail and error counters.
+    node: Arc<str>,
+    /// Per checker: its label value and its pass, fail and error counters.
     pub(crate) checks: Vec<CheckSeries>,
-    /// One gauge per [`EXPORTED_PHASES`] entry.
-    pub(crate) phases: [Gauge; 6],
+    /// One gauge per [`EXPORTED_PHASES`] entry the node has been in.
+    phases: [Option<Gauge>; 6],
     /// Unhealthy duration.
     pub(crate) unhealthy: Gauge,
 }
 
+/// One checker's counters on one node, each registered on first use.
+pub(crate) struct CheckSeries {
+    checker: Arc<str>,
+    pass: Option<Counter>,
+    fail: Option<Counter>,
+    error: Option<Counter>,
+}
+
 impl NodeSeries {
-    pub(crate) fn register(names: &MetricNames, node: &str, checkers: &[String]) -> Self {
+    pub(crate) fn register(names: &MetricNames, node: &str, checkers: &[Arc<str>]) -> Self {
+        let node: Arc<str> = node.into();
         NodeSeries {
             checks: checkers
                 .iter()
-                .map(|c| CheckSeries {
-                    pass: names.counter(&names.check_key(node, c, "pass")),
-                    fail: names.counter(&names.check_key(node, c, "fail")),
-                    error: names.counter(&names.check_key(node, c, "error")),
-                })
+                .map(|c| CheckSeries { checker: Arc::clone(c), pass: None, fail: None, error: None })
                 .collect(),
-            phases: EXPORTED_PHASES.map(|p| names.gauge(&names.phase_key(node, p))),
-            unhealthy: names.gauge(&names.unhealthy_key(node)),
+            phases: Default::default(),
+            unhealthy: names.gauge(&Key::from_parts(
+                names.node_unhealthy_duration_seconds.clone(),
+                vec![Label::new("node", Arc::clone(&node))],
+            )),
+            node,
         }
     }
 
-    pub(crate) fn set_phase(&self, phase: Phase) {
-        for (g, p) in self.phases.iter().zip(EXPORTED_PHASES) {
-            g.set(if p == phase { 1.0 } else { 0.0 });
+    /// Counts one evaluation of checker `i` with `result` (`pass`, `fail`, `error`).
+    pub(crate) fn count_check(&mut self, names: &MetricNames, i: usize, result: &'static str) {
+        let Some(c) = self.checks.get_mut(i) else { return };
+        let slot = match result {
+            "pass" => &mut c.pass,
+            "fail" => &mut c.fail,
+            _ => &mut c.error,
+        };
+        let counter = slot.get_or_insert_with(|| {
+            names.counter(&Key::from_parts(
+                names.health_check_total.clone(),
+                vec![
+                    Label::new("node", Arc::clone(&self.node)),
+                    Label::new("checker", Arc::clone(&c.checker)),
+                    Label::new("result", result),
+                ],
+            ))
+        });
+        counter.increment(1);
+    }
+
+    /// Sets the one-hot phase gauges: 1 for `phase`, 0 for the others the
+    /// node has been in.
+    pub(crate) fn set_phase(&mut self, names: &MetricNames, phase: Phase) {
+        for (g, p) in self.phases.iter_mut().zip(EXPORTED_PHASES) {
+            if p == phase {
+                let node = &self.node;
+                g.get_or_insert_with(|| {
+                    names.gauge(&Key::from_parts(
+                        names.recovery_phase.clone(),
+                        vec![Label::new("node", Arc::clone(node)), Label::new("phase", p.as_str())],
+                    ))
+                })
+                .set(1.0);
+            } else if let Some(g) = g {
+                g.set(0.0);
+            }
         }
     }
 }

@@ -576,9 +576,14 @@ async fn metrics_carry_design_names_and_labels_and_vanish_with_the_node() {
         recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-1,result=fail}}")),
         Some(3)
     );
+    // Series are registered when first written: node-1 never passed.
     assert_eq!(
         recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-1,result=pass}}")),
-        Some(0)
+        None
+    );
+    assert_eq!(
+        recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-0,result=fail}}")),
+        None
     );
     assert_eq!(
         recorder.counter(&format!("{p}_recovery_actions_total{{action=reboot,mode=active,node=node-1}}")),
@@ -587,11 +592,20 @@ async fn metrics_carry_design_names_and_labels_and_vanish_with_the_node() {
     assert_eq!(recorder.counter(&format!("{p}_recovery_failures_total{{action=reboot,node=node-1}}")), Some(1));
     assert_eq!(recorder.gauge(&format!("{p}_node_unhealthy_duration_seconds{{node=node-1}}")), Some(300.0));
     assert_eq!(recorder.gauge(&format!("{p}_node_unhealthy_duration_seconds{{node=node-0}}")), Some(0.0));
-    // One-hot phase: the failed reboot left node-1 Unhealthy.
-    for phase in ["Healthy", "Unhealthy", "WaitingReboot", "Draining", "WaitingReplace", "Failed"] {
-        let want = if phase == "Unhealthy" { 1.0 } else { 0.0 };
-        assert_eq!(recorder.gauge(&format!("{p}_recovery_phase{{node=node-1,phase={phase}}}")), Some(want), "{phase}");
+    // One-hot phase over the phases node-1 has been in: the failed reboot
+    // left it Unhealthy (after WaitingReboot); phases it never entered have
+    // no series.
+    for (phase, want) in [
+        ("Healthy", None),
+        ("Unhealthy", Some(1.0)),
+        ("WaitingReboot", Some(0.0)),
+        ("Draining", None),
+        ("WaitingReplace", None),
+        ("Failed", None),
+    ] {
+        assert_eq!(recorder.gauge(&format!("{p}_recovery_phase{{node=node-1,phase={phase}}}")), want, "{phase}");
     }
+    assert_eq!(recorder.gauge(&format!("{p}_recovery_phase{{node=node-0,phase=Healthy}}")), Some(1.0));
     assert_eq!(recorder.gauge(&format!("{p}_selected_nodes{{}}")), Some(5.0));
     assert_eq!(recorder.gauge(&format!("{p}_unhealthy_nodes{{}}")), Some(1.0));
     assert_eq!(recorder.gauge(&format!("{p}_storm_guard_active{{}}")), Some(0.0));

@@ -175,6 +175,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
             Written::Kept(_) => return true,
             Written::Saved(t) => t.flatten(),
         };
+        let slot = &mut self.state.slots[si];
+        if let Some(series) = &mut slot.series {
+            series.set_phase(&shared.names, slot.record.phase);
+        }
         let slot = &self.state.slots[si];
         if c.action == Action::Uncordon && c.error.is_some() && !slot.record.cordoned {
             tracing::warn!(
@@ -194,9 +198,6 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 mode: c.mode,
             };
             notify(&shared.observers, "transition", |o| o.on_transition(&c.target, &event));
-        }
-        if let Some(series) = &slot.series {
-            series.set_phase(slot.record.phase);
         }
         true
     }

@@ -78,7 +78,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     slot.deadline = None;
                 }
                 if slot.series.is_none() {
-                    slot.series = Some(NodeSeries::register(&self.shared.names, name, &self.shared.checker_names));
+                    slot.series = Some(NodeSeries::register(&self.shared.names, name, &self.shared.checker_labels));
                 }
                 self.state.touch(i);
             }
@@ -302,18 +302,19 @@ impl<T: Target + Clone + 'static> Engine<T> {
             (a, b) => a.or(b),
         };
         slot.errors = 0;
-        if let Some(series) = &slot.series {
+        if let Some(series) = &mut slot.series {
             if emit_checks {
-                for ((c, check), &erred) in series.checks.iter().zip(checks).zip(errs) {
-                    match check.outcome {
-                        _ if erred => c.error.increment(1),
-                        CheckOutcome::Pass => c.pass.increment(1),
-                        CheckOutcome::Fail { .. } => c.fail.increment(1),
-                        CheckOutcome::Skip { .. } => {}
-                    }
+                for (i, (check, &erred)) in checks.iter().zip(errs).enumerate() {
+                    let result = match check.outcome {
+                        _ if erred => "error",
+                        CheckOutcome::Pass => "pass",
+                        CheckOutcome::Fail { .. } => "fail",
+                        CheckOutcome::Skip { .. } => continue,
+                    };
+                    series.count_check(&shared.names, i, result);
                 }
             }
-            series.set_phase(slot.record.phase);
+            series.set_phase(&shared.names, slot.record.phase);
             let unhealthy_for = slot.record.unhealthy_since.map_or(0.0, |t| now.saturating_since(t).as_secs_f64());
             series.unhealthy.set(unhealthy_for);
         }

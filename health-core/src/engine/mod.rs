@@ -65,6 +65,8 @@ struct Shared<T> {
     config: EngineConfig,
     checkers: Vec<Arc<dyn HealthChecker<T>>>,
     checker_names: Arc<[String]>,
+    /// The checker names as shared metric label values.
+    checker_labels: Vec<Arc<str>>,
     thresholds: Vec<Duration>,
     executor: Arc<dyn Executor<T>>,
     store: Arc<dyn StateStore>,
@@ -170,6 +172,7 @@ impl<T: Target + Clone + 'static> EngineBuilder<T> {
                 policy: self.policy,
                 config: self.config,
                 checkers: self.checkers,
+                checker_labels: checker_names.iter().map(|n| Arc::from(n.as_str())).collect(),
                 checker_names: checker_names.into(),
                 thresholds,
                 executor: self.executor,
