@@ -95,20 +95,27 @@ pub struct RunSummary {
 
 /// Reads the kubeconfig (or the in-cluster configuration).
 pub async fn kube_config(config: &Config) -> Result<kube::Config, RunError> {
-    if config.in_cluster() {
-        return kube::Config::incluster().map_err(|e| {
+    let mut cfg = if config.in_cluster() {
+        kube::Config::incluster().map_err(|e| {
             RunError::Kube(format!(
                 "in-cluster configuration unavailable ({e}); outside a pod pass --kubeconfig FILE (default {})",
                 crate::config::DEFAULT_KUBECONFIG
             ))
-        });
-    }
-    let path = Path::new(&config.kube.kubeconfig);
-    let kc =
-        Kubeconfig::read_from(path).map_err(|e| RunError::Kube(format!("--kubeconfig {}: {e}", path.display())))?;
-    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| RunError::Kube(format!("--kubeconfig {}: {e}", path.display())))
+        })?
+    } else {
+        let path = Path::new(&config.kube.kubeconfig);
+        let kc =
+            Kubeconfig::read_from(path).map_err(|e| RunError::Kube(format!("--kubeconfig {}: {e}", path.display())))?;
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| RunError::Kube(format!("--kubeconfig {}: {e}", path.display())))?
+    };
+    // The API server's audit log and rate limits see who is calling.
+    cfg.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!("node-agent/", env!("CARGO_PKG_VERSION"))),
+    ));
+    Ok(cfg)
 }
 
 fn client(mut cfg: kube::Config, read_timeout: Duration) -> Result<kube::Client, RunError> {

@@ -104,6 +104,39 @@ async fn run(nodes: u32, burst: usize) {
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
+
+    // API requests of the agent over one steady-state minute.
+    let requests = |http: reqwest::Client, url: String| async move {
+        let v: serde_json::Value = http.get(format!("{url}/sim/requests")).send().await.unwrap().json().await.unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["client"] == "node-agent")
+            .map(|r| {
+                (
+                    format!("{} {}", r["verb"].as_str().unwrap(), r["resource"].as_str().unwrap()),
+                    r["count"].as_u64().unwrap(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<String, u64>>()
+    };
+    let before = requests(http.clone(), kube_url.clone()).await;
+    let minute = std::env::var("AGENT_SCALE_STEADY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60u64);
+    tokio::time::sleep(Duration::from_secs(minute)).await;
+    let after = requests(http.clone(), kube_url.clone()).await;
+    let delta: Vec<String> = after
+        .iter()
+        .filter_map(|(k, n)| {
+            let d = n - before.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| format!("{k}: {d}"))
+        })
+        .collect();
+    println!(
+        "agent_scale/{nodes}: API requests in {minute} s of steady state: {} (target: 0 LIST; writes only on transitions)",
+        if delta.is_empty() { "none".to_owned() } else { delta.join(", ") }
+    );
+    println!("agent_scale/{nodes}: requests since start: {after:?}");
+    println!("agent_scale/{nodes}: RSS after {minute} s {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
     let names: Vec<String> = (1..=burst as u32).map(|i| format!("k3s-sim-std-5a1c-node-{i:05}")).collect();
     let body = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}});
     let mut sent = std::collections::HashMap::new();

@@ -280,6 +280,21 @@ pub(crate) struct Inner {
     nodes: Mutex<NodeState>,
     pub(crate) config: ClusterConfig,
     next_index: Mutex<u32>,
+    requests: Mutex<std::collections::BTreeMap<KubeRequest, u64>>,
+}
+
+/// A kind of Kubernetes API request, as counted by [`Cluster::kube_requests`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct KubeRequest {
+    /// The client's product, the first word of its `User-Agent` (`kubectl`,
+    /// `node-agent`, ...), or `unknown`.
+    pub client: String,
+    /// `list`, `watch`, `get`, `create`, `update`, `patch`, `delete` or
+    /// `deletecollection`, as the API server's audit log names verbs.
+    pub verb: &'static str,
+    /// The resource, with its subresource (`nodes`, `nodes/status`,
+    /// `pods/eviction`, `leases`...).
+    pub resource: String,
 }
 
 /// A handle on the simulated cluster (cheap to clone).
@@ -322,6 +337,7 @@ impl Cluster {
                 nodes: Mutex::new(NodeState::default()),
                 config: config.clone(),
                 next_index: Mutex::new(0),
+                requests: Mutex::new(std::collections::BTreeMap::new()),
             }),
         };
         let pools = config.pools.max(1);
@@ -702,6 +718,18 @@ impl Cluster {
     /// Makes the next `fault.calls` Civo API calls fail (or stall) as described.
     pub fn civo_fail_next(&self, fault: CivoFault) {
         self.inner.civo.lock().faults.push(fault);
+    }
+
+    /// Counts one Kubernetes API request (the API handler calls it).
+    pub(crate) fn count_request(&self, request: KubeRequest) {
+        *self.inner.requests.lock().entry(request).or_default() += 1;
+    }
+
+    /// How many Kubernetes API requests of each kind were served so far
+    /// (also served as JSON at `GET /sim/requests` on the Kubernetes port).
+    #[must_use]
+    pub fn kube_requests(&self) -> Vec<(KubeRequest, u64)> {
+        self.inner.requests.lock().iter().map(|(k, n)| (k.clone(), *n)).collect()
     }
 
     /// Every Civo API call received so far.

@@ -107,9 +107,41 @@ async fn handle(
     {
         return value_response(StatusCode::OK, &doc);
     }
+    if method == Method::GET && segs == ["sim", "requests"] {
+        let counts: Vec<Value> = cluster
+            .kube_requests()
+            .into_iter()
+            .map(|(r, n)| serde_json::json!({"client": r.client, "verb": r.verb, "resource": r.resource, "count": n}))
+            .collect();
+        return value_response(StatusCode::OK, &Value::Array(counts));
+    }
     let Some(t) = parse_target(&segs) else {
         return ApiError::no_route(uri.path()).into_response();
     };
+    cluster.count_request(crate::cluster::KubeRequest {
+        client: headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split(['/', ' ']).next())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("unknown")
+            .to_owned(),
+        verb: match (&method, t.name.is_some()) {
+            (&Method::GET, false) if query_bool(&params, "watch").unwrap_or(false) => "watch",
+            (&Method::GET, false) => "list",
+            (&Method::GET, true) => "get",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, false) => "deletecollection",
+            (&Method::DELETE, true) => "delete",
+            _ => "other",
+        },
+        resource: match &t.sub {
+            Some(sub) => format!("{}/{sub}", t.def.plural),
+            None => t.def.plural.to_owned(),
+        },
+    });
     match serve(&cluster, &method, t, &params, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

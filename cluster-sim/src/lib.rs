@@ -86,7 +86,8 @@ pub mod server;
 mod table;
 
 pub use cluster::{
-    CivoCall, CivoFault, Cluster, ClusterConfig, ConfigError, Fault, Instance, RebootBehaviour, gpu_pool_id, pool_id,
+    CivoCall, CivoFault, Cluster, ClusterConfig, ConfigError, Fault, Instance, KubeRequest, RebootBehaviour,
+    gpu_pool_id, pool_id,
 };
 pub use error::ApiError;
 pub use limits::Limits;

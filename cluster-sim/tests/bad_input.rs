@@ -274,3 +274,43 @@ async fn query_booleans_are_parsed_like_the_api_server() {
     assert!(status["message"].as_str().unwrap().contains("watch"), "{status}");
     sim.shutdown().await;
 }
+
+/// Requests are counted per client (User-Agent product), verb and resource,
+/// and served at `/sim/requests` (the agent's scale harness reads it).
+#[tokio::test]
+async fn requests_are_counted_by_client_verb_and_resource() {
+    let sim = start(2, 0).await;
+    let http = common::http();
+    let base = sim.kube_url();
+    let agent = |r: reqwest::RequestBuilder| r.header("user-agent", "node-agent/0.1.0");
+    agent(http.get(format!("{base}/api/v1/nodes"))).send().await.unwrap();
+    agent(http.get(format!("{base}/api/v1/nodes?watch=1&timeoutSeconds=1")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let node = sim.cluster().node_names()[0].clone();
+    agent(http.get(format!("{base}/api/v1/nodes/{node}"))).send().await.unwrap();
+    agent(
+        http.patch(format!("{base}/api/v1/nodes/{node}/status")).header("content-type", "application/merge-patch+json"),
+    )
+    .body("{}")
+    .send()
+    .await
+    .unwrap();
+    http.get(format!("{base}/api/v1/nodes")).send().await.unwrap();
+    let counts: Vec<(String, &str, String, u64)> =
+        sim.cluster().kube_requests().into_iter().map(|(r, n)| (r.client, r.verb, r.resource, n)).collect();
+    let want = |c: &str, v: &str, r: &str| counts.iter().find(|x| x.0 == c && x.1 == v && x.2 == r).map(|x| x.3);
+    assert_eq!(want("node-agent", "list", "nodes"), Some(1), "{counts:?}");
+    assert_eq!(want("node-agent", "watch", "nodes"), Some(1));
+    assert_eq!(want("node-agent", "get", "nodes"), Some(1));
+    assert_eq!(want("node-agent", "patch", "nodes/status"), Some(1));
+    assert_eq!(want("unknown", "list", "nodes"), Some(1), "a client without a User-Agent");
+    let served: serde_json::Value =
+        http.get(format!("{base}/sim/requests")).send().await.unwrap().json().await.unwrap();
+    assert!(served.as_array().unwrap().iter().any(|r| r["client"] == "node-agent" && r["verb"] == "watch"), "{served}");
+    sim.shutdown().await;
+}

@@ -577,14 +577,8 @@ async fn metrics_carry_design_names_and_labels_and_vanish_with_the_node() {
         Some(3)
     );
     // Series are registered when first written: node-1 never passed.
-    assert_eq!(
-        recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-1,result=pass}}")),
-        None
-    );
-    assert_eq!(
-        recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-0,result=fail}}")),
-        None
-    );
+    assert_eq!(recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-1,result=pass}}")), None);
+    assert_eq!(recorder.counter(&format!("{p}_health_check_total{{checker=NodeReady,node=node-0,result=fail}}")), None);
     assert_eq!(
         recorder.counter(&format!("{p}_recovery_actions_total{{action=reboot,mode=active,node=node-1}}")),
         Some(1)
