@@ -32,6 +32,7 @@
 //! | [`metrics`] | metric names and series removal |
 //! | [`component`] | component health |
 //! | [`time`] | timestamps and clocks |
+//! | `process` (feature `process`) | the program runner of the command checker and executor: process groups killed whole at the timeout, capped output, a clean environment |
 //!
 //! # Runtime needs and panics
 //!
@@ -114,6 +115,8 @@ pub mod machine;
 pub mod metrics;
 pub mod observer;
 pub mod policy;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod runtime;
 pub mod store;
 pub mod target;

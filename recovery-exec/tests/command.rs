@@ -27,7 +27,7 @@ async fn commands_get_the_node_identity_and_map_exit_codes() {
         .await
         .unwrap();
     let e = sh("echo ssh: connect refused >&2; exit 255").execute(Action::Reboot, &Host).await.unwrap_err();
-    assert_eq!(e.to_string(), "reboot failed: /bin/sh exited with 255:  ssh: connect refused");
+    assert_eq!(e.to_string(), "reboot failed: /bin/sh exited with 255: ssh: connect refused");
     let e = sh("exit 0").execute(Action::Drain, &Host).await.unwrap_err();
     assert!(matches!(e, ExecError::Unsupported { action: Action::Drain }));
     let e = sh("sleep 60").with_timeout(Duration::from_millis(200)).execute(Action::Reboot, &Host).await.unwrap_err();
@@ -44,4 +44,12 @@ async fn commands_get_the_node_identity_and_map_exit_codes() {
 async fn noop_and_dry_run_succeed_without_acting() {
     NoopExecutor.execute(Action::Replace, &Host).await.unwrap();
     DryRun.execute(Action::Reboot, &Host).await.unwrap();
+}
+
+/// A command past its timeout is killed with its process group and
+/// reported as of unknown outcome (it may have acted).
+#[tokio::test]
+async fn a_hung_command_times_out_as_unknown() {
+    let e = sh("sleep 300 & wait").with_timeout(Duration::from_millis(200)).execute(Action::Reboot, &Host).await;
+    assert!(matches!(e, Err(ExecError::Timeout { action: Action::Reboot, .. })), "{e:?}");
 }
