@@ -20,7 +20,17 @@ fn exit(code: i32) -> ExitCode {
 
 fn init_tracing(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let mut filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // kube-client's HTTP trace layer logs every failed request at ERROR
+    // ("failed with error client error (Connect)") without saying which
+    // request; the agent reports each such failure itself, with what it
+    // means. `RUST_LOG=kube_client=debug` (any directive naming kube_client)
+    // brings them back.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube_client"))
+        && let Ok(quiet) = "kube_client::client::builder=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
