@@ -141,6 +141,16 @@ impl ApiError {
         )
     }
 
+    /// 406 NotAcceptable: the server cannot answer in the asked form.
+    #[must_use]
+    pub fn not_acceptable(what: &str) -> Self {
+        Self::new(
+            406,
+            "NotAcceptable",
+            format!("the server was unable to respond with a content type that the client supports ({what})"),
+        )
+    }
+
     /// 415 UnsupportedMediaType.
     #[must_use]
     pub fn unsupported_media_type(ct: &str) -> Self {

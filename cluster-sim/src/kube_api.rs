@@ -193,9 +193,12 @@ async fn serve(
             let table =
                 crate::table::wants_table(accept).then(|| params.get("includeObject").is_some_and(|i| i == "Object"));
             if query_bool(params, "watch")? {
+                if crate::table::wants_metadata(accept) {
+                    return Err(ApiError::not_acceptable("metadata-only watches are not served by the simulator"));
+                }
                 watch(cluster, kind, t.namespace, sel, params, table)
             } else {
-                list(cluster, kind, ns, &sel, params, table)
+                list(cluster, kind, ns, &sel, params, table, crate::table::wants_metadata(accept))
             }
         }
         ("POST", None, None) => {
@@ -225,6 +228,9 @@ async fn serve(
                 let include = params.get("includeObject").is_some_and(|i| i == "Object");
                 let meta = json!({"resourceVersion": obj.rv.to_string()});
                 return Ok(value_response(StatusCode::OK, &crate::table::table(kind, &[obj], meta, include)));
+            }
+            if sub.is_none() && crate::table::wants_metadata(accept) {
+                return Ok(value_response(StatusCode::OK, &crate::table::partial(&obj)));
             }
             Ok(obj_response(StatusCode::OK, &obj, &[]))
         }
@@ -298,6 +304,7 @@ fn list(
     sel: &Selectors,
     params: &Params,
     table: Option<bool>,
+    metadata_only: bool,
 ) -> Result<Response, ApiError> {
     let limit = match params.get("limit") {
         Some(l) => match l.parse::<usize>() {
@@ -317,6 +324,11 @@ fn list(
     }
     if let Some(include_object) = table {
         return Ok(value_response(StatusCode::OK, &crate::table::table(kind, &page.items, meta, include_object)));
+    }
+    if metadata_only {
+        let items: Vec<Value> = page.items.iter().map(|o| crate::table::partial(o)).collect();
+        let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
+        return Ok(value_response(StatusCode::OK, &list));
     }
     let head = json!({"kind": format!("{}List", def.kind_name), "apiVersion": kind.api_version(), "metadata": meta});
     let mut out = head.to_string().into_bytes();

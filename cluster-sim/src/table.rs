@@ -7,6 +7,20 @@ use serde_json::{Value, json};
 
 use crate::objects::{Kind, Obj};
 
+/// Whether the request asks for metadata only (`as=PartialObjectMetadata`
+/// or `as=PartialObjectMetadataList`, what kube's `get_metadata` and
+/// `list_metadata` send).
+pub(crate) fn wants_metadata(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+}
+
+/// An object reduced to a `meta.k8s.io/v1` PartialObjectMetadata.
+pub(crate) fn partial(obj: &Obj) -> Value {
+    let mut v = obj.value();
+    let metadata = v.get_mut("metadata").map(Value::take).unwrap_or_else(|| json!({}));
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata})
+}
+
 /// Whether the request asks for a Table.
 pub(crate) fn wants_table(accept: &str) -> bool {
     accept.split(',').next().is_some_and(|first| first.contains("as=Table"))

@@ -16,9 +16,54 @@ use serde::{Deserialize, Serialize};
 ///
 /// Persisted records use it so that state survives a restart of the process
 /// (a monotonic instant would not). Arithmetic saturates instead of panicking.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// It is written as RFC 3339 UTC with milliseconds
+/// (`"2026-12-02T19:30:00.123Z"`), so an operator reading a record with
+/// `kubectl`, `etcdctl` or `cat` sees a time; it is read from that form or
+/// from a number of milliseconds (what earlier versions wrote). Instants
+/// past the year 9999 are written as a number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(u64);
+
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+const MAX_RFC3339_MILLIS: u64 = 253_402_300_799_999;
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 > MAX_RFC3339_MILLIS {
+            return s.serialize_u64(self.0);
+        }
+        s.collect_str(&humantime::format_rfc3339_millis(self.to_system_time()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "an RFC 3339 UTC time such as \"2026-12-02T19:30:00.123Z\" or milliseconds since the Unix epoch",
+                )
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
+                Ok(Timestamp(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Timestamp, E> {
+                u64::try_from(v).map(Timestamp).map_err(|_| E::custom(format!("a time before 1970 ({v} ms)")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
+                humantime::parse_rfc3339(v).map(Timestamp::from_system_time).map_err(|e| {
+                    E::custom(format!(
+                        "invalid time {v:?} ({e}): expected RFC 3339 UTC such as \"2026-12-02T19:30:00.123Z\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
 
 impl Timestamp {
     /// The Unix epoch.
@@ -215,6 +260,20 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_written_readable_and_read_in_both_forms() {
+        let t = Timestamp::from_millis(1_764_703_800_123);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"2025-12-02T19:30:00.123Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        assert_eq!(serde_json::from_str::<Timestamp>("1764703800123").unwrap(), t, "the number earlier versions wrote");
+        let far = Timestamp::from_millis(u64::MAX);
+        assert_eq!(serde_json::from_str::<Timestamp>(&serde_json::to_string(&far).unwrap()).unwrap(), far);
+        let e = serde_json::from_str::<Timestamp>("\"yesterday\"").unwrap_err().to_string();
+        assert!(e.contains("expected RFC 3339 UTC"), "{e}");
+        assert!(serde_json::from_str::<Timestamp>("-5").is_err());
+    }
 
     #[test]
     fn arithmetic_saturates() {

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use health_core::{NodeRecord, StateStore, StoreError, Stored, Version};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -57,8 +58,8 @@ fn backend(message: String, e: kube::Error) -> StoreError {
     StoreError::Backend { message, source: Some(Box::new(e)) }
 }
 
-fn parse(key: &str, node: &Node) -> Result<Option<Annotated>, StoreError> {
-    let Some(text) = node.metadata.annotations.as_ref().and_then(|a| a.get(STATE_ANNOTATION)) else { return Ok(None) };
+fn parse(key: &str, meta: &ObjectMeta) -> Result<Option<Annotated>, StoreError> {
+    let Some(text) = meta.annotations.as_ref().and_then(|a| a.get(STATE_ANNOTATION)) else { return Ok(None) };
     let corrupt = |message: String| StoreError::Corrupt {
         key: key.to_owned(),
         message: format!(
@@ -84,6 +85,13 @@ fn fresh_version(previous: Option<u64>) -> u64 {
 }
 
 const ATTEMPTS: usize = 5;
+
+/// Nodes per page when listing (the API server's recommended chunk size).
+const PAGE: u32 = 500;
+
+/// The field manager of the store's patches (`kubectl get node
+/// --show-managed-fields` names who wrote the annotation).
+pub const FIELD_MANAGER: &str = "node-agent";
 
 impl KubeStore {
     /// A store on the Nodes of `client`'s cluster.
@@ -111,9 +119,12 @@ impl KubeStore {
         })
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Node>, StoreError> {
-        self.bounded(|| format!("reading node {key}"), self.nodes.get_opt(key))
+    /// The node's metadata only (a Node is 15-30 KB; its metadata a few
+    /// hundred bytes).
+    async fn get(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.bounded(|| format!("reading node {key}"), self.nodes.get_metadata_opt(key))
             .await?
+            .map(|m| m.map(|m| m.metadata))
             .map_err(|e| backend(format!("cannot read node {key}"), e))
     }
 
@@ -127,7 +138,7 @@ impl KubeStore {
         create: bool,
     ) -> Result<(), StoreError> {
         for _ in 0..ATTEMPTS {
-            let Some(node) = self.get(key).await? else {
+            let Some(meta) = self.get(key).await? else {
                 if value.is_none() {
                     return Ok(());
                 }
@@ -136,7 +147,7 @@ impl KubeStore {
                     source: None,
                 });
             };
-            let current = parse(key, &node)?.map(|a| a.v);
+            let current = parse(key, &meta)?.map(|a| a.v);
             let matches = match (create, expected) {
                 (true, _) => current.is_none(),
                 (false, Some(e)) => current.is_some_and(|c| c.to_string() == e.as_str()),
@@ -155,8 +166,10 @@ impl KubeStore {
                 ),
                 None => serde_json::Value::Null,
             };
-            let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version, "annotations": {STATE_ANNOTATION: annotation}}});
-            let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+            let patch = json!({"metadata": {"resourceVersion": meta.resource_version, "annotations": {STATE_ANNOTATION: annotation}}});
+            let mut params = PatchParams::default();
+            params.field_manager = Some(FIELD_MANAGER.to_owned());
+            let patch = Patch::Merge(patch);
             let patched = self.nodes.patch(key, &params, &patch);
             match self.bounded(|| format!("patching node {key}"), patched).await? {
                 Ok(_) => return Ok(()),
@@ -181,8 +194,8 @@ impl KubeStore {
 #[async_trait]
 impl StateStore for KubeStore {
     async fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        let Some(node) = self.get(key).await? else { return Ok(None) };
-        Ok(parse(key, &node)?.map(|a| Stored { record: a.record, version: Version::from_u64(a.v) }))
+        let Some(meta) = self.get(key).await? else { return Ok(None) };
+        Ok(parse(key, &meta)?.map(|a| Stored { record: a.record, version: Version::from_u64(a.v) }))
     }
 
     async fn save(&self, key: &str, record: &NodeRecord, expected: Option<&Version>) -> Result<Version, StoreError> {
@@ -196,21 +209,28 @@ impl StateStore for KubeStore {
         self.write(key, None, expected, false).await
     }
 
-    /// Every annotated node. A node whose annotation is garbage makes the
-    /// list fail naming it; every other node's record still loads by key.
+    /// Every annotated node, listed by metadata only and in pages of 500 (at
+    /// 65,536 nodes a full list would be over a gigabyte). A node whose
+    /// annotation is garbage makes the list fail naming it; every other
+    /// node's record still loads by key.
     async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
-        let lp = ListParams::default();
-        let nodes = self
-            .bounded(|| "listing nodes".to_owned(), self.nodes.list(&lp))
-            .await?
-            .map_err(|e| backend("cannot list nodes".into(), e))?;
+        let mut lp = ListParams::default().limit(PAGE);
         let mut out = Vec::new();
-        for n in &nodes.items {
-            let key = n.metadata.name.clone().unwrap_or_default();
-            if let Some(a) = parse(&key, n)? {
-                out.push((key, Stored { record: a.record, version: Version::from_u64(a.v) }));
+        loop {
+            let page = self
+                .bounded(|| "listing nodes".to_owned(), self.nodes.list_metadata(&lp))
+                .await?
+                .map_err(|e| backend("cannot list nodes".into(), e))?;
+            for n in &page.items {
+                let key = n.metadata.name.clone().unwrap_or_default();
+                if let Some(a) = parse(&key, &n.metadata)? {
+                    out.push((key, Stored { record: a.record, version: Version::from_u64(a.v) }));
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(c) => lp = lp.continue_token(&c),
+                None => return Ok(out),
             }
         }
-        Ok(out)
     }
 }

@@ -56,7 +56,7 @@ pub use file::{FILE_FORMAT_VERSION, FileStore};
 pub use health_core::{MemoryStore, StateStore, StoreError, Stored, Version};
 use health_core::{NodeRecord, RECORD_FORMAT_VERSION};
 #[cfg(feature = "kube")]
-pub use kube::{KubeStore, STATE_ANNOTATION};
+pub use kube::{FIELD_MANAGER, KubeStore, STATE_ANNOTATION};
 
 /// Decodes a stored record from JSON text, for store backends.
 ///

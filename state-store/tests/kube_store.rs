@@ -118,3 +118,32 @@ async fn a_record_of_a_newer_format_is_a_typed_error() {
     }
     sim.shutdown().await;
 }
+
+/// At scale the store must not move whole Nodes: it reads metadata only
+/// (`PartialObjectMetadata`) and lists in pages of 500. Its annotation is
+/// readable (RFC 3339 times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_metadata_in_pages_with_readable_times() {
+    let (sim, store) = setup(1_100).await;
+    let n = sim.cluster().node_names();
+    let at = health_core::Timestamp::from_millis(1_764_703_800_123);
+    let rec = NodeRecord { phase: Phase::WaitingReboot, last_action_at: Some(at), ..NodeRecord::default() };
+    for node in [&n[0], &n[600], &n[1_099]] {
+        store.save(node, &rec, None).await.unwrap();
+    }
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|(_, s)| s.record.last_action_at == Some(at)));
+    let lists: u64 = sim
+        .cluster()
+        .kube_requests()
+        .into_iter()
+        .filter(|(r, _)| r.verb == "list" && r.resource == "nodes")
+        .map(|(_, c)| c)
+        .sum();
+    assert_eq!(lists, 3, "1,100 nodes in pages of 500");
+    let node = sim.cluster().node(&n[600]).unwrap();
+    let annotation = node["metadata"]["annotations"][STATE_ANNOTATION].as_str().unwrap().to_owned();
+    assert!(annotation.contains("\"last_action_at\":\"2025-12-02T19:30:00.123Z\""), "{annotation}");
+    sim.shutdown().await;
+}
