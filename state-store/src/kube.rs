@@ -167,8 +167,7 @@ impl KubeStore {
                 None => serde_json::Value::Null,
             };
             let patch = json!({"metadata": {"resourceVersion": meta.resource_version, "annotations": {STATE_ANNOTATION: annotation}}});
-            let mut params = PatchParams::default();
-            params.field_manager = Some(FIELD_MANAGER.to_owned());
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
             let patch = Patch::Merge(patch);
             let patched = self.nodes.patch(key, &params, &patch);
             match self.bounded(|| format!("patching node {key}"), patched).await? {
