@@ -121,7 +121,12 @@ async fn run(nodes: u32, burst: usize) {
             .collect::<std::collections::BTreeMap<String, u64>>()
     };
     let before = requests(http.clone(), kube_url.clone()).await;
-    let minute = std::env::var("AGENT_SCALE_STEADY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60u64);
+    let minute: u64 = match std::env::var("AGENT_SCALE_STEADY_SECS") {
+        Ok(s) => {
+            s.parse().unwrap_or_else(|_| panic!("AGENT_SCALE_STEADY_SECS={s:?}: expected whole seconds such as 60"))
+        }
+        Err(_) => 60,
+    };
     tokio::time::sleep(Duration::from_secs(minute)).await;
     let after = requests(http.clone(), kube_url.clone()).await;
     let delta: Vec<String> = after

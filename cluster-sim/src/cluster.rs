@@ -283,6 +283,9 @@ pub(crate) struct Inner {
     requests: Mutex<std::collections::BTreeMap<KubeRequest, u64>>,
 }
 
+/// Distinct request kinds counted before new clients fold into `other`.
+pub const MAX_REQUEST_KINDS: usize = 1_024;
+
 /// A kind of Kubernetes API request, as counted by [`Cluster::kube_requests`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct KubeRequest {
@@ -721,8 +724,15 @@ impl Cluster {
     }
 
     /// Counts one Kubernetes API request (the API handler calls it).
-    pub(crate) fn count_request(&self, request: KubeRequest) {
-        *self.inner.requests.lock().entry(request).or_default() += 1;
+    /// Client names come from request headers: at most [`MAX_REQUEST_KINDS`]
+    /// distinct kinds are kept (more fold into client `other`), so clients
+    /// inventing User-Agents cannot grow the simulator's memory.
+    pub(crate) fn count_request(&self, mut request: KubeRequest) {
+        let mut counts = self.inner.requests.lock();
+        if !counts.contains_key(&request) && counts.len() >= MAX_REQUEST_KINDS {
+            "other".clone_into(&mut request.client);
+        }
+        *counts.entry(request).or_default() += 1;
     }
 
     /// How many Kubernetes API requests of each kind were served so far

@@ -123,7 +123,7 @@ async fn handle(
             .get(axum::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .and_then(|ua| ua.split(['/', ' ']).next())
-            .filter(|p| !p.is_empty())
+            .filter(|p| !p.is_empty() && p.len() <= 64)
             .unwrap_or("unknown")
             .to_owned(),
         verb: match (&method, t.name.is_some()) {

@@ -86,8 +86,8 @@ pub mod server;
 mod table;
 
 pub use cluster::{
-    CivoCall, CivoFault, Cluster, ClusterConfig, ConfigError, Fault, Instance, KubeRequest, RebootBehaviour,
-    gpu_pool_id, pool_id,
+    CivoCall, CivoFault, Cluster, ClusterConfig, ConfigError, Fault, Instance, KubeRequest, MAX_REQUEST_KINDS,
+    RebootBehaviour, gpu_pool_id, pool_id,
 };
 pub use error::ApiError;
 pub use limits::Limits;

@@ -314,3 +314,20 @@ async fn requests_are_counted_by_client_verb_and_resource() {
     assert!(served.as_array().unwrap().iter().any(|r| r["client"] == "node-agent" && r["verb"] == "watch"), "{served}");
     sim.shutdown().await;
 }
+
+/// Clients inventing User-Agents cannot grow the request counts without bound.
+#[tokio::test]
+async fn invented_user_agents_fold_into_other() {
+    let sim = start(1, 0).await;
+    let http = common::http();
+    let url = format!("{}/api/v1/nodes", sim.kube_url());
+    for i in 0..cluster_sim::MAX_REQUEST_KINDS + 10 {
+        http.get(&url).header("user-agent", format!("client-{i}/1")).send().await.unwrap();
+    }
+    http.get(&url).header("user-agent", "x".repeat(65)).send().await.unwrap();
+    let counts = sim.cluster().kube_requests();
+    assert!(counts.len() <= cluster_sim::MAX_REQUEST_KINDS + 1, "{}", counts.len());
+    let other: u64 = counts.iter().filter(|(r, _)| r.client == "other").map(|(_, n)| n).sum();
+    assert_eq!(other, 11, "the last 10 invented clients and the over-long one");
+    sim.shutdown().await;
+}

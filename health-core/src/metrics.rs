@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Unit};
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, SharedString, Unit};
 
 use crate::domain::{Action, Mode, Phase};
 
@@ -157,14 +157,16 @@ impl MetricNames {
         metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
     }
 
-    pub(crate) fn check_key(&self, node: &str, checker: &str, result: &'static str) -> Key {
+    /// Label values are taken as given: an `Arc<str>` is shared, not copied.
+    pub(crate) fn check_key(
+        &self,
+        node: impl Into<SharedString>,
+        checker: impl Into<SharedString>,
+        result: &'static str,
+    ) -> Key {
         Key::from_parts(
             self.health_check_total.clone(),
-            vec![
-                Label::new("node", node.to_owned()),
-                Label::new("checker", checker.to_owned()),
-                Label::new("result", result),
-            ],
+            vec![Label::new("node", node), Label::new("checker", checker), Label::new("result", result)],
         )
     }
 
@@ -186,15 +188,15 @@ impl MetricNames {
         )
     }
 
-    pub(crate) fn phase_key(&self, node: &str, phase: Phase) -> Key {
+    pub(crate) fn phase_key(&self, node: impl Into<SharedString>, phase: Phase) -> Key {
         Key::from_parts(
             self.recovery_phase.clone(),
-            vec![Label::new("node", node.to_owned()), Label::new("phase", phase.as_str())],
+            vec![Label::new("node", node), Label::new("phase", phase.as_str())],
         )
     }
 
-    pub(crate) fn unhealthy_key(&self, node: &str) -> Key {
-        Key::from_parts(self.node_unhealthy_duration_seconds.clone(), vec![Label::new("node", node.to_owned())])
+    pub(crate) fn unhealthy_key(&self, node: impl Into<SharedString>) -> Key {
+        Key::from_parts(self.node_unhealthy_duration_seconds.clone(), vec![Label::new("node", node)])
     }
 
     pub(crate) fn labelled(&self, name: &str, label: &'static str, value: &'static str) -> Key {
@@ -204,9 +206,10 @@ impl MetricNames {
     /// Every per-node series key the engine may have created for `node`.
     pub(crate) fn node_series(&self, node: &str, checkers: &[String]) -> Vec<(SeriesKind, Key)> {
         let mut keys = Vec::new();
+        let shared: Arc<str> = node.into();
         for checker in checkers {
             for result in CHECK_RESULTS {
-                keys.push((SeriesKind::Counter, self.check_key(node, checker, result)));
+                keys.push((SeriesKind::Counter, self.check_key(Arc::clone(&shared), checker.clone(), result)));
             }
         }
         for action in Action::ALL {
@@ -216,9 +219,9 @@ impl MetricNames {
             keys.push((SeriesKind::Counter, self.failure_key(node, action)));
         }
         for phase in Phase::ALL {
-            keys.push((SeriesKind::Gauge, self.phase_key(node, phase)));
+            keys.push((SeriesKind::Gauge, self.phase_key(Arc::clone(&shared), phase)));
         }
-        keys.push((SeriesKind::Gauge, self.unhealthy_key(node)));
+        keys.push((SeriesKind::Gauge, self.unhealthy_key(shared)));
         keys
     }
 }
@@ -266,10 +269,7 @@ impl NodeSeries {
                 .map(|c| CheckSeries { checker: Arc::clone(c), pass: None, fail: None, error: None })
                 .collect(),
             phases: Default::default(),
-            unhealthy: names.gauge(&Key::from_parts(
-                names.node_unhealthy_duration_seconds.clone(),
-                vec![Label::new("node", Arc::clone(&node))],
-            )),
+            unhealthy: names.gauge(&names.unhealthy_key(Arc::clone(&node))),
             node,
         }
     }
@@ -283,14 +283,7 @@ impl NodeSeries {
             _ => &mut c.error,
         };
         let counter = slot.get_or_insert_with(|| {
-            names.counter(&Key::from_parts(
-                names.health_check_total.clone(),
-                vec![
-                    Label::new("node", Arc::clone(&self.node)),
-                    Label::new("checker", Arc::clone(&c.checker)),
-                    Label::new("result", result),
-                ],
-            ))
+            names.counter(&names.check_key(Arc::clone(&self.node), Arc::clone(&c.checker), result))
         });
         counter.increment(1);
     }
@@ -301,13 +294,7 @@ impl NodeSeries {
         for (g, p) in self.phases.iter_mut().zip(EXPORTED_PHASES) {
             if p == phase {
                 let node = &self.node;
-                g.get_or_insert_with(|| {
-                    names.gauge(&Key::from_parts(
-                        names.recovery_phase.clone(),
-                        vec![Label::new("node", Arc::clone(node)), Label::new("phase", p.as_str())],
-                    ))
-                })
-                .set(1.0);
+                g.get_or_insert_with(|| names.gauge(&names.phase_key(Arc::clone(node), p))).set(1.0);
             } else if let Some(g) = g {
                 g.set(0.0);
             }

@@ -188,16 +188,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             );
         }
         if let Some(change) = transition {
-            report.transitions.push((slot.name.clone(), change));
-            let event = TransitionEvent {
-                node: &slot.name,
-                from: change.from,
-                to: change.to,
-                at: now,
-                record: &slot.record,
-                mode: c.mode,
-            };
-            notify(&shared.observers, "transition", |o| o.on_transition(&c.target, &event));
+            shared.transition(report, slot, &c.target, change, now, c.mode);
         }
         true
     }

@@ -167,7 +167,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         // One target's checks as the machine sees them, in a buffer reused
         // for every target (no allocation per node).
         let names = Arc::clone(&self.shared.checker_names);
-        let thresholds = self.shared.thresholds.clone();
+        let thresholds = Arc::clone(&self.shared.thresholds);
         let mut checks: Vec<Check<'_>> = Vec::with_capacity(nc);
         let mut round: Vec<usize> = (0..targets.len()).filter(|&ti| slots[ti].is_some()).collect();
         let mut first = true;
@@ -190,7 +190,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 checks.extend(
                     names
                         .iter()
-                        .zip(&thresholds)
+                        .zip(thresholds.iter())
                         .zip(&outcomes[ti * nc..(ti + 1) * nc])
                         .map(|((name, &threshold), outcome)| Check { name, threshold, outcome }),
                 );
@@ -332,16 +332,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         self.state.touch(si);
         let slot = &self.state.slots[si];
         if let Some(change) = decision.transition {
-            report.transitions.push((slot.name.clone(), change));
-            let event = TransitionEvent {
-                node: &slot.name,
-                from: change.from,
-                to: change.to,
-                at: now,
-                record: &slot.record,
-                mode: decision.mode,
-            };
-            notify(&shared.observers, "transition", |o| o.on_transition(target, &event));
+            shared.transition(report, slot, target, change, now, decision.mode);
         }
         // The record stamps the action in the node's frame: so does the plan.
         decision.action.map(|action| Planned { target: ti, slot: si, action, mode: decision.mode, started_at: local })

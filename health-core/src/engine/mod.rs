@@ -67,7 +67,7 @@ struct Shared<T> {
     checker_names: Arc<[String]>,
     /// The checker names as shared metric label values.
     checker_labels: Vec<Arc<str>>,
-    thresholds: Vec<Duration>,
+    thresholds: Arc<[Duration]>,
     executor: Arc<dyn Executor<T>>,
     store: Arc<dyn StateStore>,
     observers: Vec<Arc<dyn Observer<T>>>,
@@ -78,6 +78,22 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
+    /// Reports a phase change of `slot` (in the pass report, to the observers).
+    fn transition(
+        &self,
+        report: &mut PassReport,
+        slot: &Slot,
+        target: &T,
+        change: PhaseChange,
+        at: Timestamp,
+        mode: Mode,
+    ) {
+        report.transitions.push((slot.name.clone(), change));
+        let event =
+            TransitionEvent { node: &slot.name, from: change.from, to: change.to, at, record: &slot.record, mode };
+        notify(&self.observers, "transition", |o| o.on_transition(target, &event));
+    }
+
     fn count_error(&self, reason: &'static str) {
         let names = &self.names;
         names.counter(&names.labelled(&names.reconcile_errors_total, "reason", reason)).increment(1);
