@@ -86,8 +86,48 @@ pub enum Command {
     },
     /// Load and check the configuration, print it (secrets redacted), and exit.
     ValidateConfig,
+    /// Host mode: reboot this Linux host when it needs it, one host of the
+    /// fleet at a time, coordinated through etcd.
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Print the version.
     Version,
+}
+
+/// `node-agent host ...` (the configuration: `--config`, default
+/// /etc/node-agent/host.toml; TOML, or YAML for .yaml/.yml).
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Watch this host and reboot it when it needs it and the fleet allows.
+    Run {
+        /// One pass, then exit with its outcome's code (0 done or nothing to
+        /// do, 1 failure, 3 health gate, 4 lock busy, 5 kill switch, 7 deferred).
+        #[arg(long)]
+        once: bool,
+        /// Do everything but run the reboot command.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A dry-run pass that reports the detectors, the gate, the fleet and the lock.
+    Status {
+        /// Do not run the health gate.
+        #[arg(long)]
+        skip_health: bool,
+        /// Do not test the lock.
+        #[arg(long)]
+        skip_lock: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the detectors once, without etcd or the gate (exit 6 if one fails).
+    Simulate {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load and check the host configuration, print it, and exit.
+    ValidateConfig,
 }
 
 /// `node-agent simulate`.

@@ -476,26 +476,7 @@ impl Config {
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig.merge(Serialized::defaults(civo_env(env)?));
-        let ours: Vec<(String, String)> =
-            env.iter().filter(|(k, _)| k.starts_with("NODE_AGENT_")).map(|(k, v)| (k.clone(), v.clone())).collect();
-        // Comma lists in the environment become arrays.
-        let list_keys = ["NODE_AGENT_CIVO__NODE_POOL_IDS"];
-        let mut dict = figment::value::Dict::new();
-        for (k, v) in &ours {
-            let path = k["NODE_AGENT_".len()..].to_ascii_lowercase().replace("__", ".");
-            if path.is_empty() || path.split('.').any(str::is_empty) {
-                return Err(ConfigError::invalid(
-                    k.as_str(),
-                    "malformed name: expected NODE_AGENT_<SECTION>__<KEY>, e.g. NODE_AGENT_POLICY__REBOOT_WAIT",
-                ));
-            }
-            let value = if list_keys.contains(&k.as_str()) {
-                figment::value::Value::from(split_list(v))
-            } else {
-                v.parse::<figment::value::Value>().unwrap_or_else(|_| figment::value::Value::from(v.clone()))
-            };
-            insert_path(&mut dict, &path, value);
-        }
+        let dict = env_dict(env, &["NODE_AGENT_CIVO__NODE_POOL_IDS"])?;
         fig = fig.merge(Serialized::defaults(figment::value::Value::from(dict)).profile(figment::Profile::Default));
         let mut config: Config = fig.extract().map_err(|e| ConfigError::Parse(describe_figment(&e)))?;
         if let Some(k) = &cli.kubeconfig {
@@ -653,6 +634,28 @@ pub fn node_selector(pools: &[String]) -> Option<String> {
     }
 }
 
+/// The `NODE_AGENT_<SECTION>__<KEY>` variables of `env` as a nested
+/// dictionary; the variables in `list_keys` hold comma lists.
+pub(crate) fn env_dict(env: &EnvMap, list_keys: &[&str]) -> Result<figment::value::Dict, ConfigError> {
+    let mut dict = figment::value::Dict::new();
+    for (k, v) in env.iter().filter(|(k, _)| k.starts_with("NODE_AGENT_")) {
+        let path = k["NODE_AGENT_".len()..].to_ascii_lowercase().replace("__", ".");
+        if path.is_empty() || path.split('.').any(str::is_empty) {
+            return Err(ConfigError::invalid(
+                k.as_str(),
+                "malformed name: expected NODE_AGENT_<SECTION>__<KEY>, e.g. NODE_AGENT_POLICY__REBOOT_WAIT",
+            ));
+        }
+        let value = if list_keys.contains(&k.as_str()) {
+            figment::value::Value::from(split_list(v))
+        } else {
+            v.parse::<figment::value::Value>().unwrap_or_else(|_| figment::value::Value::from(v.clone()))
+        };
+        insert_path(&mut dict, &path, value);
+    }
+    Ok(dict)
+}
+
 fn insert_path(dict: &mut figment::value::Dict, path: &str, value: figment::value::Value) {
     match path.split_once('.') {
         None => {
@@ -672,7 +675,7 @@ fn insert_path(dict: &mut figment::value::Dict, path: &str, value: figment::valu
     }
 }
 
-fn describe_figment(e: &figment::Error) -> String {
+pub(crate) fn describe_figment(e: &figment::Error) -> String {
     let mut out = Vec::new();
     for err in e.clone() {
         let key = err.path.join(".");

@@ -22,6 +22,7 @@
 //! | [`recorder`], [`http`] | metrics with deletable series; `/metrics`, `/healthz`, `/readyz` |
 //! | [`simulate`] | `node-agent simulate` |
 //! | [`check`] | `node-agent check` |
+//! | [`host`] | `node-agent host ...`: serialized, health-gated reboots of a fleet of Linux hosts (etcd) |
 //!
 //! # Example
 //!
@@ -43,6 +44,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod host;
 pub mod http;
 pub mod node;
 pub mod recorder;

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_bin::agent::{self, Deps};
-use agent_bin::cli::{Cli, Command, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use agent_bin::cli::{Cli, Command, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, GlobalArgs, HostCommand};
 use agent_bin::config::{Config, LogFormat, process_env};
+use agent_bin::host::config::{DEFAULT_HOST_CONFIG, HostConfig};
+use agent_bin::host::run::{self as host_run, EXIT_DETECTOR, HostAgent, PassOptions};
 use agent_bin::recorder::AgentRecorder;
-use agent_bin::{check, http, simulate};
+use agent_bin::{check, host, http, simulate};
 use clap::Parser;
 use health_core::HealthManager;
 
@@ -91,6 +93,9 @@ async fn real_main(cli: Cli) -> i32 {
     if recorder.install().is_err() {
         eprintln!("node-agent: a metrics recorder is already installed");
         return EXIT_FAILURE;
+    }
+    if let Command::Host(h) = command {
+        return host_main(cli.global, h, recorder).await;
     }
     if let Command::Simulate(args) = &command {
         let scenario = match &args.scenario {
@@ -209,6 +214,117 @@ async fn real_main(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Simulate(_) | Command::Version => EXIT_OK,
+        Command::Simulate(_) | Command::Host(_) | Command::Version => EXIT_OK,
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn host_main(global: GlobalArgs, command: HostCommand, recorder: AgentRecorder) -> i32 {
+    if global.kubeconfig.is_some() || global.monitor_only || global.active {
+        eprintln!(
+            "node-agent host: --kubeconfig, --monitor-only and --active are cluster-mode flags; host mode is set up \
+             by its configuration file (--config, default {DEFAULT_HOST_CONFIG})"
+        );
+        return EXIT_USAGE;
+    }
+    let path = global.config.clone().or_else(|| {
+        let d = std::path::PathBuf::from(DEFAULT_HOST_CONFIG);
+        d.is_file().then_some(d)
+    });
+    let config = match HostConfig::load(path.as_deref(), &process_env()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("node-agent host: invalid configuration: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    init_tracing(global.log_format.unwrap_or(config.server.log_format), "info");
+    host_run::describe_metrics();
+    match command {
+        HostCommand::ValidateConfig => {
+            println!("configuration is valid");
+            match toml::to_string_pretty(&config) {
+                Ok(text) => print!("{text}"),
+                Err(_) => println!("{config:#?}"),
+            }
+            EXIT_OK
+        }
+        HostCommand::Simulate { json } => match host::simulate(&config).await {
+            Ok(report) => {
+                if json {
+                    print_json(&report);
+                } else {
+                    print!("{}", host::simulate_table(&report));
+                }
+                if report.failed() { EXIT_DETECTOR } else { EXIT_OK }
+            }
+            Err(e) => {
+                eprintln!("node-agent host: {e}");
+                EXIT_FAILURE
+            }
+        },
+        HostCommand::Status { skip_health, skip_lock, json } => {
+            let agent = match HostAgent::new(config, Arc::new(HealthManager::new()), String::new()).await {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("node-agent host: {e}");
+                    return EXIT_FAILURE;
+                }
+            };
+            let opts = PassOptions { status: true, dry_run: true, skip_health, skip_lock };
+            let report = agent.pass(opts).await;
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", host::status_table(&report));
+            }
+            report.outcome.exit_code()
+        }
+        HostCommand::Run { once, dry_run } => {
+            let health = Arc::new(HealthManager::new());
+            let draining = Arc::new(AtomicBool::new(false));
+            let mut endpoint = String::new();
+            let mut server = None;
+            let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+            if config.server.metrics_port != 0 && !once {
+                let ip = config.server.metrics_address.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+                let addr = SocketAddr::new(ip, config.server.metrics_port);
+                let state =
+                    http::HttpState { recorder: recorder.clone(), health: health.clone(), draining: draining.clone() };
+                match http::serve(addr, state, async move {
+                    let _ = http_stopped.await;
+                })
+                .await
+                {
+                    Ok((bound, handle)) => {
+                        tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz");
+                        endpoint = format!("http://{bound}/metrics");
+                        server = Some(handle);
+                    }
+                    Err(e) => {
+                        eprintln!("node-agent host: cannot listen on {addr} (server.metrics_port): {e}");
+                        return EXIT_FAILURE;
+                    }
+                }
+            }
+            let agent = match HostAgent::new(config, health, endpoint).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "host agent cannot start");
+                    eprintln!("node-agent host: {e}");
+                    return EXIT_FAILURE;
+                }
+            };
+            tracing::info!(event = "started", node = %agent.node(), once, dry_run, "host agent started");
+            let outcome = host_run::run(&agent, once, dry_run, shutdown_signal(draining)).await;
+            let _ = stop_http.send(());
+            if let Some(s) = server {
+                let _ = s.await;
+            }
+            if once { outcome.exit_code() } else { EXIT_OK }
+        }
     }
 }

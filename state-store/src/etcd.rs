@@ -146,6 +146,14 @@ pub struct Holder {
     pub pid: u32,
     /// When it acquired the slot (RFC 3339).
     pub acquired_at: String,
+    /// The holder host's boot id when it handed the slot to a reboot
+    /// ([`LockGuard::hold_through`]): after the reboot, a different boot id
+    /// tells the host that the reboot happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// When the holder asked its host to reboot (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebooting_since: Option<String>,
 }
 
 impl Holder {
@@ -154,12 +162,39 @@ impl Holder {
         Holder {
             node: node.into(),
             pid: std::process::id(),
-            acquired_at: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| health_core::Timestamp::from_millis(u64::try_from(d.as_millis()).unwrap_or(0)).to_string())
-                .unwrap_or_default(),
+            acquired_at: rfc3339_now(),
+            boot_id: None,
+            rebooting_since: None,
         }
     }
+
+    /// The same holder, about to reboot its host, which has `boot_id` now.
+    #[must_use]
+    pub fn rebooting(mut self, boot_id: impl Into<String>) -> Self {
+        self.boot_id = Some(boot_id.into());
+        self.rebooting_since = Some(rfc3339_now());
+        self
+    }
+}
+
+fn rfc3339_now() -> String {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| health_core::Timestamp::from_millis(u64::try_from(d.as_millis()).unwrap_or(0)).to_string())
+        .unwrap_or_default()
+}
+
+/// A slot handed to a reboot ([`LockGuard::hold_through`]): bound to a lease
+/// nobody renews, so it frees itself when the lease's TTL runs out unless the
+/// rebooted host reclaims it first ([`RemediationLock::reclaim`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedSlot {
+    /// The slot's key.
+    pub key: String,
+    /// The lease the slot is bound to now.
+    pub lease: i64,
+    /// The lease's TTL: the longest the slot stays taken without its holder.
+    pub ttl: Duration,
 }
 
 /// The lock could not be taken, released or read.
@@ -196,6 +231,12 @@ pub enum LockError {
     /// A setting is invalid.
     #[error("invalid lock settings: {0}")]
     Invalid(String),
+    /// The slot is no longer ours (its lease expired or it was taken over).
+    #[error("the slot {key} is no longer held by this holder")]
+    Lost {
+        /// The slot key.
+        key: String,
+    },
 }
 
 /// A lease-backed lock (one slot) or semaphore (several) in etcd, so several
@@ -308,6 +349,44 @@ impl LockGuard {
         self.keepalive.abort();
         bounded("revoke the lease", self.rpc_timeout, self.client.lease_revoke(self.lease)).await?;
         Ok(())
+    }
+
+    /// Hands the slot over to a reboot of the holder's own host: writes
+    /// `holder` (see [`Holder::rebooting`]) and binds the slot to a new
+    /// lease of `ttl` that nobody renews, in one transaction that succeeds
+    /// only while the slot is still bound to this guard's lease. The slot then
+    /// stays taken while the host reboots, and frees itself after `ttl` if the
+    /// host never comes back to [`RemediationLock::reclaim`] it.
+    pub async fn hold_through(mut self, holder: &Holder, ttl: Duration) -> Result<ParkedSlot, LockError> {
+        if self.is_lost() {
+            return Err(LockError::Lost { key: self.key.clone() });
+        }
+        let t = self.rpc_timeout;
+        let ttl = Duration::from_secs(ttl.as_secs().max(2));
+        let value = serde_json::to_vec(holder).map_err(|e| LockError::Invalid(e.to_string()))?;
+        let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        let lease = bounded("grant the reboot lease", t, self.client.lease_grant(secs, None)).await?.id();
+        let txn = Txn::new()
+            .when([Compare::lease(self.key.clone(), CompareOp::Equal, self.lease)])
+            .and_then([TxnOp::put(self.key.clone(), value, Some(PutOptions::new().with_lease(lease)))]);
+        let moved = bounded("bind the slot to the reboot lease", t, self.client.txn(txn)).await;
+        match moved {
+            Ok(r) if r.succeeded() => {}
+            other => {
+                let _ = bounded("revoke the lease", t, self.client.lease_revoke(lease)).await;
+                return match other {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(LockError::Lost { key: self.key.clone() }),
+                };
+            }
+        }
+        self.keepalive.abort();
+        // The slot lives on the new lease now; the old one holds nothing.
+        if let Err(e) = bounded("revoke the lease", t, self.client.lease_revoke(self.lease)).await {
+            tracing::debug!(lease = self.lease, error = %e, "old lock lease not revoked; it expires by itself");
+        }
+        tracing::info!(key = %self.key, lease, ttl_secs = ttl.as_secs(), "lock slot held through the reboot");
+        Ok(ParkedSlot { key: self.key.clone(), lease, ttl })
     }
 }
 
@@ -506,6 +585,56 @@ impl RemediationLock {
                 }
             }
         }
+    }
+
+    /// Takes back the slot `node` holds from before a restart (a reboot of
+    /// its host, see [`LockGuard::hold_through`]), binding it to a new lease
+    /// of this lock's TTL kept alive by this process. Returns the guard and
+    /// the holder metadata as it was stored, or `None` when `node` holds no
+    /// slot. The slot's value is left as it was until the caller releases it.
+    pub async fn reclaim(&self, node: &str) -> Result<Option<(LockGuard, Holder)>, LockError> {
+        let t = self.rpc_timeout;
+        let mut c = self.client.clone();
+        let r = bounded("read the holders", t, c.get(format!("{}/", self.name), Some(GetOptions::new().with_prefix())))
+            .await?;
+        for kv in r.kvs() {
+            let Ok(holder) = serde_json::from_slice::<Holder>(kv.value()) else { continue };
+            if holder.node != node {
+                continue;
+            }
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let sent = Instant::now();
+            let lease = bounded("grant a lease", t, c.lease_grant(self.ttl_secs(), None)).await?.id();
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
+                .and_then([TxnOp::put(key.clone(), kv.value().to_vec(), Some(PutOptions::new().with_lease(lease)))]);
+            match bounded("reclaim the slot", t, c.txn(txn)).await {
+                Ok(r) if r.succeeded() => {}
+                other => {
+                    let _ = bounded("revoke the lease", t, c.lease_revoke(lease)).await;
+                    return match other {
+                        Err(e) => Err(e),
+                        // Changed (expired, released) between the read and the txn.
+                        Ok(_) => Ok(None),
+                    };
+                }
+            }
+            if kv.lease() != 0 {
+                let _ = bounded("revoke the lease", t, c.lease_revoke(kv.lease())).await;
+            }
+            let mut fence = LeaseFence::new(self.ttl);
+            fence.renewed(sent);
+            let (keepalive, fence, lost) = self.spawn_keepalive(lease, fence);
+            tracing::info!(lock = %self.name, key = %key, node, lease, "lock slot reclaimed after a restart");
+            return Ok(Some((LockGuard { client: c, key, lease, rpc_timeout: t, keepalive, fence, lost }, holder)));
+        }
+        Ok(None)
+    }
+
+    /// The lock's name (its key prefix).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The current holders. A slot whose value is not holder metadata is an

@@ -50,7 +50,7 @@ mod file;
 mod kube;
 
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdStore, Holder, LockError, LockGuard, RemediationLock};
+pub use etcd::{EtcdStore, Holder, LockError, LockGuard, ParkedSlot, RemediationLock};
 #[cfg(feature = "file")]
 pub use file::{FILE_FORMAT_VERSION, FileStore};
 pub use health_core::{MemoryStore, StateStore, StoreError, Stored, Version};

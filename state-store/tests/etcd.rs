@@ -230,3 +230,43 @@ async fn a_record_of_a_newer_format_is_a_typed_error() {
     }
     assert!(store.list().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_held_through_a_reboot_is_reclaimed_by_its_host_or_frees_itself() {
+    let e = etcd("reboot").await;
+    let ttl = Duration::from_secs(2);
+    let lock_a = RemediationLock::new(client(&e).await, "/node-health/locks/host", 1, ttl).unwrap();
+    let lock_b = RemediationLock::new(client(&e).await, "/node-health/locks/host", 1, ttl).unwrap();
+
+    // a parks its slot for a reboot longer than the normal TTL.
+    let a = lock_a.try_acquire(&Holder::now("host-a")).await.unwrap().unwrap();
+    let parked = a.hold_through(&Holder::now("host-a").rebooting("boot-1"), Duration::from_secs(6)).await.unwrap();
+    assert_eq!(parked.ttl, Duration::from_secs(6));
+    // The process "dies" with the reboot: nobody renews, yet the slot stays
+    // taken past the normal TTL.
+    let err = lock_b.acquire(&Holder::now("host-b"), ttl * 2).await.unwrap_err();
+    assert!(matches!(err, LockError::Timeout { .. }), "{err}");
+    let stored = lock_b.holders().await.unwrap();
+    assert_eq!(stored[0].boot_id.as_deref(), Some("boot-1"));
+    assert!(stored[0].rebooting_since.as_deref().is_some_and(|t| t.ends_with('Z')));
+
+    // Back from the reboot (a new process): host-a takes its slot back, with
+    // the metadata it wrote, and keeps it alive past the reboot lease.
+    let fresh = RemediationLock::new(client(&e).await, "/node-health/locks/host", 1, ttl).unwrap();
+    assert!(fresh.reclaim("host-b").await.unwrap().is_none(), "host-b holds nothing");
+    let (guard, before) = fresh.reclaim("host-a").await.unwrap().expect("host-a's slot");
+    assert_eq!(before.boot_id.as_deref(), Some("boot-1"));
+    let err = lock_b.acquire(&Holder::now("host-b"), Duration::from_secs(8)).await.unwrap_err();
+    assert!(matches!(err, LockError::Timeout { .. }), "the reclaimed slot is kept alive: {err}");
+    guard.release().await.unwrap();
+    assert!(lock_b.holders().await.unwrap().is_empty());
+
+    // A host that never comes back: the slot frees itself within the reboot lease.
+    let a = lock_a.try_acquire(&Holder::now("host-a")).await.unwrap().unwrap();
+    let parked_at = Instant::now();
+    a.hold_through(&Holder::now("host-a").rebooting("boot-2"), Duration::from_secs(3)).await.unwrap();
+    let b = lock_b.acquire(&Holder::now("host-b"), Duration::from_secs(15)).await.unwrap();
+    let waited = parked_at.elapsed();
+    assert!(waited >= Duration::from_secs(2) && waited <= Duration::from_secs(7), "freed after {waited:?}");
+    b.release().await.unwrap();
+}
