@@ -74,6 +74,19 @@ impl FleetView {
         self.healthy.len() + self.unhealthy.len() + self.rebooting.len() + self.unreadable.len()
     }
 
+    /// Replaces `me`'s entry by its current gate verdict (`None`: no gate
+    /// ran, counted healthy).
+    pub fn overlay(&mut self, me: &str, gate: Option<(bool, &str)>) {
+        self.healthy.retain(|h| h != me);
+        self.unhealthy.retain(|(h, _)| h != me);
+        self.rebooting.retain(|h| h != me);
+        self.unreadable.retain(|h| h != me);
+        match gate {
+            Some((false, why)) => self.unhealthy.push((me.to_owned(), why.to_owned())),
+            _ => self.healthy.push(me.to_owned()),
+        }
+    }
+
     /// Why the policy holds a reboot of `me` back, or `None` when it allows it.
     #[must_use]
     pub fn blocks(&self, me: &str, p: &PolicySection) -> Option<String> {

@@ -548,6 +548,10 @@ impl HostAgent {
             Ok(f) => f,
             Err(e) => return Some(self.etcd_failed("read health markers", &e)),
         };
+        let mut fleet = fleet;
+        // This host counts as its gate says now (its marker may be older, or
+        // absent for `status`, which publishes nothing).
+        fleet.overlay(&self.node, report.gate.as_ref().map(|g| (g.healthy, g.reason.as_str())));
         observe_fleet(&fleet);
         let blocked = fleet.blocks(&self.node, &self.config.policy);
         report.fleet = Some(fleet);
@@ -639,7 +643,7 @@ pub fn log_report(r: &PassReport) {
         Outcome::Failed(_) => {
             tracing::error!(event = r.outcome.label(), node = %r.node, reason = %r.outcome.reason(), detectors = %detectors.join(","), gate = %gate, "pass failed")
         }
-        Outcome::NoAction | Outcome::Recovered | Outcome::RecheckCleared => {
+        Outcome::NoAction | Outcome::Recovered | Outcome::RecheckCleared | Outcome::Ready | Outcome::Rebooting => {
             tracing::info!(event = r.outcome.label(), node = %r.node, detectors = %detectors.join(","), gate = %gate, "pass done")
         }
         _ => {

@@ -1,0 +1,408 @@
+//! Host mode, black-box: the built `node-agent host ...` processes against a
+//! real etcd (Debian's `etcd-server`) on loopback.
+//!
+//! A "reboot" is a script that records when it ran, applies the update
+//! (removes the sentinel), changes the host's fake boot id and kills its
+//! agent with SIGKILL, as a reboot would; a supervisor (systemd's part)
+//! starts the agent again after a simulated boot time.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_node-agent");
+
+struct Etcd {
+    _child: tokio::process::Child,
+    dir: PathBuf,
+    endpoint: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("node-agent-host-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts etcd and waits (reading its log) until it serves clients.
+async fn etcd(tag: &str) -> Etcd {
+    let dir = scratch(&format!("etcd-{tag}"));
+    let (client, peer) = (free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut child = Command::new("etcd")
+        .args(["--name", "test", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("test={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("etcd is installed (scripts/install-deps.sh installs Debian's etcd-server)");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("ready to serve client requests") {
+                return;
+            }
+        }
+        panic!("etcd exited before serving clients");
+    })
+    .await
+    .expect("etcd did not start within 60s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Etcd { _child: child, dir, endpoint }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+fn write_exec(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let mut perms = std::fs::metadata(path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(path, perms).unwrap();
+}
+
+/// One host's directory: boot id, sentinel, gate and reboot scripts, config.
+fn host(root: &Path, name: &str, etcd: &str, extra: &str) -> PathBuf {
+    let d = root.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("bootid"), "boot-0\n").unwrap();
+    std::fs::write(d.join("reboot-required"), "").unwrap();
+    let dir = d.display();
+    write_exec(
+        &d.join("gate.sh"),
+        &format!("#!/bin/sh\n[ ! -e {dir}/unhealthy ] || {{ echo \"{name} is sick\"; exit 1; }}\n"),
+    );
+    // Records the reboot, applies the update, changes the boot id, and
+    // brings the agent down as a reboot does.
+    write_exec(
+        &d.join("reboot.sh"),
+        &format!(
+            "#!/bin/sh\necho $(date +%s%3N) >> {dir}/reboots\nrm -f {dir}/reboot-required\necho boot-$(date +%s%N) > {dir}/bootid\n[ -e {dir}/no-kill ] || kill -9 $PPID\n"
+        ),
+    );
+    let config = format!(
+        r#"[host]
+name = "{name}"
+boot_id_file = "{dir}/bootid"
+interval = "300ms"
+jitter = "200ms"
+[[detectors]]
+kind = "file"
+path = "{dir}/reboot-required"
+[gate]
+command = ["{dir}/gate.sh"]
+timeout = "5s"
+[etcd]
+endpoints = ["{etcd}"]
+prefix = "/fleet"
+lock_ttl = "3s"
+call_timeout = "1s"
+lock_wait = "1s"
+health_ttl = "4s"
+[safety]
+kill_switch = "{dir}/kill"
+cooldown = "2s"
+backoff = "200ms"
+max_backoff = "1s"
+[reboot]
+command = ["{dir}/reboot.sh"]
+timeout = "5s"
+hold = "6s"
+[server]
+metrics_port = 0
+{extra}"#
+    );
+    std::fs::write(d.join("host.toml"), config).unwrap();
+    d
+}
+
+fn reboots(d: &Path) -> Vec<u64> {
+    std::fs::read_to_string(d.join("reboots")).unwrap_or_default().lines().map(|l| l.trim().parse().unwrap()).collect()
+}
+
+async fn once(d: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["host", "--config"])
+        .arg(d.join("host.toml"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// What a supervisor saw.
+#[derive(Debug)]
+enum Seen {
+    /// The agent died (a reboot).
+    Down(String),
+    /// The agent was started again after the boot time, at this time.
+    Up(String, u64),
+    /// The agent logged that its reboot completed (lock released).
+    Completed,
+}
+
+/// Runs `host run` for one host, restarting it after each "reboot" unless
+/// the host has a `dead` file (it never comes back). Its log goes to
+/// `agent.log`; a completed reboot is reported as it is logged.
+fn supervise(d: PathBuf, name: String, tx: tokio::sync::mpsc::UnboundedSender<Seen>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let mut child = Command::new(BIN)
+                .args(["host", "--config"])
+                .arg(d.join("host.toml"))
+                .arg("run")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("agent.log")).unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("\"reboot_completed\"") {
+                    let _ = tx.send(Seen::Completed);
+                }
+                let _ = std::io::Write::write_all(&mut log, format!("{line}\n").as_bytes());
+            }
+            let _ = child.wait().await;
+            let _ = tx.send(Seen::Down(name.clone()));
+            if d.join("dead").exists() {
+                return;
+            }
+            // Boot time.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let _ = tx.send(Seen::Up(name.clone(), now_ms()));
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_reboots_one_host_at_a_time_and_survives_a_holder_that_never_comes_back() {
+    let e = etcd("fleet").await;
+    let root = scratch("fleet");
+    let names: Vec<String> = (0..5).map(|i| format!("host-{i}")).collect();
+    let dirs: Vec<PathBuf> = names.iter().map(|n| host(&root, n, &e.endpoint, "")).collect();
+    // host-0 reboots first and never comes back (killed mid-reboot).
+    std::fs::write(dirs[0].join("dead"), "").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = vec![supervise(dirs[0].clone(), names[0].clone(), tx.clone())];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ups: Vec<(String, u64)> = Vec::new();
+    let mut completed = 0;
+    while completed < 4 {
+        let seen = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the fleet did not finish in time; back so far: {ups:?}"))
+            .unwrap();
+        match seen {
+            Seen::Down(n) if n == names[0] => {
+                // Only now the rest of the fleet starts.
+                for i in 1..5 {
+                    tasks.push(supervise(dirs[i].clone(), names[i].clone(), tx.clone()));
+                }
+            }
+            Seen::Down(_) => {}
+            Seen::Up(n, at) => ups.push((n, at)),
+            Seen::Completed => completed += 1,
+        }
+    }
+    for t in &tasks {
+        t.abort();
+    }
+
+    // Every host rebooted exactly once.
+    let mut starts: Vec<(u64, String)> = Vec::new();
+    for (d, n) in dirs.iter().zip(&names) {
+        let r = reboots(d);
+        assert_eq!(r.len(), 1, "{n} rebooted {} times", r.len());
+        starts.push((r[0], n.clone()));
+        assert!(!d.join("reboot-required").exists());
+    }
+    starts.sort();
+    let t0 = starts[0].0;
+    eprintln!(
+        "reboot starts (ms after the first): {:?}",
+        starts.iter().map(|(t, n)| (n.as_str(), t - t0)).collect::<Vec<_>>()
+    );
+    assert_eq!(starts[0].1, "host-0");
+    // The dead holder's lock freed itself within reboot.hold (6 s), not before.
+    let gap = starts[1].0 - starts[0].0;
+    assert!((5_000..=14_000).contains(&gap), "the next reboot came {gap} ms after the dead holder's");
+    // Never two at once: each reboot starts after the previous host is back
+    // (and then after the cooldown of 2 s).
+    for w in starts[1..].windows(2) {
+        let (prev_start, prev) = (&w[0].0, &w[0].1);
+        let back = ups.iter().find(|(n, _)| n == prev).map(|(_, at)| *at).unwrap();
+        assert!(back > *prev_start);
+        assert!(w[1].0 >= back + 1_900, "{} rebooted {} ms after {prev} was back", w[1].1, w[1].0 - back);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_windows_the_kill_switch_and_the_lock_hold_every_host_with_their_exit_codes() {
+    let e = etcd("gates").await;
+    let root = scratch("gates");
+    let a = host(&root, "a", &e.endpoint, "");
+    let b = host(&root, "b", &e.endpoint, "");
+    let c = host(&root, "c", &e.endpoint, "");
+
+    // simulate: detectors only.
+    let (code, out) = once(&a, &["simulate"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("reboot required"), "{out}");
+    let (code, out) = once(&a, &["simulate", "--json"]).await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["detectors"][0]["result"], "needed");
+
+    // b's gate fails: b is blocked by its own gate, a by b's marker.
+    std::fs::write(b.join("unhealthy"), "").unwrap();
+    let (code, out) = once(&b, &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 3, "{out}");
+    let (code, out) = once(&a, &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("host b reports unhealthy: ") && out.contains("b is sick"), "{out}");
+    let (code, out) = once(&a, &["status"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("unhealthy [b (") && out.contains("b is sick"), "{out}");
+    // b recovers: the block clears.
+    std::fs::remove_file(b.join("unhealthy")).unwrap();
+    let (code, out) = once(&b, &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = once(&a, &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dry run: every check allows a reboot"), "{out}");
+    assert!(reboots(&a).is_empty(), "a dry run never reboots");
+
+    // The kill switch.
+    std::fs::write(a.join("kill"), "").unwrap();
+    let (code, out) = once(&a, &["run", "--once"]).await;
+    assert_eq!(code, 5, "{out}");
+    std::fs::remove_file(a.join("kill")).unwrap();
+
+    // A closed window defers every host (a deny rule covering every day).
+    let closed =
+        "[[safety.windows]]\naction = \"deny\"\nstart = \"00:00\"\nend = \"00:00\"\ntime_zone = \"Europe/Berlin\"\n";
+    let shut = host(&root, "shut", &e.endpoint, "");
+    let text = std::fs::read_to_string(shut.join("host.toml")).unwrap();
+    std::fs::write(shut.join("host.toml"), text.replace("[reboot]", &format!("{closed}[reboot]"))).unwrap();
+    let (code, out) = once(&shut, &["run", "--once"]).await;
+    assert_eq!(code, 7, "{out}");
+    assert!(out.contains("inside deny window"), "{out}");
+
+    // a reboots (its script does not kill it here): the lock stays held
+    // through the reboot, readable with etcdctl, and c meets contention.
+    std::fs::write(a.join("no-kill"), "").unwrap();
+    let (code, out) = once(&a, &["run", "--once"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(reboots(&a).len(), 1);
+    let mut client = etcd_client::Client::connect([e.endpoint.as_str()], None).await.unwrap();
+    let r = client.get("/fleet/lock/slot-0", None).await.unwrap();
+    let holder: serde_json::Value = serde_json::from_slice(r.kvs()[0].value()).unwrap();
+    assert_eq!(holder["node"], "a");
+    assert!(holder["pid"].as_u64().is_some() && holder["acquired_at"].as_str().is_some(), "{holder}");
+    assert_eq!(holder["boot_id"], "boot-0");
+    let (code, out) = once(&c, &["run", "--once"]).await;
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("is held by a (pid"), "{out}");
+    let (code, _) = once(&c, &["status", "--skip-lock"]).await;
+    assert_eq!(code, 0, "--skip-lock does not look at the lock");
+    // a comes back: it releases the lock and the cooldown starts.
+    let (code, out) = once(&a, &["run", "--once"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("reboot_completed"), "{out}");
+    let (code, out) = once(&c, &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 7, "{out}");
+    assert!(out.contains("cooldown: a rebooted"), "{out}");
+
+    // Usage errors are 64; cluster-mode flags are refused in host mode.
+    let (code, _) = once(&a, &["run", "--bogus"]).await;
+    assert_eq!(code, 64);
+    let out = Command::new(BIN).args(["--active", "host", "simulate"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(64));
+
+    // A failing detector makes simulate exit 6.
+    let broken = host(&root, "broken", &e.endpoint, "");
+    let text = std::fs::read_to_string(broken.join("host.toml")).unwrap();
+    let text = text.replacen(
+        "[gate]",
+        "[[detectors]]\nkind = \"command\"\ncommand = [\"/nonexistent/needs-reboot\"]\n[gate]",
+        1,
+    );
+    std::fs::write(broken.join("host.toml"), text).unwrap();
+    let (code, out) = once(&broken, &["simulate"]).await;
+    assert_eq!(code, 6, "{out}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_config_names_the_field_of_each_broken_config() {
+    let root = scratch("validate");
+    let cases: &[(&str, &str)] = &[
+        ("[host]\ninterval = \"soon\"\n", "host.interval"),
+        ("[host]\nintervall = \"1m\"\n", "intervall"),
+        ("[gate]\ncommand = [\"\"]\n", "gate.command"),
+        ("[[detectors]]\nkind = \"magic\"\n", "magic"),
+        ("[[detectors]]\nkind = \"command\"\ncommand = [\"x\"]\nreboot_exit_codes = [300]\n", "reboot_exit_codes"),
+        ("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n", "etcd.endpoints"),
+        ("[etcd]\nlock_ttl = \"3s\"\ncall_timeout = \"5s\"\n", "etcd.call_timeout"),
+        ("[policy]\nmin_healthy_fraction = 1.5\n", "policy.min_healthy_fraction"),
+        ("[policy]\nmin_healthy = 5\nexpected_hosts = 3\n", "policy.min_healthy"),
+        (
+            "[[safety.windows]]\naction = \"allow\"\nstart = \"01:00\"\nend = \"02:00\"\ntime_zone = \"Europe/Atlantis\"\n",
+            "safety.windows[0].time_zone",
+        ),
+        (
+            "[[safety.windows]]\naction = \"sometimes\"\nstart = \"01:00\"\nend = \"02:00\"\n",
+            "safety.windows[0].action",
+        ),
+        ("[reboot]\ncommand = []\n", "reboot.command"),
+        ("[server]\nmetrics_port = 70000\n", "metrics_port"),
+    ];
+    for (i, (text, field)) in cases.iter().enumerate() {
+        let path = root.join(format!("broken-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out =
+            Command::new(BIN).args(["host", "--config"]).arg(&path).arg("validate-config").output().await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(field), "{text}: {err}");
+    }
+    let out = Command::new(BIN)
+        .args(["host", "validate-config"])
+        .env("NODE_AGENT_SAFETY__DRY_RUN", "maybe")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NODE_AGENT_SAFETY__DRY_RUN"));
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/host.toml");
+    let out = Command::new(BIN).args(["host", "--config", example, "validate-config"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&root);
+}
