@@ -241,7 +241,9 @@ async fn host_main(global: GlobalArgs, command: HostCommand, recorder: AgentReco
             return EXIT_CONFIG;
         }
     };
-    init_tracing(global.log_format.unwrap_or(config.server.log_format), "info");
+    // A report's table is the output of status and simulate: their logs say only what went wrong.
+    let level = if matches!(command, HostCommand::Run { .. }) { "info" } else { "warn" };
+    init_tracing(global.log_format.unwrap_or(config.server.log_format), level);
     host_run::describe_metrics();
     match command {
         HostCommand::ValidateConfig => {
