@@ -115,6 +115,7 @@ timeout = "5s"
 [etcd]
 endpoints = ["{etcd}"]
 prefix = "/fleet"
+[coordination]
 lock_ttl = "3s"
 call_timeout = "1s"
 lock_wait = "1s"
@@ -370,7 +371,7 @@ async fn validate_config_names_the_field_of_each_broken_config() {
         ("[[detectors]]\nkind = \"magic\"\n", "magic"),
         ("[[detectors]]\nkind = \"command\"\ncommand = [\"x\"]\nreboot_exit_codes = [300]\n", "reboot_exit_codes"),
         ("[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n", "etcd.endpoints"),
-        ("[etcd]\nlock_ttl = \"3s\"\ncall_timeout = \"5s\"\n", "etcd.call_timeout"),
+        ("[coordination]\nlock_ttl = \"3s\"\ncall_timeout = \"5s\"\n", "coordination.call_timeout"),
         ("[policy]\nmin_healthy_fraction = 1.5\n", "policy.min_healthy_fraction"),
         ("[policy]\nmin_healthy = 5\nexpected_hosts = 3\n", "policy.min_healthy"),
         (
@@ -404,5 +405,84 @@ async fn validate_config_names_the_field_of_each_broken_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/host.toml");
     let out = Command::new(BIN).args(["host", "--config", example, "validate-config"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_lease_backend_gates_serializes_and_holds_through_a_reboot() {
+    use cluster_sim::{ClusterConfig, Ports, SimServer};
+    use k8s_openapi::api::coordination::v1::Lease;
+    let sim = SimServer::start(ClusterConfig { nodes: 1, gpu_nodes: 0, ..ClusterConfig::default() }, Ports::default())
+        .await
+        .expect("simulator starts");
+    let root = scratch("kube");
+    let kubeconfig = root.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let kube = format!(
+        "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"default\"\nname_prefix = \"fleet\"\n",
+        kubeconfig.display()
+    );
+    let on_leases = |d: &Path| {
+        let text = std::fs::read_to_string(d.join("host.toml")).unwrap();
+        let text = text
+            .replace("[coordination]\n", "[coordination]\nbackend = \"kubernetes\"\n")
+            .replace("[server]", &format!("{kube}[server]"));
+        std::fs::write(d.join("host.toml"), text).unwrap();
+    };
+    let unused = "http://127.0.0.1:1";
+    let (a, b, c) = (host(&root, "a", unused, ""), host(&root, "b", unused, ""), host(&root, "c", unused, ""));
+    for d in [&a, &b, &c] {
+        on_leases(d);
+    }
+
+    let (code, out) = once(&a, &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 0, "{out}");
+    std::fs::write(b.join("unhealthy"), "").unwrap();
+    let (code, out) = once(&b, &["run", "--once"]).await;
+    assert_eq!(code, 3, "{out}");
+    let (code, out) = once(&a, &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("host b reports unhealthy"), "{out}");
+    std::fs::remove_file(b.join("unhealthy")).unwrap();
+    let (code, out) = once(&b, &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 0, "{out}");
+
+    // a reboots holding the lock Lease; c meets contention.
+    std::fs::write(a.join("no-kill"), "").unwrap();
+    let (code, out) = once(&a, &["run", "--once"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(reboots(&a).len(), 1);
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client, "default");
+    let lock = leases.get("fleet-lock").await.unwrap();
+    let spec = lock.spec.clone().unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("a"));
+    assert_eq!(spec.lease_duration_seconds, Some(6), "held for reboot.hold");
+    let holder: serde_json::Value =
+        serde_json::from_str(&lock.metadata.annotations.as_ref().unwrap()["node-agent.io/holder"]).unwrap();
+    assert_eq!(holder["boot_id"], "boot-0");
+    let (code, out) = once(&c, &["run", "--once"]).await;
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("is held by a"), "{out}");
+
+    // a is back (new boot id): it releases, and the cooldown holds c.
+    let (code, out) = once(&a, &["run", "--once"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("reboot_completed"), "{out}");
+    let lock = leases.get("fleet-lock").await.unwrap();
+    assert_eq!(lock.spec.unwrap().holder_identity, None, "released");
+    let (code, out) = once(&c, &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 7, "{out}");
+    assert!(out.contains("cooldown: a rebooted"), "{out}");
+    let markers = leases.list(&kube::api::ListParams::default().labels("node-agent.io/fleet=fleet")).await.unwrap();
+    assert_eq!(markers.items.len(), 3, "one health marker Lease per host");
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -111,17 +111,25 @@ impl Default for GateSection {
     }
 }
 
-/// `[etcd]`: where the fleet coordinates.
+/// Which store the fleet coordinates through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// etcd (`[etcd]`).
+    #[default]
+    Etcd,
+    /// Kubernetes Leases (`[kubernetes]`), for clusters without etcd access.
+    Kubernetes,
+}
+
+/// `[coordination]`: the backend and its timings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct EtcdSection {
-    /// Client URLs (`http://host:2379`).
-    pub endpoints: Vec<String>,
-    /// Key prefix: the lock is `<prefix>/lock/`, health markers
-    /// `<prefix>/health/<host>`, the last reboot `<prefix>/last-reboot`.
-    pub prefix: String,
-    /// The lock lease's TTL while the holder runs: a holder that dies before
-    /// it reboots frees the lock within it.
+pub struct CoordinationSection {
+    /// `"etcd"` or `"kubernetes"`.
+    pub backend: Backend,
+    /// The lock's TTL while the holder runs: a holder that dies before it
+    /// reboots frees the lock within it.
     #[serde(with = "duration_str")]
     pub lock_ttl: Duration,
     /// How long one pass waits for the lock before it gives up (exit 4 with `--once`).
@@ -131,22 +139,68 @@ pub struct EtcdSection {
     /// for this long is no longer counted (as healthy or unhealthy).
     #[serde(with = "duration_str")]
     pub health_ttl: Duration,
-    /// Deadline of each call to etcd.
+    /// Deadline of each call to the backend.
     #[serde(with = "duration_str")]
     pub call_timeout: Duration,
 }
 
-impl Default for EtcdSection {
+impl Default for CoordinationSection {
     fn default() -> Self {
-        EtcdSection {
-            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
-            prefix: "/node-agent/host".to_owned(),
+        CoordinationSection {
+            backend: Backend::Etcd,
             lock_ttl: Duration::from_secs(30),
             lock_wait: Duration::from_secs(60),
             health_ttl: Duration::from_secs(900),
             call_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// `[etcd]`: the etcd backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdSection {
+    /// Client URLs (`http://host:2379`).
+    pub endpoints: Vec<String>,
+    /// Key prefix: the lock is `<prefix>/lock/`, health markers
+    /// `<prefix>/health/<host>`, the last reboot `<prefix>/last-reboot`.
+    pub prefix: String,
+}
+
+impl Default for EtcdSection {
+    fn default() -> Self {
+        EtcdSection { endpoints: vec!["http://127.0.0.1:2379".to_owned()], prefix: "/node-agent/host".to_owned() }
+    }
+}
+
+/// `[kubernetes]`: the Kubernetes Lease backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesSection {
+    /// A kubeconfig file (empty: the in-cluster configuration).
+    pub kubeconfig: String,
+    /// The Leases' namespace.
+    pub namespace: String,
+    /// The Leases' name prefix (`<prefix>-lock`, `<prefix>-health-<host>`, `<prefix>-last-reboot`).
+    pub name_prefix: String,
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        KubernetesSection {
+            kubeconfig: String::new(),
+            namespace: "kube-system".to_owned(),
+            name_prefix: "node-agent-host".to_owned(),
+        }
+    }
+}
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// `[policy]`: how much of the fleet must be healthy before one host reboots.
@@ -272,8 +326,12 @@ pub struct HostConfig {
     pub detectors: Vec<DetectorConfig>,
     /// The health gate.
     pub gate: GateSection,
+    /// The backend and its timings.
+    pub coordination: CoordinationSection,
     /// etcd.
     pub etcd: EtcdSection,
+    /// Kubernetes Leases.
+    pub kubernetes: KubernetesSection,
     /// Fleet health policy.
     pub policy: PolicySection,
     /// Safeguards.
@@ -363,33 +421,62 @@ impl HostConfig {
             return Err(invalid("gate.timeout", "must be positive"));
         }
         let e = &self.etcd;
-        if e.endpoints.is_empty() {
-            return Err(invalid("etcd.endpoints", "empty: expected at least one URL such as http://127.0.0.1:2379"));
-        }
-        for u in &e.endpoints {
-            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
-                return Err(invalid("etcd.endpoints", format!("{u:?}: expected a URL such as http://127.0.0.1:2379")));
+        if self.coordination.backend == Backend::Etcd {
+            if e.endpoints.is_empty() {
+                return Err(invalid(
+                    "etcd.endpoints",
+                    "empty: expected at least one URL such as http://127.0.0.1:2379",
+                ));
+            }
+            for u in &e.endpoints {
+                if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+                    return Err(invalid(
+                        "etcd.endpoints",
+                        format!("{u:?}: expected a URL such as http://127.0.0.1:2379"),
+                    ));
+                }
+            }
+            if !e.prefix.starts_with('/') || e.prefix.len() < 2 {
+                return Err(invalid(
+                    "etcd.prefix",
+                    format!("{:?}: expected a key prefix such as /node-agent/host", e.prefix),
+                ));
+            }
+        } else {
+            let k = &self.kubernetes;
+            if !dns_label(&k.namespace) {
+                return Err(invalid("kubernetes.namespace", format!("{:?}: expected a namespace name", k.namespace)));
+            }
+            if !dns_label(&k.name_prefix) || k.name_prefix.len() > 40 {
+                return Err(invalid(
+                    "kubernetes.name_prefix",
+                    format!("{:?}: expected lowercase letters, digits and '-', at most 40", k.name_prefix),
+                ));
+            }
+            if !h.name.is_empty() && !dns_label(&h.name) {
+                return Err(invalid(
+                    "host.name",
+                    format!(
+                        "{:?}: the Kubernetes backend names Leases after hosts: expected lowercase letters, digits and '-'",
+                        h.name
+                    ),
+                ));
             }
         }
-        if !e.prefix.starts_with('/') || e.prefix.len() < 2 {
-            return Err(invalid(
-                "etcd.prefix",
-                format!("{:?}: expected a key prefix such as /node-agent/host", e.prefix),
-            ));
+        let c = &self.coordination;
+        if c.lock_ttl < Duration::from_secs(2) {
+            return Err(invalid("coordination.lock_ttl", "expected at least 2s"));
         }
-        if e.lock_ttl < Duration::from_secs(2) {
-            return Err(invalid("etcd.lock_ttl", "expected at least 2s"));
-        }
-        if e.call_timeout.is_zero() || e.call_timeout >= e.lock_ttl {
+        if c.call_timeout.is_zero() || c.call_timeout >= c.lock_ttl {
             return Err(ConfigError::Conflict {
-                first: "etcd.call_timeout".into(),
-                second: "etcd.lock_ttl".into(),
+                first: "coordination.call_timeout".into(),
+                second: "coordination.lock_ttl".into(),
                 message: "each call must time out (positive) before the lock lease would expire".into(),
             });
         }
-        if e.health_ttl <= h.interval + h.jitter {
+        if c.health_ttl <= h.interval + h.jitter {
             return Err(ConfigError::Conflict {
-                first: "etcd.health_ttl".into(),
+                first: "coordination.health_ttl".into(),
                 second: "host.interval".into(),
                 message: format!(
                     "a health marker must outlive one interval plus jitter ({:?}), or healthy hosts drop out between reports",
@@ -423,10 +510,10 @@ impl HostConfig {
         if self.reboot.timeout.is_zero() {
             return Err(invalid("reboot.timeout", "must be positive"));
         }
-        if self.reboot.hold <= e.lock_ttl {
+        if self.reboot.hold <= self.coordination.lock_ttl {
             return Err(ConfigError::Conflict {
                 first: "reboot.hold".into(),
-                second: "etcd.lock_ttl".into(),
+                second: "coordination.lock_ttl".into(),
                 message: "the lock must be held through a reboot for longer than its running TTL".into(),
             });
         }
@@ -543,7 +630,9 @@ mod tests {
             ("[reboot]\nhold = \"10s\"\n", &[], "reboot.hold"),
             ("", &[("NODE_AGENT_SAFETY__DRY_RUN", "maybe")], "NODE_AGENT_SAFETY__DRY_RUN"),
             ("", &[("NODE_AGENT_SERVER__METRICS_PORT", "70000")], "NODE_AGENT_SERVER__METRICS_PORT"),
-            ("[etcd]\nhealth_ttl = \"1m\"\n", &[], "etcd.health_ttl"),
+            ("[coordination]\nhealth_ttl = \"1m\"\n", &[], "coordination.health_ttl"),
+            ("[coordination]\nbackend = \"zookeeper\"\n", &[], "backend"),
+            ("[coordination]\nbackend = \"kubernetes\"\n[host]\nname = \"Web_1\"\n", &[], "host.name"),
         ];
         for (text, env, field) in cases {
             let err = load_toml(text, env).unwrap_err().to_string();

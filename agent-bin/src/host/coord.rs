@@ -1,22 +1,24 @@
-//! The fleet's shared state in etcd: each host's health marker (under a
-//! lease, so a dead host's marker expires), the last successful reboot (for
-//! the fleet-wide cooldown) and the reboot lock.
+//! The fleet's shared state: each host's health marker (expiring, so a dead
+//! host's marker does not count), the last completed reboot (for the
+//! fleet-wide cooldown) and the reboot lock, behind [`FleetStore`]: etcd
+//! ([`EtcdFleet`]) or Kubernetes Leases ([`super::kube_fleet::KubeFleet`]).
 //!
-//! Keys under the configured prefix `P`:
+//! etcd keys under the configured prefix `P`:
 //!
 //! | key | value |
 //! |---|---|
 //! | `P/lock/slot-0` | the lock holder `{node, pid, acquired_at[, boot_id, rebooting_since]}` |
-//! | `P/health/<host>` | `{node, state, reason, at}`, bound to a lease of `etcd.health_ttl` |
+//! | `P/health/<host>` | `{node, state, reason, at}`, bound to a lease of `coordination.health_ttl` |
 //! | `P/last-reboot` | `{node, at}` of the last reboot that completed (host back and healthy) |
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use serde::{Deserialize, Serialize};
-use state_store::RemediationLock;
+use state_store::{Holder, LockError, LockGuard, RemediationLock};
 
-use super::config::{EtcdSection, PolicySection};
+use super::config::{CoordinationSection, EtcdSection, PolicySection};
 
 /// A host's state as it reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +152,21 @@ pub enum CoordError {
     },
     /// The lock failed.
     #[error(transparent)]
-    Lock(#[from] state_store::LockError),
+    Lock(#[from] LockError),
+    /// The Kubernetes API failed.
+    #[error("Kubernetes API ({what}): {message}")]
+    Kube {
+        /// The call.
+        what: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The lock is no longer ours.
+    #[error("the lock {key} is no longer held by this host")]
+    Lost {
+        /// The lock's key or object.
+        key: String,
+    },
     /// A value is not what this agent writes.
     #[error("the value of {key} cannot be read ({message}); inspect it with etcdctl get {key}")]
     Unreadable {
@@ -161,9 +177,103 @@ pub enum CoordError {
     },
 }
 
-/// The fleet's shared state for one host.
+/// A held reboot lock.
+#[async_trait]
+pub trait HeldLock: Send + Sync {
+    /// The lock's key (etcd) or object (`namespace/name`).
+    fn key(&self) -> String;
+    /// Releases it at once.
+    async fn release(self: Box<Self>) -> Result<(), CoordError>;
+    /// Keeps it held through a reboot of this host for at most `ttl`, with
+    /// `holder`'s metadata (boot id), renewed by nobody: it frees itself
+    /// unless this host reclaims it ([`FleetStore::reclaim`]).
+    async fn hold_through(self: Box<Self>, holder: &Holder, ttl: Duration) -> Result<(), CoordError>;
+}
+
+/// Where the fleet coordinates (see the module docs).
+#[async_trait]
+pub trait FleetStore: Send + Sync {
+    /// The lock's key or object, for logs and the gate's environment.
+    fn lock_key(&self) -> String;
+    /// Publishes this host's marker, expiring after `coordination.health_ttl`.
+    async fn publish(&self, state: HostState, reason: &str) -> Result<(), CoordError>;
+    /// Every live marker.
+    async fn fleet(&self) -> Result<FleetView, CoordError>;
+    /// The last completed reboot.
+    async fn last_reboot(&self) -> Result<Option<LastReboot>, CoordError>;
+    /// Records that this host's reboot completed now.
+    async fn record_reboot(&self) -> Result<(), CoordError>;
+    /// Takes the lock now, or `None` when another host holds it.
+    async fn try_lock(&self, holder: &Holder) -> Result<Option<Box<dyn HeldLock>>, CoordError>;
+    /// Waits up to `wait` for the lock; `None` when it stayed taken.
+    async fn lock(&self, holder: &Holder, wait: Duration) -> Result<Option<Box<dyn HeldLock>>, CoordError>;
+    /// Who holds the lock.
+    async fn holders(&self) -> Result<Vec<Holder>, CoordError>;
+    /// Takes back the lock this host held before it restarted, with the
+    /// metadata it wrote then.
+    async fn reclaim(&self) -> Result<Option<(Box<dyn HeldLock>, Holder)>, CoordError>;
+}
+
+struct EtcdHeld {
+    guard: LockGuard,
+}
+
+#[async_trait]
+impl HeldLock for EtcdHeld {
+    fn key(&self) -> String {
+        self.guard.key().to_owned()
+    }
+    async fn release(self: Box<Self>) -> Result<(), CoordError> {
+        Ok(self.guard.release().await?)
+    }
+    async fn hold_through(self: Box<Self>, holder: &Holder, ttl: Duration) -> Result<(), CoordError> {
+        self.guard.hold_through(holder, ttl).await?;
+        Ok(())
+    }
+}
+
+fn held(guard: LockGuard) -> Box<dyn HeldLock> {
+    Box::new(EtcdHeld { guard })
+}
+
+#[async_trait]
+impl FleetStore for EtcdFleet {
+    fn lock_key(&self) -> String {
+        format!("{}/slot-0", self.lock.name())
+    }
+    async fn publish(&self, state: HostState, reason: &str) -> Result<(), CoordError> {
+        self.put_marker(state, reason).await
+    }
+    async fn fleet(&self) -> Result<FleetView, CoordError> {
+        self.read_fleet().await
+    }
+    async fn last_reboot(&self) -> Result<Option<LastReboot>, CoordError> {
+        self.read_last_reboot().await
+    }
+    async fn record_reboot(&self) -> Result<(), CoordError> {
+        self.write_last_reboot().await
+    }
+    async fn try_lock(&self, holder: &Holder) -> Result<Option<Box<dyn HeldLock>>, CoordError> {
+        Ok(self.lock.try_acquire(holder).await?.map(held))
+    }
+    async fn lock(&self, holder: &Holder, wait: Duration) -> Result<Option<Box<dyn HeldLock>>, CoordError> {
+        match self.lock.acquire(holder, wait).await {
+            Ok(g) => Ok(Some(held(g))),
+            Err(LockError::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+    async fn holders(&self) -> Result<Vec<Holder>, CoordError> {
+        Ok(self.lock.holders().await?)
+    }
+    async fn reclaim(&self) -> Result<Option<(Box<dyn HeldLock>, Holder)>, CoordError> {
+        Ok(self.lock.reclaim(&self.node).await?.map(|(g, h)| (held(g), h)))
+    }
+}
+
+/// The fleet's shared state in etcd.
 #[derive(Clone)]
-pub struct Coordinator {
+pub struct EtcdFleet {
     client: Client,
     prefix: String,
     node: String,
@@ -173,9 +283,9 @@ pub struct Coordinator {
     marker_lease: std::sync::Arc<parking_lot::Mutex<Option<i64>>>,
 }
 
-impl std::fmt::Debug for Coordinator {
+impl std::fmt::Debug for EtcdFleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Coordinator").field("prefix", &self.prefix).field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("EtcdFleet").field("prefix", &self.prefix).field("node", &self.node).finish_non_exhaustive()
     }
 }
 
@@ -200,37 +310,25 @@ pub fn now() -> (String, u64) {
     (health_core::Timestamp::from_millis(ms).to_string(), ms)
 }
 
-impl Coordinator {
+impl EtcdFleet {
     /// Connects to etcd (lazily: the first call connects).
-    pub async fn connect(e: &EtcdSection, node: &str) -> Result<Coordinator, CoordError> {
+    pub async fn connect(e: &EtcdSection, c: &CoordinationSection, node: &str) -> Result<EtcdFleet, CoordError> {
         // No per-request timeout on the channel: it would end the lock's watch and
         // keep-alive streams. Each call is bounded by `bounded` instead.
-        let opts = ConnectOptions::new().with_connect_timeout(e.call_timeout);
-        let client = bounded("connect", e.call_timeout, Client::connect(e.endpoints.clone(), Some(opts))).await?;
+        let opts = ConnectOptions::new().with_connect_timeout(c.call_timeout);
+        let client = bounded("connect", c.call_timeout, Client::connect(e.endpoints.clone(), Some(opts))).await?;
         let prefix = e.prefix.trim_end_matches('/').to_owned();
-        let lock = RemediationLock::new(client.clone(), format!("{prefix}/lock"), 1, e.lock_ttl)?
-            .with_rpc_timeout(e.call_timeout)?;
-        Ok(Coordinator {
+        let lock = RemediationLock::new(client.clone(), format!("{prefix}/lock"), 1, c.lock_ttl)?
+            .with_rpc_timeout(c.call_timeout)?;
+        Ok(EtcdFleet {
             client,
             prefix,
             node: node.to_owned(),
-            timeout: e.call_timeout,
-            health_ttl: e.health_ttl,
+            timeout: c.call_timeout,
+            health_ttl: c.health_ttl,
             lock,
             marker_lease: std::sync::Arc::default(),
         })
-    }
-
-    /// The reboot lock.
-    #[must_use]
-    pub fn lock(&self) -> &RemediationLock {
-        &self.lock
-    }
-
-    /// The lock's slot key (for the gate's environment and logs).
-    #[must_use]
-    pub fn lock_key(&self) -> String {
-        format!("{}/slot-0", self.lock.name())
     }
 
     fn health_key(&self, node: &str) -> String {
@@ -241,9 +339,9 @@ impl Coordinator {
         format!("{}/last-reboot", self.prefix)
     }
 
-    /// Publishes this host's marker under a fresh lease of `etcd.health_ttl`
+    /// Publishes this host's marker under a fresh lease of `coordination.health_ttl`
     /// (the previous lease is revoked), so it expires if the host stops.
-    pub async fn publish(&self, state: HostState, reason: &str) -> Result<(), CoordError> {
+    async fn put_marker(&self, state: HostState, reason: &str) -> Result<(), CoordError> {
         let mut c = self.client.clone();
         let t = self.timeout;
         let ttl = i64::try_from(self.health_ttl.as_secs().max(2)).unwrap_or(i64::MAX);
@@ -268,7 +366,7 @@ impl Coordinator {
     }
 
     /// Every host's marker.
-    pub async fn fleet(&self) -> Result<FleetView, CoordError> {
+    async fn read_fleet(&self) -> Result<FleetView, CoordError> {
         let mut c = self.client.clone();
         let prefix = format!("{}/health/", self.prefix);
         let r =
@@ -291,7 +389,7 @@ impl Coordinator {
     }
 
     /// The last completed reboot, if any.
-    pub async fn last_reboot(&self) -> Result<Option<LastReboot>, CoordError> {
+    async fn read_last_reboot(&self) -> Result<Option<LastReboot>, CoordError> {
         let mut c = self.client.clone();
         let key = self.last_reboot_key();
         let r = bounded("read the last reboot", self.timeout, c.get(key.clone(), None)).await?;
@@ -300,7 +398,7 @@ impl Coordinator {
     }
 
     /// Records that this host's reboot completed now.
-    pub async fn record_reboot(&self) -> Result<(), CoordError> {
+    async fn write_last_reboot(&self) -> Result<(), CoordError> {
         let mut c = self.client.clone();
         let (at, at_ms) = now();
         let value = serde_json::to_vec(&LastReboot { node: self.node.clone(), at, at_ms }).unwrap_or_default();

@@ -14,12 +14,14 @@
 //! | [`config`] | defaults < TOML or YAML file < `NODE_AGENT_<SECTION>__<KEY>` |
 //! | [`window`] | maintenance windows (days, times, IANA zones, DST) |
 //! | [`detect`] | reboot-required detectors and the health gate |
-//! | [`coord`] | health markers, the last reboot and the lock in etcd |
+//! | [`coord`] | health markers, the last reboot and the lock: the backend trait, etcd |
+//! | [`kube_fleet`] | the same on Kubernetes Leases |
 //! | [`run`] | passes, the loop and exit codes |
 
 pub mod config;
 pub mod coord;
 pub mod detect;
+pub mod kube_fleet;
 pub mod run;
 pub mod window;
 

@@ -4,7 +4,7 @@
 //! A pass, in order: detectors; the health gate (`pre-lock`, or `report`
 //! when no reboot is needed) and this host's health marker; kill switch;
 //! maintenance window; fleet health and policy; cooldown; the lock (waiting
-//! up to `etcd.lock_wait`); then, holding it, everything again (detectors,
+//! up to `coordination.lock_wait`); then, holding it, everything again (detectors,
 //! window, fleet, cooldown, the gate at `post-lock`). Only then the lock is
 //! handed over to the reboot (held on a lease of `reboot.hold` that nobody
 //! renews) and the reboot command runs. After the reboot, the new process
@@ -18,11 +18,12 @@ use std::time::Duration;
 use health_core::HealthManager;
 use health_core::process::Program;
 use serde::Serialize;
-use state_store::{Holder, LockGuard};
+use state_store::Holder;
 
-use super::config::HostConfig;
-use super::coord::{CoordError, Coordinator, FleetView, HostState, now};
+use super::config::{Backend, HostConfig};
+use super::coord::{CoordError, EtcdFleet, FleetStore, FleetView, HeldLock, HostState, now};
 use super::detect::{self, DetectorRun, GateRun};
+use super::kube_fleet::{KubeFleet, KubeFleetSettings};
 use super::window::{Verdict, Windows};
 
 /// Exit code: a health gate (this host's, a peer's or the policy) blocks the reboot.
@@ -148,7 +149,7 @@ pub struct HostAgent {
     config: HostConfig,
     node: String,
     windows: Windows,
-    coord: Coordinator,
+    coord: Box<dyn FleetStore>,
     health: std::sync::Arc<HealthManager>,
     metrics_endpoint: String,
 }
@@ -156,6 +157,51 @@ pub struct HostAgent {
 impl std::fmt::Debug for HostAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostAgent").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// The component of `/readyz` for the coordination backend.
+pub const STORE_COMPONENT: &str = "coordination";
+
+async fn connect(config: &HostConfig, node: &str) -> Result<Box<dyn FleetStore>, String> {
+    let c = &config.coordination;
+    match c.backend {
+        Backend::Etcd => {
+            let f = EtcdFleet::connect(&config.etcd, c, node).await.map_err(|e| e.to_string())?;
+            Ok(Box::new(f))
+        }
+        Backend::Kubernetes => {
+            let k = &config.kubernetes;
+            let mut cfg = if k.kubeconfig.is_empty() {
+                kube::Config::incluster().map_err(|e| {
+                    format!(
+                        "kubernetes.kubeconfig is empty and the in-cluster configuration is unavailable ({e}): set it"
+                    )
+                })?
+            } else {
+                let kc = kube::config::Kubeconfig::read_from(&k.kubeconfig)
+                    .map_err(|e| format!("kubernetes.kubeconfig {}: {e}", k.kubeconfig))?;
+                kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| format!("kubernetes.kubeconfig {}: {e}", k.kubeconfig))?
+            };
+            cfg.read_timeout = Some(c.call_timeout);
+            cfg.connect_timeout = Some(c.call_timeout);
+            cfg.headers.push((
+                axum::http::header::USER_AGENT,
+                axum::http::HeaderValue::from_static(concat!("node-agent/", env!("CARGO_PKG_VERSION"))),
+            ));
+            let client = kube::Client::try_from(cfg).map_err(|e| format!("Kubernetes client: {e}"))?;
+            let settings = KubeFleetSettings {
+                namespace: k.namespace.clone(),
+                prefix: k.name_prefix.clone(),
+                node: node.to_owned(),
+                lock_ttl: c.lock_ttl,
+                health_ttl: c.health_ttl,
+                call_timeout: c.call_timeout,
+            };
+            Ok(Box::new(KubeFleet::new(client, settings)))
+        }
     }
 }
 
@@ -235,7 +281,10 @@ pub fn describe_metrics() {
     describe_gauge!("node_agent_host_window_open", "1 while the maintenance windows allow a reboot to start.");
     describe_gauge!("node_agent_host_kill_switch", "1 while the kill switch file exists.");
     describe_gauge!("node_agent_host_fleet_hosts", "Hosts by the state their health marker reports.");
-    describe_counter!("node_agent_host_etcd_errors_total", "Failed etcd calls by operation.");
+    describe_counter!(
+        "node_agent_host_coordination_errors_total",
+        "Failed calls to the coordination backend (etcd or Kubernetes) by operation."
+    );
 }
 
 impl HostAgent {
@@ -247,9 +296,9 @@ impl HostAgent {
     ) -> Result<HostAgent, String> {
         let node = config.node_name().map_err(|e| e.to_string())?;
         read_boot_id(&config)?;
-        let coord = Coordinator::connect(&config.etcd, &node).await.map_err(|e| e.to_string())?;
+        let coord = connect(&config, &node).await?;
         let windows = config.windows();
-        health.register("etcd");
+        health.register(STORE_COMPONENT);
         health.register_optional("detectors");
         health.register_optional("gate");
         metrics::gauge!("node_agent_host_info", "version" => env!("CARGO_PKG_VERSION"), "node" => node.clone())
@@ -263,19 +312,24 @@ impl HostAgent {
         &self.node
     }
 
-    fn etcd_ok(&self) {
-        self.health.update("etcd", health_core::ComponentStatus::Healthy, "etcd answers", BTreeMap::new());
+    fn store_ok(&self) {
+        self.health.update(
+            STORE_COMPONENT,
+            health_core::ComponentStatus::Healthy,
+            "the coordination backend answers",
+            BTreeMap::new(),
+        );
     }
 
-    fn etcd_failed(&self, what: &str, e: &CoordError) -> Outcome {
-        metrics::counter!("node_agent_host_etcd_errors_total", "operation" => what.to_owned()).increment(1);
+    fn store_failed(&self, what: &str, e: &CoordError) -> Outcome {
+        metrics::counter!("node_agent_host_coordination_errors_total", "operation" => what.to_owned()).increment(1);
         self.health.update(
-            "etcd",
+            STORE_COMPONENT,
             health_core::ComponentStatus::Degraded,
             format!("{what}: {e}"),
-            BTreeMap::from([("endpoints".to_owned(), self.config.etcd.endpoints.join(","))]),
+            BTreeMap::from([("backend".to_owned(), format!("{:?}", self.config.coordination.backend).to_lowercase())]),
         );
-        tracing::warn!(event = "etcd_failed", node = %self.node, operation = what, error = %e, "etcd call failed; nothing reboots until it answers");
+        tracing::warn!(event = "coordination_failed", node = %self.node, operation = what, error = %e, "the coordination backend failed; nothing reboots until it answers");
         Outcome::Failed(format!("{what}: {e}"))
     }
 
@@ -352,11 +406,11 @@ impl HostAgent {
     /// again (within what is left of `reboot.hold`). With the same boot id
     /// the reboot did not happen: the lock is released.
     pub async fn resume(&self) -> Option<Outcome> {
-        let reclaimed = match self.coord.lock().reclaim(&self.node).await {
+        let reclaimed = match self.coord.reclaim().await {
             Ok(r) => r,
-            Err(e) => return Some(self.etcd_failed("reclaim the lock", &CoordError::Lock(e))),
+            Err(e) => return Some(self.store_failed("reclaim the lock", &e)),
         };
-        self.etcd_ok();
+        self.store_ok();
         let (guard, holder) = reclaimed?;
         let boot_now = match read_boot_id(&self.config) {
             Ok(b) => b,
@@ -390,7 +444,7 @@ impl HostAgent {
             _ => (HostState::Healthy, "back from reboot, gate passes".to_owned()),
         };
         if let Err(e) = self.coord.publish(state, &reason).await {
-            self.etcd_failed("publish health", &e);
+            self.store_failed("publish health", &e);
         }
         let unfinished = if state == HostState::Healthy {
             match self.coord.record_reboot().await {
@@ -400,7 +454,7 @@ impl HostAgent {
                     return Some(self.release(guard, Outcome::Recovered).await);
                 }
                 // Not released without a cooldown record: held again below.
-                Err(e) => self.etcd_failed("record the reboot", &e),
+                Err(e) => self.store_failed("record the reboot", &e),
             }
         } else {
             Outcome::Blocked(format!("unhealthy after the reboot: {reason}"))
@@ -416,17 +470,17 @@ impl HostAgent {
             return Some(self.release(guard, Outcome::Blocked(why)).await);
         }
         if let Err(e) = guard.hold_through(&holder, left).await {
-            return Some(self.etcd_failed("hold the lock", &CoordError::Lock(e)));
+            return Some(self.store_failed("hold the lock", &e));
         }
         tracing::warn!(event = "unhealthy_after_reboot", node = %self.node, reason = %unfinished.reason(), hold_left = %humantime::format_duration(Duration::from_secs(left.as_secs())), "back from reboot but not done: keeping the lock so no other host reboots");
         Some(unfinished)
     }
 
-    async fn release(&self, guard: LockGuard, outcome: Outcome) -> Outcome {
+    async fn release(&self, guard: Box<dyn HeldLock>, outcome: Outcome) -> Outcome {
         match guard.release().await {
             Ok(()) => outcome,
             Err(e) => {
-                tracing::warn!(event = "lock_release_failed", node = %self.node, error = %e, "the lock could not be released; it frees itself within etcd.lock_ttl");
+                tracing::warn!(event = "lock_release_failed", node = %self.node, error = %e, "the lock could not be released; it frees itself within coordination.lock_ttl");
                 outcome
             }
         }
@@ -461,9 +515,9 @@ impl HostAgent {
                 None => (HostState::Healthy, "no health gate run"),
             };
             if let Err(e) = self.coord.publish(state, reason).await {
-                return self.etcd_failed("publish health", &e);
+                return self.store_failed("publish health", &e);
             }
-            self.etcd_ok();
+            self.store_ok();
         }
         let window = self.window();
         report.window = window.to_string();
@@ -488,29 +542,22 @@ impl HostAgent {
         match self.cooldown().await {
             Ok(Some(why)) => return Outcome::Deferred(why),
             Ok(None) => {}
-            Err(e) => return self.etcd_failed("read the last reboot", &e),
+            Err(e) => return self.store_failed("read the last reboot", &e),
         }
         if opts.skip_lock {
             report.lock = "not checked (--skip-lock)".into();
             return Outcome::Ready;
         }
         let started = std::time::Instant::now();
-        let wait = if opts.status { Duration::ZERO } else { self.config.etcd.lock_wait };
+        let wait = if opts.status { Duration::ZERO } else { self.config.coordination.lock_wait };
         let holder = Holder::now(self.node.clone());
-        let acquired = if wait.is_zero() {
-            self.coord.lock().try_acquire(&holder).await
-        } else {
-            match self.coord.lock().acquire(&holder, wait).await {
-                Ok(g) => Ok(Some(g)),
-                Err(state_store::LockError::Timeout { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        };
+        let acquired =
+            if wait.is_zero() { self.coord.try_lock(&holder).await } else { self.coord.lock(&holder, wait).await };
         metrics::histogram!("node_agent_host_lock_wait_seconds").record(started.elapsed().as_secs_f64());
         let guard = match acquired {
             Ok(Some(g)) => g,
             Ok(None) => {
-                let holders = self.coord.lock().holders().await.unwrap_or_default();
+                let holders = self.coord.holders().await.unwrap_or_default();
                 let who = holders
                     .iter()
                     .map(|h| format!("{} (pid {}, since {})", h.node, h.pid, h.acquired_at))
@@ -523,7 +570,7 @@ impl HostAgent {
                     humantime::format_duration(wait)
                 ));
             }
-            Err(e) => return self.etcd_failed("take the lock", &CoordError::Lock(e)),
+            Err(e) => return self.store_failed("take the lock", &e),
         };
         metrics::counter!("node_agent_host_lock_acquired_total").increment(1);
         report.lock = format!("acquired {}", guard.key());
@@ -546,7 +593,7 @@ impl HostAgent {
     async fn fleet_blocks(&self, report: &mut PassReport) -> Option<Outcome> {
         let fleet = match self.coord.fleet().await {
             Ok(f) => f,
-            Err(e) => return Some(self.etcd_failed("read health markers", &e)),
+            Err(e) => return Some(self.store_failed("read health markers", &e)),
         };
         let mut fleet = fleet;
         // This host counts as its gate says now (its marker may be older, or
@@ -576,7 +623,7 @@ impl HostAgent {
         match self.cooldown().await {
             Ok(Some(why)) => return Some(Outcome::Deferred(why)),
             Ok(None) => {}
-            Err(e) => return Some(self.etcd_failed("read the last reboot", &e)),
+            Err(e) => return Some(self.store_failed("read the last reboot", &e)),
         }
         if let Some(out) = self.fleet_blocks(report).await {
             return Some(out);
@@ -588,22 +635,22 @@ impl HostAgent {
         None
     }
 
-    async fn reboot(&self, guard: LockGuard) -> Outcome {
+    async fn reboot(&self, guard: Box<dyn HeldLock>) -> Outcome {
         let boot_id = match read_boot_id(&self.config) {
             Ok(b) => b,
             Err(e) => return self.release(guard, Outcome::Failed(e)).await,
         };
         if let Err(e) = self.coord.publish(HostState::Rebooting, "rebooting").await {
-            let out = self.etcd_failed("publish health", &e);
+            let out = self.store_failed("publish health", &e);
             return self.release(guard, out).await;
         }
         let holder = Holder::now(self.node.clone()).rebooting(boot_id.clone());
-        let parked = match guard.hold_through(&holder, self.config.reboot.hold).await {
-            Ok(p) => p,
-            Err(e) => return self.etcd_failed("hold the lock through the reboot", &CoordError::Lock(e)),
-        };
+        let key = guard.key();
+        if let Err(e) = guard.hold_through(&holder, self.config.reboot.hold).await {
+            return self.store_failed("hold the lock through the reboot", &e);
+        }
         let argv = &self.config.reboot.command;
-        tracing::warn!(event = "reboot_requested", node = %self.node, command = %argv.join(" "), boot_id = %boot_id, lock = %parked.key, hold = %humantime::format_duration(parked.ttl), "rebooting this host");
+        tracing::warn!(event = "reboot_requested", node = %self.node, command = %argv.join(" "), boot_id = %boot_id, lock = %key, hold = %humantime::format_duration(self.config.reboot.hold), "rebooting this host");
         let program = Program::new(&argv[0], &argv[1..]).timeout(self.config.reboot.timeout);
         match program.run().await {
             Ok(done) if done.status.success() => {
@@ -618,13 +665,13 @@ impl HostAgent {
                 metrics::counter!("node_agent_host_reboot_failures_total").increment(1);
                 tracing::error!(event = "reboot_failed", node = %self.node, reason = %why, "the reboot command failed; releasing the lock");
                 // Take the slot back and free it for the fleet.
-                match self.coord.lock().reclaim(&self.node).await {
+                match self.coord.reclaim().await {
                     Ok(Some((g, _))) => {
                         let _ = self.coord.publish(HostState::Healthy, "reboot command failed").await;
                         self.release(g, Outcome::Failed(format!("reboot command: {why}"))).await
                     }
                     Ok(None) => Outcome::Failed(format!("reboot command: {why}")),
-                    Err(e) => self.etcd_failed("reclaim the lock", &CoordError::Lock(e)),
+                    Err(e) => self.store_failed("reclaim the lock", &e),
                 }
             }
         }
