@@ -331,6 +331,8 @@ async fn gates_windows_the_kill_switch_and_the_lock_hold_every_host_with_their_e
     let (code, out) = once(&c, &["run", "--once"]).await;
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("is held by a (pid"), "{out}");
+    let (code, out) = once(&c, &["status"]).await;
+    assert_eq!(code, 4, "{out}");
     let (code, _) = once(&c, &["status", "--skip-lock"]).await;
     assert_eq!(code, 0, "--skip-lock does not look at the lock");
     // a comes back: it releases the lock and the cooldown starts.
@@ -340,6 +342,12 @@ async fn gates_windows_the_kill_switch_and_the_lock_hold_every_host_with_their_e
     let (code, out) = once(&c, &["run", "--once", "--dry-run"]).await;
     assert_eq!(code, 7, "{out}");
     assert!(out.contains("cooldown: a rebooted"), "{out}");
+
+    // etcd unreachable: a runtime failure, nothing reboots.
+    let lost = host(&root, "lost", &format!("http://127.0.0.1:{}", free_port()), "");
+    let (code, out) = once(&lost, &["run", "--once"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(reboots(&lost).is_empty());
 
     // Usage errors are 64; cluster-mode flags are refused in host mode.
     let (code, _) = once(&a, &["run", "--bogus"]).await;

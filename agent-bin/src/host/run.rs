@@ -724,7 +724,8 @@ pub async fn run(agent: &HostAgent, once: bool, dry_run: bool, shutdown: impl Fu
     let mut failures = 0u32;
     loop {
         let resumed = agent.resume().await;
-        if let Some(o) = &resumed {
+        // Failures were logged where they happened.
+        if let Some(o) = resumed.as_ref().filter(|o| !matches!(o, Outcome::Failed(_))) {
             tracing::info!(event = o.label(), node = %agent.node, reason = %o.reason(), "finished what was started before the restart");
         }
         let outcome = match resumed {
