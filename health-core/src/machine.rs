@@ -45,8 +45,9 @@
 //! Before a disruptive action (reboot, drain, replace) the machine consults
 //! the gates: global pause, stale node source, storm guard, maintenance
 //! window, node being deleted or tainted for removal, per-node opt-out,
-//! start-up grace, and (for starting a new remediation only) `max_in_flight`
-//! and the cluster-wide minimum interval. A gate holds the action back and
+//! start-up grace, `max_in_flight` (counting the other nodes under way: a
+//! node in remediation that acts again, a reboot retry or an escalation,
+//! needs a slot as a new one does) and the cluster-wide minimum interval. A gate holds the action back and
 //! says why in [`Decision::hold`]; it never changes the phase or the counters.
 
 use std::time::Duration;
@@ -82,7 +83,8 @@ pub struct Budget {
     pub total: u32,
     /// Selected nodes currently failing a checker.
     pub unhealthy: u32,
-    /// Selected nodes with a remediation under way ([`Phase::is_in_flight`]).
+    /// Selected nodes with a remediation under way ([`Phase::is_in_flight`]),
+    /// the stepped node included when its phase is in flight.
     pub in_flight: u32,
     /// Remediation is paused by an operator.
     pub paused: bool,
@@ -324,13 +326,16 @@ fn mode_of(policy: &Policy) -> Mode {
     if policy.monitor_only { Mode::Monitor } else { Mode::Active }
 }
 
-/// Consults the safety gates for `action`. `starting` is true when the node
-/// has no remediation under way (the action starts a new one): only then
-/// does `max_in_flight` apply. The cluster-wide minimum interval spaces
-/// every disruptive action but a replacement (it follows the node's own drain).
+/// Consults the safety gates for `action`. `counted` is true when the node
+/// itself is in an in-flight phase, so [`Budget::in_flight`] counts it:
+/// `max_in_flight` applies to the other nodes under way, whether the action
+/// starts a remediation or continues one (a retry after the wait must not
+/// run beside a remediation that started meanwhile). The cluster-wide
+/// minimum interval spaces every disruptive action but a replacement (it
+/// follows the node's own drain).
 fn gate(
     action: Action,
-    starting: bool,
+    counted: bool,
     facts: &NodeFacts,
     budget: &Budget,
     policy: &Policy,
@@ -367,7 +372,8 @@ fn gate(
             return hold(HoldReason::StartupGrace, Some(end));
         }
     }
-    if starting && budget.in_flight >= budget.max_in_flight(policy) {
+    let others = if counted { budget.in_flight.saturating_sub(1) } else { budget.in_flight };
+    if others >= budget.max_in_flight(policy) {
         return hold(HoldReason::MaxInFlight, None);
     }
     if let Some(last) = budget.last_action_at
@@ -574,8 +580,7 @@ pub fn step(
                     changed = true;
                 }
                 Want::Act(a) => {
-                    let starting = !record.phase.is_in_flight();
-                    match gate(a, starting, &obs.facts, budget, policy, now) {
+                    match gate(a, record.phase.is_in_flight(), &obs.facts, budget, policy, now) {
                         Some(h) => {
                             next = h.until;
                             hold = Some(h);

@@ -503,13 +503,23 @@ fn gate_boundaries_and_exemptions() {
         .budget(Budget { total: 3, unhealthy: 1, in_flight: 0, ..Budget::default() })
         .expect(Phase::WaitingReboot, Some(Action::Reboot), (1, 0, 0), Some(NOW + 10 * MIN))
         .check();
-    // A remediation already under way continues past max_in_flight...
+    // A retry counts the other nodes under way (in_flight includes the
+    // node itself): 9 others of a limit of 10 leave it a slot...
     let interval = active().with_gates(Gates { min_action_interval: Duration::from_secs(5 * MIN), ..Gates::default() });
-    Row::new("retry passes the in-flight gate", waiting(1, 10 * MIN))
+    Row::new("retry with a free slot", waiting(1, 10 * MIN))
         .failing()
         .policy(interval)
         .budget(Budget { in_flight: 10, last_action_at: ago(10 * MIN), ..budget() })
         .expect(Phase::WaitingReboot, Some(Action::Reboot), (2, 0, 0), Some(NOW + 10 * MIN))
+        .check();
+    // ...10 others do not: a retry never runs beside remediations that
+    // started while it waited.
+    Row::new("retry without a free slot", waiting(1, 10 * MIN))
+        .failing()
+        .policy(interval)
+        .budget(Budget { in_flight: 11, last_action_at: ago(10 * MIN), ..budget() })
+        .held(HoldReason::MaxInFlight)
+        .expect(Phase::WaitingReboot, None, (1, 0, 0), None)
         .check();
     // ...but a retry is spaced by the cluster-wide minimum interval like a first action.
     Row::new("retry waits for the minimum interval", waiting(1, 10 * MIN))

@@ -214,6 +214,66 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
     })
 }
 
+/// A case the property found: node-3's reboot wait ran out in the pass in
+/// which node-6 started a reboot; node-3's retry was exempt from
+/// `max_in_flight`, so two reboots ran at once (when node-6 came first in
+/// the pass).
+#[test]
+fn regression_pauses_and_slow_reboots() {
+    use Behaviour::*;
+    use Event::*;
+    let s = Scenario {
+        nodes: 7,
+        monitor_only: false,
+        replace: false,
+        script: vec![
+            Ok,
+            Panic,
+            Fail,
+            Slow(30),
+            Hang,
+            Ok,
+            Ok,
+            Slow(540),
+            Slow(1041),
+            Ok,
+            Fail,
+            Slow(74),
+            Hang,
+            Panic,
+            Ok,
+            Fail,
+            Ok,
+            Ok,
+            Ok,
+            Slow(641),
+        ],
+        events: vec![
+            Pause(true),
+            Wait(465),
+            Ready(3, false),
+            Ready(6, false),
+            Ready(3, false),
+            Wait(797),
+            Pause(true),
+            Pause(false),
+            Wait(169),
+            Wait(1395),
+            Pause(true),
+            Wait(111),
+            Wait(1379),
+            Ready(3, false),
+            Wait(1276),
+            Ready(5, true),
+            Wait(1563),
+            Ready(6, false),
+            Pause(false),
+            Wait(1539),
+        ],
+    };
+    run(&s).unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 

@@ -261,6 +261,12 @@ impl<T: Target + Clone + 'static> Engine<T> {
             let was_in_flight = slot.occupies_slot(policy, wall, mono);
             // The cluster-wide last action, in this node's frame.
             let mut b = b0;
+            // The machine counts a node in an in-flight phase as under way;
+            // past its wait the engine does not (it blocks nobody while held
+            // there), so add it back: its retry then needs a free slot.
+            if slot.record.phase.is_in_flight() && !was_in_flight {
+                b.in_flight += 1;
+            }
             if let Some(m) = last_mono {
                 b.last_action_at = Some(local - mono.saturating_sub(m));
             }
