@@ -187,16 +187,31 @@ impl Write for Capture {
     }
 }
 
+/// Every log line of this test binary, from every test. One process-wide
+/// subscriber: a thread-local one (`set_default`) misses events whose
+/// callsite another test thread, running without a subscriber, registered
+/// first as uninteresting (tracing caches interest per callsite), which made
+/// this test flaky under parallel runs.
+fn captured_logs() -> Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = Capture::default();
+            let writer = capture.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in this test binary");
+            capture
+        })
+        .clone()
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn the_api_key_never_leaks() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = captured_logs();
 
     let sim = sim(2).await;
     let node = sim.cluster().node_names()[0].clone();
