@@ -106,7 +106,8 @@ fn trim(full: &Node) -> Node {
     Node { metadata, spec, status }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }

@@ -142,9 +142,13 @@ fn reboots(d: &Path) -> Vec<u64> {
 }
 
 async fn once(d: &Path, args: &[&str]) -> (i32, String) {
+    once_with(d, "host.toml", args).await
+}
+
+async fn once_with(d: &Path, config: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN)
         .args(["host", "--config"])
-        .arg(d.join("host.toml"))
+        .arg(d.join(config))
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -300,21 +304,25 @@ async fn gates_windows_the_kill_switch_and_the_lock_hold_every_host_with_their_e
     assert!(out.contains("dry run: every check allows a reboot"), "{out}");
     assert!(reboots(&a).is_empty(), "a dry run never reboots");
 
-    // The kill switch.
-    std::fs::write(a.join("kill"), "").unwrap();
-    let (code, out) = once(&a, &["run", "--once"]).await;
-    assert_eq!(code, 5, "{out}");
-    std::fs::remove_file(a.join("kill")).unwrap();
+    // The kill switch stops every host.
+    for d in [&a, &b, &c] {
+        std::fs::write(d.join("kill"), "").unwrap();
+        let (code, out) = once(d, &["run", "--once"]).await;
+        assert_eq!(code, 5, "{out}");
+        std::fs::remove_file(d.join("kill")).unwrap();
+    }
 
     // A closed window defers every host (a deny rule covering every day).
     let closed =
         "[[safety.windows]]\naction = \"deny\"\nstart = \"00:00\"\nend = \"00:00\"\ntime_zone = \"Europe/Berlin\"\n";
-    let shut = host(&root, "shut", &e.endpoint, "");
-    let text = std::fs::read_to_string(shut.join("host.toml")).unwrap();
-    std::fs::write(shut.join("host.toml"), text.replace("[reboot]", &format!("{closed}[reboot]"))).unwrap();
-    let (code, out) = once(&shut, &["run", "--once"]).await;
-    assert_eq!(code, 7, "{out}");
-    assert!(out.contains("inside deny window"), "{out}");
+    for d in [&a, &b, &c] {
+        let text = std::fs::read_to_string(d.join("host.toml")).unwrap();
+        std::fs::write(d.join("closed.toml"), text.replace("[reboot]", &format!("{closed}[reboot]"))).unwrap();
+        let (code, out) = once_with(d, "closed.toml", &["run", "--once"]).await;
+        assert_eq!(code, 7, "{out}");
+        assert!(out.contains("inside deny window"), "{out}");
+    }
+    assert!([&a, &b, &c].iter().all(|d| reboots(d).is_empty()));
 
     // a reboots (its script does not kill it here): the lock stays held
     // through the reboot, readable with etcdctl, and c meets contention.

@@ -20,6 +20,9 @@ use state_store::{Holder, LockError, LockGuard, RemediationLock};
 
 use super::config::{CoordinationSection, EtcdSection, PolicySection};
 
+/// The longest reason a marker keeps (bytes).
+pub const MAX_REASON: usize = 512;
+
 /// A host's state as it reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -346,7 +349,8 @@ impl EtcdFleet {
         let t = self.timeout;
         let ttl = i64::try_from(self.health_ttl.as_secs().max(2)).unwrap_or(i64::MAX);
         let lease = bounded("grant the health lease", t, c.lease_grant(ttl, None)).await?.id();
-        let marker = Marker { node: self.node.clone(), state, reason: cut(reason, 512), at: now().0 };
+        let marker =
+            Marker { node: self.node.clone(), state, reason: crate::node::truncate(reason, MAX_REASON), at: now().0 };
         let value = serde_json::to_vec(&marker).unwrap_or_default();
         if let Err(e) = bounded(
             "publish health",
@@ -405,17 +409,6 @@ impl EtcdFleet {
         bounded("record the reboot", self.timeout, c.put(self.last_reboot_key(), value, None)).await?;
         Ok(())
     }
-}
-
-fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]

@@ -296,8 +296,12 @@ impl FleetStore for KubeFleet {
         let name = self.marker_name(&self.s.node);
         let old = self.get(&name).await?;
         let existed = old.is_some();
-        let marker =
-            Marker { node: self.s.node.clone(), state, reason: reason.chars().take(512).collect(), at: now().0 };
+        let marker = Marker {
+            node: self.s.node.clone(),
+            state,
+            reason: crate::node::truncate(reason, super::coord::MAX_REASON),
+            at: now().0,
+        };
         let spec = LeaseSpec {
             holder_identity: Some(self.s.node.clone()),
             lease_duration_seconds: Some(secs(self.s.health_ttl)),
