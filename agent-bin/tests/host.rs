@@ -40,13 +40,19 @@ fn scratch(tag: &str) -> PathBuf {
 
 /// Starts etcd and waits (reading its log) until it serves clients.
 async fn etcd(tag: &str) -> Etcd {
+    etcd_with(tag, "http", &[]).await
+}
+
+/// The same, with extra flags (TLS) and the client URL scheme.
+async fn etcd_with(tag: &str, scheme: &str, extra: &[String]) -> Etcd {
     let dir = scratch(&format!("etcd-{tag}"));
     let (client, peer) = (free_port(), free_port());
-    let endpoint = format!("http://127.0.0.1:{client}");
+    let endpoint = format!("{scheme}://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut child = Command::new("etcd")
         .args(["--name", "test", "--data-dir"])
         .arg(dir.join("data"))
+        .args(extra)
         .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
         .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("test={peer_url}")])
@@ -500,5 +506,139 @@ async fn the_kubernetes_lease_backend_gates_serializes_and_holds_through_a_reboo
     assert!(out.contains("cooldown: a rebooted"), "{out}");
     let markers = leases.list(&kube::api::ListParams::default().labels("node-agent.io/fleet=fleet")).await.unwrap();
     assert_eq!(markers.items.len(), 3, "one health marker Lease per host");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Runs openssl (Debian's; it comes with the system) in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, and a certificate and key it signs for `name` (valid for 127.0.0.1).
+fn pki(dir: &Path, ca: &str, name: &str) {
+    if !dir.join(format!("{ca}.pem")).exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={ca}"),
+                "-keyout",
+                &format!("{ca}-key.pem"),
+                "-out",
+                &format!("{ca}.pem"),
+            ],
+        );
+    }
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_client_certificates_and_a_wrong_ca_refused() {
+    let root = scratch("tls");
+    let pkid = root.join("pki");
+    std::fs::create_dir_all(&pkid).unwrap();
+    pki(&pkid, "ca", "server");
+    pki(&pkid, "ca", "client");
+    pki(&pkid, "other-ca", "stranger");
+    let f = |n: &str| pkid.join(n).display().to_string();
+    let flags = vec![
+        "--cert-file".to_owned(),
+        f("server.pem"),
+        "--key-file".to_owned(),
+        f("server-key.pem"),
+        "--trusted-ca-file".to_owned(),
+        f("ca.pem"),
+        "--client-cert-auth".to_owned(),
+    ];
+    let e = etcd_with("tls", "https", &flags).await;
+    let tls = |ca: &str, cert: &str| {
+        let mut t = format!("ca_file = \"{}\"\n", f(ca));
+        if !cert.is_empty() {
+            t.push_str(&format!(
+                "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+                f(&format!("{cert}.pem")),
+                f(&format!("{cert}-key.pem"))
+            ));
+        }
+        t
+    };
+    let with = |d: &Path, file: &str, settings: &str| {
+        let text = std::fs::read_to_string(d.join("host.toml")).unwrap();
+        std::fs::write(
+            d.join(file),
+            text.replace("prefix = \"/fleet\"\n", &format!("prefix = \"/fleet\"\n{settings}")),
+        )
+        .unwrap();
+    };
+    let a = host(&root, "a", &e.endpoint, "");
+    with(&a, "good.toml", &tls("ca.pem", "client"));
+    with(&a, "wrong-ca.toml", &tls("other-ca.pem", "client"));
+    with(&a, "no-client-cert.toml", &tls("ca.pem", ""));
+    with(&a, "untrusted-client.toml", &tls("ca.pem", "stranger"));
+
+    let (code, out) = once_with(&a, "good.toml", &["run", "--once", "--dry-run"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dry run: every check allows a reboot"), "{out}");
+    for bad in ["wrong-ca.toml", "no-client-cert.toml", "untrusted-client.toml"] {
+        let (code, out) = once_with(&a, bad, &["run", "--once"]).await;
+        assert_eq!(code, 1, "{bad}: {out}");
+        assert!(out.contains("TLS: check etcd.ca_file"), "{bad}: {out}");
+    }
+    // https without a CA is a configuration error naming the key.
+    with(&a, "no-ca.toml", "");
+    let (code, out) = once_with(&a, "no-ca.toml", &["validate-config"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("etcd.ca_file"), "{out}");
     let _ = std::fs::remove_dir_all(&root);
 }

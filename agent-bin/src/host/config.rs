@@ -165,11 +165,76 @@ pub struct EtcdSection {
     /// Key prefix: the lock is `<prefix>/lock/`, health markers
     /// `<prefix>/health/<host>`, the last reboot `<prefix>/last-reboot`.
     pub prefix: String,
+    /// PEM CA bundle that signs the etcd servers' certificates (needed for
+    /// `https://` endpoints).
+    pub ca_file: PathBuf,
+    /// PEM client certificate, for etcd's `--client-cert-auth` (with `key_file`).
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// etcd user, for etcd's role-based access (with `password_file`).
+    pub username: String,
+    /// A file holding that user's password (never logged).
+    pub password_file: PathBuf,
 }
 
 impl Default for EtcdSection {
     fn default() -> Self {
-        EtcdSection { endpoints: vec!["http://127.0.0.1:2379".to_owned()], prefix: "/node-agent/host".to_owned() }
+        EtcdSection {
+            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            prefix: "/node-agent/host".to_owned(),
+            ca_file: PathBuf::new(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+        }
+    }
+}
+
+fn set(p: &Path) -> bool {
+    !p.as_os_str().is_empty()
+}
+
+impl EtcdSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let https = self.endpoints.iter().filter(|u| u.starts_with("https://")).count();
+        if https != 0 && https != self.endpoints.len() {
+            return Err(invalid("etcd.endpoints", "mixes http:// and https:// URLs: use one scheme"));
+        }
+        if https > 0 && !set(&self.ca_file) {
+            return Err(invalid(
+                "etcd.ca_file",
+                "empty, but the endpoints are https://: expected the PEM CA bundle that signs the etcd servers' certificates",
+            ));
+        }
+        if https == 0 && (set(&self.ca_file) || set(&self.cert_file)) {
+            return Err(ConfigError::Conflict {
+                first: "etcd.ca_file".into(),
+                second: "etcd.endpoints".into(),
+                message: "TLS files are set but the endpoints are http://: use https:// URLs".into(),
+            });
+        }
+        if set(&self.cert_file) != set(&self.key_file) {
+            return Err(invalid("etcd.cert_file", "etcd.cert_file and etcd.key_file go together: set both or neither"));
+        }
+        if self.username.is_empty() != !set(&self.password_file) {
+            return Err(invalid(
+                "etcd.username",
+                "etcd.username and etcd.password_file go together: set both or neither",
+            ));
+        }
+        for (key, p) in [
+            ("etcd.ca_file", &self.ca_file),
+            ("etcd.cert_file", &self.cert_file),
+            ("etcd.key_file", &self.key_file),
+            ("etcd.password_file", &self.password_file),
+        ] {
+            if set(p) && !p.is_file() {
+                return Err(invalid(key, format!("{}: no such file", p.display())));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -442,6 +507,7 @@ impl HostConfig {
                     format!("{:?}: expected a key prefix such as /node-agent/host", e.prefix),
                 ));
             }
+            e.validate()?;
         } else {
             let k = &self.kubernetes;
             if !dns_label(&k.namespace) {
@@ -627,6 +693,10 @@ mod tests {
                 "safety.windows[0].time_zone",
             ),
             ("[reboot]\ncommand = []\n", &[], "reboot.command"),
+            ("[etcd]\nendpoints = [\"https://etcd:2379\"]\n", &[], "etcd.ca_file"),
+            ("[etcd]\nendpoints = [\"https://etcd:2379\"]\nca_file = \"/nonexistent/ca.pem\"\n", &[], "etcd.ca_file"),
+            ("[etcd]\nca_file = \"/etc/hostname\"\n", &[], "https://"),
+            ("[etcd]\nusername = \"agent\"\n", &[], "etcd.username"),
             ("[reboot]\nhold = \"10s\"\n", &[], "reboot.hold"),
             ("", &[("NODE_AGENT_SAFETY__DRY_RUN", "maybe")], "NODE_AGENT_SAFETY__DRY_RUN"),
             ("", &[("NODE_AGENT_SERVER__METRICS_PORT", "70000")], "NODE_AGENT_SERVER__METRICS_PORT"),

@@ -164,6 +164,14 @@ pub enum CoordError {
         /// Why.
         message: String,
     },
+    /// A file the configuration names cannot be read.
+    #[error("{key}: {message}")]
+    File {
+        /// The setting.
+        key: String,
+        /// Why.
+        message: String,
+    },
     /// The lock is no longer ours.
     #[error("the lock {key} is no longer held by this host")]
     Lost {
@@ -274,6 +282,22 @@ impl FleetStore for EtcdFleet {
     }
 }
 
+fn read_pem(key: &str, p: &std::path::Path) -> Result<Vec<u8>, CoordError> {
+    std::fs::read(p).map_err(|e| CoordError::File { key: key.to_owned(), message: format!("{}: {e}", p.display()) })
+}
+
+/// The TLS settings of `[etcd]` (CA, and a client identity when set).
+fn tls(e: &EtcdSection) -> Result<etcd_client::TlsOptions, CoordError> {
+    let ca = etcd_client::Certificate::from_pem(read_pem("etcd.ca_file", &e.ca_file)?);
+    let mut t = etcd_client::TlsOptions::new().ca_certificate(ca);
+    if !e.cert_file.as_os_str().is_empty() {
+        let cert = read_pem("etcd.cert_file", &e.cert_file)?;
+        let key = read_pem("etcd.key_file", &e.key_file)?;
+        t = t.identity(etcd_client::Identity::from_pem(cert, key));
+    }
+    Ok(t)
+}
+
 /// The fleet's shared state in etcd.
 #[derive(Clone)]
 pub struct EtcdFleet {
@@ -318,7 +342,17 @@ impl EtcdFleet {
     pub async fn connect(e: &EtcdSection, c: &CoordinationSection, node: &str) -> Result<EtcdFleet, CoordError> {
         // No per-request timeout on the channel: it would end the lock's watch and
         // keep-alive streams. Each call is bounded by `bounded` instead.
-        let opts = ConnectOptions::new().with_connect_timeout(c.call_timeout);
+        let mut opts = ConnectOptions::new().with_connect_timeout(c.call_timeout);
+        if !e.ca_file.as_os_str().is_empty() {
+            opts = opts.with_tls(tls(e)?);
+        }
+        if !e.username.is_empty() {
+            let password = std::fs::read_to_string(&e.password_file).map_err(|err| CoordError::File {
+                key: "etcd.password_file".into(),
+                message: format!("{}: {err}", e.password_file.display()),
+            })?;
+            opts = opts.with_user(e.username.clone(), password.trim_end_matches(['\n', '\r']).to_owned());
+        }
         let client = bounded("connect", c.call_timeout, Client::connect(e.endpoints.clone(), Some(opts))).await?;
         let prefix = e.prefix.trim_end_matches('/').to_owned();
         let lock = RemediationLock::new(client.clone(), format!("{prefix}/lock"), 1, c.lock_ttl)?

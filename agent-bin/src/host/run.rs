@@ -329,8 +329,19 @@ impl HostAgent {
             format!("{what}: {e}"),
             BTreeMap::from([("backend".to_owned(), format!("{:?}", self.config.coordination.backend).to_lowercase())]),
         );
-        tracing::warn!(event = "coordination_failed", node = %self.node, operation = what, error = %e, "the coordination backend failed; nothing reboots until it answers");
-        Outcome::Failed(format!("{what}: {e}"))
+        let text = e.to_string();
+        // A server that refuses a client certificate just closes the
+        // connection: say where to look.
+        let tls = !self.config.etcd.ca_file.as_os_str().is_empty() && self.config.coordination.backend == Backend::Etcd;
+        let hint = if tls
+            && ["connection closed", "broken pipe", "transport error", "certificate"].iter().any(|w| text.contains(w))
+        {
+            " (TLS: check etcd.ca_file against the server's certificate, and etcd.cert_file/etcd.key_file against its --trusted-ca-file when it requires client certificates)"
+        } else {
+            ""
+        };
+        tracing::warn!(event = "coordination_failed", node = %self.node, operation = what, error = %format!("{text}{hint}"), "the coordination backend failed; nothing reboots until it answers");
+        Outcome::Failed(format!("{what}: {text}{hint}"))
     }
 
     async fn run_gate(&self, stage: &'static str, opts: PassOptions) -> Option<GateRun> {
