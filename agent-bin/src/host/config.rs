@@ -218,7 +218,7 @@ impl EtcdSection {
         if set(&self.cert_file) != set(&self.key_file) {
             return Err(invalid("etcd.cert_file", "etcd.cert_file and etcd.key_file go together: set both or neither"));
         }
-        if self.username.is_empty() != !set(&self.password_file) {
+        if self.username.is_empty() == set(&self.password_file) {
             return Err(invalid(
                 "etcd.username",
                 "etcd.username and etcd.password_file go together: set both or neither",
