@@ -307,8 +307,72 @@ pub struct Config {
     pub engine: EngineSection,
     /// `[policy]`: waits, limits, escalation and safety gates.
     pub policy: Policy,
+    /// `[ha]`: leader election between replicas.
+    pub ha: HaSection,
     /// `[[checkers]]`: the checkers to run (default: NodeReady, GPU, DiskPressure, Cilium).
     pub checkers: Option<Vec<CheckerEntry>>,
+}
+
+/// `[ha]`: two or more replicas, of which only the holder of a Kubernetes
+/// Lease evaluates and acts. The holder stops acting at
+/// `last confirmed renewal + lease_duration − margin` on its monotonic clock
+/// (before any other replica can take the Lease over) and exits, so its
+/// supervisor restarts it as a standby.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaSection {
+    /// Elect a leader (off: this replica always acts).
+    pub enabled: bool,
+    /// The Lease's namespace (empty: the pod's namespace, else `kube-system`).
+    pub namespace: String,
+    /// The Lease's name.
+    pub lease_name: String,
+    /// How long a leader's Lease lasts without renewal (renewed every third of it).
+    #[serde(with = "duration_str")]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease (empty: `agent.instance`, else the hostname).
+    pub identity: String,
+}
+
+impl Default for HaSection {
+    fn default() -> Self {
+        HaSection {
+            enabled: false,
+            namespace: String::new(),
+            lease_name: "node-agent".to_owned(),
+            lease_duration: Duration::from_secs(15),
+            identity: String::new(),
+        }
+    }
+}
+
+impl HaSection {
+    /// The Lease's namespace.
+    #[must_use]
+    pub fn namespace(&self) -> String {
+        if !self.namespace.is_empty() {
+            return self.namespace.clone();
+        }
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "kube-system".to_owned())
+    }
+
+    /// This replica's identity.
+    #[must_use]
+    pub fn identity(&self, instance: &str) -> String {
+        if !self.identity.is_empty() {
+            return self.identity.clone();
+        }
+        if !instance.is_empty() {
+            return instance.to_owned();
+        }
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default();
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 /// Overrides from the command line, applied over the environment.
@@ -520,6 +584,38 @@ impl Config {
     /// Checks every setting, naming the first bad one (with the variable a
     /// Civo user would have set, where there is one).
     pub fn validate(&self, env: &EnvMap) -> Result<(), ConfigError> {
+        let ha = &self.ha;
+        if ha.enabled {
+            let label = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 63
+                    && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !v.starts_with('-')
+                    && !v.ends_with('-')
+            };
+            if !label(&ha.lease_name) {
+                return Err(ConfigError::invalid(
+                    "ha.lease_name",
+                    format!("{:?}: expected a Lease name (lowercase letters, digits and '-')", ha.lease_name),
+                ));
+            }
+            if !ha.namespace.is_empty() && !label(&ha.namespace) {
+                return Err(ConfigError::invalid(
+                    "ha.namespace",
+                    format!("{:?}: expected a namespace name", ha.namespace),
+                ));
+            }
+            if ha.lease_duration < Duration::from_secs(3) {
+                return Err(ConfigError::invalid("ha.lease_duration", "expected at least 3s"));
+            }
+            if self.kube.call_timeout >= ha.lease_duration {
+                return Err(ConfigError::Conflict {
+                    first: "kube.call_timeout".into(),
+                    second: "ha.lease_duration".into(),
+                    message: "a Lease renewal must time out before the Lease would expire".into(),
+                });
+            }
+        }
         let name = |civo: &str, key: &str| {
             if env.contains_key(civo) { civo.to_owned() } else { format!("{key} ({civo})") }
         };
@@ -826,6 +922,10 @@ mod tests {
             (&[("CIVO_NODE_POOL_IDS", "a"), ("CIVO_NODE_POOL_ID", "b")], "CIVO_NODE_POOL_ID"),
             (&[("CIVO_NODE_REBOOT_WAIT_MINUTES", "5"), ("NODE_AGENT_POLICY__REBOOT_WAIT", "5m")], "conflicting"),
             (&[("NODE_AGENT_ENGINE__CHECK_CONCURRENCY", "0")], "engine.check_concurrency"),
+            (&[("NODE_AGENT_HA__ENABLED", "true"), ("NODE_AGENT_HA__LEASE_DURATION", "1s")], "ha.lease_duration"),
+            (&[("NODE_AGENT_HA__ENABLED", "true"), ("NODE_AGENT_HA__LEASE_NAME", "Node_Agent")], "ha.lease_name"),
+            (&[("NODE_AGENT_HA__ENABLED", "true"), ("NODE_AGENT_HA__LEASE_DURATION", "5s")], "kube.call_timeout"),
+            (&[("NODE_AGENT_HA__ENABLED", "maybe")], "ha.enabled"),
         ];
         for (pairs, needle) in cases {
             let err = load(pairs).expect_err(needle).to_string();

@@ -22,6 +22,7 @@
 //! | [`recorder`], [`http`] | metrics with deletable series; `/metrics`, `/healthz`, `/readyz` |
 //! | [`simulate`] | `node-agent simulate` |
 //! | [`check`] | `node-agent check` |
+//! | [`ha`] | leader election between replicas on a fenced Kubernetes Lease |
 //! | [`host`] | `node-agent host ...`: serialized, health-gated reboots of a fleet of Linux hosts (etcd) |
 //!
 //! # Example
@@ -44,6 +45,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod ha;
 pub mod host;
 pub mod http;
 pub mod node;

@@ -198,8 +198,60 @@ async fn real_main(cli: Cli) -> i32 {
                     return EXIT_FAILURE;
                 }
             };
+            let shutdown = shutdown_signal(draining);
+            tokio::pin!(shutdown);
+            let leadership = if config.ha.enabled {
+                let client = match agent::kube_config(&config).await.and_then(|mut kc| {
+                    kc.read_timeout = Some(config.kube.call_timeout);
+                    kube::Client::try_from(kc).map_err(|e| agent::RunError::Kube(e.to_string()))
+                }) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("node-agent: {e}");
+                        return EXIT_FAILURE;
+                    }
+                };
+                if once {
+                    match agent_bin::ha::try_lead(client, &config).await {
+                        Ok(Some(l)) => Some(l),
+                        Ok(None) => {
+                            eprintln!("node-agent: another replica leads (ha.enabled): --once runs no pass beside it");
+                            return EXIT_FAILURE;
+                        }
+                        Err(e) => {
+                            eprintln!("node-agent: {e}");
+                            return EXIT_FAILURE;
+                        }
+                    }
+                } else {
+                    tokio::select! {
+                    l = agent_bin::ha::lead(client, &config, &health) => Some(l),
+                        () = &mut shutdown => {
+                            let _ = stop_http.send(());
+                            let _ = server.await;
+                            tracing::info!("node-agent stopped while standby");
+                            return EXIT_OK;
+                        }
+                    }
+                }
+            } else {
+                None
+            };
             let deps = Deps { recorder, health, once, ..Deps::default() };
-            let result = agent::run(config, deps, shutdown_signal(draining)).await;
+            let stop = async {
+                match &leadership {
+                    Some(l) => tokio::select! {
+                        () = &mut shutdown => {}
+                        () = l.lost() => {
+                            // Stop at once: a new leader may act from now on.
+                            tracing::error!(lease = %l.lease(), "leadership lost (no renewal confirmed in time, or taken over): exiting now so that two replicas never act; the supervisor restarts this one as a standby");
+                            std::process::exit(EXIT_FAILURE);
+                        }
+                    },
+                    None => (&mut shutdown).await,
+                }
+            };
+            let result = agent::run(config, deps, stop).await;
             let _ = stop_http.send(());
             let _ = server.await;
             match result {

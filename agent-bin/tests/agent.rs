@@ -433,3 +433,87 @@ async fn a_watch_outage_holds_every_action_until_the_cache_is_synced_again() {
     assert_eq!(hard_reboots(&back), 1);
     back.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader_and_a_killed_leader_is_replaced_without_an_early_reboot() {
+    let sim = sim(3, 0, 1).await;
+    let (da, db) = (scratch("ha-a"), scratch("ha-b"));
+    let node = sim.cluster().node_names()[0].clone();
+    unfixable(&sim, &node);
+    let config = FAST_POLICY
+        .replace("backend = \"memory\"", "backend = \"kubernetes\"")
+        .replace("[kube]\n", "[kube]\ncall_timeout = \"1s\"\n")
+        .replace("reboot_wait = \"2s\"", "reboot_wait = \"8s\"")
+        .replace("max_reboot_retries = 2", "max_reboot_retries = 5")
+        + "\n[ha]\nenabled = true\nnamespace = \"default\"\nlease_duration = \"3s\"\n";
+    let mut env = civo_env(&sim);
+    env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
+    let mut a = spawn(&sim, &da, &config, &env).await;
+    a.wait_for("a leads", |v| message(v).starts_with("leadership acquired")).await;
+    let mut b = spawn(&sim, &db, &config, &env).await;
+    b.wait_for("b stands by", |v| message(v).starts_with("standby: another replica leads")).await;
+    let (code, body) = b.get("/readyz").await;
+    assert_eq!(code, 200, "a standby is ready: {body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["standby"], true, "{body}");
+
+    sim.cluster().inject(&node, Fault::NotReady).unwrap();
+    a.action(&node, "reboot").await;
+    let first = tokio::time::Instant::now();
+    assert_eq!(hard_reboots(&sim), 1);
+    a.kill9().await;
+    let killed = tokio::time::Instant::now();
+    b.wait_for("b takes over", |v| message(v).starts_with("leadership acquired")).await;
+    let took = killed.elapsed();
+    eprintln!("takeover {took:?} after the leader was killed (lease 3s)");
+    assert!(took <= Duration::from_secs(3) + Duration::from_secs(2), "took over after {took:?} (lease 3s)");
+    // The new leader reads the shared record: the next reboot only after the wait.
+    b.action(&node, "reboot").await;
+    assert!(first.elapsed() >= Duration::from_secs(7), "second reboot {:?} after the first (wait 8s)", first.elapsed());
+    assert_eq!(hard_reboots(&sim), 2);
+    sim.shutdown().await;
+}
+
+/// The `timestamp` of a log line, in RFC 3339.
+fn at(v: &serde_json::Value) -> String {
+    v["timestamp"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_over() {
+    let sim = sim(3, 0, 1).await;
+    let (da, db) = (scratch("ha-cut-a"), scratch("ha-cut-b"));
+    let config = FAST_POLICY
+        .replace("backend = \"memory\"", "backend = \"kubernetes\"")
+        .replace("[kube]\n", "[kube]\ncall_timeout = \"1s\"\n")
+        + "\n[ha]\nenabled = true\nnamespace = \"default\"\nlease_duration = \"3s\"\n";
+    let mut env = civo_env(&sim);
+    env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
+    let target = sim.kube_url().trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let proxy = Proxy::start(target).await;
+    let mut a = spawn_via(&sim, &da, &config, &env, &proxy.url).await;
+    a.wait_for("a leads", |v| message(v).starts_with("leadership acquired")).await;
+    let mut b = spawn(&sim, &db, &config, &env).await;
+    b.wait_for("b stands by", |v| message(v).starts_with("standby: another replica leads")).await;
+
+    // Partition the leader from the API server, with a node due for a reboot.
+    proxy.cut(true);
+    let node = sim.cluster().node_names()[0].clone();
+    sim.cluster().inject(&node, Fault::NotReady).unwrap();
+    let lost = a.wait_for("a gives up", |v| message(v).starts_with("leadership lost")).await;
+    let took_over = b.wait_for("b takes over", |v| message(v).starts_with("leadership acquired")).await;
+    assert!(
+        at(&lost) < at(&took_over),
+        "the old leader stopped at {} before the new one started at {}",
+        at(&lost),
+        at(&took_over)
+    );
+    // The new leader acts; the old one never did during the partition.
+    let reboot = b.action(&node, "reboot").await;
+    assert!(at(&reboot) > at(&lost));
+    assert_eq!(hard_reboots(&sim), 1);
+    let status = a.child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(1), "the fenced leader exits 1 to be restarted as a standby");
+    eprintln!("old leader stopped {}, new leader started {}, first reboot {}", at(&lost), at(&took_over), at(&reboot));
+    sim.shutdown().await;
+}

@@ -193,6 +193,11 @@ pub enum CoordError {
 pub trait HeldLock: Send + Sync {
     /// The lock's key (etcd) or object (`namespace/name`).
     fn key(&self) -> String;
+    /// Whether the lock may belong to someone else now (no renewal confirmed
+    /// for its TTL minus a margin, on the monotonic clock, or taken over).
+    fn is_lost(&self) -> bool;
+    /// When it counts as lost unless a renewal is confirmed before.
+    fn valid_until(&self) -> Option<tokio::time::Instant>;
     /// Releases it at once.
     async fn release(self: Box<Self>) -> Result<(), CoordError>;
     /// Keeps it held through a reboot of this host for at most `ttl`, with
@@ -233,6 +238,12 @@ struct EtcdHeld {
 impl HeldLock for EtcdHeld {
     fn key(&self) -> String {
         self.guard.key().to_owned()
+    }
+    fn is_lost(&self) -> bool {
+        self.guard.is_lost()
+    }
+    fn valid_until(&self) -> Option<tokio::time::Instant> {
+        self.guard.valid_until()
     }
     async fn release(self: Box<Self>) -> Result<(), CoordError> {
         Ok(self.guard.release().await?)

@@ -56,6 +56,8 @@ pub struct KubeFleetSettings {
     pub health_ttl: Duration,
     /// Each call's deadline.
     pub call_timeout: Duration,
+    /// The lock Lease's full name (default `<prefix>-lock`).
+    pub lock_name: Option<String>,
 }
 
 /// The fleet on Kubernetes Leases.
@@ -119,7 +121,7 @@ impl KubeFleet {
     }
 
     fn lock_name(&self) -> String {
-        format!("{}-lock", self.s.prefix)
+        self.s.lock_name.clone().unwrap_or_else(|| format!("{}-lock", self.s.prefix))
     }
 
     fn marker_name(&self, host: &str) -> String {
@@ -193,6 +195,8 @@ impl KubeFleet {
         let fence = Arc::new(Mutex::new(fence));
         let (me, f) = (self.clone(), Arc::clone(&fence));
         let every = (self.s.lock_ttl / 3).max(Duration::from_millis(500));
+        let taken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gone = Arc::clone(&taken);
         let renewer = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -212,7 +216,8 @@ impl KubeFleet {
                 match renewed {
                     Ok(true) => f.lock().renewed(sent),
                     Ok(false) => {
-                        tracing::error!(lock = %me.lock_name(), "the reboot lock Lease was taken over: stop disruptive work");
+                        gone.store(true, std::sync::atomic::Ordering::SeqCst);
+                        tracing::error!(lock = %me.lock_name(), "the lock Lease was taken over: stop disruptive work");
                         return;
                     }
                     Err(e) => {
@@ -221,7 +226,7 @@ impl KubeFleet {
                 }
             }
         });
-        Box::new(KubeHeld { fleet: self.clone(), renewer, fence })
+        Box::new(KubeHeld { fleet: self.clone(), renewer, fence, taken })
     }
 }
 
@@ -229,6 +234,7 @@ struct KubeHeld {
     fleet: KubeFleet,
     renewer: tokio::task::JoinHandle<()>,
     fence: Arc<Mutex<LeaseFence>>,
+    taken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for KubeHeld {
@@ -259,6 +265,14 @@ impl KubeHeld {
 impl HeldLock for KubeHeld {
     fn key(&self) -> String {
         format!("{}/{}", self.fleet.s.namespace, self.fleet.lock_name())
+    }
+
+    fn is_lost(&self) -> bool {
+        self.taken.load(std::sync::atomic::Ordering::SeqCst) || !self.fence.lock().is_valid(Instant::now())
+    }
+
+    fn valid_until(&self) -> Option<Instant> {
+        self.fence.lock().valid_until()
     }
 
     async fn release(self: Box<Self>) -> Result<(), CoordError> {

@@ -199,6 +199,7 @@ async fn connect(config: &HostConfig, node: &str) -> Result<Box<dyn FleetStore>,
                 lock_ttl: c.lock_ttl,
                 health_ttl: c.health_ttl,
                 call_timeout: c.call_timeout,
+                lock_name: None,
             };
             Ok(Box::new(KubeFleet::new(client, settings)))
         }

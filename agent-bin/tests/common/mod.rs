@@ -99,8 +99,21 @@ pub fn civo_env(sim: &SimServer) -> Vec<(String, String)> {
 
 /// Writes the kubeconfig and config file, and starts `node-agent run`.
 pub async fn spawn(sim: &SimServer, dir: &std::path::Path, config: &str, env: &[(String, String)]) -> Agent {
+    spawn_via(sim, dir, config, env, &sim.kube_url()).await
+}
+
+/// The same, reaching the Kubernetes API at `kube_url` (a proxy).
+pub async fn spawn_via(
+    sim: &SimServer,
+    dir: &std::path::Path,
+    config: &str,
+    env: &[(String, String)],
+    kube_url: &str,
+) -> Agent {
     let kubeconfig = dir.join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).unwrap();
+    let text = std::fs::read_to_string(&kubeconfig).unwrap().replace(&sim.kube_url(), kube_url);
+    std::fs::write(&kubeconfig, text).unwrap();
     let file = dir.join("config.toml");
     std::fs::write(&file, config).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_node-agent"));
@@ -204,4 +217,60 @@ pub fn hard_reboots(sim: &SimServer) -> usize {
 /// Pool deletions the simulated Civo API received.
 pub fn pool_deletes(sim: &SimServer) -> usize {
     sim.cluster().civo_calls().iter().filter(|c| c.method == "DELETE" && c.path.contains("/pools/")).count()
+}
+
+/// A TCP proxy that can turn into a black hole: connections stay open but
+/// every byte is dropped, as in a network partition.
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    black: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `target` (`host:port`).
+    pub async fn start(target: String) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let black = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = black.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                for (mut from, mut to, black) in [
+                    (
+                        Box::new(ri) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                        flag.clone(),
+                    ),
+                    (Box::new(ro), Box::new(wi), flag.clone()),
+                ] {
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) if !black.load(Ordering::SeqCst) => {
+                                    if to.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(_) => {}
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy { url, black }
+    }
+
+    /// Cuts (true) or restores (false) the connection.
+    pub fn cut(&self, on: bool) {
+        self.black.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
 }
