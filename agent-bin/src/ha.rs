@@ -17,6 +17,9 @@ use health_core::HealthManager;
 use state_store::Holder;
 
 use crate::config::Config;
+
+// The leader check runs in its own task (see `watchdog`), so a pass that is
+// busy (slow checks, store calls) cannot delay the exit past the fence.
 use crate::host::coord::{FleetStore, HeldLock};
 use crate::host::kube_fleet::{KubeFleet, KubeFleetSettings};
 
@@ -36,6 +39,16 @@ impl Leadership {
     #[must_use]
     pub fn lease(&self) -> String {
         self.held.key()
+    }
+
+    /// Exits the process (code 1) as soon as leadership is lost, from a task
+    /// of its own: whatever the agent is doing, it starts nothing after that.
+    pub fn watchdog(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            self.lost().await;
+            tracing::error!(lease = %self.lease(), "leadership lost (no renewal confirmed in time, or taken over): exiting now so that two replicas never act; the supervisor restarts this one as a standby");
+            std::process::exit(1);
+        })
     }
 
     /// Resolves when this replica may no longer be the leader.

@@ -238,20 +238,13 @@ async fn real_main(cli: Cli) -> i32 {
                 None
             };
             let deps = Deps { recorder, health, once, ..Deps::default() };
-            let stop = async {
-                match &leadership {
-                    Some(l) => tokio::select! {
-                        () = &mut shutdown => {}
-                        () = l.lost() => {
-                            // Stop at once: a new leader may act from now on.
-                            tracing::error!(lease = %l.lease(), "leadership lost (no renewal confirmed in time, or taken over): exiting now so that two replicas never act; the supervisor restarts this one as a standby");
-                            std::process::exit(EXIT_FAILURE);
-                        }
-                    },
-                    None => (&mut shutdown).await,
-                }
-            };
+            // The fence is watched from a task of its own (a busy pass cannot delay it).
+            let watchdog = leadership.map(agent_bin::ha::Leadership::watchdog);
+            let stop = async { (&mut shutdown).await };
             let result = agent::run(config, deps, stop).await;
+            if let Some(w) = watchdog {
+                w.abort();
+            }
             let _ = stop_http.send(());
             let _ = server.await;
             match result {

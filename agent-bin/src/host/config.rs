@@ -573,8 +573,8 @@ impl HostConfig {
             return Err(invalid("safety.backoff", "must be positive and not above safety.max_backoff"));
         }
         argv("reboot.command", &self.reboot.command, false)?;
-        if self.reboot.timeout.is_zero() {
-            return Err(invalid("reboot.timeout", "must be positive"));
+        if self.reboot.timeout.is_zero() || self.reboot.timeout >= self.reboot.hold {
+            return Err(invalid("reboot.timeout", "must be positive and below reboot.hold"));
         }
         if self.reboot.hold <= self.coordination.lock_ttl {
             return Err(ConfigError::Conflict {

@@ -191,37 +191,53 @@ impl KubeFleet {
         self.write(lease, existed).await
     }
 
-    fn held(&self, fence: LeaseFence) -> Box<dyn HeldLock> {
+    /// A fence for a Lease of `ttl`, renewed at `sent`; built from the whole
+    /// seconds the Lease really carries.
+    fn fence(&self, sent: Instant) -> LeaseFence {
+        let mut fence = LeaseFence::new(Duration::from_secs(u64::try_from(secs(self.s.lock_ttl)).unwrap_or(1)));
+        fence.renewed(sent);
+        fence
+    }
+
+    /// Keeps the lock held by `mine` (the holder metadata written when it was
+    /// taken: a Lease rewritten by anyone else, even under the same
+    /// identity, is a takeover).
+    fn held(&self, fence: LeaseFence, mine: Holder) -> Box<dyn HeldLock> {
         let fence = Arc::new(Mutex::new(fence));
         let (me, f) = (self.clone(), Arc::clone(&fence));
         let every = (self.s.lock_ttl / 3).max(Duration::from_millis(500));
         let taken = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let gone = Arc::clone(&taken);
         let renewer = tokio::spawn(async move {
+            let mut next = Instant::now() + every;
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep_until(next).await;
                 let sent = Instant::now();
                 let renewed = async {
                     let Some(l) = me.get(&me.lock_name()).await? else { return Ok(false) };
-                    let ours = l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(me.s.node.as_str());
-                    if !ours {
+                    let identity =
+                        l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(me.s.node.as_str());
+                    let stored: Option<Holder> =
+                        annotation(&l, HOLDER_ANNOTATION).and_then(|v| serde_json::from_str(v).ok());
+                    if !identity || stored.as_ref() != Some(&mine) {
                         return Ok(false);
                     }
-                    let holder: Holder = annotation(&l, HOLDER_ANNOTATION)
-                        .and_then(|v| serde_json::from_str(v).ok())
-                        .unwrap_or_else(|| Holder::now(me.s.node.clone()));
-                    me.write_lock(Some(l), &holder, me.s.lock_ttl).await
+                    me.write_lock(Some(l), &mine, me.s.lock_ttl).await
                 }
                 .await;
                 match renewed {
-                    Ok(true) => f.lock().renewed(sent),
+                    Ok(true) => {
+                        f.lock().renewed(sent);
+                        next = sent + every;
+                    }
                     Ok(false) => {
                         gone.store(true, std::sync::atomic::Ordering::SeqCst);
                         tracing::error!(lock = %me.lock_name(), "the lock Lease was taken over: stop disruptive work");
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(lock = %me.lock_name(), error = %e, "cannot renew the reboot lock Lease; retrying")
+                        tracing::warn!(lock = %me.lock_name(), error = %e, "cannot renew the lock Lease; retrying soon");
+                        next = Instant::now() + every / 4;
                     }
                 }
             }
@@ -384,10 +400,8 @@ impl FleetStore for KubeFleet {
         if !self.write_lock(old, holder, self.s.lock_ttl).await? {
             return Ok(None);
         }
-        let mut fence = LeaseFence::new(self.s.lock_ttl);
-        fence.renewed(sent);
-        tracing::info!(lock = %self.lock_key(), node = %self.s.node, "reboot lock Lease acquired");
-        Ok(Some(self.held(fence)))
+        tracing::info!(lock = %self.lock_key(), node = %self.s.node, "lock Lease acquired");
+        Ok(Some(self.held(self.fence(sent), holder.clone())))
     }
 
     async fn lock(&self, holder: &Holder, wait: Duration) -> Result<Option<Box<dyn HeldLock>>, CoordError> {
@@ -435,10 +449,8 @@ impl FleetStore for KubeFleet {
         if !self.write_lock(Some(l), &holder, self.s.lock_ttl).await? {
             return Ok(None);
         }
-        let mut fence = LeaseFence::new(self.s.lock_ttl);
-        fence.renewed(sent);
-        tracing::info!(lock = %self.lock_key(), node = %self.s.node, "reboot lock Lease reclaimed after a restart");
-        Ok(Some((self.held(fence), holder)))
+        tracing::info!(lock = %self.lock_key(), node = %self.s.node, "lock Lease reclaimed after a restart");
+        Ok(Some((self.held(self.fence(sent), holder.clone()), holder)))
     }
 }
 

@@ -439,7 +439,6 @@ impl HostAgent {
                 holder.rebooting_since.as_deref().unwrap_or("?")
             );
             tracing::error!(event = "reboot_not_happened", node = %self.node, reason = %why, "reboot did not happen");
-            let _ = self.coord.publish(HostState::Healthy, "back after a reboot that did not happen").await;
             return Some(self.release(guard, Outcome::Failed(why)).await);
         }
         tracing::info!(event = "back_from_reboot", node = %self.node, boot_id_before = %boot_before, boot_id = %boot_now, "this host is back from its reboot; checking its health before releasing the lock");
@@ -753,9 +752,11 @@ pub async fn run(agent: &HostAgent, once: bool, dry_run: bool, shutdown: impl Fu
         }
         failures = if matches!(outcome, Outcome::Failed(_)) { failures.saturating_add(1) } else { 0 };
         let delay = match outcome {
-            // The host is going down; if it is still up after the command's
-            // timeout, the next iteration finds the boot id unchanged and says so.
-            Outcome::Rebooting => agent.config.reboot.timeout,
+            // The host is going down. A slow or scheduled shutdown must not
+            // look like a reboot that did not happen: look again only near
+            // the end of the hold (still within it, so the lock can be
+            // reclaimed and the failure reported).
+            Outcome::Rebooting => agent.config.reboot.hold.saturating_sub(agent.config.coordination.lock_ttl),
             _ => next_delay(&agent.config, failures),
         };
         tokio::select! {
