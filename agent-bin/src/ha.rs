@@ -74,6 +74,7 @@ fn lease(client: kube::Client, config: &Config, identity: &str) -> KubeFleet {
             node: identity.to_owned(),
             lock_ttl: ha.lease_duration,
             health_ttl: ha.lease_duration,
+            rebooting_ttl: ha.lease_duration,
             call_timeout: config.kube.call_timeout.min(ha.lease_duration / 3),
             lock_name: Some(ha.lease_name.clone()),
         },

@@ -317,6 +317,7 @@ pub struct EtcdFleet {
     node: String,
     timeout: Duration,
     health_ttl: Duration,
+    rebooting_ttl: Duration,
     lock: RemediationLock,
     marker_lease: std::sync::Arc<parking_lot::Mutex<Option<i64>>>,
 }
@@ -350,7 +351,14 @@ pub fn now() -> (String, u64) {
 
 impl EtcdFleet {
     /// Connects to etcd (lazily: the first call connects).
-    pub async fn connect(e: &EtcdSection, c: &CoordinationSection, node: &str) -> Result<EtcdFleet, CoordError> {
+    /// A `Rebooting` marker lasts `rebooting_ttl` (at least the health TTL):
+    /// a host that never comes back counts as down for the whole hold.
+    pub async fn connect(
+        e: &EtcdSection,
+        c: &CoordinationSection,
+        node: &str,
+        rebooting_ttl: Duration,
+    ) -> Result<EtcdFleet, CoordError> {
         // No per-request timeout on the channel: it would end the lock's watch and
         // keep-alive streams. Each call is bounded by `bounded` instead.
         let mut opts = ConnectOptions::new().with_connect_timeout(c.call_timeout);
@@ -374,6 +382,7 @@ impl EtcdFleet {
             node: node.to_owned(),
             timeout: c.call_timeout,
             health_ttl: c.health_ttl,
+            rebooting_ttl: rebooting_ttl.max(c.health_ttl),
             lock,
             marker_lease: std::sync::Arc::default(),
         })
@@ -392,7 +401,8 @@ impl EtcdFleet {
     async fn put_marker(&self, state: HostState, reason: &str) -> Result<(), CoordError> {
         let mut c = self.client.clone();
         let t = self.timeout;
-        let ttl = i64::try_from(self.health_ttl.as_secs().max(2)).unwrap_or(i64::MAX);
+        let ttl = if state == HostState::Rebooting { self.rebooting_ttl } else { self.health_ttl };
+        let ttl = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
         let lease = bounded("grant the health lease", t, c.lease_grant(ttl, None)).await?.id();
         let marker =
             Marker { node: self.node.clone(), state, reason: crate::node::truncate(reason, MAX_REASON), at: now().0 };

@@ -54,6 +54,8 @@ pub struct KubeFleetSettings {
     pub lock_ttl: Duration,
     /// A marker's TTL.
     pub health_ttl: Duration,
+    /// A `Rebooting` marker's TTL (the reboot hold).
+    pub rebooting_ttl: Duration,
     /// Each call's deadline.
     pub call_timeout: Duration,
     /// The lock Lease's full name (default `<prefix>-lock`).
@@ -334,7 +336,11 @@ impl FleetStore for KubeFleet {
         };
         let spec = LeaseSpec {
             holder_identity: Some(self.s.node.clone()),
-            lease_duration_seconds: Some(secs(self.s.health_ttl)),
+            lease_duration_seconds: Some(secs(if state == HostState::Rebooting {
+                self.s.rebooting_ttl.max(self.s.health_ttl)
+            } else {
+                self.s.health_ttl
+            })),
             renew_time: Some(micro_now()),
             ..LeaseSpec::default()
         };

@@ -167,7 +167,7 @@ async fn connect(config: &HostConfig, node: &str) -> Result<Box<dyn FleetStore>,
     let c = &config.coordination;
     match c.backend {
         Backend::Etcd => {
-            let f = EtcdFleet::connect(&config.etcd, c, node).await.map_err(|e| e.to_string())?;
+            let f = EtcdFleet::connect(&config.etcd, c, node, config.reboot.hold).await.map_err(|e| e.to_string())?;
             Ok(Box::new(f))
         }
         Backend::Kubernetes => {
@@ -198,6 +198,7 @@ async fn connect(config: &HostConfig, node: &str) -> Result<Box<dyn FleetStore>,
                 node: node.to_owned(),
                 lock_ttl: c.lock_ttl,
                 health_ttl: c.health_ttl,
+                rebooting_ttl: config.reboot.hold,
                 call_timeout: c.call_timeout,
                 lock_name: None,
             };
@@ -677,10 +678,7 @@ impl HostAgent {
                 tracing::error!(event = "reboot_failed", node = %self.node, reason = %why, "the reboot command failed; releasing the lock");
                 // Take the slot back and free it for the fleet.
                 match self.coord.reclaim().await {
-                    Ok(Some((g, _))) => {
-                        let _ = self.coord.publish(HostState::Healthy, "reboot command failed").await;
-                        self.release(g, Outcome::Failed(format!("reboot command: {why}"))).await
-                    }
+                    Ok(Some((g, _))) => self.release(g, Outcome::Failed(format!("reboot command: {why}"))).await,
                     Ok(None) => Outcome::Failed(format!("reboot command: {why}")),
                     Err(e) => self.store_failed("reclaim the lock", &e),
                 }
