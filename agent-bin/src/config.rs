@@ -586,13 +586,7 @@ impl Config {
     pub fn validate(&self, env: &EnvMap) -> Result<(), ConfigError> {
         let ha = &self.ha;
         if ha.enabled {
-            let label = |v: &str| {
-                !v.is_empty()
-                    && v.len() <= 63
-                    && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !v.starts_with('-')
-                    && !v.ends_with('-')
-            };
+            let label = crate::host::config::dns_label;
             if !label(&ha.lease_name) {
                 return Err(ConfigError::invalid(
                     "ha.lease_name",

@@ -240,8 +240,7 @@ async fn real_main(cli: Cli) -> i32 {
             let deps = Deps { recorder, health, once, ..Deps::default() };
             // The fence is watched from a task of its own (a busy pass cannot delay it).
             let watchdog = leadership.map(agent_bin::ha::Leadership::watchdog);
-            let stop = async { (&mut shutdown).await };
-            let result = agent::run(config, deps, stop).await;
+            let result = agent::run(config, deps, &mut shutdown).await;
             if let Some(w) = watchdog {
                 w.abort();
             }

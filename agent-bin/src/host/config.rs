@@ -260,7 +260,8 @@ impl Default for KubernetesSection {
     }
 }
 
-fn dns_label(s: &str) -> bool {
+/// Whether `s` is a DNS label (a Kubernetes object or namespace name part).
+pub(crate) fn dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
