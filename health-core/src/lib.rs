@@ -127,14 +127,16 @@ pub use component::{ComponentState, ComponentStatus, HealthManager, HealthReport
 pub use domain::{
     Action, CheckOutcome, FailingCheck, Mode, NodeClass, NodeFacts, NodeRecord, Phase, RECORD_FORMAT_VERSION, Reason,
 };
-pub use engine::{ActionRecord, Controls, Engine, EngineBuilder, EngineConfig, EngineError, PassReport, Target};
+pub use engine::{
+    ActionRecord, Controls, Engine, EngineBuilder, EngineConfig, EngineError, NodeView, PassReport, Target,
+};
 pub use executor::{ExecError, Executor};
 pub use fence::LeaseFence;
 pub use machine::{ActionOutcome, Budget, Check, Decision, Hold, HoldReason, Observation, PhaseChange};
 pub use metrics::{MetricNames, SeriesKind, SeriesRemover};
 pub use observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
 pub use policy::{Backoff, Escalation, Gates, Limit, Policy, PolicyError};
-pub use runtime::{PassCause, Runtime, RuntimeEvent, Stopped, TargetUpdate};
+pub use runtime::{Inspector, PassCause, Runtime, RuntimeEvent, Stopped, TargetUpdate};
 pub use store::{MemoryStore, StateStore, StoreError, Stored, TimedStore, Version};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, TokioClock};
 

@@ -119,6 +119,40 @@ pub struct Stopped<T> {
 }
 
 type Sink = Box<dyn FnMut(&RuntimeEvent<'_>) + Send>;
+type Query<T> = Box<dyn FnOnce(&Engine<T>) + Send>;
+
+/// Asks a running [`Runtime`] about its engine (for an admin API or a
+/// heartbeat): the question runs between two evaluations, so it sees one
+/// consistent state. Cheap to clone.
+pub struct Inspector<T> {
+    tx: tokio::sync::mpsc::Sender<Query<T>>,
+}
+
+impl<T> Clone for Inspector<T> {
+    fn clone(&self) -> Self {
+        Inspector { tx: self.tx.clone() }
+    }
+}
+
+impl<T> std::fmt::Debug for Inspector<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inspector").field("closed", &self.tx.is_closed()).finish()
+    }
+}
+
+impl<T: 'static> Inspector<T> {
+    /// Runs `f` on the engine between two evaluations and returns what it
+    /// returned; `None` once the runtime has stopped. It waits while a pass
+    /// runs (bound it with a timeout).
+    pub async fn inspect<R: Send + 'static>(&self, f: impl FnOnce(&Engine<T>) -> R + Send + 'static) -> Option<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let query: Query<T> = Box::new(move |engine| {
+            let _ = tx.send(f(engine));
+        });
+        self.tx.send(query).await.ok()?;
+        rx.await.ok()
+    }
+}
 
 /// Owns an [`Engine`] and its targets, and runs the loop.
 pub struct Runtime<T> {
@@ -126,13 +160,29 @@ pub struct Runtime<T> {
     targets: HashMap<String, T>,
     grace: Duration,
     sink: Option<Sink>,
+    queries: tokio::sync::mpsc::Receiver<Query<T>>,
+    inspector: Inspector<T>,
 }
 
 impl<T: Target + Clone + 'static> Runtime<T> {
     /// A runtime around `engine` (30 s shutdown grace, no report sink).
     #[must_use]
     pub fn new(engine: Engine<T>) -> Self {
-        Runtime { engine, targets: HashMap::new(), grace: Duration::from_secs(30), sink: None }
+        let (tx, queries) = tokio::sync::mpsc::channel(16);
+        Runtime {
+            engine,
+            targets: HashMap::new(),
+            grace: Duration::from_secs(30),
+            sink: None,
+            queries,
+            inspector: Inspector { tx },
+        }
+    }
+
+    /// A handle that asks the running engine questions (see [`Inspector`]).
+    #[must_use]
+    pub fn inspector(&self) -> Inspector<T> {
+        self.inspector.clone()
     }
 
     /// How long shutdown waits for actions in flight.
@@ -188,10 +238,12 @@ impl<T: Target + Clone + 'static> Runtime<T> {
                     None => Wake::Shutdown,
                 },
                 () = controls.changed() => Wake::Controls,
+                Some(q) = self.queries.recv() => Wake::Query(q),
                 () = sleep_until(wake) => Wake::Due,
             };
             match event {
                 Wake::Shutdown => break,
+                Wake::Query(q) => q(&self.engine),
                 Wake::Completion => {
                     let (nodes, mut report) = self.engine.fold_completions().await;
                     let again = self.lookup(&nodes);
@@ -287,6 +339,7 @@ impl<T: Target + Clone + 'static> Runtime<T> {
 
 enum Wake<T> {
     Shutdown,
+    Query(Query<T>),
     Completion,
     Update(TargetUpdate<T>),
     Controls,

@@ -661,3 +661,42 @@ async fn stopping_while_an_action_hangs_never_repeats_it_early() {
         }
     }
 }
+
+/// An inspector sees the running engine between evaluations: a paused
+/// engine holds the due node with reason Paused, and the view says so.
+#[tokio::test(start_paused = true)]
+async fn an_inspector_sees_holds_and_records_of_the_running_engine() {
+    let exec = Arc::new(Recorder::default());
+    let engine = build(Arc::new(MemoryStore::new()), exec.clone(), Policy::default().with_monitor_only(false));
+    let controls = engine.controls();
+    controls.set_paused(true);
+    let runtime = Runtime::new(engine);
+    let inspector = runtime.inspector();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(TargetUpdate::Full(nodes(3, &[1]))).await.expect("runtime alive");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runtime.run(runtime::updates_from(rx), async move {
+        let _ = stop_rx.await;
+    }));
+
+    tokio::time::sleep(10 * MIN).await;
+    let view = inspector
+        .inspect(|e| {
+            let n = e.node("node-1").expect("known");
+            (n.record.phase, n.hold, n.running, e.nodes().count(), e.storm_guard_active())
+        })
+        .await
+        .expect("the runtime answers");
+    assert_eq!(view, (Phase::Unhealthy, Some(HoldReason::Paused), false, 3, false));
+    assert!(exec.actions().is_empty(), "paused: nothing was done");
+
+    controls.set_paused(false);
+    tokio::time::sleep(MIN).await;
+    let view = inspector.inspect(|e| e.node("node-1").map(|n| (n.record.phase, n.hold))).await.expect("answers");
+    assert_eq!(view, Some((Phase::WaitingReboot, None)));
+    assert_eq!(exec.actions(), vec![("node-1".to_owned(), Action::Reboot)]);
+
+    stop_tx.send(()).expect("runtime alive");
+    drop(task.await.expect("runtime ends"));
+    assert_eq!(inspector.inspect(|e| e.nodes().count()).await, None, "a stopped runtime answers nothing");
+}

@@ -235,6 +235,34 @@ pub struct Engine<T> {
     completions: VecDeque<Completion<T>>,
 }
 
+/// One node as the engine holds it (see [`Engine::node`]).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct NodeView<'a> {
+    /// The node name.
+    pub name: &'a str,
+    /// Its record.
+    pub record: &'a NodeRecord,
+    /// The gate that held its next action back at its last decision.
+    pub hold: Option<HoldReason>,
+    /// An action of this node is running in a task.
+    pub running: bool,
+    /// The node left the target set (its record is kept for `forget_after`).
+    pub departed: bool,
+}
+
+impl<'a> NodeView<'a> {
+    fn of(s: &'a state::Slot) -> Self {
+        NodeView {
+            name: &s.name,
+            record: &s.record,
+            hold: s.hold,
+            running: s.running,
+            departed: s.departed_at.is_some(),
+        }
+    }
+}
+
 /// Decide-and-perform rounds per pass (see `evaluate_inner`).
 const MAX_ROUNDS: usize = 8;
 
@@ -283,6 +311,26 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// Every node the engine knows, with its record.
     pub fn records(&self) -> impl Iterator<Item = (&str, &NodeRecord)> {
         self.state.slots.iter().map(|s| (s.name.as_str(), &s.record))
+    }
+
+    /// What the engine holds for `node` beyond its record: the gate holding
+    /// its next action back, whether an action of it is running.
+    #[must_use]
+    pub fn node(&self, node: &str) -> Option<NodeView<'_>> {
+        self.state.index.get(node).map(|&i| NodeView::of(&self.state.slots[i]))
+    }
+
+    /// Every node the engine knows, as [`Engine::node`] sees it (in no
+    /// particular order).
+    pub fn nodes(&self) -> impl Iterator<Item = NodeView<'_>> {
+        self.state.slots.iter().map(NodeView::of)
+    }
+
+    /// Whether the storm guard (or a stale node source) held remediation
+    /// back at the last evaluation.
+    #[must_use]
+    pub fn storm_guard_active(&self) -> bool {
+        self.state.storm_active
     }
 
     /// The next instant at which some node's decision can change without a
