@@ -41,4 +41,7 @@ pub mod names {
     pub const RECOVERY_EXECUTOR: &str = "nodeagent.v1.RecoveryExecutor";
 }
 
+pub mod transport;
+
 pub use prost_types::{Duration, Timestamp};
+pub use transport::{Bearer, ClientSettings, RequireBearer, Token, TransportError};

@@ -6,6 +6,7 @@
 //! | [`KubeExecutor`] | `kube` | Drain (cordon, then evict through the Eviction API), Uncordon (only a cordon of ours) |
 //! | [`Remediator`] | — | routes Drain/Uncordon to a cluster executor, Reboot and Replace to a cloud one |
 //! | [`CommandExecutor`] | `command` | any configured action, as a program |
+//! | [`GrpcExecutor`] | `grpc` | any action, by the operator's `nodeagent.v1.RecoveryExecutor` server (idempotency key per action) |
 //! | [`NoopExecutor`], [`DryRun`] | — | nothing (dry-run logs what it would do) |
 //!
 //! The Civo executor finds the instance by node name (case-insensitive
@@ -45,6 +46,8 @@
 mod civo;
 #[cfg(feature = "command")]
 mod command;
+#[cfg(feature = "grpc")]
+mod grpc;
 #[cfg(feature = "kube")]
 mod kube;
 
@@ -57,6 +60,8 @@ use health_core::{Action, ExecError, Executor};
 pub use civo::{ApiKey, CivoConfig, CivoError, CivoExecutor, install_crypto_provider, is_loopback_url};
 #[cfg(feature = "command")]
 pub use command::CommandExecutor;
+#[cfg(feature = "grpc")]
+pub use grpc::{GrpcExecutor, GrpcExecutorConfig, wire_action};
 #[cfg(feature = "kube")]
 pub use kube::{CORDONED_ANNOTATION, DrainConfig, KubeExecError, KubeExecutor};
 
