@@ -21,11 +21,17 @@ use health_core::{
     PassCause, PassReport, Runtime, RuntimeEvent, StateStore, TargetUpdate,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use recovery_exec::{ApiKey, CivoConfig, CivoExecutor, DrainConfig, KubeExecutor, NoopExecutor, Remediator};
+use node_agent_proto::{ClientSettings, Token};
+use recovery_exec::{
+    ApiKey, CivoConfig, CivoExecutor, DrainConfig, GrpcExecutor, GrpcExecutorConfig, KubeExecutor, NoopExecutor,
+    Remediator,
+};
 use state_store::{FileStore, KubeStore};
 
 use crate::config::{Config, ExecutorKind, StoreBackend};
 use crate::events::EventObserver;
+use crate::grpc::AgentState;
+use crate::grpc::pause::{FilePause, LeasePause, MemoryPause, PauseStore};
 use crate::node::NodeRef;
 use crate::recorder::AgentRecorder;
 use crate::watch::{self, NodeCache, WatchConfig};
@@ -78,6 +84,8 @@ pub struct Deps {
     pub once: bool,
     /// The in-process Kubernetes config to use instead of `kube.kubeconfig` (simulations).
     pub kube_config: Option<kube::Config>,
+    /// The state the admin API and the heartbeat read (the engine is attached to it).
+    pub state: Option<Arc<AgentState>>,
 }
 
 /// What a finished run leaves behind.
@@ -143,9 +151,60 @@ async fn open_store(config: &Config, call_client: &kube::Client) -> Result<Arc<d
     })
 }
 
+/// Where the operator's pause is kept (see [`crate::grpc::pause`]).
+fn pause_store(config: &Config, call_client: &kube::Client) -> Arc<dyn PauseStore> {
+    match config.store_backend() {
+        StoreBackend::Kubernetes | StoreBackend::Auto => Arc::new(LeasePause::new(
+            call_client.clone(),
+            &config.ha.namespace(),
+            &format!("{}-pause", config.ha.lease_name),
+            config.kube.call_timeout,
+        )),
+        StoreBackend::Memory => Arc::new(MemoryPause::default()),
+        StoreBackend::File => Arc::new(FilePause(
+            config.admin.pause_file.clone().unwrap_or_else(|| config.store.path.with_file_name("pause.json")),
+        )),
+    }
+}
+
+fn drain_executor(config: &Config, call_cfg: &kube::Config) -> Result<KubeExecutor, RunError> {
+    let drain = DrainConfig {
+        timeout: config.kube.drain_timeout,
+        call_timeout: config.kube.call_timeout,
+        evict_unmanaged: config.kube.drain_evict_unmanaged,
+        delete_emptydir_data: config.kube.drain_delete_emptydir_data,
+        ..DrainConfig::default()
+    };
+    let mut kcfg = call_cfg.clone();
+    kcfg.read_timeout = Some(config.kube.call_timeout);
+    KubeExecutor::from_config(kcfg, drain).map_err(|e| RunError::Executor(e.to_string()))
+}
+
+/// The remote executor (`executor.kind = "grpc"`).
+fn grpc_executor(config: &Config) -> Result<GrpcExecutor, RunError> {
+    let e = &config.executor;
+    let mut client = ClientSettings::new(e.endpoint.clone());
+    client.timeout = e.timeout;
+    client.ca_file.clone_from(&e.ca_file);
+    if let Some(path) = &e.token_file {
+        client.token =
+            Some(Token::from_file(path).map_err(|err| RunError::Executor(format!("executor.token_file: {err}")))?);
+    }
+    let mut cfg = GrpcExecutorConfig::new(client);
+    cfg.attempts = e.attempts;
+    GrpcExecutor::new(cfg).map_err(|err| RunError::Executor(format!("executor.endpoint: {err}")))
+}
+
 fn executor(config: &Config, call_cfg: &kube::Config) -> Result<Arc<dyn Executor<NodeRef>>, RunError> {
     if config.policy.monitor_only || config.executor.kind == ExecutorKind::Noop {
         return Ok(Arc::new(NoopExecutor));
+    }
+    if config.executor.kind == ExecutorKind::Grpc {
+        let remote = Arc::new(grpc_executor(config)?);
+        if config.executor.remote_drain {
+            return Ok(remote);
+        }
+        return Ok(Arc::new(Remediator::new(Arc::new(drain_executor(config, call_cfg)?), remote)));
     }
     let c = &config.civo;
     let mut civo = CivoConfig::new(
@@ -158,17 +217,7 @@ fn executor(config: &Config, call_cfg: &kube::Config) -> Result<Arc<dyn Executor
     civo.allow_insecure_http = c.allow_insecure_http;
     civo.agent = format!("node-agent/{}", env!("CARGO_PKG_VERSION"));
     let civo = CivoExecutor::new(civo).map_err(|e| RunError::Executor(e.to_string()))?;
-    let drain = DrainConfig {
-        timeout: config.kube.drain_timeout,
-        call_timeout: config.kube.call_timeout,
-        evict_unmanaged: config.kube.drain_evict_unmanaged,
-        delete_emptydir_data: config.kube.drain_delete_emptydir_data,
-        ..DrainConfig::default()
-    };
-    let mut kcfg = call_cfg.clone();
-    kcfg.read_timeout = Some(config.kube.call_timeout);
-    let kube = KubeExecutor::from_config(kcfg, drain).map_err(|e| RunError::Executor(e.to_string()))?;
-    Ok(Arc::new(Remediator::new(Arc::new(kube), Arc::new(civo))))
+    Ok(Arc::new(Remediator::new(Arc::new(drain_executor(config, call_cfg)?), Arc::new(civo))))
 }
 
 struct StormFlag(parking_lot::Mutex<bool>);
@@ -251,6 +300,15 @@ pub async fn run(
     )
     .set(1.0);
 
+    // An operator's pause holds from the first evaluation on.
+    let pause = pause_store(&config, &call_client);
+    let controls = engine.controls();
+    match &deps.state {
+        Some(state) => state.load_pause(&pause, &controls).await,
+        None => pause.load().await.map(|p| controls.set_paused(p.paused)),
+    }
+    .map_err(|e| RunError::Store(format!("the operator's pause ({}): {e}", pause.location())))?;
+
     match engine.restore().await {
         Ok(n) => {
             tracing::info!(records = n, backend = ?config.store_backend(), "state restored");
@@ -281,7 +339,6 @@ pub async fn run(
     };
     tasks.spawn(watch::watch_nodes(watch_client, watch_config, cache.clone(), health.clone()));
 
-    let controls = engine.controls();
     let mut summary = RunSummary::default();
     if deps.once {
         return run_once(engine, &cache, &controls, &health, &config, tasks, storm).await;
@@ -334,7 +391,13 @@ pub async fn run(
             }
             _ => {}
         });
+    if let Some(state) = &deps.state {
+        state.attach(runtime.inspector(), Arc::clone(&controls), pause);
+    }
     let stopped = runtime.run(updates, shutdown).await;
+    if let Some(state) = &deps.state {
+        state.detach();
+    }
     if stopped.abandoned {
         tracing::warn!(
             grace = ?config.engine.shutdown_grace,

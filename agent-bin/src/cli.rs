@@ -86,12 +86,56 @@ pub enum Command {
     },
     /// Load and check the configuration, print it (secrets redacted), and exit.
     ValidateConfig,
+    /// Ask the running agent what it is doing (its admin API): its mode,
+    /// role and pause, and a table of its nodes.
+    Status {
+        /// Only this node, in detail.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// Only nodes in this phase (Healthy, Unhealthy, WaitingReboot, Draining, WaitingReplace, Failed).
+        #[arg(long, value_name = "PHASE")]
+        phase: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Pause remediation on the running agent (persisted: a restart stays
+    /// paused); failing nodes are held with reason Paused.
+    Pause {
+        /// Why (shown in status, logs and heartbeats).
+        #[arg(long)]
+        reason: String,
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Resume remediation on the running agent.
+    Resume {
+        /// How to reach the admin API.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Host mode: reboot this Linux host when it needs it, one host of the
     /// fleet at a time, coordinated through etcd.
     #[command(subcommand)]
     Host(HostCommand),
     /// Print the version.
     Version,
+}
+
+/// How `status`, `pause` and `resume` reach the agent's admin API
+/// (default: `admin.listen` and `admin.token_file` of the configuration).
+#[derive(Debug, Args, Clone, Default)]
+pub struct AdminArgs {
+    /// The admin API, `host:port` or `http(s)://host:port`.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// A file holding the admin API's bearer token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `node-agent host ...` (the configuration: `--config`, default

@@ -236,14 +236,112 @@ pub enum ExecutorKind {
     Civo,
     /// Nothing is executed; the lifecycle is only logged (like monitor-only).
     Noop,
+    /// The operator's provisioning service over gRPC
+    /// (`nodeagent.v1.RecoveryExecutor`): reboot and replace (and drain with
+    /// `executor.remote_drain`); the agent drains through the Eviction API
+    /// otherwise.
+    Grpc,
 }
 
 /// `[executor]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorSection {
     /// The executor.
     pub kind: ExecutorKind,
+    /// `kind = "grpc"`: the server, `https://host:port` (or `http://` on loopback).
+    pub endpoint: String,
+    /// `kind = "grpc"`: a file holding the bearer token sent to the server.
+    pub token_file: Option<PathBuf>,
+    /// `kind = "grpc"`: a PEM CA bundle for the server's certificate (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// `kind = "grpc"`: time limit of one call.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// `kind = "grpc"`: calls per action; a lost answer is retried with the same idempotency key.
+    pub attempts: u32,
+    /// `kind = "grpc"`: drains and uncordons go to the server too.
+    pub remote_drain: bool,
+}
+
+impl Default for ExecutorSection {
+    fn default() -> Self {
+        ExecutorSection {
+            kind: ExecutorKind::Civo,
+            endpoint: String::new(),
+            token_file: None,
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+            attempts: 3,
+            remote_drain: false,
+        }
+    }
+}
+
+/// The default admin API address (loopback only).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9626";
+
+/// `[admin]`: the gRPC admin API (`nodeagent.v1.AgentAdmin`) and
+/// `grpc.health.v1`, on one port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSection {
+    /// Serve it.
+    pub enabled: bool,
+    /// `host:port`; a non-loopback address needs `token_file`.
+    pub listen: String,
+    /// A file holding the bearer token every call must carry.
+    pub token_file: Option<PathBuf>,
+    /// Where a pause is kept (file store: default `pause.json` beside
+    /// `store.path`; the Kubernetes store keeps it on the Lease
+    /// `<ha.lease_name>-pause` in the HA namespace).
+    pub pause_file: Option<PathBuf>,
+    /// How long a call waits for the engine (it answers between evaluations).
+    #[serde(with = "duration_str")]
+    pub call_timeout: Duration,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            enabled: true,
+            listen: DEFAULT_ADMIN_LISTEN.to_owned(),
+            token_file: None,
+            pause_file: None,
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[heartbeat]`: heartbeats pushed to a fleet control plane
+/// (`nodeagent.v1.HealthReporter`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatSection {
+    /// `https://host:port` (or `http://` on loopback); empty: no heartbeats.
+    pub endpoint: String,
+    /// Time between heartbeats (±10% jitter); doubled per failure up to 8 times it, at most 5m.
+    #[serde(with = "duration_str")]
+    pub interval: Duration,
+    /// Time limit of one heartbeat call.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// A file holding the bearer token sent with each heartbeat.
+    pub token_file: Option<PathBuf>,
+    /// A PEM CA bundle for the endpoint's certificate (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        HeartbeatSection {
+            endpoint: String::new(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            token_file: None,
+            ca_file: None,
+        }
+    }
 }
 
 /// `[engine]`: tuning of the evaluation loop.
@@ -309,6 +407,10 @@ pub struct Config {
     pub policy: Policy,
     /// `[ha]`: leader election between replicas.
     pub ha: HaSection,
+    /// `[admin]`: the gRPC admin API and grpc.health.v1.
+    pub admin: AdminSection,
+    /// `[heartbeat]`: heartbeats to a fleet control plane.
+    pub heartbeat: HeartbeatSection,
     /// `[[checkers]]`: the checkers to run (default: NodeReady, GPU, DiskPressure, Cilium).
     pub checkers: Option<Vec<CheckerEntry>>,
 }
@@ -404,7 +506,35 @@ pub type EnvMap = BTreeMap<String, String>;
 /// The process environment, restricted to the variables the agent reads.
 #[must_use]
 pub fn process_env() -> EnvMap {
-    std::env::vars().filter(|(k, _)| k.starts_with("CIVO_") || k.starts_with("NODE_AGENT_")).collect()
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("CIVO_") || k.starts_with("NODE_AGENT_"))
+        .filter(|(k, _)| !is_service_link(k))
+        .collect()
+}
+
+/// Whether `name` is a variable Kubernetes injects for a Service (service
+/// links): a Service called `node-agent` (or `node-agent-metrics`, ...) in
+/// the pod's namespace sets `NODE_AGENT_SERVICE_HOST`, `NODE_AGENT_PORT`,
+/// `NODE_AGENT_PORT_9625_TCP_ADDR` and so on. They are not settings (ours
+/// always have a `__`), so they are left out instead of failing start-up.
+#[must_use]
+pub fn is_service_link(name: &str) -> bool {
+    if name.contains("__") {
+        return false;
+    }
+    if name.ends_with("_SERVICE_HOST") || name.ends_with("_SERVICE_PORT") || name.contains("_SERVICE_PORT_") {
+        return true;
+    }
+    // <NAME>_PORT, <NAME>_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]
+    if name.ends_with("_PORT") {
+        return true;
+    }
+    let Some(i) = name.rfind("_PORT_") else { return false };
+    let mut rest = name[i + "_PORT_".len()..].split('_');
+    let number = rest.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let proto = rest.next().is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+    let tail = rest.next().is_none_or(|t| matches!(t, "PROTO" | "PORT" | "ADDR"));
+    number && proto && tail && rest.next().is_none()
 }
 
 fn minutes(env: &EnvMap, var: &str) -> Result<Option<u64>, ConfigError> {
@@ -602,14 +732,10 @@ impl Config {
             if ha.lease_duration < Duration::from_secs(3) {
                 return Err(ConfigError::invalid("ha.lease_duration", "expected at least 3s"));
             }
-            if self.kube.call_timeout >= ha.lease_duration {
-                return Err(ConfigError::Conflict {
-                    first: "kube.call_timeout".into(),
-                    second: "ha.lease_duration".into(),
-                    message: "a Lease renewal must time out before the Lease would expire".into(),
-                });
-            }
+            // Lease calls time out after min(kube.call_timeout, lease_duration / 3),
+            // so the defaults work together.
         }
+        self.validate_grpc()?;
         let name = |civo: &str, key: &str| {
             if env.contains_key(civo) { civo.to_owned() } else { format!("{key} ({civo})") }
         };
@@ -705,11 +831,92 @@ impl Config {
         Ok(())
     }
 
+    /// `[admin]`, `[heartbeat]` and the gRPC executor.
+    fn validate_grpc(&self) -> Result<(), ConfigError> {
+        let a = &self.admin;
+        if a.enabled {
+            let addr = a.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    "admin.listen",
+                    format!("invalid value {:?}: expected host:port such as {DEFAULT_ADMIN_LISTEN}", a.listen),
+                )
+            })?;
+            if !addr.ip().is_loopback() && a.token_file.is_none() {
+                return Err(ConfigError::Conflict {
+                    first: "admin.listen".into(),
+                    second: "admin.token_file".into(),
+                    message: format!(
+                        "{addr} is reachable from other hosts: anyone could pause the agent or read its state; \
+                         set admin.token_file, or listen on 127.0.0.1"
+                    ),
+                });
+            }
+            if a.call_timeout.is_zero() {
+                return Err(ConfigError::invalid("admin.call_timeout", "must be a positive duration such as \"10s\""));
+            }
+        }
+        let h = &self.heartbeat;
+        if !h.endpoint.is_empty() {
+            grpc_endpoint("heartbeat.endpoint", &h.endpoint, h.token_file.is_some())?;
+            if h.interval < Duration::from_secs(1) {
+                return Err(ConfigError::invalid("heartbeat.interval", "expected at least 1s, such as \"30s\""));
+            }
+            if h.timeout.is_zero() || h.timeout > h.interval {
+                return Err(ConfigError::invalid(
+                    "heartbeat.timeout",
+                    format!("{:?}: expected a positive duration no longer than heartbeat.interval", h.timeout),
+                ));
+            }
+        }
+        let e = &self.executor;
+        if e.kind == ExecutorKind::Grpc {
+            if e.endpoint.is_empty() {
+                return Err(ConfigError::invalid(
+                    "executor.endpoint",
+                    "must be set with executor.kind = \"grpc\": the server, such as https://provisioner:9700",
+                ));
+            }
+            grpc_endpoint("executor.endpoint", &e.endpoint, e.token_file.is_some())?;
+            if e.timeout.is_zero() {
+                return Err(ConfigError::invalid("executor.timeout", "must be a positive duration such as \"30s\""));
+            }
+            if !(1..=10).contains(&e.attempts) {
+                return Err(ConfigError::invalid(
+                    "executor.attempts",
+                    format!("invalid value {}: expected a number from 1 to 10", e.attempts),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The pool label selector: empty (all nodes), equality, or `in`.
     #[must_use]
     pub fn node_selector(&self) -> Option<String> {
         node_selector(&self.civo.node_pool_ids)
     }
+}
+
+/// Checks a gRPC endpoint: http(s)://host:port, and no token over plain
+/// http to a remote host.
+fn grpc_endpoint(field: &str, endpoint: &str, token: bool) -> Result<(), ConfigError> {
+    let https = endpoint.starts_with("https://");
+    if !https && !endpoint.starts_with("http://") {
+        return Err(ConfigError::invalid(
+            field,
+            format!("invalid value {endpoint:?}: expected https://host:port (or http://127.0.0.1:port)"),
+        ));
+    }
+    if endpoint.parse::<axum::http::Uri>().ok().and_then(|u| u.host().map(str::to_owned)).is_none() {
+        return Err(ConfigError::invalid(field, format!("invalid value {endpoint:?}: expected https://host:port")));
+    }
+    if !https && token && !node_agent_proto::transport::is_loopback_endpoint(endpoint) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("invalid value {endpoint:?}: the token would travel in clear; use https"),
+        ));
+    }
+    Ok(())
 }
 
 /// The label selector for `pools`: `None` for all nodes, equality for one,
@@ -824,6 +1031,80 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_service_links_are_not_settings() {
+        for link in [
+            "NODE_AGENT_SERVICE_HOST",
+            "NODE_AGENT_SERVICE_PORT",
+            "NODE_AGENT_SERVICE_PORT_METRICS",
+            "NODE_AGENT_PORT",
+            "NODE_AGENT_PORT_9625_TCP",
+            "NODE_AGENT_PORT_9625_TCP_ADDR",
+            "NODE_AGENT_PORT_9625_TCP_PORT",
+            "NODE_AGENT_PORT_9625_TCP_PROTO",
+            "NODE_AGENT_METRICS_PORT_9625_UDP",
+        ] {
+            assert!(is_service_link(link), "{link}");
+        }
+        for setting in
+            ["NODE_AGENT_AGENT__METRICS_PORT", "NODE_AGENT_POLICY_REBOOT_WAIT", "NODE_AGENT_PORT_X_TCP", "NODE_AGENT_"]
+        {
+            assert!(!is_service_link(setting), "{setting}");
+        }
+        // A mistyped setting that is no service link still fails start-up.
+        let err = load(&[("NODE_AGENT_POLICY_REBOOT_WAIT", "5m")]).unwrap_err().to_string();
+        assert!(err.contains("NODE_AGENT_POLICY_REBOOT_WAIT"), "{err}");
+    }
+
+    #[test]
+    fn ha_works_with_the_default_timeouts() {
+        let c = load(&[("NODE_AGENT_HA__ENABLED", "true")]).expect("HA on its defaults");
+        assert!(c.kube.call_timeout > c.ha.lease_duration, "renewals bound their own calls");
+    }
+
+    #[test]
+    fn admin_and_heartbeat_settings_are_checked() {
+        let err = load(&[("NODE_AGENT_ADMIN__LISTEN", "0.0.0.0:9626")]).unwrap_err().to_string();
+        assert!(err.contains("admin.listen") && err.contains("admin.token_file"), "{err}");
+        assert!(load(&[("NODE_AGENT_ADMIN__LISTEN", "0.0.0.0:9626"), ("NODE_AGENT_ADMIN__TOKEN_FILE", "/t")]).is_ok());
+        let err = load(&[("NODE_AGENT_ADMIN__LISTEN", "localhost")]).unwrap_err().to_string();
+        assert!(err.contains("admin.listen") && err.contains("host:port"), "{err}");
+        let err = load(&[("NODE_AGENT_HEARTBEAT__ENDPOINT", "fleet:443")]).unwrap_err().to_string();
+        assert!(err.contains("heartbeat.endpoint"), "{err}");
+        let err = load(&[
+            ("NODE_AGENT_HEARTBEAT__ENDPOINT", "http://fleet.example.com:80"),
+            ("NODE_AGENT_HEARTBEAT__TOKEN_FILE", "/t"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("in clear"), "{err}");
+        let err = load(&[
+            ("NODE_AGENT_HEARTBEAT__ENDPOINT", "https://f:1"),
+            ("NODE_AGENT_HEARTBEAT__INTERVAL", "5s"),
+            ("NODE_AGENT_HEARTBEAT__TIMEOUT", "10s"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("heartbeat.timeout"), "{err}");
+        let err = load(&[("NODE_AGENT_EXECUTOR__KIND", "grpc")]).unwrap_err().to_string();
+        assert!(err.contains("executor.endpoint"), "{err}");
+        let err = load(&[
+            ("NODE_AGENT_EXECUTOR__KIND", "grpc"),
+            ("NODE_AGENT_EXECUTOR__ENDPOINT", "https://p:1"),
+            ("NODE_AGENT_EXECUTOR__ATTEMPTS", "0"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("executor.attempts"), "{err}");
+        let c = load(&[
+            ("CIVO_NODE_AGENT_MONITOR_ONLY", "false"),
+            ("NODE_AGENT_EXECUTOR__KIND", "grpc"),
+            ("NODE_AGENT_EXECUTOR__ENDPOINT", "https://provisioner:9700"),
+        ])
+        .expect("the gRPC executor needs no Civo key");
+        assert_eq!(c.executor.kind, ExecutorKind::Grpc);
+    }
+
+    #[test]
     fn defaults_are_civo_agent_defaults() {
         let c = load(&[]).unwrap();
         assert!(c.policy.monitor_only);
@@ -918,7 +1199,6 @@ mod tests {
             (&[("NODE_AGENT_ENGINE__CHECK_CONCURRENCY", "0")], "engine.check_concurrency"),
             (&[("NODE_AGENT_HA__ENABLED", "true"), ("NODE_AGENT_HA__LEASE_DURATION", "1s")], "ha.lease_duration"),
             (&[("NODE_AGENT_HA__ENABLED", "true"), ("NODE_AGENT_HA__LEASE_NAME", "Node_Agent")], "ha.lease_name"),
-            (&[("NODE_AGENT_HA__ENABLED", "true"), ("NODE_AGENT_HA__LEASE_DURATION", "5s")], "kube.call_timeout"),
             (&[("NODE_AGENT_HA__ENABLED", "maybe")], "ha.enabled"),
         ];
         for (pairs, needle) in cases {

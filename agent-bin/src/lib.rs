@@ -23,6 +23,7 @@
 //! | [`simulate`] | `node-agent simulate` |
 //! | [`check`] | `node-agent check` |
 //! | [`ha`] | leader election between replicas on a fenced Kubernetes Lease |
+//! | [`grpc`] | the admin API, grpc.health.v1, heartbeats, the persisted pause |
 //! | [`host`] | `node-agent host ...`: serialized, health-gated reboots of a fleet of Linux hosts (etcd) |
 //!
 //! # Example
@@ -45,6 +46,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod grpc;
 pub mod ha;
 pub mod host;
 pub mod http;

@@ -7,14 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_bin::agent::{self, Deps};
-use agent_bin::cli::{Cli, Command, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, GlobalArgs, HostCommand};
+use agent_bin::cli::{
+    AdminArgs, Cli, Command, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, GlobalArgs, HostCommand,
+};
 use agent_bin::config::{Config, LogFormat, process_env};
+use agent_bin::grpc::{AgentState, Role};
 use agent_bin::host::config::{DEFAULT_HOST_CONFIG, HostConfig};
 use agent_bin::host::run::{self as host_run, EXIT_DETECTOR, HostAgent, PassOptions};
 use agent_bin::recorder::AgentRecorder;
 use agent_bin::{check, host, http, simulate};
 use clap::Parser;
 use health_core::HealthManager;
+use node_agent_proto::{ClientSettings, RequireBearer, Token};
 
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -45,7 +49,7 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 }
 
 /// The first SIGTERM/SIGINT resolves; a second one exits at once.
-async fn shutdown_signal(draining: Arc<AtomicBool>) {
+async fn shutdown_signal(draining: Arc<AtomicBool>, state: Option<Arc<AgentState>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; the agent stops only when killed");
@@ -53,6 +57,9 @@ async fn shutdown_signal(draining: Arc<AtomicBool>) {
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     draining.store(true, Ordering::SeqCst);
+    if let Some(s) = state {
+        s.begin_draining().await;
+    }
     tracing::info!("signal received: readiness is now false, nothing new starts; a second signal exits at once");
     tokio::spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
@@ -198,7 +205,63 @@ async fn real_main(cli: Cli) -> i32 {
                     return EXIT_FAILURE;
                 }
             };
-            let shutdown = shutdown_signal(draining);
+            let state = AgentState::new(&config, health.clone(), draining.clone());
+            let (stop_grpc, grpc_stopped) = tokio::sync::watch::channel(false);
+            let mut grpc_tasks = Vec::new();
+            if config.admin.enabled && !once {
+                let token = match config.admin.token_file.as_deref().map(Token::from_file).transpose() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("node-agent: invalid configuration: admin.token_file: {e}");
+                        return EXIT_CONFIG;
+                    }
+                };
+                let addr: SocketAddr = match config.admin.listen.parse() {
+                    Ok(a) => a,
+                    Err(_) => {
+                        eprintln!("node-agent: invalid configuration: admin.listen {:?}", config.admin.listen);
+                        return EXIT_CONFIG;
+                    }
+                };
+                let mut stopped = grpc_stopped.clone();
+                let stop = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                match agent_bin::grpc::serve(addr, state.clone(), RequireBearer::new(token), stop).await {
+                    Ok((bound, task)) => {
+                        tracing::info!(address = %bound, "serving the admin API (nodeagent.v1.AgentAdmin) and grpc.health.v1");
+                        grpc_tasks.push(task);
+                    }
+                    Err(e) => {
+                        eprintln!("node-agent: cannot listen on {addr} (admin.listen): {e}");
+                        return EXIT_FAILURE;
+                    }
+                }
+            }
+            if !config.heartbeat.endpoint.is_empty() && !once {
+                let h = &config.heartbeat;
+                let mut client = ClientSettings::new(h.endpoint.clone());
+                client.timeout = h.timeout;
+                client.ca_file.clone_from(&h.ca_file);
+                match h.token_file.as_deref().map(Token::from_file).transpose() {
+                    Ok(t) => client.token = t,
+                    Err(e) => {
+                        eprintln!("node-agent: invalid configuration: heartbeat.token_file: {e}");
+                        return EXIT_CONFIG;
+                    }
+                }
+                if let Err(e) = client.connect() {
+                    eprintln!("node-agent: invalid configuration: heartbeat.endpoint: {e}");
+                    return EXIT_CONFIG;
+                }
+                let mut stopped = grpc_stopped.clone();
+                let stop = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                tracing::info!(endpoint = %h.endpoint, interval = ?h.interval, "sending heartbeats");
+                grpc_tasks.push(tokio::spawn(agent_bin::grpc::heartbeat::run(state.clone(), client, h.interval, stop)));
+            }
+            let shutdown = shutdown_signal(draining, Some(state.clone()));
             tokio::pin!(shutdown);
             let leadership = if config.ha.enabled {
                 let client = match agent::kube_config(&config).await.and_then(|mut kc| {
@@ -228,7 +291,11 @@ async fn real_main(cli: Cli) -> i32 {
                     l = agent_bin::ha::lead(client, &config, &health) => Some(l),
                         () = &mut shutdown => {
                             let _ = stop_http.send(());
+                            let _ = stop_grpc.send(true);
                             let _ = server.await;
+                            for t in grpc_tasks {
+                                let _ = t.await;
+                            }
                             tracing::info!("node-agent stopped while standby");
                             return EXIT_OK;
                         }
@@ -237,7 +304,10 @@ async fn real_main(cli: Cli) -> i32 {
             } else {
                 None
             };
-            let deps = Deps { recorder, health, once, ..Deps::default() };
+            if leadership.is_some() {
+                state.set_role(Role::Leader).await;
+            }
+            let deps = Deps { recorder, health, once, state: Some(state.clone()), ..Deps::default() };
             // The fence is watched from a task of its own (a busy pass cannot delay it).
             let watchdog = leadership.map(agent_bin::ha::Leadership::watchdog);
             let result = agent::run(config, deps, &mut shutdown).await;
@@ -245,7 +315,11 @@ async fn real_main(cli: Cli) -> i32 {
                 w.abort();
             }
             let _ = stop_http.send(());
+            let _ = stop_grpc.send(true);
             let _ = server.await;
+            for t in grpc_tasks {
+                let _ = t.await;
+            }
             match result {
                 Ok(summary) => {
                     tracing::info!(passes = summary.passes, nodes = summary.nodes, "node-agent stopped");
@@ -258,7 +332,47 @@ async fn real_main(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Status { node, phase, json, admin } => {
+            let (addr, token) = admin_target(&config, &admin);
+            match agent_bin::grpc::client::status(&addr, token.as_deref(), node.as_deref(), phase.as_deref(), json)
+                .await
+            {
+                Ok(out) => {
+                    print!("{out}");
+                    if json {
+                        println!();
+                    }
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("node-agent status: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+        Command::Pause { reason, admin } => pause_cmd(&config, &admin, Some(&reason)).await,
+        Command::Resume { admin } => pause_cmd(&config, &admin, None).await,
         Command::Simulate(_) | Command::Host(_) | Command::Version => EXIT_OK,
+    }
+}
+
+/// The admin API address and token file: the flags, else the configuration.
+fn admin_target(config: &Config, args: &AdminArgs) -> (String, Option<std::path::PathBuf>) {
+    let addr = args.admin.clone().unwrap_or_else(|| config.admin.listen.clone());
+    (addr, args.token_file.clone().or_else(|| config.admin.token_file.clone()))
+}
+
+async fn pause_cmd(config: &Config, args: &AdminArgs, reason: Option<&str>) -> i32 {
+    let (addr, token) = admin_target(config, args);
+    match agent_bin::grpc::client::set_pause(&addr, token.as_deref(), reason).await {
+        Ok(out) => {
+            print!("{out}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("node-agent: {e}");
+            EXIT_FAILURE
+        }
     }
 }
 
@@ -365,7 +479,7 @@ async fn host_main(global: GlobalArgs, command: HostCommand, recorder: AgentReco
                 }
             };
             tracing::info!(event = "started", node = %agent.node(), once, dry_run, "host agent started");
-            let outcome = host_run::run(&agent, once, dry_run, shutdown_signal(draining)).await;
+            let outcome = host_run::run(&agent, once, dry_run, shutdown_signal(draining, None)).await;
             let _ = stop_http.send(());
             if let Some(s) = server {
                 let _ = s.await;

@@ -271,7 +271,14 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
         }
     }
     scenario.spawn(sim.cluster().clone())?;
-    let deps = Deps { recorder, health, observers: vec![printer.clone()], once: false, kube_config: Some(kube_config) };
+    let deps = Deps {
+        recorder,
+        health,
+        observers: vec![printer.clone()],
+        once: false,
+        kube_config: Some(kube_config),
+        state: None,
+    };
     let run = agent::run(config, deps, tokio::time::sleep(opts.duration)).await?;
     let _ = stop_http.send(());
 
