@@ -20,6 +20,22 @@ use clap::Parser;
 use health_core::HealthManager;
 use node_agent_proto::{ClientSettings, RequireBearer, Token};
 
+/// `print!` that ignores a closed stdout (`node-agent ... | head` must not panic).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `println!` that ignores a closed stdout.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -93,7 +109,7 @@ fn main() -> ExitCode {
 async fn real_main(cli: Cli) -> i32 {
     let command = cli.command.unwrap_or(Command::Run { once: false });
     if let Command::Version = command {
-        println!("node-agent {}", env!("CARGO_PKG_VERSION"));
+        outln!("node-agent {}", env!("CARGO_PKG_VERSION"));
         return EXIT_OK;
     }
     let recorder = AgentRecorder::new();
@@ -129,9 +145,9 @@ async fn real_main(cli: Cli) -> i32 {
         return match simulate::simulate(opts, recorder).await {
             Ok(summary) => {
                 if args.json {
-                    println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+                    outln!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
                 } else {
-                    println!("\n{}", simulate::table(&summary));
+                    outln!("\n{}", simulate::table(&summary));
                 }
                 EXIT_OK
             }
@@ -156,8 +172,8 @@ async fn real_main(cli: Cli) -> i32 {
     init_tracing(config.agent.log_format, "info,kube_client=off");
     match command {
         Command::ValidateConfig => {
-            println!("configuration is valid");
-            println!("{config:#?}");
+            outln!("configuration is valid");
+            outln!("{config:#?}");
             EXIT_OK
         }
         Command::Check { json } => {
@@ -171,9 +187,9 @@ async fn real_main(cli: Cli) -> i32 {
             match check::check(&config, kc).await {
                 Ok(rows) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                        outln!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
                     } else {
-                        print!("{}", check::table(&rows));
+                        out!("{}", check::table(&rows));
                     }
                     EXIT_OK
                 }
@@ -338,9 +354,9 @@ async fn real_main(cli: Cli) -> i32 {
                 .await
             {
                 Ok(out) => {
-                    print!("{out}");
+                    out!("{out}");
                     if json {
-                        println!();
+                        outln!();
                     }
                     EXIT_OK
                 }
@@ -366,7 +382,7 @@ async fn pause_cmd(config: &Config, args: &AdminArgs, reason: Option<&str>) -> i
     let (addr, token) = admin_target(config, args);
     match agent_bin::grpc::client::set_pause(&addr, token.as_deref(), reason).await {
         Ok(out) => {
-            print!("{out}");
+            out!("{out}");
             EXIT_OK
         }
         Err(e) => {
@@ -377,7 +393,7 @@ async fn pause_cmd(config: &Config, args: &AdminArgs, reason: Option<&str>) -> i
 }
 
 fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 async fn host_main(global: GlobalArgs, command: HostCommand, recorder: AgentRecorder) -> i32 {
@@ -405,10 +421,10 @@ async fn host_main(global: GlobalArgs, command: HostCommand, recorder: AgentReco
     host_run::describe_metrics();
     match command {
         HostCommand::ValidateConfig => {
-            println!("configuration is valid");
+            outln!("configuration is valid");
             match toml::to_string_pretty(&config) {
-                Ok(text) => print!("{text}"),
-                Err(_) => println!("{config:#?}"),
+                Ok(text) => out!("{text}"),
+                Err(_) => outln!("{config:#?}"),
             }
             EXIT_OK
         }
@@ -417,7 +433,7 @@ async fn host_main(global: GlobalArgs, command: HostCommand, recorder: AgentReco
                 if json {
                     print_json(&report);
                 } else {
-                    print!("{}", host::simulate_table(&report));
+                    out!("{}", host::simulate_table(&report));
                 }
                 if report.failed() { EXIT_DETECTOR } else { EXIT_OK }
             }
@@ -439,7 +455,7 @@ async fn host_main(global: GlobalArgs, command: HostCommand, recorder: AgentReco
             if json {
                 print_json(&report);
             } else {
-                print!("{}", host::status_table(&report));
+                out!("{}", host::status_table(&report));
             }
             report.outcome.exit_code()
         }

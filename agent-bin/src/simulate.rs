@@ -7,6 +7,14 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `println!` that ignores a closed stdout (`simulate | head` must not panic).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 use cluster_sim::{ClusterConfig, Ports, Scenario, SimServer};
 use health_core::observer::{ActionEvent, HoldEvent, StormEvent, TransitionEvent};
 use health_core::{Action, HealthManager, Mode, Observer, Phase, Policy};
@@ -128,7 +136,7 @@ struct Printer {
 impl Printer {
     fn line(&self, text: &str) {
         if self.live {
-            println!("[{:>5.1}s] {text}", self.start.elapsed().as_secs_f64());
+            say!("[{:>5.1}s] {text}", self.start.elapsed().as_secs_f64());
         }
     }
 }
@@ -243,14 +251,14 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
         held: Mutex::new(0),
     });
     if opts.live {
-        println!(
+        say!(
             "simulated cluster: {} nodes ({} GPU) at {}; Civo API at {}",
             sim.cluster().node_names().len(),
             sim.cluster().instances().iter().filter(|i| i.gpus > 0).count(),
             sim.kube_url(),
             sim.civo_url()
         );
-        println!(
+        say!(
             "agent: active mode, policy at {}x speed (reboot wait {:?}, GPU {:?}); running for {:?}",
             opts.speed, config.policy.reboot_wait, config.policy.gpu_reboot_wait, opts.duration
         );
@@ -267,7 +275,7 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
         .await
         .map_err(|e| SimulateError::Sim(format!("cannot listen on {addr}: {e}")))?;
         if opts.live {
-            println!("metrics: http://{bound}/metrics");
+            say!("metrics: http://{bound}/metrics");
         }
     }
     scenario.spawn(sim.cluster().clone())?;
