@@ -8,5 +8,6 @@ fn main() -> io::Result<()> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["."]).map_err(|e| io::Error::other(e.to_string()))?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)
+    // Maps as BTreeMap: a report prints (and compares) the same every time.
+    tonic_prost_build::configure().build_client(true).build_server(true).btree_map(".").compile_fds(fds)
 }

@@ -260,7 +260,10 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
         );
         say!(
             "agent: active mode, policy at {}x speed (reboot wait {:?}, GPU {:?}); running for {:?}",
-            opts.speed, config.policy.reboot_wait, config.policy.gpu_reboot_wait, opts.duration
+            opts.speed,
+            config.policy.reboot_wait,
+            config.policy.gpu_reboot_wait,
+            opts.duration
         );
     }
     let health = Arc::new(HealthManager::new());

@@ -123,7 +123,7 @@ impl<T: ExecTarget + ?Sized> Executor<T> for GrpcExecutor {
                         key = %key,
                         attempt,
                         replayed = resp.replayed,
-                        message = %resp.message,
+                        answer = %resp.message,
                         "remote executor performed the action"
                     );
                     return Ok(());

@@ -83,6 +83,8 @@ pub struct AgentState {
     pub call_timeout: Duration,
     role: Mutex<Role>,
     attached: Mutex<Option<Attached>>,
+    /// Bumped on attach and detach (calls made during start-up wait for it).
+    attachments: tokio::sync::watch::Sender<u64>,
     pause: Mutex<PauseState>,
     draining: Arc<AtomicBool>,
     sequence: AtomicU64,
@@ -127,6 +129,7 @@ impl AgentState {
             call_timeout: config.admin.call_timeout,
             role: Mutex::new(role),
             attached: Mutex::new(None),
+            attachments: tokio::sync::watch::Sender::new(0),
             pause: Mutex::new(PauseState::default()),
             draining,
             sequence: AtomicU64::new(0),
@@ -201,15 +204,35 @@ impl AgentState {
     /// Makes the running engine reachable (after [`AgentState::load_pause`]).
     pub fn attach(&self, inspector: Inspector<NodeRef>, controls: Arc<Controls>, pause: Arc<dyn PauseStore>) {
         *self.attached.lock() = Some(Attached { inspector, controls, pause });
+        self.attachments.send_modify(|n| *n += 1);
     }
 
     /// The engine stopped.
     pub fn detach(&self) {
         *self.attached.lock() = None;
+        self.attachments.send_modify(|n| *n += 1);
     }
 
-    fn engine(&self) -> Option<(Inspector<NodeRef>, Arc<Controls>, Arc<dyn PauseStore>)> {
+    fn attached_engine(&self) -> Option<(Inspector<NodeRef>, Arc<Controls>, Arc<dyn PauseStore>)> {
         self.attached.lock().as_ref().map(|a| (a.inspector.clone(), Arc::clone(&a.controls), Arc::clone(&a.pause)))
+    }
+
+    /// The running engine; during start-up (not on a standby, not while
+    /// draining) waits up to `call_timeout` for it.
+    async fn engine(&self) -> Option<(Inspector<NodeRef>, Arc<Controls>, Arc<dyn PauseStore>)> {
+        let mut changes = self.attachments.subscribe();
+        let deadline = tokio::time::Instant::now() + self.call_timeout;
+        loop {
+            if let Some(e) = self.attached_engine() {
+                return Some(e);
+            }
+            if self.role() == Role::Standby || self.draining() {
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Asks the engine `f` (between evaluations), waiting at most `call_timeout`.
@@ -221,7 +244,16 @@ impl AgentState {
         &self,
         f: impl FnOnce(&health_core::Engine<NodeRef>) -> R + Send + 'static,
     ) -> Result<R, tonic::Status> {
-        let Some((inspector, ..)) = self.engine() else {
+        self.inspect_in(true, f).await
+    }
+
+    async fn inspect_in<R: Send + 'static>(
+        &self,
+        wait: bool,
+        f: impl FnOnce(&health_core::Engine<NodeRef>) -> R + Send + 'static,
+    ) -> Result<R, tonic::Status> {
+        let engine = if wait { self.engine().await } else { self.attached_engine() };
+        let Some((inspector, ..)) = engine else {
             return Err(match self.role() {
                 Role::Standby => tonic::Status::failed_precondition(
                     "this replica is a standby: it keeps no node state; ask the leader (the holder of the HA Lease)",
@@ -239,9 +271,10 @@ impl AgentState {
         }
     }
 
-    /// Node counts and the storm guard, or `None` where no engine runs.
+    /// Node counts and the storm guard, or `None` where no engine runs
+    /// (now: it does not wait for one that is starting).
     pub async fn engine_summary(&self) -> Option<EngineSummary> {
-        self.inspect(|e| {
+        self.inspect_in(false, |e| {
             let mut s = EngineSummary { storm_guard: e.storm_guard_active(), ..EngineSummary::default() };
             for n in e.nodes().filter(|n| !n.departed) {
                 *s.per_phase.entry(n.record.phase.as_str().to_owned()).or_default() += 1;
@@ -263,7 +296,7 @@ impl AgentState {
     /// No engine here (standby), or the store failed; the message says
     /// what state the agent is left in.
     pub async fn set_pause(&self, paused: bool, reason: &str) -> Result<PauseState, tonic::Status> {
-        let Some((_, controls, store)) = self.engine() else {
+        let Some((_, controls, store)) = self.engine().await else {
             return Err(match self.role() {
                 Role::Standby => tonic::Status::failed_precondition(
                     "this replica is a standby; pause the leader (the holder of the HA Lease)",

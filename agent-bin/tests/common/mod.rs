@@ -23,6 +23,9 @@ pub const FAST_POLICY: &str = r#"
 metrics_port = 0
 metrics_address = "127.0.0.1"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [store]
 backend = "memory"
 
@@ -84,6 +87,8 @@ pub struct Agent {
     pub seen: Vec<Value>,
     /// The bound metrics address, once logged.
     pub metrics: Option<SocketAddr>,
+    /// The bound admin API address, once logged.
+    pub admin: Option<SocketAddr>,
 }
 
 /// The environment a Civo user sets, pointed at the simulator.
@@ -132,10 +137,25 @@ pub async fn spawn_via(
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("node-agent starts");
     let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut agent = Agent { child, lines, seen: Vec::new(), metrics: None };
+    let mut agent = Agent { child, lines, seen: Vec::new(), metrics: None, admin: None };
     let serving = agent.wait_for("the HTTP port", |v| message(v) == "serving /metrics, /healthz, /readyz").await;
     agent.metrics = field(&serving, "address").and_then(|a| a.parse().ok());
+    if !config.contains("[admin]\nenabled = false") {
+        let admin = agent.wait_for("the admin port", |v| message(v).starts_with("serving the admin API")).await;
+        agent.admin = field(&admin, "address").and_then(|a| a.parse().ok());
+    }
     agent
+}
+
+/// Runs `node-agent <args>` to its end: (exit code, stdout, stderr).
+pub async fn cli(args: &[&str]) -> (i32, String, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_node-agent")).args(args).env_clear().output().await.expect("node-agent runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The `message` of a log line.
