@@ -508,7 +508,10 @@ pub type EnvMap = BTreeMap<String, String>;
 pub fn process_env() -> EnvMap {
     std::env::vars()
         .filter(|(k, _)| k.starts_with("CIVO_") || k.starts_with("NODE_AGENT_"))
-        .filter(|(k, _)| !is_service_link(k))
+        // Only NODE_AGENT_ names: CIVO_ ones are read by exact name (so a
+        // link such as CIVO_NODE_AGENT_PORT is ignored anyway, while
+        // CIVO_NODE_AGENT_METRICS_PORT must stay).
+        .filter(|(k, _)| !(k.starts_with("NODE_AGENT_") && is_service_link(k)))
         .collect()
 }
 

@@ -339,6 +339,17 @@ fn validate_config_names_the_field_of_each_broken_input() {
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("very-secret-key") && text.contains("<redacted>"), "{text}");
+    // A Service named node-agent in the pod's namespace: Kubernetes' service
+    // links are not settings.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .env_clear()
+        .env("NODE_AGENT_SERVICE_HOST", "10.43.0.12")
+        .env("NODE_AGENT_PORT", "tcp://10.43.0.12:9625")
+        .env("NODE_AGENT_PORT_9625_TCP_ADDR", "10.43.0.12")
+        .arg("validate-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent")).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(64), "usage errors exit 64");
 }
