@@ -61,6 +61,8 @@ pub enum CheckerKind {
     KubeletLease,
     /// [`crate::HttpProbe`].
     Http,
+    /// `grpc.health.v1` probe (`GrpcHealthProbe`, feature `grpc`).
+    GrpcHealth,
     /// [`crate::CommandChecker`].
     Command,
     /// [`crate::FileSentinel`].
@@ -81,6 +83,7 @@ impl CheckerKind {
             CheckerKind::Cilium => "cilium",
             CheckerKind::KubeletLease => "kubelet-lease",
             CheckerKind::Http => "http",
+            CheckerKind::GrpcHealth => "grpc-health",
             CheckerKind::Command => "command",
             CheckerKind::File => "file",
         }
@@ -92,6 +95,7 @@ impl CheckerKind {
             CheckerKind::Condition => &["condition_type", "bad_statuses", "for_at_least", "missing", "reason"],
             CheckerKind::KubeletLease => &["stale_after"],
             CheckerKind::Http => &["url", "connect_timeout", "timeout", "bearer_token_file"],
+            CheckerKind::GrpcHealth => &["url", "service", "connect_timeout", "timeout"],
             CheckerKind::Command => &["program", "args", "timeout", "max_output", "reason"],
             CheckerKind::File => &["path", "reason"],
             _ => &[],
@@ -138,8 +142,10 @@ pub struct CheckerEntry {
     /// `kubelet-lease`: staleness limit (default 40s).
     #[serde(default, deserialize_with = "opt_duration")]
     pub stale_after: Option<Duration>,
-    /// `http`: URL template.
+    /// `http`, `grpc-health`: URL template.
     pub url: Option<String>,
+    /// `grpc-health`: the service asked about (default `""`: the whole server).
+    pub service: Option<String>,
     /// `http`: connect timeout (default 2s).
     #[serde(default, deserialize_with = "opt_duration")]
     pub connect_timeout: Option<Duration>,
@@ -179,6 +185,7 @@ impl CheckerEntry {
         add("reason", self.reason.is_some());
         add("stale_after", self.stale_after.is_some());
         add("url", self.url.is_some());
+        add("service", self.service.is_some());
         add("connect_timeout", self.connect_timeout.is_some());
         add("timeout", self.timeout.is_some());
         add("bearer_token_file", self.bearer_token_file.is_some());
@@ -224,7 +231,7 @@ impl CheckersConfig {
                 return Err(ConfigError::Field {
                     entry: format!("checkers[{i}]"),
                     field: "kind",
-                    message: "is required: one of node-ready, disk-pressure, memory-pressure, pid-pressure, condition, gpu, cilium, kubelet-lease, http, command, file".into(),
+                    message: "is required: one of node-ready, disk-pressure, memory-pressure, pid-pressure, condition, gpu, cilium, kubelet-lease, http, grpc-health, command, file".into(),
                 });
             };
             let entry = format!("checkers[{i}] ({})", kind.as_str());
@@ -336,6 +343,20 @@ fn build_one<T: CheckTarget>(
         }
         #[cfg(not(feature = "http"))]
         CheckerKind::Http => Err(missing_feature("http")),
+        #[cfg(feature = "grpc")]
+        CheckerKind::GrpcHealth => {
+            let url =
+                e.url.clone().ok_or_else(|| err("url", "is required, e.g. \"http://{internal_ip}:50051\"".into()))?;
+            let mut c = crate::GrpcProbeConfig::new(e.name.clone().unwrap_or_else(|| "GRPCHealth".into()), url);
+            c.threshold = e.threshold.unwrap_or(c.threshold);
+            c.connect_timeout = e.connect_timeout.unwrap_or(c.connect_timeout);
+            c.timeout = e.timeout.unwrap_or(c.timeout);
+            c.service = e.service.clone().unwrap_or_default();
+            let probe = crate::GrpcHealthProbe::new(c).map_err(|x| in_entry(x, &err))?;
+            Ok(Arc::new(probe))
+        }
+        #[cfg(not(feature = "grpc"))]
+        CheckerKind::GrpcHealth => Err(missing_feature("grpc")),
         #[cfg(feature = "command")]
         CheckerKind::Command => {
             let program =

@@ -98,7 +98,7 @@ pub fn validate_template(url: &str) -> Result<(), TemplateError> {
     Ok(())
 }
 
-fn render(url: &str, node: &dyn NodeIdentity) -> Result<String, CheckError> {
+pub(crate) fn render(url: &str, node: &dyn NodeIdentity) -> Result<String, CheckError> {
     let mut out = url.replace("{name}", node.node_name());
     for (placeholder, value, what) in [
         ("{internal_ip}", node.internal_ip(), "InternalIP"),

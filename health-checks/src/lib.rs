@@ -9,6 +9,7 @@
 //! | [`CiliumChecker`] | `kube` | NetworkUnavailable=True with a Cilium reason, or the agent-not-ready taint | 10m |
 //! | [`KubeletLeaseChecker`] | `kube` | the kubelet lease was not renewed recently | 5m |
 //! | [`HttpProbe`] | `http` | a GET of a templated URL is not 2xx | 5m |
+//! | `GrpcHealthProbe` | `grpc` | `grpc.health.v1` of a templated endpoint is not SERVING | 5m |
 //! | [`CommandChecker`] | `command` | a program exits 1 (other exits are errors) | 5m |
 //! | [`FileSentinel`] | `file` | a file exists | 0 |
 //!
@@ -62,6 +63,8 @@ mod command;
 mod config;
 #[cfg(feature = "file")]
 mod file;
+#[cfg(feature = "grpc")]
+mod grpc;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "kube")]
@@ -73,6 +76,8 @@ pub use command::{CommandChecker, CommandConfig};
 pub use config::{CheckerEntry, CheckerKind, CheckersConfig};
 #[cfg(feature = "file")]
 pub use file::FileSentinel;
+#[cfg(feature = "grpc")]
+pub use grpc::{GrpcHealthProbe, GrpcProbeConfig};
 #[cfg(feature = "http")]
 pub use http::{HttpProbe, HttpProbeConfig, PLACEHOLDERS, TemplateError, validate_template};
 #[cfg(feature = "kube")]
