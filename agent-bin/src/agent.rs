@@ -338,6 +338,15 @@ pub async fn run(
         server: base.cluster_url.to_string(),
     };
     tasks.spawn(watch::watch_nodes(watch_client, watch_config, cache.clone(), health.clone()));
+    if !config.addons.is_empty() && !deps.once {
+        tasks.spawn(crate::addons::monitor(
+            call_client.clone(),
+            config.addons.clone(),
+            config.kube.addons_interval,
+            config.kube.call_timeout,
+            health.clone(),
+        ));
+    }
 
     let mut summary = RunSummary::default();
     if deps.once {

@@ -181,6 +181,9 @@ pub struct KubeSection {
     /// Drain: evict pods with `emptyDir` volumes (their data is deleted),
     /// like `kubectl drain --delete-emptydir-data`. Off: such a node is not drained.
     pub drain_delete_emptydir_data: bool,
+    /// How often each `[[addons]]` workload is read.
+    #[serde(with = "duration_str")]
+    pub addons_interval: Duration,
 }
 
 impl Default for KubeSection {
@@ -192,6 +195,7 @@ impl Default for KubeSection {
             events: true,
             drain_evict_unmanaged: false,
             drain_delete_emptydir_data: false,
+            addons_interval: Duration::from_secs(30),
         }
     }
 }
@@ -411,6 +415,8 @@ pub struct Config {
     pub admin: AdminSection,
     /// `[heartbeat]`: heartbeats to a fleet control plane.
     pub heartbeat: HeartbeatSection,
+    /// `[[addons]]`: Deployments and DaemonSets reported as components.
+    pub addons: Vec<crate::addons::AddonEntry>,
     /// `[[checkers]]`: the checkers to run (default: NodeReady, GPU, DiskPressure, Cilium).
     pub checkers: Option<Vec<CheckerEntry>>,
 }
@@ -739,6 +745,7 @@ impl Config {
             // so the defaults work together.
         }
         self.validate_grpc()?;
+        self.validate_addons()?;
         let name = |civo: &str, key: &str| {
             if env.contains_key(civo) { civo.to_owned() } else { format!("{key} ({civo})") }
         };
@@ -830,6 +837,39 @@ impl Config {
                 second: "executor.kind = \"noop\"".into(),
                 message: "replacement needs the Civo executor".into(),
             });
+        }
+        Ok(())
+    }
+
+    /// `[[addons]]`.
+    fn validate_addons(&self) -> Result<(), ConfigError> {
+        let label = crate::host::config::dns_label;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, a) in self.addons.iter().enumerate() {
+            let at = |f: &str| format!("addons[{i}].{f}");
+            if !label(&a.namespace) {
+                return Err(ConfigError::invalid(
+                    at("namespace"),
+                    format!("{:?}: expected a namespace name", a.namespace),
+                ));
+            }
+            let name_ok = !a.name.is_empty() && a.name.len() <= 253 && a.name.split('.').all(label);
+            if !name_ok {
+                return Err(ConfigError::invalid(at("name"), format!("{:?}: expected an object name", a.name)));
+            }
+            let c = a.component();
+            if !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                return Err(ConfigError::invalid(
+                    at("component"),
+                    format!("{c:?}: expected letters, digits, '-' and '_' (it is a URL path segment)"),
+                ));
+            }
+            if !seen.insert(c.clone()) {
+                return Err(ConfigError::invalid(at("component"), format!("{c:?} is used by two add-ons")));
+            }
+        }
+        if !self.addons.is_empty() && self.kube.addons_interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("kube.addons_interval", "expected at least 1s, such as \"30s\""));
         }
         Ok(())
     }

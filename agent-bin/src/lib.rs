@@ -23,6 +23,7 @@
 //! | [`simulate`] | `node-agent simulate` |
 //! | [`check`] | `node-agent check` |
 //! | [`ha`] | leader election between replicas on a fenced Kubernetes Lease |
+//! | [`addons`] | Deployments and DaemonSets reported as components (ready/desired) |
 //! | [`grpc`] | the admin API, grpc.health.v1, heartbeats, the persisted pause |
 //! | [`host`] | `node-agent host ...`: serialized, health-gated reboots of a fleet of Linux hosts (etcd) |
 //!
@@ -41,6 +42,7 @@
 //!
 //! The agent needs a multi-threaded Tokio runtime with timers and I/O.
 
+pub mod addons;
 pub mod agent;
 pub mod check;
 pub mod cli;

@@ -158,8 +158,11 @@ async fn heartbeats_carry_one_snapshot_and_survive_the_endpoint_going_away() {
     let stop = serve_fleet(&fleet, listener);
     let token = dir.join("fleet-token");
     std::fs::write(&token, "fleet-token").unwrap();
+    // The Cilium agent is short of one pod: an add-on component says so.
+    sim.cluster().set_workload_ready("DaemonSet", "kube-system", "cilium", 3, 2).unwrap();
+    let addons = "\n[[addons]]\nkind = \"DaemonSet\"\nnamespace = \"kube-system\"\nname = \"cilium\"\n\n[[addons]]\nkind = \"Deployment\"\nnamespace = \"kube-system\"\nname = \"coredns\"\ncomponent = \"dns\"\n";
     let config = format!(
-        "{FAST_POLICY}\n[heartbeat]\nendpoint = \"http://127.0.0.1:{port}\"\ninterval = \"1s\"\ntimeout = \"1s\"\ntoken_file = \"{}\"\n",
+        "{FAST_POLICY}{addons}\n[heartbeat]\nendpoint = \"http://127.0.0.1:{port}\"\ninterval = \"1s\"\ntimeout = \"1s\"\ntoken_file = \"{}\"\n",
         token.display()
     );
     let mut env = civo_env(&sim);
@@ -169,7 +172,8 @@ async fn heartbeats_carry_one_snapshot_and_survive_the_endpoint_going_away() {
     // A report taken after the first complete list counts all three nodes.
     let logged = agent
         .wait_for("a heartbeat with three nodes", |v| {
-            message(v) == "heartbeat" && field(v, "report").is_some_and(|r| r.contains("\"Healthy\": 3"))
+            message(v) == "heartbeat"
+                && field(v, "report").is_some_and(|r| r.contains("\"Healthy\": 3") && r.contains("2 of 3 ready"))
         })
         .await;
     let text = field(&logged, "report").unwrap().to_owned();
@@ -194,6 +198,12 @@ async fn heartbeats_carry_one_snapshot_and_survive_the_endpoint_going_away() {
         assert!(names.contains(&want), "{want} in {names:?}");
     }
     assert!(sent.started_at.is_some() && sent.reported_at.is_some());
+    let cilium = sent.components.iter().find(|c| c.name == "addon-cilium").expect("the add-on is a component");
+    assert_eq!(cilium.status(), node_agent_proto::v1::ComponentStatus::Degraded, "{cilium:?}");
+    assert_eq!((cilium.metadata["ready"].as_str(), cilium.metadata["desired"].as_str()), ("2", "3"));
+    assert_eq!(cilium.message, "2 of 3 ready (1 not ready)");
+    let (_, body) = agent.get("/components/dns").await;
+    assert!(body.contains("healthy") && body.contains("2 of 2 ready"), "{body}");
 
     // The endpoint goes away: Degraded, with back-off; back: Healthy.
     drop(stop);

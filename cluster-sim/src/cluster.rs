@@ -381,6 +381,63 @@ impl Cluster {
             });
             let _ = store.create(Kind::DaemonSet, ds, false);
         }
+        let deploy = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "coredns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                     "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}},
+                                  "spec": {"containers": [{"name": "coredns", "image": "ghcr.io/example/coredns:1.0"}]}}},
+            "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}
+        });
+        let _ = store.create(Kind::Deployment, deploy, false);
+        let n = i64::from(self.inner.config.nodes);
+        drop(store);
+        for name in ["cilium", "node-exporter"] {
+            let _ = self.set_workload_ready("DaemonSet", "kube-system", name, n, n);
+        }
+    }
+
+    /// Sets the replica counts in the status of a seeded workload (`kind`
+    /// `DaemonSet` or `Deployment`): how many are wanted and how many are
+    /// ready. Add-on monitors read them.
+    pub fn set_workload_ready(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        desired: i64,
+        ready: i64,
+    ) -> Result<(), ApiError> {
+        let (k, status) = match kind {
+            "DaemonSet" => (
+                Kind::DaemonSet,
+                json!({"desiredNumberScheduled": desired, "currentNumberScheduled": desired, "numberReady": ready,
+                       "numberAvailable": ready, "numberMisscheduled": 0, "updatedNumberScheduled": desired}),
+            ),
+            "Deployment" => (
+                Kind::Deployment,
+                json!({"replicas": desired, "readyReplicas": ready, "availableReplicas": ready, "updatedReplicas": desired}),
+            ),
+            other => {
+                return Err(ApiError::bad_request(&format!(
+                    "workload kind {other:?}: expected DaemonSet or Deployment"
+                )));
+            }
+        };
+        let mut store = self.inner.store.lock();
+        let plural = k.def().plural;
+        let current = store.get(k, namespace, name).ok_or_else(|| ApiError::not_found(plural, name))?;
+        let mut v = current.value();
+        if k == Kind::Deployment
+            && let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut())
+        {
+            spec.insert("replicas".into(), json!(desired));
+        }
+        v["status"] = status;
+        if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.remove("resourceVersion");
+        }
+        store.update(k, namespace, name, v, crate::objects::Keep::Nothing, false).map(|_| ())
     }
 
     /// Adds a node (and its Civo instance, kubelet lease and pods) to `pool`.

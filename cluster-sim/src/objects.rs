@@ -31,6 +31,8 @@ pub enum Kind {
     PodDisruptionBudget,
     /// apps/v1 DaemonSet.
     DaemonSet,
+    /// apps/v1 Deployment.
+    Deployment,
 }
 
 /// How a resource is served: its URL segments and discovery data.
@@ -140,6 +142,18 @@ pub(crate) const RESOURCES: &[ResourceDef] = &[
         verbs: ALL_VERBS,
         subresources: &[],
     },
+    ResourceDef {
+        kind: Kind::Deployment,
+        group: "apps",
+        version: "v1",
+        plural: "deployments",
+        singular: "deployment",
+        kind_name: "Deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        verbs: ALL_VERBS,
+        subresources: &[],
+    },
 ];
 
 impl Kind {
@@ -169,6 +183,7 @@ impl Kind {
             Kind::Lease => rt::<api::coordination::v1::Lease>(v),
             Kind::PodDisruptionBudget => rt::<api::policy::v1::PodDisruptionBudget>(v),
             Kind::DaemonSet => rt::<api::apps::v1::DaemonSet>(v),
+            Kind::Deployment => rt::<api::apps::v1::Deployment>(v),
         }
     }
 }
