@@ -330,13 +330,35 @@ pub async fn run(
         store = ?config.store_backend(),
         "node-agent started"
     );
+    // The kubelet-lease checker needs the leases of kube-node-lease.
+    let lease_checker = config
+        .checkers_config()
+        .checkers
+        .into_iter()
+        .find(|c| c.kind == Some(health_checks::CheckerKind::KubeletLease) && c.enabled != Some(false));
+    let leases = lease_checker.map(|c| {
+        let map = crate::leases::LeaseMap::new();
+        let stale_after = c.stale_after.unwrap_or(Duration::from_secs(40));
+        (crate::leases::LeaseHandle(Arc::clone(&map)), map, stale_after)
+    });
     let watch_config = WatchConfig {
         selector,
         backoff_initial: Duration::from_millis(500),
         backoff_max: Duration::from_secs(30),
         errors_metric: errors_metric.clone(),
         server: base.cluster_url.to_string(),
+        leases: leases.as_ref().map(|(h, ..)| h.clone()),
     };
+    if let Some((_, map, stale_after)) = leases {
+        tasks.spawn(crate::leases::watch_leases(
+            watch_client.clone(),
+            map,
+            cache.clone(),
+            stale_after,
+            errors_metric.clone(),
+            health.clone(),
+        ));
+    }
     tasks.spawn(watch::watch_nodes(watch_client, watch_config, cache.clone(), health.clone()));
     if !config.addons.is_empty() && !deps.once {
         tasks.spawn(crate::addons::monitor(

@@ -17,6 +17,7 @@
 //! | [`config`] | defaults < TOML file < environment (Civo's variables and `NODE_AGENT_*`) |
 //! | [`agent`] | [`agent::run`]: the main loop |
 //! | [`watch`] | the Node watch and the cache of reduced Nodes |
+//! | [`leases`] | kubelet leases folded into a map, for the kubelet-lease checker |
 //! | [`node`] | [`node::AgentNode`]: what the agent keeps of a Node |
 //! | [`events`] | logs and Kubernetes Events for transitions, actions and holds |
 //! | [`recorder`], [`http`] | metrics with deletable series; `/metrics`, `/healthz`, `/readyz` |
@@ -52,6 +53,7 @@ pub mod grpc;
 pub mod ha;
 pub mod host;
 pub mod http;
+pub mod leases;
 pub mod node;
 pub mod recorder;
 pub mod simulate;

@@ -24,13 +24,22 @@ const MAX_MESSAGE: usize = 256;
 pub struct AgentNode {
     node: Node,
     lease: LeaseObservation,
+    /// The kubelet leases, when the kubelet-lease checker is on (read at check time).
+    leases: Option<crate::leases::LeaseHandle>,
 }
 
 impl AgentNode {
     /// Reduces a full Node to what the agent needs.
     #[must_use]
     pub fn from_node(full: &Node) -> Self {
-        AgentNode { node: trim(full), lease: LeaseObservation::NotFetched }
+        AgentNode { node: trim(full), lease: LeaseObservation::NotFetched, leases: None }
+    }
+
+    /// The node reading its kubelet lease from `leases` at check time.
+    #[must_use]
+    pub fn with_leases(mut self, leases: Option<crate::leases::LeaseHandle>) -> Self {
+        self.leases = leases;
+        self
     }
 
     /// The node with a kubelet lease observation.
@@ -132,7 +141,10 @@ impl NodeSource for AgentNode {
         &self.node
     }
     fn lease(&self) -> LeaseObservation {
-        self.lease
+        match &self.leases {
+            Some(map) => map.0.observe(AgentNode::name(self)),
+            None => self.lease,
+        }
     }
 }
 
@@ -189,8 +201,10 @@ mod tests {
         let ctx = health_core::CheckContext::at(health_core::Timestamp::from_secs(1_700_000_000));
         for c in &checkers {
             let a = c.check_sync(&Arc::new(view.clone()), &ctx);
-            let b =
-                c.check_sync(&Arc::new(AgentNode { node: full.clone(), lease: LeaseObservation::NotFetched }), &ctx);
+            let b = c.check_sync(
+                &Arc::new(AgentNode { node: full.clone(), lease: LeaseObservation::NotFetched, leases: None }),
+                &ctx,
+            );
             let a = a.map(|r| r.map_err(|e| e.to_string()));
             let b = b.map(|r| r.map_err(|e| e.to_string()));
             assert_eq!(a, b, "{}", c.name());

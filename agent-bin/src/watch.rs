@@ -141,6 +141,24 @@ impl NodeCache {
         true
     }
 
+    /// Marks `name` changed (its kubelet lease crossed the staleness limit):
+    /// it is evaluated again.
+    pub fn touch(&self, name: &str) {
+        let mut inner = self.inner.lock();
+        if inner.nodes.contains_key(name) {
+            inner.dirty.insert(name.to_owned());
+            Self::bump(&mut inner, &self.changed);
+        }
+    }
+
+    /// Marks every node changed (the lease list was replaced or lost).
+    pub fn touch_all(&self) {
+        let mut inner = self.inner.lock();
+        let names: Vec<String> = inner.nodes.keys().cloned().collect();
+        inner.dirty.extend(names);
+        Self::bump(&mut inner, &self.changed);
+    }
+
     /// Removes a node.
     pub fn remove(&self, name: &str) -> bool {
         let mut inner = self.inner.lock();
@@ -184,6 +202,8 @@ pub struct WatchConfig {
     pub errors_metric: String,
     /// The API server, for log lines.
     pub server: String,
+    /// The kubelet leases, when the kubelet-lease checker is on.
+    pub leases: Option<crate::leases::LeaseHandle>,
 }
 
 /// Runs the watch until the task is dropped (aborted).
@@ -209,7 +229,7 @@ pub async fn watch_nodes(client: Client, config: WatchConfig, cache: Arc<NodeCac
                 None => break "the watch stream ended".to_owned(),
                 Some(Ok(Event::Init)) => buffer = Some(HashMap::new()),
                 Some(Ok(Event::InitApply(n))) => {
-                    let view = AgentNode::from_node(&n);
+                    let view = AgentNode::from_node(&n).with_leases(config.leases.clone());
                     buffer.get_or_insert_with(HashMap::new).insert(view.name().to_owned(), Arc::new(view));
                 }
                 Some(Ok(Event::InitDone)) => {
@@ -220,7 +240,7 @@ pub async fn watch_nodes(client: Client, config: WatchConfig, cache: Arc<NodeCac
                     backoff = config.backoff_initial;
                 }
                 Some(Ok(Event::Apply(n))) => {
-                    cache.upsert(AgentNode::from_node(&n));
+                    cache.upsert(AgentNode::from_node(&n).with_leases(config.leases.clone()));
                 }
                 Some(Ok(Event::Delete(n))) => {
                     if let Some(name) = n.metadata.name.as_deref() {

@@ -528,3 +528,24 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     eprintln!("old leader stopped {}, new leader started {}, first reboot {}", at(&lost), at(&took_over), at(&reboot));
     sim.shutdown().await;
 }
+
+/// The kubelet-lease checker reads kube-node-lease through a watch folded
+/// into a map: a lease that stops being renewed fails the node, a renewed
+/// one heals it; renewals alone do not re-evaluate anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_kubelet_lease_fails_the_node_and_a_renewal_heals_it() {
+    let sim = sim(3, 0, 1).await;
+    let dir = scratch("lease");
+    let node = sim.cluster().node_names()[2].clone();
+    let config = format!("{FAST_POLICY}\n[[checkers]]\nkind = \"kubelet-lease\"\nthreshold = \"1s\"\nstale_after = \"30s\"\n");
+    let mut agent = spawn(&sim, &dir, &config, &civo_env(&sim)).await;
+    agent.wait_for("the lease list", |v| message(v) == "kubelet lease list complete").await;
+    sim.cluster().inject(&node, Fault::LeaseStale).unwrap();
+    let unhealthy = agent.transition(&node, "Unhealthy").await;
+    assert!(field(&unhealthy, "detail").is_some_and(|d| d.contains("KubeletLease (LeaseStale)")), "{unhealthy}");
+    sim.cluster().heal(&node).unwrap();
+    agent.transition(&node, "Healthy").await;
+    let (_, body) = agent.get("/components/kube-lease-watch").await;
+    assert!(body.contains("healthy") && body.contains("3 leases"), "{body}");
+    sim.shutdown().await;
+}
