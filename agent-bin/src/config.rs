@@ -724,14 +724,19 @@ impl Config {
     /// Civo user would have set, where there is one).
     pub fn validate(&self, env: &EnvMap) -> Result<(), ConfigError> {
         let ha = &self.ha;
+        let label = crate::host::config::dns_label;
+        // Also without HA: the pause Lease is named after it.
+        if !label(&ha.lease_name) || ha.lease_name.len() > 57 {
+            return Err(ConfigError::invalid(
+                "ha.lease_name",
+                format!(
+                    "{:?}: expected a Lease name of at most 57 characters (lowercase letters, digits and '-'; \
+                     <name>-pause names the pause Lease)",
+                    ha.lease_name
+                ),
+            ));
+        }
         if ha.enabled {
-            let label = crate::host::config::dns_label;
-            if !label(&ha.lease_name) {
-                return Err(ConfigError::invalid(
-                    "ha.lease_name",
-                    format!("{:?}: expected a Lease name (lowercase letters, digits and '-')", ha.lease_name),
-                ));
-            }
             if !ha.namespace.is_empty() && !label(&ha.namespace) {
                 return Err(ConfigError::invalid(
                     "ha.namespace",

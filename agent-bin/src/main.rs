@@ -172,6 +172,31 @@ async fn real_main(cli: Cli) -> i32 {
     init_tracing(config.agent.log_format, "info,kube_client=off");
     match command {
         Command::ValidateConfig => {
+            // The files the agent reads at start-up must be readable now.
+            let tokens = [
+                ("admin.token_file", config.admin.token_file.as_ref()),
+                ("heartbeat.token_file", config.heartbeat.token_file.as_ref()),
+                ("executor.token_file", config.executor.token_file.as_ref()),
+            ];
+            for (field, path) in tokens {
+                if let Some(p) = path
+                    && let Err(e) = Token::from_file(p)
+                {
+                    eprintln!("node-agent: invalid configuration: {field}: {e}");
+                    return EXIT_CONFIG;
+                }
+            }
+            for (field, path) in [
+                ("heartbeat.ca_file", config.heartbeat.ca_file.as_ref()),
+                ("executor.ca_file", config.executor.ca_file.as_ref()),
+            ] {
+                if let Some(p) = path
+                    && let Err(e) = std::fs::read(p)
+                {
+                    eprintln!("node-agent: invalid configuration: {field}: {}: {e}", p.display());
+                    return EXIT_CONFIG;
+                }
+            }
             outln!("configuration is valid");
             outln!("{config:#?}");
             EXIT_OK
@@ -374,7 +399,16 @@ async fn real_main(cli: Cli) -> i32 {
 
 /// The admin API address and token file: the flags, else the configuration.
 fn admin_target(config: &Config, args: &AdminArgs) -> (String, Option<std::path::PathBuf>) {
-    let addr = args.admin.clone().unwrap_or_else(|| config.admin.listen.clone());
+    // An agent listening on every address (0.0.0.0, [::]) is reached on loopback.
+    let listen = match config.admin.listen.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let lo =
+                if a.is_ipv4() { std::net::IpAddr::from([127, 0, 0, 1]) } else { std::net::Ipv6Addr::LOCALHOST.into() };
+            SocketAddr::new(lo, a.port()).to_string()
+        }
+        _ => config.admin.listen.clone(),
+    };
+    let addr = args.admin.clone().unwrap_or(listen);
     (addr, args.token_file.clone().or_else(|| config.admin.token_file.clone()))
 }
 

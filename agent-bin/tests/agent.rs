@@ -316,6 +316,11 @@ fn validate_config_names_the_field_of_each_broken_input() {
         (&[], Some("[[checkers]]\nkind = \"node-ready\"\nthreshold = \"soon\"\n"), "threshold"),
         (&[], Some("[kube]\ncall_timeout = \"0s\"\n"), "kube.call_timeout"),
         (&[], Some("not toml ["), "bad.toml"),
+        (&[], Some("[admin]\ntoken_file = \"/nonexistent/admin-token\"\n"), "admin.token_file"),
+        (&[], Some("[admin]\nlisten = \"0.0.0.0:9626\"\n"), "admin.token_file"),
+        (&[], Some("[heartbeat]\nendpoint = \"grpc://fleet:443\"\n"), "heartbeat.endpoint"),
+        (&[], Some("[ha]\nlease_name = \"Node_Agent\"\n"), "ha.lease_name"),
+        (&[], Some("[[addons]]\nkind = \"StatefulSet\"\nnamespace = \"x\"\nname = \"y\"\n"), "kind"),
     ];
     for (env, toml, needle) in cases {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"));
@@ -537,7 +542,8 @@ async fn a_stale_kubelet_lease_fails_the_node_and_a_renewal_heals_it() {
     let sim = sim(3, 0, 1).await;
     let dir = scratch("lease");
     let node = sim.cluster().node_names()[2].clone();
-    let config = format!("{FAST_POLICY}\n[[checkers]]\nkind = \"kubelet-lease\"\nthreshold = \"1s\"\nstale_after = \"30s\"\n");
+    let config =
+        format!("{FAST_POLICY}\n[[checkers]]\nkind = \"kubelet-lease\"\nthreshold = \"1s\"\nstale_after = \"30s\"\n");
     let mut agent = spawn(&sim, &dir, &config, &civo_env(&sim)).await;
     agent.wait_for("the lease list", |v| message(v) == "kubelet lease list complete").await;
     sim.cluster().inject(&node, Fault::LeaseStale).unwrap();
