@@ -16,3 +16,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 cargo test --workspace --all-features --locked "$@"
+
+# The Helm chart: rendered by a real Helm (PyPI helm-python-sdk, cached in a
+# venv), every object validated, the agent's validate-config run on each
+# rendered configuration (target/debug/node-agent, built above).
+scripts/chart-test.sh

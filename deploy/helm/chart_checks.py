@@ -362,6 +362,18 @@ def check_pod_security(ck: Checks, pod: dict, c: dict) -> None:
 
 def run_agent(ck: Checks, agent: str, toml_text: str, env: dict[str, str], expect: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory() as d:
+        # The token and CA files are Secret/ConfigMap mounts in the pod, and
+        # validate-config opens them: stand-ins with the same role here.
+        def stand_in(m: re.Match) -> str:
+            key, path = m.group(1), m.group(2)
+            local = Path(d, "mounts", path.lstrip("/"))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            if key.endswith("ca_file"):
+                local.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+            else:
+                local.write_text("chart-test-token\n")
+            return f'{key} = "{local}"'
+        toml_text = re.sub(r'^(\w*(?:token_file|ca_file)) = "([^"]+)"', stand_in, toml_text, flags=re.M)
         cfg = Path(d, "config.toml")
         cfg.write_text(toml_text)
         base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": d}
