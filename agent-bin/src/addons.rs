@@ -103,7 +103,12 @@ pub fn verdict(e: &AddonEntry, counts: &Counts) -> (ComponentStatus, String, BTr
     } else {
         (
             ComponentStatus::Degraded,
-            format!("{} of {} ready ({} not ready)", counts.ready, counts.desired, counts.desired - counts.ready),
+            format!(
+                "{} of {} ready ({} not ready)",
+                counts.ready,
+                counts.desired,
+                counts.desired.saturating_sub(counts.ready)
+            ),
             meta,
         )
     }

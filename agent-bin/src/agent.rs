@@ -153,7 +153,9 @@ async fn open_store(config: &Config, call_client: &kube::Client) -> Result<Arc<d
 
 /// Where the operator's pause is kept (see [`crate::grpc::pause`]).
 fn pause_store(config: &Config, call_client: &kube::Client) -> Arc<dyn PauseStore> {
-    match config.store_backend() {
+    // With HA every replica must see the same pause: a Lease, whatever the store.
+    let backend = if config.ha.enabled { StoreBackend::Kubernetes } else { config.store_backend() };
+    match backend {
         StoreBackend::Kubernetes | StoreBackend::Auto => Arc::new(LeasePause::new(
             call_client.clone(),
             &config.ha.namespace(),

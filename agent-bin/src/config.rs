@@ -275,7 +275,7 @@ impl Default for ExecutorSection {
             endpoint: String::new(),
             token_file: None,
             ca_file: None,
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(15),
             attempts: 3,
             remote_drain: false,
         }
@@ -906,8 +906,11 @@ impl Config {
         let h = &self.heartbeat;
         if !h.endpoint.is_empty() {
             grpc_endpoint("heartbeat.endpoint", &h.endpoint, h.token_file.is_some())?;
-            if h.interval < Duration::from_secs(1) {
-                return Err(ConfigError::invalid("heartbeat.interval", "expected at least 1s, such as \"30s\""));
+            if h.interval < Duration::from_secs(1) || h.interval > Duration::from_secs(3600) {
+                return Err(ConfigError::invalid(
+                    "heartbeat.interval",
+                    format!("{:?}: expected 1s to 1h, such as \"30s\"", h.interval),
+                ));
             }
             if h.timeout.is_zero() || h.timeout > h.interval {
                 return Err(ConfigError::invalid(
@@ -933,6 +936,21 @@ impl Config {
                     "executor.attempts",
                     format!("invalid value {}: expected a number from 1 to 10", e.attempts),
                 ));
+            }
+            // Every attempt and its back-off must fit in the engine's limit
+            // for one action, or the last attempts are cut off mid-call.
+            let backoff: Duration = (1..e.attempts).map(|i| Duration::from_millis(600) * (1 << (i - 1))).sum();
+            let needed = e.timeout * e.attempts + backoff;
+            if needed >= self.engine.action_timeout {
+                return Err(ConfigError::Conflict {
+                    first: "executor.attempts × executor.timeout".into(),
+                    second: "engine.action_timeout".into(),
+                    message: format!(
+                        "{} attempts of up to {:?} (with back-off {needed:?}) do not fit in engine.action_timeout {:?}; \
+                         lower executor.timeout or attempts, or raise engine.action_timeout",
+                        e.attempts, e.timeout, self.engine.action_timeout
+                    ),
+                });
             }
         }
         Ok(())
@@ -1150,6 +1168,18 @@ mod tests {
         ])
         .expect("the gRPC executor needs no Civo key");
         assert_eq!(c.executor.kind, ExecutorKind::Grpc);
+        let err = load(&[
+            ("NODE_AGENT_EXECUTOR__KIND", "grpc"),
+            ("NODE_AGENT_EXECUTOR__ENDPOINT", "https://p:1"),
+            ("NODE_AGENT_EXECUTOR__ATTEMPTS", "4"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("engine.action_timeout") && err.contains("executor.attempts"), "{err}");
+        let err = load(&[("NODE_AGENT_HEARTBEAT__ENDPOINT", "https://f:1"), ("NODE_AGENT_HEARTBEAT__INTERVAL", "2d")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("heartbeat.interval"), "{err}");
     }
 
     #[test]

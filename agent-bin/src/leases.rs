@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use health_checks::LeaseObservation;
 use health_core::{ComponentStatus, HealthManager, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use parking_lot::RwLock;
 
@@ -95,6 +96,11 @@ fn is_stale(t: Option<Timestamp>, now: Timestamp, limit: Duration) -> bool {
 
 /// Watches `kube-node-lease` until aborted, keeping `map` and waking the
 /// evaluation of nodes whose lease crossed `stale_after`.
+///
+/// The watcher relists by itself after a desync (410) and backs off on
+/// errors. During an error the last map stays and no node is woken for it;
+/// the staleness sweep waits until the watch delivers again, so a lease
+/// never looks stale for want of news.
 pub async fn watch_leases(
     client: kube::Client,
     map: Arc<LeaseMap>,
@@ -106,89 +112,120 @@ pub async fn watch_leases(
     let api: kube::Api<Lease> = kube::Api::namespaced(client, NAMESPACE);
     health.register_optional(COMPONENT);
     let sweep_every = (stale_after / 4).max(Duration::from_secs(1));
-    let mut backoff = Duration::from_millis(500);
+    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut buffer: Option<HashMap<String, Option<Timestamp>>> = None;
+    let mut sweep = tokio::time::interval(sweep_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut in_error = false;
     loop {
-        let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
-        let mut buffer: Option<HashMap<String, Option<Timestamp>>> = None;
-        let mut sweep = tokio::time::interval(sweep_every);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let error = loop {
-            let event = tokio::select! {
-                e = stream.next() => e,
-                _ = sweep.tick() => {
+        let event = tokio::select! {
+            e = stream.next() => e,
+            _ = sweep.tick() => {
+                if !in_error {
                     sweep_stale(&map, &cache, stale_after);
-                    continue;
                 }
-            };
-            match event {
-                None => break "the watch stream ended".to_owned(),
-                Some(Ok(Event::Init)) => buffer = Some(HashMap::new()),
-                Some(Ok(Event::InitApply(l))) => {
-                    if let Some(name) = l.metadata.name.clone() {
-                        buffer.get_or_insert_with(HashMap::new).insert(name, renew_time(&l));
-                    }
-                }
-                Some(Ok(Event::InitDone)) => {
-                    let renewed = buffer.take().unwrap_or_default();
-                    let now = Timestamp::from_system_time(SystemTime::now());
-                    let stale = renewed
-                        .iter()
-                        .filter(|(_, t)| is_stale(**t, now, stale_after))
-                        .map(|(n, _)| n.clone())
-                        .collect();
-                    let n = renewed.len();
-                    *map.0.write() = Inner { synced: true, renewed, stale };
-                    tracing::info!(leases = n, "kubelet lease list complete");
-                    health.update(COMPONENT, ComponentStatus::Healthy, format!("{n} leases"), Default::default());
-                    cache.touch_all();
-                    backoff = Duration::from_millis(500);
-                }
-                Some(Ok(Event::Apply(l))) => {
-                    let Some(name) = l.metadata.name.clone() else { continue };
-                    let t = renew_time(&l);
-                    let now = Timestamp::from_system_time(SystemTime::now());
-                    let wake = {
-                        let mut inner = map.0.write();
-                        let new = inner.renewed.insert(name.clone(), t).is_none();
-                        let was_stale = inner.stale.contains(&name);
-                        let stale = is_stale(t, now, stale_after);
-                        if stale {
-                            inner.stale.insert(name.clone())
-                        } else {
-                            inner.stale.remove(&name)
-                        };
-                        new || was_stale != stale
-                    };
-                    if wake {
-                        cache.touch(&name);
-                    }
-                }
-                Some(Ok(Event::Delete(l))) => {
-                    if let Some(name) = l.metadata.name.as_deref() {
-                        {
-                            let mut inner = map.0.write();
-                            inner.renewed.remove(name);
-                            inner.stale.remove(name);
-                        }
-                        cache.touch(name);
-                    }
-                }
-                Some(Err(e)) => break e.to_string(),
+                continue;
             }
         };
-        metrics::counter!(errors_metric.clone(), "reason" => "lease_watch").increment(1);
-        tracing::warn!(
-            error = %error,
-            retry_in = ?backoff,
-            "kubelet lease watch failed: the kubelet-lease checker skips until a fresh list completes"
-        );
-        health.update(COMPONENT, ComponentStatus::Degraded, format!("watch failed: {error}"), Default::default());
-        map.0.write().synced = false;
-        cache.touch_all();
-        drop(stream);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        let Some(event) = event else {
+            // The watcher's stream does not end; if it ever does, the checker skips.
+            tracing::warn!("kubelet lease watch ended: the kubelet-lease checker skips from now on");
+            map.0.write().synced = false;
+            health.update(COMPONENT, ComponentStatus::Degraded, "watch ended", Default::default());
+            return;
+        };
+        match event {
+            Ok(Event::Init) => buffer = Some(HashMap::new()),
+            Ok(Event::InitApply(l)) => {
+                if let Some(name) = l.metadata.name.clone() {
+                    buffer.get_or_insert_with(HashMap::new).insert(name, renew_time(&l));
+                }
+            }
+            Ok(Event::InitDone) => {
+                in_error = false;
+                let renewed = buffer.take().unwrap_or_default();
+                let n = renewed.len();
+                let woken = replace(&map, renewed, stale_after);
+                tracing::info!(leases = n, "kubelet lease list complete");
+                health.update(COMPONENT, ComponentStatus::Healthy, format!("{n} leases"), Default::default());
+                match woken {
+                    None => cache.touch_all(),
+                    Some(names) => names.iter().for_each(|n| cache.touch(n)),
+                }
+            }
+            Ok(Event::Apply(l)) => {
+                in_error = false;
+                let Some(name) = l.metadata.name.clone() else { continue };
+                let t = renew_time(&l);
+                let now = Timestamp::from_system_time(SystemTime::now());
+                let wake = {
+                    let mut inner = map.0.write();
+                    let new = inner.renewed.insert(name.clone(), t).is_none();
+                    let was_stale = inner.stale.contains(&name);
+                    let stale = is_stale(t, now, stale_after);
+                    if stale {
+                        inner.stale.insert(name.clone());
+                    } else {
+                        inner.stale.remove(&name);
+                    }
+                    new || was_stale != stale
+                };
+                if wake {
+                    cache.touch(&name);
+                }
+            }
+            Ok(Event::Delete(l)) => {
+                in_error = false;
+                if let Some(name) = l.metadata.name.as_deref() {
+                    {
+                        let mut inner = map.0.write();
+                        inner.renewed.remove(name);
+                        inner.stale.remove(name);
+                    }
+                    cache.touch(name);
+                }
+            }
+            Err(e) => {
+                metrics::counter!(errors_metric.clone(), "reason" => "lease_watch").increment(1);
+                if !in_error {
+                    tracing::warn!(
+                        error = %e,
+                        "kubelet lease watch error: the last leases are kept, nothing is re-evaluated for it, the watcher retries"
+                    );
+                }
+                health.update(COMPONENT, ComponentStatus::Degraded, format!("watch error: {e}"), Default::default());
+                in_error = true;
+            }
+        }
     }
+}
+
+/// Replaces the map after a complete list. Returns the nodes whose
+/// observation changed (lease appeared, went, or crossed the limit), or
+/// `None` for the first list (every node: their checker skipped so far).
+fn replace(map: &LeaseMap, renewed: HashMap<String, Option<Timestamp>>, stale_after: Duration) -> Option<Vec<String>> {
+    let now = Timestamp::from_system_time(SystemTime::now());
+    let stale: HashSet<String> =
+        renewed.iter().filter(|(_, t)| is_stale(**t, now, stale_after)).map(|(n, _)| n.clone()).collect();
+    let mut inner = map.0.write();
+    let first = !inner.synced;
+    let changed = if first {
+        None
+    } else {
+        let names: HashSet<&String> = renewed.keys().chain(inner.renewed.keys()).collect();
+        Some(
+            names
+                .into_iter()
+                .filter(|n| {
+                    (inner.renewed.contains_key(*n), inner.stale.contains(*n))
+                        != (renewed.contains_key(*n), stale.contains(*n))
+                })
+                .cloned()
+                .collect(),
+        )
+    };
+    *inner = Inner { synced: true, renewed, stale };
+    changed
 }
 
 /// Wakes the nodes whose lease went stale since the last sweep.

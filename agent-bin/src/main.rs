@@ -164,8 +164,15 @@ async fn real_main(cli: Cli) -> i32 {
 
     let config = match Config::load(cli.global.config.as_deref(), &process_env(), &cli.global.overrides()) {
         Ok(c) => c,
+        // status, pause and resume only talk to the admin API: with --admin
+        // they work where the agent's own settings are not all there (a shell
+        // on the VM without the Civo key, say).
+        Err(_) if admin_flag_given(&command) => Config::default(),
         Err(e) => {
             eprintln!("node-agent: invalid configuration: {e}");
+            if matches!(command, Command::Status { .. } | Command::Pause { .. } | Command::Resume { .. }) {
+                eprintln!("node-agent: (status, pause and resume also work without it: pass --admin HOST:PORT)");
+            }
             return EXIT_CONFIG;
         }
     };
@@ -334,9 +341,7 @@ async fn real_main(cli: Cli) -> i32 {
                             let _ = stop_http.send(());
                             let _ = stop_grpc.send(true);
                             let _ = server.await;
-                            for t in grpc_tasks {
-                                let _ = t.await;
-                            }
+                            stop_grpc_tasks(grpc_tasks).await;
                             tracing::info!("node-agent stopped while standby");
                             return EXIT_OK;
                         }
@@ -358,9 +363,7 @@ async fn real_main(cli: Cli) -> i32 {
             let _ = stop_http.send(());
             let _ = stop_grpc.send(true);
             let _ = server.await;
-            for t in grpc_tasks {
-                let _ = t.await;
-            }
+            stop_grpc_tasks(grpc_tasks).await;
             match result {
                 Ok(summary) => {
                     tracing::info!(passes = summary.passes, nodes = summary.nodes, "node-agent stopped");
@@ -394,6 +397,28 @@ async fn real_main(cli: Cli) -> i32 {
         Command::Pause { reason, admin } => pause_cmd(&config, &admin, Some(&reason)).await,
         Command::Resume { admin } => pause_cmd(&config, &admin, None).await,
         Command::Simulate(_) | Command::Host(_) | Command::Version => EXIT_OK,
+    }
+}
+
+/// Whether `command` is status, pause or resume with `--admin` given.
+fn admin_flag_given(command: &Command) -> bool {
+    match command {
+        Command::Status { admin, .. } | Command::Pause { admin, .. } | Command::Resume { admin } => {
+            admin.admin.is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Waits (at most 5 s) for the admin server and the heartbeat to stop,
+/// then aborts them: a client's open grpc.health Watch stream must not
+/// hold the exit.
+async fn stop_grpc_tasks(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    for mut t in tasks {
+        if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+            t.abort();
+        }
     }
 }
 

@@ -110,6 +110,13 @@ async fn admin_tokens_are_enforced_and_a_remote_bind_needs_one() {
     let (code, out, err) = cli(&["status", "--admin", &addr, "--token-file", token.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("not paused"), "{out}");
+    // With --admin, status works where the agent's own settings are incomplete
+    // (active mode without a Civo key); without it, the error says so.
+    let (code, _, err) = cli(&["--active", "status", "--admin", &addr, "--token-file", token.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&["--active", "status"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("CIVO_API_KEY") && err.contains("--admin"), "{err}");
     let log = agent.dump();
     assert!(!log.contains("s3cr3t") && !log.contains("not-the-token"), "tokens never reach the log");
     sim.shutdown().await;

@@ -54,6 +54,7 @@ impl GrpcHealthProbe {
     pub fn new(config: GrpcProbeConfig) -> Result<Self, ConfigError> {
         let field =
             |f: &'static str, m: String| ConfigError::Field { entry: config.name.clone(), field: f, message: m };
+        // http:// only: h2c to a node-local daemon (no TLS settings here).
         validate_template(&config.url).map_err(|e| field("url", e.to_string()))?;
         if config.timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(field("timeout", "timeouts must be positive durations such as \"5s\"".into()));
@@ -71,19 +72,19 @@ impl GrpcHealthProbe {
         let service = &self.config.service;
         let what = if service.is_empty() { url.clone() } else { format!("{url} service {service:?}") };
         let call = async {
-            let channel = endpoint.connect().await.map_err(|_| None)?;
+            let channel = endpoint.connect().await.map_err(|e| Err(chain(&e)))?;
             HealthClient::new(channel)
                 .check(HealthCheckRequest { service: service.clone() })
                 .await
                 .map(tonic::Response::into_inner)
-                .map_err(Some)
+                .map_err(Ok)
         };
         match tokio::time::timeout(self.config.timeout, call).await {
             Err(_) => {
                 Ok(CheckOutcome::fail_with("Timeout", format!("{what}: no answer within {:?}", self.config.timeout)))
             }
-            Ok(Err(None)) => Ok(CheckOutcome::fail_with("Unreachable", format!("{what}: cannot connect"))),
-            Ok(Err(Some(status))) => match status.code() {
+            Ok(Err(Err(e))) => Ok(CheckOutcome::fail_with("Unreachable", format!("{what}: cannot connect: {e}"))),
+            Ok(Err(Ok(status))) => match status.code() {
                 tonic::Code::NotFound => {
                     Ok(CheckOutcome::fail_with("ServiceUnknown", format!("{what}: the server does not know it")))
                 }
@@ -106,6 +107,18 @@ impl GrpcHealthProbe {
             },
         }
     }
+}
+
+/// An error with its causes ("transport error: tcp connect error: Connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 #[async_trait]

@@ -233,12 +233,14 @@ impl<T: Target + Clone + 'static> Runtime<T> {
                 biased;
                 () = &mut shutdown => Wake::Shutdown,
                 () = self.engine.wait_completion(), if running => Wake::Completion,
+                // Before updates: a busy cluster always has an update ready,
+                // and a question is answered in microseconds.
+                Some(q) = self.queries.recv() => Wake::Query(q),
                 u = updates.next() => match u {
                     Some(u) => Wake::Update(u),
                     None => Wake::Shutdown,
                 },
                 () = controls.changed() => Wake::Controls,
-                Some(q) = self.queries.recv() => Wake::Query(q),
                 () = sleep_until(wake) => Wake::Due,
             };
             match event {

@@ -168,6 +168,10 @@ impl ClientSettings {
 #[must_use]
 pub fn is_loopback_endpoint(endpoint: &str) -> bool {
     let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    if rest.split('/').next().unwrap_or("").contains('@') {
+        // userinfo@host: the host is after the '@'; never treat it as loopback.
+        return false;
+    }
     let host_port = rest.split('/').next().unwrap_or("");
     let host = if let Some(v6) = host_port.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")
@@ -277,6 +281,8 @@ mod tests {
             ("http://127.0.0.1:1", true),
             ("http://localhost:1", true),
             ("http://[::1]:1/x", true),
+            ("http://[::1]@fleet.example.com:80", false),
+            ("http://127.0.0.1@fleet.example.com:80", false),
             ("http://10.1.1.1:1", false),
             ("https://example.com", false),
         ] {

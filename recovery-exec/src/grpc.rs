@@ -81,18 +81,17 @@ fn idempotency_key(node: &str, action: Action) -> String {
     format!("{node}/{action}/{ms}-{:016x}", fastrand::u64(..))
 }
 
-/// Codes after which the call may have reached the server (a client-side
-/// timeout is `Cancelled`) and may be
-/// repeated safely with the same key.
-fn retryable(code: Code) -> bool {
+/// Codes a server answers before acting (it refused): final.
+fn refused(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Aborted
-            | Code::ResourceExhausted
-            | Code::Unknown
+        Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::OutOfRange
     )
 }
 
@@ -133,7 +132,11 @@ impl<T: ExecTarget + ?Sized> Executor<T> for GrpcExecutor {
                     if code == Code::Unimplemented {
                         return Err(ExecError::Unsupported { action });
                     }
-                    if !retryable(code) {
+                    // Anything else (Unavailable, a client-side timeout seen as
+                    // Cancelled, an h2 reset seen as Internal...) may come after
+                    // the server acted: retried with the same key, and unknown
+                    // in the end, never "failed".
+                    if refused(code) {
                         return Err(ExecError::failed(
                             action,
                             format!("remote executor refused ({code:?}): {}", status.message()),

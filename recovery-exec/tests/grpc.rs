@@ -103,3 +103,34 @@ async fn a_server_that_is_down_is_an_unknown_outcome_not_a_panic() {
     let err = executor(&endpoint, None).execute(Action::Reboot, &Node("node-1")).await.unwrap_err();
     assert!(matches!(err, ExecError::Unknown { .. }), "{err}");
 }
+
+/// A server whose every answer is an h2-level failure (seen as `Internal`).
+#[derive(Clone)]
+struct Resetting(Arc<std::sync::atomic::AtomicU32>);
+
+#[tonic::async_trait]
+impl node_agent_proto::v1::recovery_executor_server::RecoveryExecutor for Resetting {
+    async fn execute(
+        &self,
+        _: tonic::Request<node_agent_proto::v1::ExecuteRequest>,
+    ) -> Result<tonic::Response<node_agent_proto::v1::ExecuteResponse>, tonic::Status> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(tonic::Status::internal("h2 protocol error: stream reset"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_error_is_retried_and_ends_unknown_never_failed() {
+    let server = Resetting(Arc::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let svc = node_agent_proto::v1::recovery_executor_server::RecoveryExecutorServer::new(server.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let err = executor(&endpoint, None).execute(Action::Replace, &Node("node-1")).await.unwrap_err();
+    assert!(matches!(err, ExecError::Unknown { action: Action::Replace, .. }), "an Internal may follow the act: {err}");
+    assert_eq!(server.0.load(std::sync::atomic::Ordering::SeqCst), 3, "retried with the same key");
+}

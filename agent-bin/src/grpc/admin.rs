@@ -23,7 +23,9 @@ pub fn service(
     state: Arc<AgentState>,
     auth: RequireBearer,
 ) -> InterceptedService<AgentAdminServer<Admin>, RequireBearer> {
-    AgentAdminServer::with_interceptor(Admin(state), auth)
+    // Node lists of big clusters exceed tonic's 4 MiB default.
+    let server = AgentAdminServer::new(Admin(state)).max_encoding_message_size(64 << 20);
+    InterceptedService::new(server, auth)
 }
 
 /// The `AgentAdmin` implementation.

@@ -29,7 +29,8 @@ pub fn connect(addr: &str, token_file: Option<&Path>) -> Result<AdminClient, Str
         settings.token = Some(Token::from_file(p).map_err(|e| format!("--token-file: {e}"))?);
     }
     let (channel, bearer) = settings.connect().map_err(|e| format!("--admin: {e}"))?;
-    Ok(AgentAdminClient::with_interceptor(channel, bearer))
+    // A node list of 65,536 nodes is about 15 MiB.
+    Ok(AgentAdminClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20))
 }
 
 /// A gRPC error as an operator reads it.

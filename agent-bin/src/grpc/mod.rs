@@ -60,6 +60,9 @@ impl Role {
     }
 }
 
+/// The running engine's handles: inspector, controls, pause store.
+type EngineHandles = (Inspector<NodeRef>, Arc<Controls>, Arc<dyn PauseStore>);
+
 /// The running engine, as the gRPC side reaches it.
 struct Attached {
     inspector: Inspector<NodeRef>,
@@ -89,6 +92,9 @@ pub struct AgentState {
     draining: Arc<AtomicBool>,
     sequence: AtomicU64,
     grpc_health: Mutex<Option<tonic_health::server::HealthReporter>>,
+    /// Serialises pause changes (store and controls move together) and
+    /// grpc.health refreshes (the last computed status is the one set).
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -134,6 +140,7 @@ impl AgentState {
             draining,
             sequence: AtomicU64::new(0),
             grpc_health: Mutex::new(None),
+            changes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -162,6 +169,7 @@ impl AgentState {
     }
 
     async fn refresh_grpc_health(&self) {
+        let _one_at_a_time = self.changes.lock().await;
         let reporter = self.grpc_health.lock().clone();
         if let Some(r) = reporter {
             let serving = !self.draining() && self.role() != Role::Standby;
@@ -213,13 +221,13 @@ impl AgentState {
         self.attachments.send_modify(|n| *n += 1);
     }
 
-    fn attached_engine(&self) -> Option<(Inspector<NodeRef>, Arc<Controls>, Arc<dyn PauseStore>)> {
+    fn attached_engine(&self) -> Option<EngineHandles> {
         self.attached.lock().as_ref().map(|a| (a.inspector.clone(), Arc::clone(&a.controls), Arc::clone(&a.pause)))
     }
 
     /// The running engine; during start-up (not on a standby, not while
     /// draining) waits up to `call_timeout` for it.
-    async fn engine(&self) -> Option<(Inspector<NodeRef>, Arc<Controls>, Arc<dyn PauseStore>)> {
+    async fn engine(&self) -> Option<EngineHandles> {
         let mut changes = self.attachments.subscribe();
         let deadline = tokio::time::Instant::now() + self.call_timeout;
         loop {
@@ -305,6 +313,9 @@ impl AgentState {
             });
         };
         let state = if paused { PauseState::paused(reason) } else { PauseState::default() };
+        // One change at a time: a Pause and a Resume never interleave their
+        // store write and their switch.
+        let _one_at_a_time = self.changes.lock().await;
         if paused {
             // Safety first: pause now, even if it cannot be stored.
             controls.set_paused(true);

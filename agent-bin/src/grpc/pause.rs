@@ -91,7 +91,7 @@ impl PauseStore for FilePause {
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let tmp = path.with_extension("json.tmp");
+            let tmp = path.with_extension(format!("json.{}-{:x}.tmp", std::process::id(), fastrand::u64(..)));
             let write = || -> std::io::Result<()> {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)?;
