@@ -113,7 +113,7 @@ GRPC_SCENARIO = {
     "civo": {"monitorOnly": False, "clusterId": "3f2b1c9e-8d41-4a2f-9c55-000000000001"},
     "config": {
         "executor": {"kind": "grpc", "endpoint": "https://provisioner.fleet.svc:9700", "remote_drain": True,
-                     "attempts": 5},
+                     "attempts": 5, "timeout": "8s"},
         "heartbeat": {"endpoint": "https://fleet.example.com:443", "interval": "20s"},
     },
     "admin": {"expose": True, "token": {"existingSecret": "node-agent-admin"}, "service": {"enabled": True}},
