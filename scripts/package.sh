@@ -30,6 +30,9 @@ version=$(cargo metadata --no-deps --format-version 1 --locked |
   python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="agent-bin"))')
 
 if [ "$build" = 1 ]; then
+  # The commit goes into the binary (`node-agent version`, heartbeats).
+  NODE_AGENT_COMMIT="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+  export NODE_AGENT_COMMIT
   cargo build --release --locked -p agent-bin
 fi
 test -x target/release/node-agent || { echo "scripts/package.sh: target/release/node-agent is missing (run without --skip-build)" >&2; exit 1; }
@@ -42,6 +45,8 @@ rm -f dist/*.deb dist/*.rpm dist/node-agent.cdx.json dist/SHA256SUMS
 cargo cyclonedx --manifest-path agent-bin/Cargo.toml --format json --spec-version 1.5 \
   --no-build-deps --target "$(rustc -vV | sed -n 's/^host: //p')" --override-filename node-agent.cdx >/dev/null
 mv agent-bin/node-agent.cdx.json target/package/node-agent.cdx.json
+# cargo-cyclonedx writes one file per workspace member: only agent-bin's is ours.
+rm -f -- */node-agent.cdx.json
 cp target/package/node-agent.cdx.json dist/
 
 cargo deb --locked -p agent-bin --no-build --output dist/

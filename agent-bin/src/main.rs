@@ -109,7 +109,7 @@ fn main() -> ExitCode {
 async fn real_main(cli: Cli) -> i32 {
     let command = cli.command.unwrap_or(Command::Run { once: false });
     if let Command::Version = command {
-        outln!("node-agent {}", env!("CARGO_PKG_VERSION"));
+        outln!("node-agent {} (commit {})", env!("CARGO_PKG_VERSION"), agent_bin::grpc::COMMIT);
         return EXIT_OK;
     }
     let recorder = AgentRecorder::new();

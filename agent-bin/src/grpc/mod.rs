@@ -26,6 +26,13 @@ use parking_lot::Mutex;
 use crate::node::NodeRef;
 use pause::{PauseState, PauseStore};
 
+/// The commit the binary was built from (`NODE_AGENT_COMMIT` at build
+/// time: scripts/package.sh and the Dockerfile set it), else `unknown`.
+pub const COMMIT: &str = match option_env!("NODE_AGENT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
 /// The component name of the heartbeat reporter.
 pub const REPORTER_COMPONENT: &str = "grpc_reporter";
 
@@ -367,7 +374,7 @@ impl AgentState {
             cluster_id: self.cluster_id.clone(),
             agent_mode: self.mode.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            commit: option_env!("NODE_AGENT_COMMIT").unwrap_or("unknown").to_owned(),
+            commit: COMMIT.to_owned(),
             started_at: Some(timestamp(self.started_at)),
             reported_at: Some(timestamp(SystemTime::now())),
             role: self.role().wire() as i32,
