@@ -55,7 +55,7 @@ pub async fn check(config: &Config, kube_config: kube::Config) -> Result<Vec<Che
     let mut rows = Vec::new();
     let ctx = health_core::CheckContext::at(health_core::Clock::now(&health_core::SystemClock));
     for node in &nodes {
-        let class = health_checks::classify(node.node()).as_str().to_owned();
+        let class = node.view().class().as_str().to_owned();
         for c in &checkers {
             let result = match c.check_sync(node, &ctx) {
                 Some(r) => r,

@@ -115,7 +115,7 @@ fn camel(a: health_core::Action) -> String {
 }
 
 fn uid(target: &AgentNode) -> Option<String> {
-    target.node().metadata.uid.clone()
+    target.view().uid().map(str::to_owned)
 }
 
 impl Observer<NodeRef> for EventObserver {

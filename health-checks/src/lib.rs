@@ -70,6 +70,8 @@ mod http;
 #[cfg(feature = "kube")]
 mod node;
 pub mod quantity;
+#[cfg(feature = "kube")]
+mod view;
 
 #[cfg(feature = "command")]
 pub use command::{CommandChecker, CommandConfig};
@@ -84,8 +86,10 @@ pub use http::{HttpProbe, HttpProbeConfig, PLACEHOLDERS, TemplateError, validate
 pub use node::{
     AUTOSCALER_TAINT, CILIUM_TAINT, CiliumChecker, ConditionChecker, ConditionRule, GPU_COUNT_LABEL, GPU_RESOURCE,
     GpuChecker, KubeletLeaseChecker, LeaseObservation, MissingCondition, NodeReadyChecker, NodeSource,
-    OPT_OUT_ANNOTATION, SHUTDOWN_TAINT, classify, node_facts, timestamp,
+    OPT_OUT_ANNOTATION, POOL_LABEL, SHUTDOWN_TAINT, classify, node_facts, timestamp,
 };
+#[cfg(feature = "kube")]
+pub use view::{ConditionView, MAX_CONDITION_MESSAGE, NodeView, StringPool};
 
 pub use health_core::HealthChecker;
 
@@ -141,6 +145,22 @@ pub trait NodeIdentity: Send + Sync {
 #[cfg(feature = "kube")]
 fn address<'a>(node: &'a k8s_openapi::api::core::v1::Node, kind: &str) -> Option<&'a str> {
     node.status.as_ref()?.addresses.as_ref()?.iter().find(|a| a.type_ == kind).map(|a| a.address.as_str())
+}
+
+#[cfg(feature = "kube")]
+impl NodeIdentity for NodeView {
+    fn node_name(&self) -> &str {
+        self.name()
+    }
+    fn internal_ip(&self) -> Option<&str> {
+        NodeView::internal_ip(self)
+    }
+    fn external_ip(&self) -> Option<&str> {
+        NodeView::external_ip(self)
+    }
+    fn hostname(&self) -> Option<&str> {
+        NodeView::hostname(self)
+    }
 }
 
 #[cfg(feature = "kube")]

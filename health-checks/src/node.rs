@@ -1,14 +1,17 @@
-//! Checkers over Kubernetes Node objects (k8s-openapi types, no client).
+//! Checkers over Kubernetes Nodes (k8s-openapi types, no client), read
+//! through a [`NodeView`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use health_core::{CheckContext, CheckOutcome, CheckResult, HealthChecker, NodeClass, NodeFacts, Timestamp};
-use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::quantity;
+use crate::view::{ConditionView, NodeView};
 
 /// The label that holds a node's expected GPU count (set by GPU feature discovery).
 pub const GPU_COUNT_LABEL: &str = "nvidia.com/gpu.count";
@@ -22,6 +25,8 @@ pub const AUTOSCALER_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 pub const SHUTDOWN_TAINT: &str = "node.cloudprovider.kubernetes.io/shutdown";
 /// The annotation that opts a node out of remediation when set to `"true"`.
 pub const OPT_OUT_ANNOTATION: &str = "node-agent.civo.com/opt-out";
+/// The label that names a node's Civo pool.
+pub const POOL_LABEL: &str = "kubernetes.civo.com/civo-node-pool";
 
 /// What the agent learnt about a node's kubelet lease (`kube-node-lease`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,10 +40,14 @@ pub enum LeaseObservation {
     Renewed(Option<Timestamp>),
 }
 
-/// A target that carries a Node object (and optionally its kubelet lease).
+/// A target that carries a Node (and optionally its kubelet lease).
+///
+/// A controller that caches nodes keeps [`NodeView`]s (borrowed at check
+/// time); a full k8s-openapi `Node` also works, reduced to a view on every
+/// read.
 pub trait NodeSource: Send + Sync {
-    /// The Node.
-    fn node(&self) -> &Node;
+    /// What the checkers read of the Node.
+    fn view(&self) -> Cow<'_, NodeView>;
     /// The kubelet lease, as fetched by the agent.
     fn lease(&self) -> LeaseObservation {
         LeaseObservation::NotFetched
@@ -46,14 +55,20 @@ pub trait NodeSource: Send + Sync {
 }
 
 impl NodeSource for Node {
-    fn node(&self) -> &Node {
-        self
+    fn view(&self) -> Cow<'_, NodeView> {
+        Cow::Owned(NodeView::from_node(self))
+    }
+}
+
+impl NodeSource for NodeView {
+    fn view(&self) -> Cow<'_, NodeView> {
+        Cow::Borrowed(self)
     }
 }
 
 impl<T: NodeSource + ?Sized> NodeSource for Arc<T> {
-    fn node(&self) -> &Node {
-        (**self).node()
+    fn view(&self) -> Cow<'_, NodeView> {
+        (**self).view()
     }
     fn lease(&self) -> LeaseObservation {
         (**self).lease()
@@ -66,18 +81,14 @@ pub fn timestamp(t: &Time) -> Timestamp {
     Timestamp::from_millis(u64::try_from(t.0.as_millisecond()).unwrap_or(0))
 }
 
-fn conditions<'a>(node: &'a Node, kind: &'a str) -> impl Iterator<Item = &'a NodeCondition> + 'a {
-    node.status.iter().flat_map(|s| s.conditions.iter().flatten()).filter(move |c| c.type_ == kind)
-}
-
 /// How long a condition has been in its current status, at `now`
 /// (unknown transition time: treated as long enough).
-fn held_for(c: &NodeCondition, now: Timestamp) -> Duration {
-    c.last_transition_time.as_ref().map_or(Duration::MAX, |t| now.saturating_since(timestamp(t)))
+fn held_for(c: &ConditionView, now: Timestamp) -> Duration {
+    c.last_transition().map_or(Duration::MAX, |t| now.saturating_since(t))
 }
 
-fn node_name(node: &Node) -> &str {
-    node.metadata.name.as_deref().unwrap_or("<unnamed>")
+fn node_name(node: &NodeView) -> &str {
+    if node.name().is_empty() { "<unnamed>" } else { node.name() }
 }
 
 /// NodeReady: fails when the Ready condition is False, Unknown, anything
@@ -94,21 +105,16 @@ impl NodeReadyChecker {
         NodeReadyChecker { name: "NodeReady".into(), threshold: Duration::from_secs(300) }
     }
 
-    /// Evaluates a Node.
+    /// Evaluates a Node (a [`NodeView`] or a full `Node`).
     #[must_use]
-    pub fn evaluate(&self, node: &Node) -> CheckOutcome {
+    pub fn evaluate(&self, node: &(impl NodeSource + ?Sized)) -> CheckOutcome {
+        let node = node.view();
         let mut seen = false;
-        for c in conditions(node, "Ready") {
+        for c in node.conditions_of("Ready") {
             seen = true;
-            let detail = || {
-                format!(
-                    "Ready={} reason={} {}",
-                    c.status,
-                    c.reason.as_deref().unwrap_or(""),
-                    c.message.as_deref().unwrap_or("")
-                )
-            };
-            match c.status.as_str() {
+            let detail =
+                || format!("Ready={} reason={} {}", c.status(), c.reason().unwrap_or(""), c.message().unwrap_or(""));
+            match c.status() {
                 "True" => {}
                 "False" => return CheckOutcome::fail_with("NodeNotReady", detail()),
                 _ => return CheckOutcome::fail_with("NodeStatusUnknown", detail()),
@@ -119,7 +125,7 @@ impl NodeReadyChecker {
         } else {
             CheckOutcome::fail_with(
                 "ReadyConditionMissing",
-                format!("node {} reports no Ready condition", node_name(node)),
+                format!("node {} reports no Ready condition", node_name(&node)),
             )
         }
     }
@@ -203,23 +209,24 @@ impl ConditionChecker {
         Self::pressure("PIDPressure", Duration::from_secs(600))
     }
 
-    /// Evaluates a Node at `now` (the engine passes its clock's time in the
-    /// [`health_core::CheckContext`]).
+    /// Evaluates a Node (a [`NodeView`] or a full `Node`) at `now` (the
+    /// engine passes its clock's time in the [`health_core::CheckContext`]).
     #[must_use]
-    pub fn evaluate_at(&self, node: &Node, now: Timestamp) -> CheckOutcome {
+    pub fn evaluate_at(&self, node: &(impl NodeSource + ?Sized), now: Timestamp) -> CheckOutcome {
+        let node = node.view();
         let r = &self.rule;
         let mut seen = false;
-        for c in conditions(node, &r.condition_type) {
+        for c in node.conditions_of(&r.condition_type) {
             seen = true;
-            if r.bad_statuses.contains(&c.status) && held_for(c, now) >= r.for_at_least {
+            if r.bad_statuses.iter().any(|b| b == c.status()) && held_for(c, now) >= r.for_at_least {
                 return CheckOutcome::fail_with(
                     r.reason.clone(),
                     format!(
                         "{}={} reason={} {}",
-                        c.type_,
-                        c.status,
-                        c.reason.as_deref().unwrap_or(""),
-                        c.message.as_deref().unwrap_or("")
+                        c.type_(),
+                        c.status(),
+                        c.reason().unwrap_or(""),
+                        c.message().unwrap_or("")
                     ),
                 );
             }
@@ -232,15 +239,15 @@ impl ConditionChecker {
             MissingCondition::Skip => CheckOutcome::skip("ConditionMissing"),
             MissingCondition::Fail => CheckOutcome::fail_with(
                 format!("{}ConditionMissing", r.condition_type),
-                format!("node {} reports no {} condition", node_name(node), r.condition_type),
+                format!("node {} reports no {} condition", node_name(&node), r.condition_type),
             ),
         }
     }
 }
 
 /// Parses the GPU count label; `Ok(None)` when absent.
-fn expected_gpus(node: &Node) -> Result<Option<u64>, String> {
-    let Some(v) = node.metadata.labels.as_ref().and_then(|l| l.get(GPU_COUNT_LABEL)) else { return Ok(None) };
+pub(crate) fn expected_gpus(node: &NodeView) -> Result<Option<u64>, String> {
+    let Some(v) = node.gpu_count_label() else { return Ok(None) };
     let n: u64 =
         v.trim().parse().map_err(|_| format!("label {GPU_COUNT_LABEL}={v:?} is not a whole number of GPUs"))?;
     if n > 1024 {
@@ -249,33 +256,17 @@ fn expected_gpus(node: &Node) -> Result<Option<u64>, String> {
     Ok(Some(n))
 }
 
-/// The node class: `Gpu` when the GPU count label holds a positive count.
+/// The node class: `Gpu` when the GPU count label holds a positive count
+/// ([`NodeView::class`]).
 #[must_use]
-pub fn classify(node: &Node) -> NodeClass {
-    match expected_gpus(node) {
-        Ok(Some(n)) if n > 0 => NodeClass::Gpu,
-        _ => NodeClass::Standard,
-    }
+pub fn classify(node: &(impl NodeSource + ?Sized)) -> NodeClass {
+    node.view().class()
 }
 
-/// The facts the safety gates consult, read from a Node.
+/// The facts the safety gates consult, read from a Node ([`NodeView::facts`]).
 #[must_use]
-pub fn node_facts(node: &Node) -> NodeFacts {
-    let taints = node.spec.iter().flat_map(|s| s.taints.iter().flatten());
-    let tainted_for_removal = taints.clone().any(|t| t.key == AUTOSCALER_TAINT || t.key == SHUTDOWN_TAINT);
-    let opted_out = node
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(OPT_OUT_ANNOTATION))
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    NodeFacts {
-        class: classify(node),
-        created_at: node.metadata.creation_timestamp.as_ref().map(timestamp),
-        deleting: node.metadata.deletion_timestamp.is_some(),
-        tainted_for_removal,
-        opted_out,
-    }
+pub fn node_facts(node: &(impl NodeSource + ?Sized)) -> NodeFacts {
+    node.view().facts()
 }
 
 /// GPU: the label `nvidia.com/gpu.count` (expected) against allocatable
@@ -292,22 +283,20 @@ impl GpuChecker {
         GpuChecker { name: "GPU".into(), threshold: Duration::from_secs(600) }
     }
 
-    /// Evaluates a Node.
+    /// Evaluates a Node (a [`NodeView`] or a full `Node`).
     #[must_use]
-    pub fn evaluate(node: &Node) -> CheckOutcome {
-        let expected = match expected_gpus(node) {
+    pub fn evaluate(node: &(impl NodeSource + ?Sized)) -> CheckOutcome {
+        let node = node.view();
+        let expected = match expected_gpus(&node) {
             Ok(Some(n)) => n,
             Ok(None) => return CheckOutcome::skip("NonGPUNode"),
             Err(detail) => return CheckOutcome::fail_with("InvalidGPULabel", detail),
         };
-        let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref()).and_then(|a| a.get(GPU_RESOURCE));
-        let Some(q) = allocatable else {
+        let Some(q) = node.allocatable_gpu() else {
             return CheckOutcome::fail_with("NoAllocatableGPU", format!("expected {expected} GPUs, none allocatable"));
         };
-        match quantity::parse_whole(&q.0) {
-            Err(e) => {
-                CheckOutcome::fail_with("InvalidGPUQuantity", format!("allocatable {GPU_RESOURCE}={:?}: {e}", q.0))
-            }
+        match quantity::parse_whole(q) {
+            Err(e) => CheckOutcome::fail_with("InvalidGPUQuantity", format!("allocatable {GPU_RESOURCE}={q:?}: {e}")),
             Ok(0) if expected > 0 => {
                 CheckOutcome::fail_with("NoAllocatableGPU", format!("expected {expected} GPUs, 0 allocatable"))
             }
@@ -338,19 +327,20 @@ impl CiliumChecker {
         CiliumChecker { name: "Cilium".into(), threshold: Duration::from_secs(600) }
     }
 
-    /// Evaluates a Node.
+    /// Evaluates a Node (a [`NodeView`] or a full `Node`).
     #[must_use]
-    pub fn evaluate(node: &Node) -> CheckOutcome {
-        let tainted = node.spec.iter().flat_map(|s| s.taints.iter().flatten()).any(|t| t.key == CILIUM_TAINT);
+    pub fn evaluate(node: &(impl NodeSource + ?Sized)) -> CheckOutcome {
+        let node = node.view();
+        let tainted = node.taint_keys().any(|k| k == CILIUM_TAINT);
         let mut cilium = tainted;
-        for c in conditions(node, "NetworkUnavailable") {
-            let reason = c.reason.as_deref().unwrap_or("");
+        for c in node.conditions_of("NetworkUnavailable") {
+            let reason = c.reason().unwrap_or("");
             if reason.starts_with("Cilium") || reason.starts_with("NoCilium") {
                 cilium = true;
-                if c.status == "True" {
+                if c.status() == "True" {
                     return CheckOutcome::fail_with(
                         "CiliumNetworkUnavailable",
-                        format!("NetworkUnavailable=True reason={reason} {}", c.message.as_deref().unwrap_or("")),
+                        format!("NetworkUnavailable=True reason={reason} {}", c.message().unwrap_or("")),
                     );
                 }
             }
@@ -469,8 +459,8 @@ macro_rules! sync_checker {
     };
 }
 
-sync_checker!(NodeReadyChecker, |s, t, _now| s.evaluate(t.node()));
-sync_checker!(ConditionChecker, |s, t, now| s.evaluate_at(t.node(), now));
-sync_checker!(GpuChecker, |_s, t, _now| GpuChecker::evaluate(t.node()));
-sync_checker!(CiliumChecker, |_s, t, _now| CiliumChecker::evaluate(t.node()));
+sync_checker!(NodeReadyChecker, |s, t, _now| s.evaluate(t));
+sync_checker!(ConditionChecker, |s, t, now| s.evaluate_at(t, now));
+sync_checker!(GpuChecker, |_s, t, _now| GpuChecker::evaluate(t));
+sync_checker!(CiliumChecker, |_s, t, _now| CiliumChecker::evaluate(t));
 sync_checker!(KubeletLeaseChecker, |s, t, now| s.evaluate_at(t.lease(), now));

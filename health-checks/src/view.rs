@@ -1,0 +1,470 @@
+//! [`NodeView`]: what the node checkers, the safety gates and the executors
+//! read of a Kubernetes Node, in a few hundred bytes.
+//!
+//! A Node object is 15-30 KB (images, managedFields, heartbeat times) and
+//! even a trimmed k8s-openapi `Node` is about 4 KB (a kilobyte of inline
+//! `Option` fields, every label, every condition as five owned strings). A
+//! controller that caches tens of thousands of nodes keeps a `NodeView`
+//! instead: the name, the few labels, annotations and taints that matter,
+//! the conditions, the allocatable GPUs and the addresses. The strings that
+//! repeat across a fleet (condition types, statuses, reasons and messages,
+//! taint keys) can be shared through a [`StringPool`], so a healthy node's
+//! conditions cost a few pointers.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use health_core::{NodeClass, NodeFacts, Timestamp};
+use k8s_openapi::api::core::v1::Node;
+use parking_lot::Mutex;
+
+use crate::node::{
+    AUTOSCALER_TAINT, GPU_COUNT_LABEL, GPU_RESOURCE, OPT_OUT_ANNOTATION, POOL_LABEL, SHUTDOWN_TAINT, timestamp,
+};
+
+/// Longest condition message kept, in bytes (the checkers only put it in a
+/// failure's detail; it is cut on a character boundary, with `…`).
+pub const MAX_CONDITION_MESSAGE: usize = 256;
+
+/// The annotation the Kubernetes executor sets on a node it cordoned (kept
+/// in the view so that an uncordon by an operator is a change).
+const CORDONED_ANNOTATION: &str = "node-agent.civo.com/cordoned";
+
+/// One Node condition as the checkers read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConditionView {
+    type_: Arc<str>,
+    status: Arc<str>,
+    reason: Option<Arc<str>>,
+    message: Option<Arc<str>>,
+    since: Option<Timestamp>,
+}
+
+impl ConditionView {
+    /// The condition type, e.g. `Ready`.
+    #[must_use]
+    pub fn type_(&self) -> &str {
+        &self.type_
+    }
+
+    /// The status: `True`, `False`, `Unknown` (or whatever the node wrote).
+    #[must_use]
+    pub fn status(&self) -> &str {
+        &self.status
+    }
+
+    /// The machine-readable reason, if any.
+    #[must_use]
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    /// The message, cut to [`MAX_CONDITION_MESSAGE`] bytes, if any.
+    #[must_use]
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+
+    /// When the condition last changed status, if known.
+    #[must_use]
+    pub fn last_transition(&self) -> Option<Timestamp> {
+        self.since
+    }
+}
+
+/// What the checkers, gates and executors read of a Node. Build it with
+/// [`NodeView::from_node`] (or [`NodeView::from_node_in`] to share common
+/// strings through a [`StringPool`]); two views compare equal when nothing
+/// a checker reads differs, so heartbeat-only updates compare equal.
+///
+/// ```
+/// use health_checks::{NodeReadyChecker, NodeView};
+/// use health_core::CheckOutcome;
+/// use k8s_openapi::api::core::v1::Node;
+///
+/// let node: Node = serde_json::from_value(serde_json::json!({
+///     "metadata": {"name": "n1", "labels": {"kubernetes.civo.com/civo-node-pool": "pool-a"}},
+///     "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}
+/// })).unwrap();
+/// let view = NodeView::from_node(&node);
+/// assert_eq!(view.name(), "n1");
+/// assert_eq!(view.pool(), Some("pool-a"));
+/// assert_eq!(NodeReadyChecker::new().evaluate(&view).reason(), Some("NodeNotReady"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    name: Arc<str>,
+    uid: Option<Box<str>>,
+    created_at: Option<Timestamp>,
+    deleting: bool,
+    unschedulable: bool,
+    opted_out: bool,
+    cordoned_by_agent: bool,
+    gpu_count: Option<Box<str>>,
+    pool: Option<Box<str>>,
+    allocatable_gpu: Option<Box<str>>,
+    taints: Box<[Arc<str>]>,
+    conditions: Box<[ConditionView]>,
+    internal_ip: Option<Box<str>>,
+    external_ip: Option<Box<str>>,
+    hostname: Option<Box<str>>,
+}
+
+impl NodeView {
+    /// The view of `node`, with strings of its own.
+    #[must_use]
+    pub fn from_node(node: &Node) -> Self {
+        Self::build(node, &mut |s| Arc::from(s))
+    }
+
+    /// The view of `node`, sharing condition and taint strings with every
+    /// other view built from `pool`.
+    #[must_use]
+    pub fn from_node_in(node: &Node, pool: &StringPool) -> Self {
+        Self::build(node, &mut |s| pool.intern(s))
+    }
+
+    fn build(node: &Node, share: &mut dyn FnMut(&str) -> Arc<str>) -> Self {
+        let m = &node.metadata;
+        let label = |k: &str| m.labels.as_ref().and_then(|l| l.get(k)).map(|v| Box::from(v.as_str()));
+        let annotation = |k: &str| m.annotations.as_ref().and_then(|a| a.get(k));
+        let spec = node.spec.as_ref();
+        let status = node.status.as_ref();
+        let address = |kind: &str| {
+            status
+                .and_then(|s| s.addresses.as_ref())
+                .and_then(|a| a.iter().find(|a| a.type_ == kind))
+                .map(|a| Box::from(a.address.as_str()))
+        };
+        let taints: Box<[Arc<str>]> = spec
+            .and_then(|s| s.taints.as_ref())
+            .map_or_else(Box::default, |ts| ts.iter().map(|t| share(&t.key)).collect());
+        let conditions: Box<[ConditionView]> =
+            status.and_then(|s| s.conditions.as_ref()).map_or_else(Box::default, |cs| {
+                cs.iter()
+                    .map(|c| ConditionView {
+                        type_: share(&c.type_),
+                        status: share(&c.status),
+                        reason: c.reason.as_deref().map(&mut *share),
+                        message: c.message.as_deref().map(|msg| share(&truncate(msg, MAX_CONDITION_MESSAGE))),
+                        since: c.last_transition_time.as_ref().map(timestamp),
+                    })
+                    .collect()
+            });
+        NodeView {
+            name: Arc::from(m.name.as_deref().unwrap_or("")),
+            uid: m.uid.as_deref().map(Box::from),
+            created_at: m.creation_timestamp.as_ref().map(timestamp),
+            deleting: m.deletion_timestamp.is_some(),
+            unschedulable: spec.and_then(|s| s.unschedulable) == Some(true),
+            opted_out: annotation(OPT_OUT_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            cordoned_by_agent: annotation(CORDONED_ANNOTATION).is_some(),
+            gpu_count: label(GPU_COUNT_LABEL),
+            pool: label(POOL_LABEL),
+            allocatable_gpu: status
+                .and_then(|s| s.allocatable.as_ref())
+                .and_then(|a| a.get(GPU_RESOURCE))
+                .map(|q| Box::from(q.0.as_str())),
+            taints,
+            conditions,
+            internal_ip: address("InternalIP"),
+            external_ip: address("ExternalIP"),
+            hostname: address("Hostname"),
+        }
+    }
+
+    /// The node's name (empty when the object had none).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's name, shared.
+    #[must_use]
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The object's uid, if any (Events refer to it).
+    #[must_use]
+    pub fn uid(&self) -> Option<&str> {
+        self.uid.as_deref()
+    }
+
+    /// When the node was created, if known.
+    #[must_use]
+    pub fn created_at(&self) -> Option<Timestamp> {
+        self.created_at
+    }
+
+    /// Whether the node is being deleted.
+    #[must_use]
+    pub fn deleting(&self) -> bool {
+        self.deleting
+    }
+
+    /// Whether the node is cordoned (`spec.unschedulable`).
+    #[must_use]
+    pub fn unschedulable(&self) -> bool {
+        self.unschedulable
+    }
+
+    /// Whether the node carries the remediation opt-out annotation set to `"true"`.
+    #[must_use]
+    pub fn opted_out(&self) -> bool {
+        self.opted_out
+    }
+
+    /// Whether the node carries the annotation of a cordon by the agent.
+    #[must_use]
+    pub fn cordoned_by_agent(&self) -> bool {
+        self.cordoned_by_agent
+    }
+
+    /// The raw value of the GPU count label ([`GPU_COUNT_LABEL`]), if any.
+    #[must_use]
+    pub fn gpu_count_label(&self) -> Option<&str> {
+        self.gpu_count.as_deref()
+    }
+
+    /// The Civo pool id (label [`POOL_LABEL`]), if any.
+    #[must_use]
+    pub fn pool(&self) -> Option<&str> {
+        self.pool.as_deref()
+    }
+
+    /// The raw allocatable quantity of [`GPU_RESOURCE`], if any.
+    #[must_use]
+    pub fn allocatable_gpu(&self) -> Option<&str> {
+        self.allocatable_gpu.as_deref()
+    }
+
+    /// The keys of the node's taints.
+    pub fn taint_keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.taints.iter().map(|t| &**t)
+    }
+
+    /// The node's conditions, in the object's order.
+    #[must_use]
+    pub fn conditions(&self) -> &[ConditionView] {
+        &self.conditions
+    }
+
+    /// The conditions of one type (a node may, wrongly, report one twice).
+    pub fn conditions_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a ConditionView> + 'a {
+        self.conditions.iter().filter(move |c| &*c.type_ == kind)
+    }
+
+    /// The `InternalIP` address, if any.
+    #[must_use]
+    pub fn internal_ip(&self) -> Option<&str> {
+        self.internal_ip.as_deref()
+    }
+
+    /// The `ExternalIP` address, if any.
+    #[must_use]
+    pub fn external_ip(&self) -> Option<&str> {
+        self.external_ip.as_deref()
+    }
+
+    /// The `Hostname` address, if any.
+    #[must_use]
+    pub fn hostname(&self) -> Option<&str> {
+        self.hostname.as_deref()
+    }
+
+    /// The node class: `Gpu` when the GPU count label holds a positive count.
+    #[must_use]
+    pub fn class(&self) -> NodeClass {
+        match crate::node::expected_gpus(self) {
+            Ok(Some(n)) if n > 0 => NodeClass::Gpu,
+            _ => NodeClass::Standard,
+        }
+    }
+
+    /// The facts the safety gates consult.
+    #[must_use]
+    pub fn facts(&self) -> NodeFacts {
+        NodeFacts {
+            class: self.class(),
+            created_at: self.created_at,
+            deleting: self.deleting,
+            tainted_for_removal: self.taint_keys().any(|k| k == AUTOSCALER_TAINT || k == SHUTDOWN_TAINT),
+            opted_out: self.opted_out,
+        }
+    }
+
+    /// An estimate of the bytes this view holds on the heap and inline,
+    /// counting shared strings in full (for memory figures).
+    #[must_use]
+    pub fn approx_size(&self) -> usize {
+        let opt = |s: &Option<Box<str>>| s.as_ref().map_or(0, |s| s.len());
+        let arc = |s: &Arc<str>| s.len();
+        std::mem::size_of::<Self>()
+            + self.name.len()
+            + opt(&self.uid)
+            + opt(&self.gpu_count)
+            + opt(&self.pool)
+            + opt(&self.allocatable_gpu)
+            + opt(&self.internal_ip)
+            + opt(&self.external_ip)
+            + opt(&self.hostname)
+            + self.taints.iter().map(|t| std::mem::size_of::<Arc<str>>() + arc(t)).sum::<usize>()
+            + self
+                .conditions
+                .iter()
+                .map(|c| {
+                    std::mem::size_of::<ConditionView>()
+                        + arc(&c.type_)
+                        + arc(&c.status)
+                        + c.reason.as_ref().map_or(0, arc)
+                        + c.message.as_ref().map_or(0, arc)
+                })
+                .sum::<usize>()
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
+fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &s[..end]))
+}
+
+/// Shared strings for [`NodeView`]s: the condition types, statuses, reasons
+/// and messages and the taint keys that thousands of nodes repeat are kept
+/// once.
+///
+/// The pool holds only strings some view still uses: when it has doubled
+/// since the last sweep, strings no view refers to any more are dropped, so
+/// its size follows the live views (a message that carries a per-node
+/// detail is freed with the last view that had it).
+#[derive(Debug, Default)]
+pub struct StringPool {
+    inner: Mutex<PoolInner>,
+}
+
+#[derive(Debug, Default)]
+struct PoolInner {
+    strings: HashSet<Arc<str>>,
+    /// The size after the last sweep.
+    swept_at: usize,
+}
+
+/// Below this many strings the pool is never swept.
+const SWEEP_FLOOR: usize = 1024;
+
+impl StringPool {
+    /// An empty pool.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The shared copy of `s`.
+    pub fn intern(&self, s: &str) -> Arc<str> {
+        let mut inner = self.inner.lock();
+        if let Some(found) = inner.strings.get(s) {
+            return Arc::clone(found);
+        }
+        if inner.strings.len() >= SWEEP_FLOOR.max(inner.swept_at.saturating_mul(2)) {
+            inner.strings.retain(|s| Arc::strong_count(s) > 1);
+            inner.swept_at = inner.strings.len();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        inner.strings.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// How many strings the pool holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.inner.lock().strings.len()
+    }
+
+    /// Whether the pool holds no string.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, message: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": name, "uid": "u-1",
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"nvidia.com/gpu.count": "2", "kubernetes.civo.com/civo-node-pool": "p1", "other": "x"},
+                "annotations": {"node-agent.civo.com/opt-out": "TRUE", "unrelated": "y"}
+            },
+            "spec": {"unschedulable": true, "taints": [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]},
+            "status": {
+                "allocatable": {"nvidia.com/gpu": "2", "cpu": "4"},
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": name}],
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": message,
+                     "lastHeartbeatTime": "2026-01-02T00:00:00Z", "lastTransitionTime": "2026-01-01T00:01:00Z"}
+                ]
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_view_keeps_what_is_read() {
+        let v = NodeView::from_node(&node("n1", "kubelet is posting ready status"));
+        assert_eq!(v.name(), "n1");
+        assert_eq!(v.uid(), Some("u-1"));
+        assert_eq!(v.pool(), Some("p1"));
+        assert_eq!(v.gpu_count_label(), Some("2"));
+        assert_eq!(v.allocatable_gpu(), Some("2"));
+        assert_eq!(v.internal_ip(), Some("10.0.0.1"));
+        assert_eq!(v.hostname(), Some("n1"));
+        assert_eq!(v.external_ip(), None);
+        assert!(v.unschedulable() && v.opted_out() && !v.deleting() && !v.cordoned_by_agent());
+        assert_eq!(v.taint_keys().collect::<Vec<_>>(), [AUTOSCALER_TAINT]);
+        let c = &v.conditions()[0];
+        assert_eq!((c.type_(), c.status(), c.reason()), ("Ready", "True", Some("KubeletReady")));
+        assert_eq!(c.last_transition(), Some(Timestamp::from_secs(1_767_225_660)));
+        let f = v.facts();
+        assert_eq!(f.class, NodeClass::Gpu);
+        assert!(f.tainted_for_removal && f.opted_out);
+        assert_eq!(f.created_at, Some(Timestamp::from_secs(1_767_225_600)));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(300);
+        let v = NodeView::from_node(&node("n1", &long));
+        let m = v.conditions()[0].message().unwrap();
+        assert!(m.len() <= MAX_CONDITION_MESSAGE + '…'.len_utf8(), "{}", m.len());
+        assert!(m.ends_with('…'));
+    }
+
+    #[test]
+    fn the_pool_shares_strings_and_forgets_unused_ones() {
+        let pool = StringPool::new();
+        let a = NodeView::from_node_in(&node("a", "same"), &pool);
+        let b = NodeView::from_node_in(&node("b", "same"), &pool);
+        assert!(Arc::ptr_eq(&a.conditions()[0].type_, &b.conditions()[0].type_));
+        assert!(Arc::ptr_eq(&a.conditions()[0].message.clone().unwrap(), &b.conditions()[0].message.clone().unwrap()));
+        assert_eq!(a, NodeView::from_node(&node("a", "same")), "pooled and own strings compare equal");
+        // Unique messages of views that are gone are swept once the pool doubles.
+        for i in 0..10 * SWEEP_FLOOR {
+            drop(NodeView::from_node_in(&node("c", &format!("detail {i}")), &pool));
+        }
+        assert!(pool.len() <= 2 * SWEEP_FLOOR + 8, "{}", pool.len());
+        assert!(pool.inner.lock().strings.contains("same"), "live strings stay");
+        drop((a, b));
+    }
+}
