@@ -6,10 +6,18 @@
 //! agent keeps its series in a `metrics-util` registry, deletes a departed
 //! node's series when the engine says so ([`SeriesRemover`]), and renders with
 //! the exporter's formatting helpers. Every metric carries HELP text.
+//!
+//! Per-node counters and gauges (every key with a `node` label) are kept
+//! apart, compactly: a fleet of 65,536 nodes has half a million of them, and
+//! a registry entry (the key with its label strings, a hash slot, the
+//! atomic) costs about 250 bytes each. Here a series costs its atomic and a
+//! 16-byte entry in its node's list; the metric name and the other labels
+//! are one shared [`Shape`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use health_core::metrics::{SeriesKind, SeriesRemover};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
@@ -28,8 +36,141 @@ struct HistState {
     sum: f64,
 }
 
+/// Counter or gauge (per-node histograms are not used, and stay in the registry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// A per-node series without its node: the metric name, its other labels,
+/// and where the `node` label stands among them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Shape {
+    kind: Kind,
+    name: Box<str>,
+    labels: Box<[(Box<str>, Box<str>)]>,
+    node_at: usize,
+}
+
+impl Shape {
+    /// The node and the shape of `key`, when it has a `node` label.
+    fn of(kind: Kind, key: &Key) -> Option<(&str, Shape)> {
+        let mut node = None;
+        let mut labels = Vec::new();
+        for (i, l) in key.labels().enumerate() {
+            if node.is_none() && l.key() == "node" {
+                node = Some((i, l.value()));
+            } else {
+                labels.push((Box::from(l.key()), Box::from(l.value())));
+            }
+        }
+        let (node_at, node) = node?;
+        Some((node, Shape { kind, name: key.name().into(), labels: labels.into(), node_at }))
+    }
+
+    /// The label set in the text format, e.g. `{node="n1",checker="GPU"}`.
+    fn write_labels(&self, out: &mut String, node: &str) {
+        out.push('{');
+        let mut first = true;
+        let mut label = |out: &mut String, k: &str, v: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(k);
+            out.push_str("=\"");
+            escape_label_value(out, v);
+            out.push('"');
+        };
+        for (i, (k, v)) in self.labels.iter().enumerate() {
+            if i == self.node_at {
+                label(out, "node", node);
+            }
+            label(out, k, v);
+        }
+        if self.node_at >= self.labels.len() {
+            label(out, "node", node);
+        }
+        out.push('}');
+    }
+}
+
+/// Appends a label value escaped for the text format (`\\`, `\"`, `\n`).
+fn escape_label_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends a sample value in the text format.
+fn write_value(out: &mut String, kind: Kind, bits: u64) {
+    match kind {
+        Kind::Counter => {
+            let _ = write!(out, "{bits}");
+        }
+        Kind::Gauge => {
+            let v = f64::from_bits(bits);
+            if v.is_nan() {
+                out.push_str("NaN");
+            } else if v.is_infinite() {
+                out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+            } else {
+                let _ = write!(out, "{v}");
+            }
+        }
+    }
+}
+
+/// The per-node counters and gauges.
+#[derive(Default)]
+struct PerNode {
+    /// Every shape seen, by id.
+    shapes: indexmap::IndexSet<Shape>,
+    /// Per node: its series, as (shape id, value).
+    nodes: HashMap<Box<str>, Vec<(u32, Arc<AtomicU64>)>>,
+}
+
+impl PerNode {
+    fn get_or_create(&mut self, node: &str, shape: Shape) -> Arc<AtomicU64> {
+        let (id, _) = self.shapes.insert_full(shape);
+        let id = u32::try_from(id).unwrap_or(u32::MAX);
+        let series = match self.nodes.get_mut(node) {
+            Some(s) => s,
+            None => self.nodes.entry(node.into()).or_default(),
+        };
+        if let Some((_, v)) = series.iter().find(|(s, _)| *s == id) {
+            return Arc::clone(v);
+        }
+        let v = Arc::new(AtomicU64::new(0));
+        series.push((id, Arc::clone(&v)));
+        series.shrink_to_fit();
+        v
+    }
+
+    fn remove(&mut self, node: &str, shape: &Shape) {
+        let Some(id) = self.shapes.get_index_of(shape) else { return };
+        let Some(series) = self.nodes.get_mut(node) else { return };
+        series.retain(|(s, _)| *s as usize != id);
+        if series.is_empty() {
+            self.nodes.remove(node);
+        }
+    }
+
+    /// The series count.
+    fn len(&self) -> usize {
+        self.nodes.values().map(Vec::len).sum()
+    }
+}
+
 struct Inner {
     registry: Registry<Key, AtomicStorage>,
+    per_node: Mutex<PerNode>,
     help: Mutex<HashMap<String, (SharedString, &'static str)>>,
     hist: Mutex<HashMap<Key, HistState>>,
     global: indexmap::IndexMap<String, String>,
@@ -60,6 +201,7 @@ impl AgentRecorder {
         AgentRecorder {
             inner: Arc::new(Inner {
                 registry: Registry::atomic(),
+                per_node: Mutex::new(PerNode::default()),
                 help: Mutex::new(HashMap::new()),
                 hist: Mutex::new(HashMap::new()),
                 global: indexmap::IndexMap::new(),
@@ -74,6 +216,12 @@ impl AgentRecorder {
 
     fn describe(&self, key: KeyName, kind: &'static str, help: SharedString) {
         self.inner.help.lock().insert(key.as_str().to_owned(), (help, kind));
+    }
+
+    /// How many per-node series are held (for memory figures and tests).
+    #[must_use]
+    pub fn node_series(&self) -> usize {
+        self.inner.per_node.lock().len()
     }
 
     /// Renders every series in the Prometheus text format.
@@ -113,6 +261,14 @@ impl AgentRecorder {
         for series in gauges.values_mut() {
             series.sort_by_cached_key(|(l, _)| l.to_strings().collect::<Vec<_>>());
         }
+        let per_node = self.inner.per_node.lock();
+        // Per-node metric names, with the shape ids of each, by kind.
+        let mut node_metrics: BTreeMap<(Kind, &str), Vec<usize>> = BTreeMap::new();
+        for (id, shape) in per_node.shapes.iter().enumerate() {
+            node_metrics.entry((shape.kind, &*shape.name)).or_default().push(id);
+        }
+        let mut node_names: Vec<&str> = per_node.nodes.keys().map(|n| &**n).collect();
+        node_names.sort_unstable();
         let help = self.inner.help.lock();
         let mut out = String::new();
         let header = |out: &mut String, name: &str, kind: &str| {
@@ -120,17 +276,52 @@ impl AgentRecorder {
             write_help_line(out, name, None, None, text);
             write_type_line(out, name, None, None, kind);
         };
-        for (name, series) in &counters {
+        // The per-node series of one metric name: by node, then by the
+        // shape's other labels.
+        let write_node_series = |out: &mut String, kind: Kind, name: &str| {
+            let Some(ids) = node_metrics.get(&(kind, name)) else { return };
+            let mut ids = ids.clone();
+            ids.sort_by(|a, b| per_node.shapes[*a].labels.cmp(&per_node.shapes[*b].labels));
+            for node in &node_names {
+                let series = &per_node.nodes[*node];
+                for id in &ids {
+                    let Some((_, v)) = series.iter().find(|(s, _)| *s as usize == *id) else { continue };
+                    let shape = &per_node.shapes[*id];
+                    out.push_str(name);
+                    shape.write_labels(out, node);
+                    out.push(' ');
+                    write_value(out, kind, v.load(Ordering::Relaxed));
+                    out.push('\n');
+                }
+            }
+        };
+        let has_nodes = |kind: Kind, name: &str| {
+            node_metrics.get(&(kind, name)).is_some_and(|ids| {
+                ids.iter().any(|id| per_node.nodes.values().any(|s| s.iter().any(|(i, _)| *i as usize == *id)))
+            })
+        };
+        let mut counter_names: Vec<&str> = counters.keys().map(String::as_str).collect();
+        counter_names
+            .extend(node_metrics.keys().filter(|(k, n)| *k == Kind::Counter && has_nodes(*k, n)).map(|(_, n)| *n));
+        counter_names.sort_unstable();
+        counter_names.dedup();
+        for name in &counter_names {
             header(&mut out, name, "counter");
-            for (labels, v) in series {
+            for (labels, v) in counters.get(*name).into_iter().flatten() {
                 write_metric_line::<&str, u64>(&mut out, name, None, labels, None, *v, None);
             }
+            write_node_series(&mut out, Kind::Counter, name);
         }
-        for (name, series) in &gauges {
+        let mut gauge_names: Vec<&str> = gauges.keys().map(String::as_str).collect();
+        gauge_names.extend(node_metrics.keys().filter(|(k, n)| *k == Kind::Gauge && has_nodes(*k, n)).map(|(_, n)| *n));
+        gauge_names.sort_unstable();
+        gauge_names.dedup();
+        for name in &gauge_names {
             header(&mut out, name, "gauge");
-            for (labels, v) in series {
+            for (labels, v) in gauges.get(*name).into_iter().flatten() {
                 write_metric_line::<&str, f64>(&mut out, name, None, labels, None, *v, None);
             }
+            write_node_series(&mut out, Kind::Gauge, name);
         }
         for (name, series) in &histograms {
             header(&mut out, name, "histogram");
@@ -149,7 +340,9 @@ impl AgentRecorder {
         let mut idle: Vec<(&String, &'static str)> = help
             .iter()
             .filter(|(name, _)| {
-                !counters.contains_key(*name) && !gauges.contains_key(*name) && !histograms.contains_key(*name)
+                !counter_names.contains(&name.as_str())
+                    && !gauge_names.contains(&name.as_str())
+                    && !histograms.contains_key(*name)
             })
             .map(|(name, (_, kind))| (name, *kind))
             .collect();
@@ -175,9 +368,15 @@ impl Recorder for AgentRecorder {
         self.describe(key, "histogram", description);
     }
     fn register_counter(&self, key: &Key, _metadata: &Metadata<'_>) -> Counter {
+        if let Some((node, shape)) = Shape::of(Kind::Counter, key) {
+            return Counter::from_arc(self.inner.per_node.lock().get_or_create(node, shape));
+        }
         self.inner.registry.get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
     }
     fn register_gauge(&self, key: &Key, _metadata: &Metadata<'_>) -> Gauge {
+        if let Some((node, shape)) = Shape::of(Kind::Gauge, key) {
+            return Gauge::from_arc(self.inner.per_node.lock().get_or_create(node, shape));
+        }
         self.inner.registry.get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
     }
     fn register_histogram(&self, key: &Key, _metadata: &Metadata<'_>) -> Histogram {
@@ -187,6 +386,15 @@ impl Recorder for AgentRecorder {
 
 impl SeriesRemover for AgentRecorder {
     fn remove_series(&self, kind: SeriesKind, key: &Key) {
+        let node_kind = match kind {
+            SeriesKind::Counter => Some(Kind::Counter),
+            SeriesKind::Gauge => Some(Kind::Gauge),
+            _ => None,
+        };
+        if let Some((node, shape)) = node_kind.and_then(|k| Shape::of(k, key)) {
+            self.inner.per_node.lock().remove(node, &shape);
+            return;
+        }
         match kind {
             SeriesKind::Counter => {
                 self.inner.registry.delete_counter(key);
@@ -228,5 +436,55 @@ mod tests {
         let text = r.render();
         assert!(!text.contains("node=\"a\""), "{text}");
         assert!(text.contains("x_total{node=\"b\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn per_node_series_are_shared_ordered_escaped_and_deleted() {
+        let r = AgentRecorder::new();
+        let meta = Metadata::new("t", metrics::Level::INFO, None);
+        r.describe_counter("checks_total".into(), None, "Checks.".into());
+        r.describe_gauge("phase".into(), None, "Phase.".into());
+        let check = |node: &str, checker: &str, result: &'static str| {
+            Key::from_parts(
+                "checks_total",
+                vec![
+                    Label::new("node", node.to_owned()),
+                    Label::new("checker", checker.to_owned()),
+                    Label::new("result", result),
+                ],
+            )
+        };
+        // One handle per series: registering again returns the same value.
+        r.register_counter(&check("n2", "GPU", "pass"), &meta).increment(2);
+        r.register_counter(&check("n2", "GPU", "pass"), &meta).increment(1);
+        r.register_counter(&check("n1", "Ready", "fail"), &meta).increment(1);
+        r.register_counter(&check("n1", "GPU", "pass"), &meta).increment(4);
+        // A non-node series of the same name lives in the registry.
+        r.register_counter(&Key::from_parts("checks_total", vec![Label::new("checker", "x")]), &meta).increment(9);
+        // The node label need not come first; values are escaped.
+        let phase = Key::from_parts("phase", vec![Label::new("phase", "Healthy"), Label::new("node", "we\"ird\\n\n")]);
+        r.register_gauge(&phase, &meta).set(1.0);
+        assert_eq!(r.node_series(), 4);
+        let text = r.render();
+        let want = "# HELP checks_total Checks.\n# TYPE checks_total counter\n\
+            checks_total{checker=\"x\"} 9\n\
+            checks_total{node=\"n1\",checker=\"GPU\",result=\"pass\"} 4\n\
+            checks_total{node=\"n1\",checker=\"Ready\",result=\"fail\"} 1\n\
+            checks_total{node=\"n2\",checker=\"GPU\",result=\"pass\"} 3\n\
+            # HELP phase Phase.\n# TYPE phase gauge\n\
+            phase{phase=\"Healthy\",node=\"we\\\"ird\\\\n\\n\"} 1\n";
+        assert_eq!(text, want);
+        // Deleting a node's series leaves nothing of it; the shape stays for others.
+        r.remove_series(SeriesKind::Counter, &check("n1", "GPU", "pass"));
+        r.remove_series(SeriesKind::Counter, &check("n1", "Ready", "fail"));
+        r.remove_series(SeriesKind::Gauge, &phase);
+        assert_eq!(r.node_series(), 1);
+        let text = r.render();
+        assert!(!text.contains("n1") && !text.contains("ird"), "{text}");
+        assert!(text.contains("checks_total{node=\"n2\",checker=\"GPU\",result=\"pass\"} 3\n"), "{text}");
+        assert!(
+            text.contains("# TYPE phase gauge\n"),
+            "a described metric without series still announces itself: {text}"
+        );
     }
 }

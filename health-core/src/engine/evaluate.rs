@@ -9,6 +9,13 @@ impl<T: Target + Clone + 'static> Engine<T> {
     pub(super) async fn slots_for(&mut self, targets: &[T], report: &mut PassReport) -> Vec<Option<usize>> {
         let pass = self.state.pass;
         let mut out = Vec::with_capacity(targets.len());
+        // A first listing of a large fleet gets its slots in one allocation
+        // (growing by doubling would leave up to half of them unused).
+        let unseen = targets.len().saturating_sub(self.state.slots.len());
+        if unseen > self.state.slots.capacity() - self.state.slots.len() {
+            self.state.slots.reserve_exact(unseen);
+            self.state.index.reserve(unseen);
+        }
         for (ti, t) in targets.iter().enumerate() {
             let name = t.name();
             // Drivers that pass the same targets in the same order (a
@@ -78,7 +85,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     slot.deadline = None;
                 }
                 if slot.series.is_none() {
-                    slot.series = Some(NodeSeries::register(&self.shared.names, name, &self.shared.checker_labels));
+                    slot.series =
+                        Some(Box::new(NodeSeries::register(&self.shared.names, name, &self.shared.checker_labels)));
                 }
                 self.state.touch(i);
             }

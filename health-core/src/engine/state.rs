@@ -15,7 +15,9 @@ pub(super) struct Slot {
     pub(super) seen: u64,
     /// Consecutive store errors, for the retry back-off.
     pub(super) errors: u32,
-    pub(super) series: Option<NodeSeries>,
+    /// Boxed: every slot has one once evaluated, and the slot vector
+    /// stays small to move and to grow.
+    pub(super) series: Option<Box<NodeSeries>>,
     /// An action of this node is running in a task.
     pub(super) running: bool,
     /// The record could not be loaded: the node counts as unhealthy.
