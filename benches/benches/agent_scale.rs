@@ -32,6 +32,13 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `MALLOC_ARENA_MAX` for the agent: 1 (as deployed) unless
+/// `AGENT_SCALE_MALLOC_ARENA_MAX` says otherwise (empty: unset).
+fn arena_max() -> Option<(&'static str, String)> {
+    let v = std::env::var("AGENT_SCALE_MALLOC_ARENA_MAX").unwrap_or_else(|_| "1".to_owned());
+    (!v.is_empty()).then_some(("MALLOC_ARENA_MAX", v))
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -70,6 +77,9 @@ async fn run(nodes: u32, burst: usize) {
         .env("NODE_AGENT_AGENT__METRICS_ADDRESS", "127.0.0.1")
         .env("NODE_AGENT_STORE__BACKEND", "memory")
         .env("NODE_AGENT_KUBE__EVENTS", "false")
+        // As the shipped unit, chart and image run it (one glibc arena);
+        // AGENT_SCALE_MALLOC_ARENA_MAX= (empty) measures glibc's default.
+        .envs(arena_max())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

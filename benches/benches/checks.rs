@@ -1,12 +1,14 @@
-//! Every Kubernetes checker on one realistic node (cluster-sim's fixture).
+//! Every Kubernetes checker on one realistic node (cluster-sim's fixture),
+//! read through its cached `NodeView` as the agent does; and the cost of
+//! reducing a full Node to that view (once per relevant Node update).
 
 use std::hint::black_box;
 
 use cluster_sim::fixtures::{self, NodePlan};
 use criterion::{Criterion, criterion_group, criterion_main};
 use health_checks::{
-    CiliumChecker, ConditionChecker, GpuChecker, KubeletLeaseChecker, LeaseObservation, NodeReadyChecker, classify,
-    node_facts,
+    CiliumChecker, ConditionChecker, GpuChecker, KubeletLeaseChecker, LeaseObservation, NodeReadyChecker, NodeView,
+    StringPool, classify, node_facts,
 };
 use health_core::Timestamp;
 use k8s_openapi::api::core::v1::Node;
@@ -20,7 +22,9 @@ fn bench_checks(c: &mut Criterion) {
         index: 1,
         region: "lon1".into(),
     };
-    let node: Node = fixtures::node(&plan);
+    let full: Node = fixtures::node(&plan);
+    let pool = StringPool::new();
+    let node = NodeView::from_node_in(&full, &pool);
     let now = Timestamp::from_secs(1_800_000_000);
     let ready = NodeReadyChecker::new();
     let disk = ConditionChecker::disk_pressure();
@@ -41,6 +45,9 @@ fn bench_checks(c: &mut Criterion) {
             black_box(classify(n));
             black_box(node_facts(n));
         });
+    });
+    c.bench_function("node_view_from_full_node", |b| {
+        b.iter(|| black_box(NodeView::from_node_in(black_box(&full), &pool)));
     });
 }
 

@@ -16,8 +16,11 @@
 //! Failure reasons are short CamelCase words fit for a bounded metrics label
 //! (`NodeNotReady`, `GPUCountMismatch`, `HTTPStatus5xx`...); the detail that
 //! explains them goes to logs. Kubernetes checkers need no client: they read
-//! k8s-openapi `Node` objects (and a lease observation the agent fetches), so
-//! they run through the engine's synchronous fast path.
+//! a [`NodeView`] (what a checker, a gate or an executor needs of a Node, a
+//! few hundred bytes instead of a 15-30 KB object; a full k8s-openapi `Node`
+//! works too and is reduced on read) and a lease observation the agent
+//! fetches, so they run through the engine's synchronous fast path. A
+//! controller caching many nodes builds views with a shared [`StringPool`].
 //!
 //! # Runtime needs and panics
 //!
@@ -29,7 +32,7 @@
 //!
 //! # Features
 //!
-//! * `kube`: Node checkers, [`node_facts`] and [`classify`] (k8s-openapi only).
+//! * `kube`: Node checkers, [`NodeView`], [`node_facts`] and [`classify`] (k8s-openapi only).
 //! * `http`: [`HttpProbe`] (plain HTTP, reqwest).
 //! * `command`: [`CommandChecker`] (tokio process).
 //! * `file`: [`FileSentinel`].
