@@ -84,7 +84,8 @@ CIVO_VARS = {
     "CIVO_NODE_AGENT_MONITOR_ONLY", "CIVO_NODE_AGENT_METRICS_PORT", "CIVO_NODE_REBOOT_WAIT_MINUTES",
     "CIVO_GPU_NODE_REBOOT_WAIT_MINUTES", "CIVO_NODE_MAX_REBOOT_RETRIES",
 }
-OTHER_VARS = {"RUST_LOG", "NODE_AGENT_AGENT__INSTANCE", "NODE_AGENT_HA__IDENTITY"}
+# MALLOC_ARENA_MAX is glibc's (one malloc arena: README, Performance).
+OTHER_VARS = {"RUST_LOG", "NODE_AGENT_AGENT__INSTANCE", "NODE_AGENT_HA__IDENTITY", "MALLOC_ARENA_MAX"}
 # Keys of examples/config.toml the chart sets outside `config:`: in the
 # environment or with a flag (never also in config.toml) ...
 SET_BY_ENV = {
