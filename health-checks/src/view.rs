@@ -30,13 +30,20 @@ pub const MAX_CONDITION_MESSAGE: usize = 256;
 /// in the view so that an uncordon by an operator is a change).
 const CORDONED_ANNOTATION: &str = "node-agent.civo.com/cordoned";
 
+/// The text of a condition: what thousands of healthy nodes repeat word for
+/// word, so a [`StringPool`] keeps it once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ConditionText {
+    type_: Box<str>,
+    status: Box<str>,
+    reason: Option<Box<str>>,
+    message: Option<Box<str>>,
+}
+
 /// One Node condition as the checkers read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConditionView {
-    type_: Arc<str>,
-    status: Arc<str>,
-    reason: Option<Arc<str>>,
-    message: Option<Arc<str>>,
+    text: Arc<ConditionText>,
     since: Option<Timestamp>,
 }
 
@@ -44,25 +51,25 @@ impl ConditionView {
     /// The condition type, e.g. `Ready`.
     #[must_use]
     pub fn type_(&self) -> &str {
-        &self.type_
+        &self.text.type_
     }
 
     /// The status: `True`, `False`, `Unknown` (or whatever the node wrote).
     #[must_use]
     pub fn status(&self) -> &str {
-        &self.status
+        &self.text.status
     }
 
     /// The machine-readable reason, if any.
     #[must_use]
     pub fn reason(&self) -> Option<&str> {
-        self.reason.as_deref()
+        self.text.reason.as_deref()
     }
 
     /// The message, cut to [`MAX_CONDITION_MESSAGE`] bytes, if any.
     #[must_use]
     pub fn message(&self) -> Option<&str> {
-        self.message.as_deref()
+        self.text.message.as_deref()
     }
 
     /// When the condition last changed status, if known.
@@ -114,17 +121,17 @@ impl NodeView {
     /// The view of `node`, with strings of its own.
     #[must_use]
     pub fn from_node(node: &Node) -> Self {
-        Self::build(node, &mut |s| Arc::from(s))
+        Self::build(node, None)
     }
 
-    /// The view of `node`, sharing condition and taint strings with every
+    /// The view of `node`, sharing condition texts and taint keys with every
     /// other view built from `pool`.
     #[must_use]
     pub fn from_node_in(node: &Node, pool: &StringPool) -> Self {
-        Self::build(node, &mut |s| pool.intern(s))
+        Self::build(node, Some(pool))
     }
 
-    fn build(node: &Node, share: &mut dyn FnMut(&str) -> Arc<str>) -> Self {
+    fn build(node: &Node, pool: Option<&StringPool>) -> Self {
         let m = &node.metadata;
         let label = |k: &str| m.labels.as_ref().and_then(|l| l.get(k)).map(|v| Box::from(v.as_str()));
         let annotation = |k: &str| m.annotations.as_ref().and_then(|a| a.get(k));
@@ -136,18 +143,26 @@ impl NodeView {
                 .and_then(|a| a.iter().find(|a| a.type_ == kind))
                 .map(|a| Box::from(a.address.as_str()))
         };
-        let taints: Box<[Arc<str>]> = spec
-            .and_then(|s| s.taints.as_ref())
-            .map_or_else(Box::default, |ts| ts.iter().map(|t| share(&t.key)).collect());
+        let taints: Box<[Arc<str>]> = spec.and_then(|s| s.taints.as_ref()).map_or_else(Box::default, |ts| {
+            ts.iter().map(|t| pool.map_or_else(|| Arc::from(t.key.as_str()), |p| p.intern(&t.key))).collect()
+        });
         let conditions: Box<[ConditionView]> =
             status.and_then(|s| s.conditions.as_ref()).map_or_else(Box::default, |cs| {
                 cs.iter()
-                    .map(|c| ConditionView {
-                        type_: share(&c.type_),
-                        status: share(&c.status),
-                        reason: c.reason.as_deref().map(&mut *share),
-                        message: c.message.as_deref().map(|msg| share(&truncate(msg, MAX_CONDITION_MESSAGE))),
-                        since: c.last_transition_time.as_ref().map(timestamp),
+                    .map(|c| {
+                        let text = ConditionText {
+                            type_: c.type_.as_str().into(),
+                            status: c.status.as_str().into(),
+                            reason: c.reason.as_deref().map(Box::from),
+                            message: c.message.as_deref().map(|msg| truncate(msg, MAX_CONDITION_MESSAGE).into()),
+                        };
+                        ConditionView {
+                            text: match pool {
+                                Some(p) => p.intern_condition(text),
+                                None => Arc::new(text),
+                            },
+                            since: c.last_transition_time.as_ref().map(timestamp),
+                        }
                     })
                     .collect()
             });
@@ -252,7 +267,7 @@ impl NodeView {
 
     /// The conditions of one type (a node may, wrongly, report one twice).
     pub fn conditions_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a ConditionView> + 'a {
-        self.conditions.iter().filter(move |c| &*c.type_ == kind)
+        self.conditions.iter().filter(move |c| c.type_() == kind)
     }
 
     /// The `InternalIP` address, if any.
@@ -299,7 +314,6 @@ impl NodeView {
     #[must_use]
     pub fn approx_size(&self) -> usize {
         let opt = |s: &Option<Box<str>>| s.as_ref().map_or(0, |s| s.len());
-        let arc = |s: &Arc<str>| s.len();
         std::mem::size_of::<Self>()
             + self.name.len()
             + opt(&self.uid)
@@ -309,16 +323,17 @@ impl NodeView {
             + opt(&self.internal_ip)
             + opt(&self.external_ip)
             + opt(&self.hostname)
-            + self.taints.iter().map(|t| std::mem::size_of::<Arc<str>>() + arc(t)).sum::<usize>()
+            + self.taints.iter().map(|t| std::mem::size_of::<Arc<str>>() + t.len()).sum::<usize>()
             + self
                 .conditions
                 .iter()
                 .map(|c| {
                     std::mem::size_of::<ConditionView>()
-                        + arc(&c.type_)
-                        + arc(&c.status)
-                        + c.reason.as_ref().map_or(0, arc)
-                        + c.message.as_ref().map_or(0, arc)
+                        + std::mem::size_of::<ConditionText>()
+                        + c.type_().len()
+                        + c.status().len()
+                        + c.reason().map_or(0, str::len)
+                        + c.message().map_or(0, str::len)
                 })
                 .sum::<usize>()
     }
@@ -336,12 +351,13 @@ fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}…", &s[..end]))
 }
 
-/// Shared strings for [`NodeView`]s: the condition types, statuses, reasons
-/// and messages and the taint keys that thousands of nodes repeat are kept
-/// once.
+/// Shared strings for [`NodeView`]s: the condition texts (type, status,
+/// reason and message together) and taint keys that thousands of nodes
+/// repeat are kept once, so a healthy node's conditions cost a pointer and
+/// a time each.
 ///
-/// The pool holds only strings some view still uses: when it has doubled
-/// since the last sweep, strings no view refers to any more are dropped, so
+/// The pool holds only what some view still uses: when a set has doubled
+/// since its last sweep, entries no view refers to any more are dropped, so
 /// its size follows the live views (a message that carries a per-node
 /// detail is freed with the last view that had it).
 #[derive(Debug, Default)]
@@ -351,12 +367,38 @@ pub struct StringPool {
 
 #[derive(Debug, Default)]
 struct PoolInner {
-    strings: HashSet<Arc<str>>,
+    strings: Swept<str>,
+    conditions: Swept<ConditionText>,
+}
+
+/// A set of shared values swept of unused ones as it grows.
+#[derive(Debug)]
+struct Swept<T: ?Sized> {
+    set: HashSet<Arc<T>>,
     /// The size after the last sweep.
     swept_at: usize,
 }
 
-/// Below this many strings the pool is never swept.
+impl<T: ?Sized> Default for Swept<T> {
+    fn default() -> Self {
+        Swept { set: HashSet::new(), swept_at: 0 }
+    }
+}
+
+impl<T: ?Sized + Eq + std::hash::Hash> Swept<T> {
+    /// Adds `value`, first sweeping when the set has doubled since the last
+    /// sweep (and holds at least [`SWEEP_FLOOR`]).
+    fn insert(&mut self, value: Arc<T>) -> Arc<T> {
+        if self.set.len() >= SWEEP_FLOOR.max(self.swept_at.saturating_mul(2)) {
+            self.set.retain(|s| Arc::strong_count(s) > 1);
+            self.swept_at = self.set.len();
+        }
+        self.set.insert(Arc::clone(&value));
+        value
+    }
+}
+
+/// Below this many entries a set is never swept.
 const SWEEP_FLOOR: usize = 1024;
 
 impl StringPool {
@@ -369,25 +411,28 @@ impl StringPool {
     /// The shared copy of `s`.
     pub fn intern(&self, s: &str) -> Arc<str> {
         let mut inner = self.inner.lock();
-        if let Some(found) = inner.strings.get(s) {
+        if let Some(found) = inner.strings.set.get(s) {
             return Arc::clone(found);
         }
-        if inner.strings.len() >= SWEEP_FLOOR.max(inner.swept_at.saturating_mul(2)) {
-            inner.strings.retain(|s| Arc::strong_count(s) > 1);
-            inner.swept_at = inner.strings.len();
-        }
-        let shared: Arc<str> = Arc::from(s);
-        inner.strings.insert(Arc::clone(&shared));
-        shared
+        inner.strings.insert(Arc::from(s))
     }
 
-    /// How many strings the pool holds.
+    fn intern_condition(&self, text: ConditionText) -> Arc<ConditionText> {
+        let mut inner = self.inner.lock();
+        if let Some(found) = inner.conditions.set.get(&text) {
+            return Arc::clone(found);
+        }
+        inner.conditions.insert(Arc::new(text))
+    }
+
+    /// How many strings and condition texts the pool holds.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.inner.lock().strings.len()
+        let inner = self.inner.lock();
+        inner.strings.set.len() + inner.conditions.set.len()
     }
 
-    /// Whether the pool holds no string.
+    /// Whether the pool holds nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -456,15 +501,19 @@ mod tests {
         let pool = StringPool::new();
         let a = NodeView::from_node_in(&node("a", "same"), &pool);
         let b = NodeView::from_node_in(&node("b", "same"), &pool);
-        assert!(Arc::ptr_eq(&a.conditions()[0].type_, &b.conditions()[0].type_));
-        assert!(Arc::ptr_eq(&a.conditions()[0].message.clone().unwrap(), &b.conditions()[0].message.clone().unwrap()));
+        assert!(Arc::ptr_eq(&a.conditions()[0].text, &b.conditions()[0].text));
+        assert!(Arc::ptr_eq(&a.taints[0], &b.taints[0]));
         assert_eq!(a, NodeView::from_node(&node("a", "same")), "pooled and own strings compare equal");
         // Unique messages of views that are gone are swept once the pool doubles.
         for i in 0..10 * SWEEP_FLOOR {
             drop(NodeView::from_node_in(&node("c", &format!("detail {i}")), &pool));
         }
         assert!(pool.len() <= 2 * SWEEP_FLOOR + 8, "{}", pool.len());
-        assert!(pool.inner.lock().strings.contains("same"), "live strings stay");
+        assert!(
+            pool.inner.lock().conditions.set.iter().any(|c| c.message.as_deref() == Some("same")),
+            "live condition texts stay"
+        );
+        assert!(pool.inner.lock().strings.set.contains(AUTOSCALER_TAINT), "live taint keys stay");
         drop((a, b));
     }
 }

@@ -244,20 +244,23 @@ pub(crate) const EXPORTED_PHASES: [Phase; 6] =
 /// series share one copy of its name.
 pub(crate) struct NodeSeries {
     node: Arc<str>,
-    /// Per checker: its label value and its pass, fail and error counters.
-    pub(crate) checks: Vec<CheckSeries>,
-    /// One gauge per [`EXPORTED_PHASES`] entry the node has been in.
-    phases: [Option<Gauge>; 6],
+    /// Per checker (in the engine's order): its pass, fail and error counters.
+    pub(crate) checks: Box<[CheckSeries]>,
+    /// One gauge per [`EXPORTED_PHASES`] entry; bit `i` of `phases_set`
+    /// says whether gauge `i` is registered (a no-op handle until then).
+    phases: [Gauge; 6],
+    phases_set: u8,
     /// Unhealthy duration.
     pub(crate) unhealthy: Gauge,
 }
 
-/// One checker's counters on one node, each registered on first use.
+/// One checker's counters on one node (`pass`, `fail`, `error`), each
+/// registered on first use: bit `i` of `set` says whether `counters[i]` is
+/// (a no-op handle until then). The checker's label comes from the engine's
+/// shared list, not a copy here.
 pub(crate) struct CheckSeries {
-    checker: Arc<str>,
-    pass: Option<Counter>,
-    fail: Option<Counter>,
-    error: Option<Counter>,
+    counters: [Counter; 3],
+    set: u8,
 }
 
 impl NodeSeries {
@@ -266,36 +269,40 @@ impl NodeSeries {
         NodeSeries {
             checks: checkers
                 .iter()
-                .map(|c| CheckSeries { checker: Arc::clone(c), pass: None, fail: None, error: None })
+                .map(|_| CheckSeries { counters: std::array::from_fn(|_| Counter::noop()), set: 0 })
                 .collect(),
-            phases: Default::default(),
+            phases: std::array::from_fn(|_| Gauge::noop()),
+            phases_set: 0,
             unhealthy: names.gauge(&names.unhealthy_key(Arc::clone(&node))),
             node,
         }
     }
 
-    /// Counts one evaluation of checker `i` with `result` (`pass`, `fail`, `error`).
-    pub(crate) fn count_check(&mut self, names: &MetricNames, i: usize, result: &'static str) {
-        let Some(c) = self.checks.get_mut(i) else { return };
-        let slot = match result {
-            "pass" => &mut c.pass,
-            "fail" => &mut c.fail,
-            _ => &mut c.error,
-        };
-        let counter = slot.get_or_insert_with(|| {
-            names.counter(&names.check_key(Arc::clone(&self.node), Arc::clone(&c.checker), result))
-        });
-        counter.increment(1);
+    /// Counts one evaluation of checker `i` (labelled `checkers[i]`) with
+    /// `result` (`pass`, `fail`, `error`).
+    pub(crate) fn count_check(&mut self, names: &MetricNames, checkers: &[Arc<str>], i: usize, result: &'static str) {
+        let (Some(c), Some(checker)) = (self.checks.get_mut(i), checkers.get(i)) else { return };
+        let r = CHECK_RESULTS.iter().position(|x| *x == result).unwrap_or(2);
+        if c.set & (1 << r) == 0 {
+            c.counters[r] =
+                names.counter(&names.check_key(Arc::clone(&self.node), Arc::clone(checker), CHECK_RESULTS[r]));
+            c.set |= 1 << r;
+        }
+        c.counters[r].increment(1);
     }
 
     /// Sets the one-hot phase gauges: 1 for `phase`, 0 for the others the
     /// node has been in.
     pub(crate) fn set_phase(&mut self, names: &MetricNames, phase: Phase) {
-        for (g, p) in self.phases.iter_mut().zip(EXPORTED_PHASES) {
+        for (i, (g, p)) in self.phases.iter_mut().zip(EXPORTED_PHASES).enumerate() {
+            let registered = self.phases_set & (1 << i) != 0;
             if p == phase {
-                let node = &self.node;
-                g.get_or_insert_with(|| names.gauge(&names.phase_key(Arc::clone(node), p))).set(1.0);
-            } else if let Some(g) = g {
+                if !registered {
+                    *g = names.gauge(&names.phase_key(Arc::clone(&self.node), p));
+                    self.phases_set |= 1 << i;
+                }
+                g.set(1.0);
+            } else if registered {
                 g.set(0.0);
             }
         }

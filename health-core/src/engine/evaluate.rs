@@ -337,7 +337,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                         CheckOutcome::Fail { .. } => "fail",
                         CheckOutcome::Skip { .. } => continue,
                     };
-                    series.count_check(&shared.names, i, result);
+                    series.count_check(&shared.names, &shared.checker_labels, i, result);
                 }
             }
             series.set_phase(&shared.names, slot.record.phase);
