@@ -160,6 +160,21 @@ mod tests {
     }
 
     #[test]
+    fn the_executors_cordon_mark_is_seen_and_is_a_change() {
+        let full = node(&plan("std-2", 0));
+        let mut cordoned = full.clone();
+        cordoned
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(recovery_exec::CORDONED_ANNOTATION.to_owned(), "true".to_owned());
+        let (a, b) = (AgentNode::from_node(&full), AgentNode::from_node(&cordoned));
+        assert!(!a.view().cordoned_by_agent());
+        assert!(b.view().cordoned_by_agent(), "the view reads recovery-exec's annotation");
+        assert_ne!(a, b, "an uncordon by an operator must wake the agent");
+    }
+
+    #[test]
     fn heartbeat_only_updates_compare_equal() {
         let full = node(&plan("std-1", 0));
         let mut beat = full.clone();

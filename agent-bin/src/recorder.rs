@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use health_core::metrics::{SeriesKind, SeriesRemover};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::LabelSet;
-use metrics_exporter_prometheus::formatting::{write_help_line, write_metric_line, write_type_line};
+use metrics_exporter_prometheus::formatting::{
+    sanitize_label_key, sanitize_metric_name, write_help_line, write_metric_line, write_type_line,
+};
 use metrics_util::registry::{AtomicStorage, Registry};
 use parking_lot::Mutex;
 
@@ -62,11 +64,11 @@ impl Shape {
             if node.is_none() && l.key() == "node" {
                 node = Some((i, l.value()));
             } else {
-                labels.push((Box::from(l.key()), Box::from(l.value())));
+                labels.push((sanitize_label_key(l.key()).into(), Box::from(l.value())));
             }
         }
         let (node_at, node) = node?;
-        Some((node, Shape { kind, name: key.name().into(), labels: labels.into(), node_at }))
+        Some((node, Shape { kind, name: sanitize_metric_name(key.name()).into(), labels: labels.into(), node_at }))
     }
 
     /// The label set in the text format, e.g. `{node="n1",checker="GPU"}`.
@@ -261,6 +263,9 @@ impl AgentRecorder {
         for series in gauges.values_mut() {
             series.sort_by_cached_key(|(l, _)| l.to_strings().collect::<Vec<_>>());
         }
+        // Held while the text is written (tens of milliseconds at 65,536
+        // nodes, linear in the series): it only delays the registration of
+        // a new series; values are updated through their atomics meanwhile.
         let per_node = self.inner.per_node.lock();
         // Per-node metric names, with the shape ids of each, by kind.
         let mut node_metrics: BTreeMap<(Kind, &str), Vec<usize>> = BTreeMap::new();
@@ -295,11 +300,13 @@ impl AgentRecorder {
                 }
             }
         };
-        let has_nodes = |kind: Kind, name: &str| {
-            node_metrics.get(&(kind, name)).is_some_and(|ids| {
-                ids.iter().any(|id| per_node.nodes.values().any(|s| s.iter().any(|(i, _)| *i as usize == *id)))
-            })
-        };
+        // Shapes some node still has (a shape outlives its last series).
+        let mut used = vec![false; per_node.shapes.len()];
+        for (id, _) in per_node.nodes.values().flatten() {
+            used[*id as usize] = true;
+        }
+        let has_nodes =
+            |kind: Kind, name: &str| node_metrics.get(&(kind, name)).is_some_and(|ids| ids.iter().any(|id| used[*id]));
         let mut counter_names: Vec<&str> = counters.keys().map(String::as_str).collect();
         counter_names
             .extend(node_metrics.keys().filter(|(k, n)| *k == Kind::Counter && has_nodes(*k, n)).map(|(_, n)| *n));

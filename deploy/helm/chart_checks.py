@@ -144,6 +144,7 @@ SCENARIOS: list[dict[str, Any]] = [
         "files": [],
         "set": {
             "replicaCount": 1,
+            "mallocArenaMax": "",
             "config": {"ha": {"enabled": False}, "store": {"backend": "memory"}, "executor": {"kind": "noop"},
                        "agent": {"metrics_address": "::"}},
             "admin": {"expose": True, "address": "::", "token": {"existingSecret": "node-agent-admin"}},
@@ -505,6 +506,8 @@ def check_scenario(ck: Checks, chart: Path, values: dict, manifests: dict[str, s
     for n in ("NODE_AGENT_AGENT__INSTANCE",) + (("NODE_AGENT_HA__IDENTITY",) if ha else ()):
         ck.eq((env.get(n) or {}).get("valueFrom"), {"fieldRef": {"fieldPath": "metadata.name"}}, f"{n} from the pod name")
     ck.ok(ha or "NODE_AGENT_HA__IDENTITY" not in env, "no HA identity without HA")
+    arena = str(v.get("mallocArenaMax") or "")
+    ck.eq((env.get("MALLOC_ARENA_MAX") or {}).get("value"), arena or None, "MALLOC_ARENA_MAX from mallocArenaMax")
     ck.eq(env["CIVO_NODE_AGENT_MONITOR_ONLY"].get("value"), str(v["civo"]["monitorOnly"]).lower(), "monitor-only")
     ck.eq(env["CIVO_NODE_AGENT_METRICS_PORT"].get("value"), str(port), "metrics port variable")
     key = v["civo"]["apiKey"]

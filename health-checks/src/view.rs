@@ -356,10 +356,11 @@ fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// repeat are kept once, so a healthy node's conditions cost a pointer and
 /// a time each.
 ///
-/// The pool holds only what some view still uses: when a set has doubled
-/// since its last sweep, entries no view refers to any more are dropped, so
-/// its size follows the live views (a message that carries a per-node
-/// detail is freed with the last view that had it).
+/// The pool is bounded by what views use: when a set has doubled since its
+/// last sweep (and holds at least 1,024 entries), entries no view refers to
+/// any more are dropped and the set's table is shrunk, so it holds at most
+/// about twice the live entries (a message that carries a per-node detail
+/// goes at the first sweep after the last view that had it).
 #[derive(Debug, Default)]
 pub struct StringPool {
     inner: Mutex<PoolInner>,
@@ -391,6 +392,7 @@ impl<T: ?Sized + Eq + std::hash::Hash> Swept<T> {
     fn insert(&mut self, value: Arc<T>) -> Arc<T> {
         if self.set.len() >= SWEEP_FLOOR.max(self.swept_at.saturating_mul(2)) {
             self.set.retain(|s| Arc::strong_count(s) > 1);
+            self.set.shrink_to(2 * self.set.len());
             self.swept_at = self.set.len();
         }
         self.set.insert(Arc::clone(&value));

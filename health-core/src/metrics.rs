@@ -238,8 +238,9 @@ pub(crate) const EXPORTED_PHASES: [Phase; 6] =
 ///
 /// A series is registered when it is first written: a healthy node has its
 /// `pass` counters, its `Healthy` phase gauge and its unhealthy-duration
-/// gauge, not twelve more zero series (about 250 bytes each in the
-/// recorder, which at 65,536 nodes is most of the agent's memory). Once
+/// gauge, not twelve more zero series (each costs the recorder memory: a
+/// registry entry of about 250 bytes in a general-purpose recorder, about
+/// 50 in the agent's). Once
 /// registered a series stays until its node is forgotten. All of a node's
 /// series share one copy of its name.
 pub(crate) struct NodeSeries {

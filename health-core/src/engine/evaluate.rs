@@ -14,8 +14,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let mut out = Vec::with_capacity(targets.len());
         // A first listing of a large fleet gets its slots in one allocation
         // (growing by doubling would leave up to half of them unused).
+        // Only a listing that at least doubles the fleet does: a node that
+        // joins a full vector grows it by doubling, not to one more.
         let unseen = targets.len().saturating_sub(self.state.slots.len());
-        if unseen > self.state.slots.capacity() - self.state.slots.len() {
+        if unseen > self.state.slots.len() && unseen > self.state.slots.capacity() - self.state.slots.len() {
             self.state.slots.reserve_exact(unseen);
             self.state.index.reserve(unseen);
         }
