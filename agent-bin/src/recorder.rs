@@ -12,7 +12,7 @@
 //! a registry entry (the key with its label strings, a hash slot, the
 //! atomic) costs about 250 bytes each. Here a series costs its atomic and a
 //! 16-byte entry in its node's list; the metric name and the other labels
-//! are one shared [`Shape`].
+//! are one shared shape.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
