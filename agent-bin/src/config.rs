@@ -16,7 +16,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use health_checks::{CheckerEntry, CheckersConfig};
 use health_core::Policy;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// The default Civo API.
 pub const DEFAULT_CIVO_API_URL: &str = "https://api.civo.com";
@@ -1066,23 +1066,8 @@ fn env_name(path: &[String]) -> Option<String> {
     Some(format!("NODE_AGENT_{}", path.join("__").to_ascii_uppercase()))
 }
 
-/// Durations as human strings (`"30s"`, `"10m"`).
-pub(crate) mod duration_str {
-    use super::*;
-
-    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({e}): expected a number with a unit such as \"30s\", \"10m\" or \"1h 30m\""
-            ))
-        })
-    }
-}
+/// Durations as human strings (`"30s"`, `"10m"`): health-core's adapter.
+pub(crate) use health_core::policy::duration_str;
 
 #[cfg(test)]
 mod tests {

@@ -31,12 +31,7 @@ use crate::{CheckTarget, ConfigError};
 const MAX_DAYS: u64 = 365;
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map(Some).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?} ({e}): expected a number with a unit such as \"30s\" or \"5m\""
-        ))
-    })
+    health_core::policy::duration_str::deserialize_some(d)
 }
 
 /// The kind of a configured checker.

@@ -216,7 +216,10 @@ impl<'de> Deserialize<'de> for Limit {
     }
 }
 
-/// Serde helpers for human-readable durations (`"10m"`, `"1h 30m"`, `"250ms"`).
+/// Serde helpers for human-readable durations (`"10m"`, `"1h 30m"`, `"250ms"`),
+/// the one adapter of the workspace: `#[serde(with = "duration_str")]`.
+/// Surrounding white space is ignored (values often come from environment
+/// variables); an error names the text and the accepted form.
 pub mod duration_str {
     use std::time::Duration;
 
@@ -230,11 +233,17 @@ pub mod duration_str {
     /// Deserialises a human duration string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
+        humantime::parse_duration(text.trim()).map_err(|e| {
             serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({e}): expected a number with a unit such as \"90s\", \"10m\" or \"1h 30m\""
+                "invalid duration {text:?} ({e}): expected a number with a unit such as \"30s\", \"10m\" or \"1h 30m\""
             ))
         })
+    }
+
+    /// Deserialises a human duration string into `Some` (for optional
+    /// fields with `#[serde(default, deserialize_with = ...)]`).
+    pub fn deserialize_some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        deserialize(d).map(Some)
     }
 }
 
