@@ -208,8 +208,8 @@ impl MetricNames {
         let mut keys = Vec::new();
         let shared: Arc<str> = node.into();
         for checker in checkers {
-            for result in CHECK_RESULTS {
-                keys.push((SeriesKind::Counter, self.check_key(Arc::clone(&shared), checker.clone(), result)));
+            for result in CheckResultLabel::ALL {
+                keys.push((SeriesKind::Counter, self.check_key(Arc::clone(&shared), checker.clone(), result.as_str())));
             }
         }
         for action in Action::ALL {
@@ -226,8 +226,28 @@ impl MetricNames {
     }
 }
 
-/// The `result` label values of `health_check_total`.
-pub(crate) const CHECK_RESULTS: [&str; 3] = ["pass", "fail", "error"];
+/// The `result` label of `health_check_total` (also the index of its
+/// counter in a [`CheckSeries`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CheckResultLabel {
+    Pass = 0,
+    Fail = 1,
+    Error = 2,
+}
+
+impl CheckResultLabel {
+    /// Every label, in index order.
+    pub(crate) const ALL: [Self; 3] = [Self::Pass, Self::Fail, Self::Error];
+
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Error => "error",
+        }
+    }
+}
 
 /// The phases exported in the one-hot `recovery_phase` gauge (all but `Unknown`).
 pub(crate) const EXPORTED_PHASES: [Phase; 6] =
@@ -279,14 +299,19 @@ impl NodeSeries {
         }
     }
 
-    /// Counts one evaluation of checker `i` (labelled `checkers[i]`) with
-    /// `result` (`pass`, `fail`, `error`).
-    pub(crate) fn count_check(&mut self, names: &MetricNames, checkers: &[Arc<str>], i: usize, result: &'static str) {
+    /// Counts one evaluation of checker `i` (labelled `checkers[i]`) with `result`.
+    pub(crate) fn count_check(
+        &mut self,
+        names: &MetricNames,
+        checkers: &[Arc<str>],
+        i: usize,
+        result: CheckResultLabel,
+    ) {
         let (Some(c), Some(checker)) = (self.checks.get_mut(i), checkers.get(i)) else { return };
-        let r = CHECK_RESULTS.iter().position(|x| *x == result).unwrap_or(2);
+        let r = result as usize;
         if c.set & (1 << r) == 0 {
             c.counters[r] =
-                names.counter(&names.check_key(Arc::clone(&self.node), Arc::clone(checker), CHECK_RESULTS[r]));
+                names.counter(&names.check_key(Arc::clone(&self.node), Arc::clone(checker), result.as_str()));
             c.set |= 1 << r;
         }
         c.counters[r].increment(1);

@@ -334,9 +334,9 @@ impl<T: Target + Clone + 'static> Engine<T> {
             if emit_checks {
                 for (i, (check, &erred)) in checks.iter().zip(errs).enumerate() {
                     let result = match check.outcome {
-                        _ if erred => "error",
-                        CheckOutcome::Pass => "pass",
-                        CheckOutcome::Fail { .. } => "fail",
+                        _ if erred => CheckResultLabel::Error,
+                        CheckOutcome::Pass => CheckResultLabel::Pass,
+                        CheckOutcome::Fail { .. } => CheckResultLabel::Fail,
                         CheckOutcome::Skip { .. } => continue,
                     };
                     series.count_check(&shared.names, &shared.checker_labels, i, result);

@@ -33,7 +33,7 @@ use crate::checker::HealthChecker;
 use crate::domain::{Action, CheckOutcome, Mode, NodeRecord, Phase};
 use crate::executor::{ExecError, Executor};
 use crate::machine::{self, Budget, Check, Decision, HoldReason, Observation, PhaseChange};
-use crate::metrics::{MetricNames, NodeSeries, SeriesRemover};
+use crate::metrics::{CheckResultLabel, MetricNames, NodeSeries, SeriesRemover};
 use crate::observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
 use crate::policy::{Backoff, Policy, PolicyError};
 use crate::store::{StateStore, StoreError, Version};
