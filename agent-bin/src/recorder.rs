@@ -23,7 +23,7 @@ use health_core::metrics::{SeriesKind, SeriesRemover};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::LabelSet;
 use metrics_exporter_prometheus::formatting::{
-    sanitize_label_key, sanitize_metric_name, write_help_line, write_metric_line, write_type_line,
+    sanitize_label_key, sanitize_label_value, sanitize_metric_name, write_help_line, write_metric_line, write_type_line,
 };
 use metrics_util::registry::{AtomicStorage, Registry};
 use parking_lot::Mutex;
@@ -45,87 +45,41 @@ enum Kind {
     Gauge,
 }
 
-/// A per-node series without its node: the metric name, its other labels,
-/// and where the `node` label stands among them.
+/// A per-node series without its node: the metric name and its other
+/// labels, already in the text format on either side of the `node` label
+/// (`{checker="GPU",` and `,result="pass"}` around `node="n1"`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Shape {
     kind: Kind,
     name: Box<str>,
-    labels: Box<[(Box<str>, Box<str>)]>,
-    node_at: usize,
+    before: Box<str>,
+    after: Box<str>,
 }
 
 impl Shape {
-    /// The node and the shape of `key`, when it has a `node` label.
+    /// The node and the shape of `key`, when it has a `node` label. Names,
+    /// keys and values are cleaned and escaped as the exporter does for
+    /// every other series.
     fn of(kind: Kind, key: &Key) -> Option<(&str, Shape)> {
         let mut node = None;
-        let mut labels = Vec::new();
-        for (i, l) in key.labels().enumerate() {
+        let (mut before, mut after) = (String::from("{"), String::new());
+        for l in key.labels() {
             if node.is_none() && l.key() == "node" {
-                node = Some((i, l.value()));
+                node = Some(l.value());
+                continue;
+            }
+            let text = format!("{}=\"{}\"", sanitize_label_key(l.key()), sanitize_label_value(l.value()));
+            if node.is_none() {
+                before.push_str(&text);
+                before.push(',');
             } else {
-                labels.push((sanitize_label_key(l.key()).into(), Box::from(l.value())));
+                after.push(',');
+                after.push_str(&text);
             }
         }
-        let (node_at, node) = node?;
-        Some((node, Shape { kind, name: sanitize_metric_name(key.name()).into(), labels: labels.into(), node_at }))
-    }
-
-    /// The label set in the text format, e.g. `{node="n1",checker="GPU"}`.
-    fn write_labels(&self, out: &mut String, node: &str) {
-        out.push('{');
-        let mut first = true;
-        let mut label = |out: &mut String, k: &str, v: &str| {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            out.push_str(k);
-            out.push_str("=\"");
-            escape_label_value(out, v);
-            out.push('"');
-        };
-        for (i, (k, v)) in self.labels.iter().enumerate() {
-            if i == self.node_at {
-                label(out, "node", node);
-            }
-            label(out, k, v);
-        }
-        if self.node_at >= self.labels.len() {
-            label(out, "node", node);
-        }
-        out.push('}');
-    }
-}
-
-/// Appends a label value escaped for the text format (`\\`, `\"`, `\n`).
-fn escape_label_value(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// Appends a sample value in the text format.
-fn write_value(out: &mut String, kind: Kind, bits: u64) {
-    match kind {
-        Kind::Counter => {
-            let _ = write!(out, "{bits}");
-        }
-        Kind::Gauge => {
-            let v = f64::from_bits(bits);
-            if v.is_nan() {
-                out.push_str("NaN");
-            } else if v.is_infinite() {
-                out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
-            } else {
-                let _ = write!(out, "{v}");
-            }
-        }
+        after.push('}');
+        let name = sanitize_metric_name(key.name()).into();
+        Some((node?, Shape { kind, name, before: before.into(), after: after.into() }))
     }
 }
 
@@ -135,13 +89,12 @@ struct PerNode {
     /// Every shape seen, by id.
     shapes: indexmap::IndexSet<Shape>,
     /// Per node: its series, as (shape id, value).
-    nodes: HashMap<Box<str>, Vec<(u32, Arc<AtomicU64>)>>,
+    nodes: HashMap<Box<str>, Vec<(usize, Arc<AtomicU64>)>>,
 }
 
 impl PerNode {
     fn get_or_create(&mut self, node: &str, shape: Shape) -> Arc<AtomicU64> {
         let (id, _) = self.shapes.insert_full(shape);
-        let id = u32::try_from(id).unwrap_or(u32::MAX);
         let series = match self.nodes.get_mut(node) {
             Some(s) => s,
             None => self.nodes.entry(node.into()).or_default(),
@@ -158,7 +111,7 @@ impl PerNode {
     fn remove(&mut self, node: &str, shape: &Shape) {
         let Some(id) = self.shapes.get_index_of(shape) else { return };
         let Some(series) = self.nodes.get_mut(node) else { return };
-        series.retain(|(s, _)| *s as usize != id);
+        series.retain(|(s, _)| *s != id);
         if series.is_empty() {
             self.nodes.remove(node);
         }
@@ -272,7 +225,8 @@ impl AgentRecorder {
         for (id, shape) in per_node.shapes.iter().enumerate() {
             node_metrics.entry((shape.kind, &*shape.name)).or_default().push(id);
         }
-        let mut node_names: Vec<&str> = per_node.nodes.keys().map(|n| &**n).collect();
+        let mut node_names: Vec<(&str, String)> =
+            per_node.nodes.keys().map(|n| (&**n, sanitize_label_value(n))).collect();
         node_names.sort_unstable();
         let help = self.inner.help.lock();
         let mut out = String::new();
@@ -286,24 +240,28 @@ impl AgentRecorder {
         let write_node_series = |out: &mut String, kind: Kind, name: &str| {
             let Some(ids) = node_metrics.get(&(kind, name)) else { return };
             let mut ids = ids.clone();
-            ids.sort_by(|a, b| per_node.shapes[*a].labels.cmp(&per_node.shapes[*b].labels));
-            for node in &node_names {
+            ids.sort_by_key(|id| {
+                let shape = &per_node.shapes[*id];
+                (&shape.before, &shape.after)
+            });
+            for (node, escaped) in &node_names {
                 let series = &per_node.nodes[*node];
                 for id in &ids {
-                    let Some((_, v)) = series.iter().find(|(s, _)| *s as usize == *id) else { continue };
-                    let shape = &per_node.shapes[*id];
-                    out.push_str(name);
-                    shape.write_labels(out, node);
-                    out.push(' ');
-                    write_value(out, kind, v.load(Ordering::Relaxed));
-                    out.push('\n');
+                    let Some((_, v)) = series.iter().find(|(s, _)| s == id) else { continue };
+                    let (shape, v) = (&per_node.shapes[*id], v.load(Ordering::Relaxed));
+                    let (before, after) = (&shape.before, &shape.after);
+                    // Values as write_metric_line writes them (Display).
+                    let _ = match kind {
+                        Kind::Counter => writeln!(out, "{name}{before}node=\"{escaped}\"{after} {v}"),
+                        Kind::Gauge => writeln!(out, "{name}{before}node=\"{escaped}\"{after} {}", f64::from_bits(v)),
+                    };
                 }
             }
         };
         // Shapes some node still has (a shape outlives its last series).
         let mut used = vec![false; per_node.shapes.len()];
         for (id, _) in per_node.nodes.values().flatten() {
-            used[*id as usize] = true;
+            used[*id] = true;
         }
         let has_nodes =
             |kind: Kind, name: &str| node_metrics.get(&(kind, name)).is_some_and(|ids| ids.iter().any(|id| used[*id]));
