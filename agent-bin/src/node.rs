@@ -66,18 +66,6 @@ impl AgentNode {
     }
 }
 
-/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 impl Target for AgentNode {
     fn name(&self) -> &str {
         AgentNode::name(self)
@@ -171,6 +159,11 @@ mod tests {
         let (a, b) = (AgentNode::from_node(&full), AgentNode::from_node(&cordoned));
         assert!(!a.view().cordoned_by_agent());
         assert!(b.view().cordoned_by_agent(), "the view reads recovery-exec's annotation");
+        assert_eq!(
+            a.view().pool(),
+            full.metadata.labels.as_ref().unwrap().get(recovery_exec::POOL_LABEL).map(String::as_str),
+            "the view reads the pool from recovery-exec's label"
+        );
         assert_ne!(a, b, "an uncordon by an operator must wake the agent");
     }
 

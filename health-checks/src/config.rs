@@ -23,16 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use health_core::HealthChecker;
-use serde::{Deserialize, Deserializer};
+use health_core::policy::duration_str;
+use serde::Deserialize;
 
 use crate::{CheckTarget, ConfigError};
 
 /// The longest accepted duration setting.
 const MAX_DAYS: u64 = 365;
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    health_core::policy::duration_str::deserialize_some(d)
-}
 
 /// The kind of a configured checker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -119,7 +116,7 @@ pub struct CheckerEntry {
     /// A name overriding the kind's default.
     pub name: Option<String>,
     /// A threshold overriding the kind's default.
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, deserialize_with = "duration_str::deserialize_some")]
     pub threshold: Option<Duration>,
     /// Whether the checker runs (default true).
     pub enabled: Option<bool>,
@@ -128,24 +125,24 @@ pub struct CheckerEntry {
     /// `condition`: statuses that are unhealthy (default `["True"]`).
     pub bad_statuses: Option<Vec<String>>,
     /// `condition`: how long a bad status must hold.
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, deserialize_with = "duration_str::deserialize_some")]
     pub for_at_least: Option<Duration>,
     /// `condition`: what a missing condition means (default pass).
     pub missing: Option<Missing>,
     /// `condition`, `command`, `file`: the failure reason (CamelCase).
     pub reason: Option<String>,
     /// `kubelet-lease`: staleness limit (default 40s).
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, deserialize_with = "duration_str::deserialize_some")]
     pub stale_after: Option<Duration>,
     /// `http`, `grpc-health`: URL template.
     pub url: Option<String>,
     /// `grpc-health`: the service asked about (default `""`: the whole server).
     pub service: Option<String>,
     /// `http`: connect timeout (default 2s).
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, deserialize_with = "duration_str::deserialize_some")]
     pub connect_timeout: Option<Duration>,
     /// `http`, `command`: total timeout.
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, deserialize_with = "duration_str::deserialize_some")]
     pub timeout: Option<Duration>,
     /// `http`: bearer token file.
     pub bearer_token_file: Option<std::path::PathBuf>,

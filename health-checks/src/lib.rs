@@ -92,7 +92,7 @@ pub use node::{
     OPT_OUT_ANNOTATION, POOL_LABEL, SHUTDOWN_TAINT, classify, node_facts, timestamp,
 };
 #[cfg(feature = "kube")]
-pub use view::{ConditionView, MAX_CONDITION_MESSAGE, NodeView, StringPool};
+pub use view::{ConditionView, MAX_CONDITION_MESSAGE, NodeView, StringPool, shorten};
 
 pub use health_core::HealthChecker;
 

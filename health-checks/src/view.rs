@@ -11,6 +11,7 @@
 //! taint keys) can be shared through a [`StringPool`], so a healthy node's
 //! conditions cost a few pointers.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -154,7 +155,7 @@ impl NodeView {
                             type_: c.type_.as_str().into(),
                             status: c.status.as_str().into(),
                             reason: c.reason.as_deref().map(Box::from),
-                            message: c.message.as_deref().map(|msg| truncate(msg, MAX_CONDITION_MESSAGE).into()),
+                            message: c.message.as_deref().map(|msg| shorten(msg, MAX_CONDITION_MESSAGE).into()),
                         };
                         ConditionView {
                             text: match pool {
@@ -191,12 +192,6 @@ impl NodeView {
     /// The node's name (empty when the object had none).
     #[must_use]
     pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The node's name, shared.
-    #[must_use]
-    pub fn shared_name(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -339,16 +334,24 @@ impl NodeView {
     }
 }
 
-/// `s` cut to at most `max` bytes on a character boundary, with `…` when cut.
-fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if s.len() <= max {
-        return std::borrow::Cow::Borrowed(s);
+/// `text` cut to at most `max` bytes on a character boundary, with `…`
+/// when cut (how condition messages are kept; also for other bounded text).
+///
+/// ```
+/// assert_eq!(health_checks::shorten("kubelet stopped", 7), "kubelet…");
+/// assert_eq!(health_checks::shorten("é", 1), "…");
+/// assert_eq!(health_checks::shorten("ok", 7), "ok");
+/// ```
+#[must_use]
+pub fn shorten(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
     }
     let mut end = max;
-    while !s.is_char_boundary(end) {
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    std::borrow::Cow::Owned(format!("{}…", &s[..end]))
+    Cow::Owned(format!("{}…", &text[..end]))
 }
 
 /// Shared strings for [`NodeView`]s: the condition texts (type, status,

@@ -404,8 +404,12 @@ impl EtcdFleet {
         let ttl = if state == HostState::Rebooting { self.rebooting_ttl } else { self.health_ttl };
         let ttl = i64::try_from(ttl.as_secs().max(2)).unwrap_or(i64::MAX);
         let lease = bounded("grant the health lease", t, c.lease_grant(ttl, None)).await?.id();
-        let marker =
-            Marker { node: self.node.clone(), state, reason: crate::node::truncate(reason, MAX_REASON), at: now().0 };
+        let marker = Marker {
+            node: self.node.clone(),
+            state,
+            reason: health_checks::shorten(reason, MAX_REASON).into_owned(),
+            at: now().0,
+        };
         let value = serde_json::to_vec(&marker).unwrap_or_default();
         if let Err(e) = bounded(
             "publish health",

@@ -331,7 +331,7 @@ impl FleetStore for KubeFleet {
         let marker = Marker {
             node: self.s.node.clone(),
             state,
-            reason: crate::node::truncate(reason, super::coord::MAX_REASON),
+            reason: health_checks::shorten(reason, super::coord::MAX_REASON).into_owned(),
             at: now().0,
         };
         let spec = LeaseSpec {
