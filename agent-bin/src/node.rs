@@ -70,6 +70,9 @@ impl Target for AgentNode {
     fn name(&self) -> &str {
         AgentNode::name(self)
     }
+    fn shared_name(&self) -> Arc<str> {
+        self.view.shared_name()
+    }
     fn facts(&self) -> NodeFacts {
         self.view.facts()
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use health_core::metrics::{SeriesKind, SeriesRemover};
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::LabelSet;
 use metrics_exporter_prometheus::formatting::{
     sanitize_label_key, sanitize_label_value, sanitize_metric_name, write_help_line, write_metric_line, write_type_line,
@@ -57,29 +57,95 @@ struct Shape {
 }
 
 impl Shape {
-    /// The node and the shape of `key`, when it has a `node` label. Names,
-    /// keys and values are cleaned and escaped as the exporter does for
-    /// every other series.
-    fn of(kind: Kind, key: &Key) -> Option<(&str, Shape)> {
-        let mut node = None;
+    /// The shape of `key` (which has a `node` label, found at `node_at`).
+    /// Names, keys and values are cleaned and escaped as the exporter does
+    /// for every other series.
+    fn of(kind: Kind, key: &Key) -> Shape {
+        let mut seen_node = false;
         let (mut before, mut after) = (String::from("{"), String::new());
         for l in key.labels() {
-            if node.is_none() && l.key() == "node" {
-                node = Some(l.value());
+            if !seen_node && l.key() == "node" {
+                seen_node = true;
                 continue;
             }
             let text = format!("{}=\"{}\"", sanitize_label_key(l.key()), sanitize_label_value(l.value()));
-            if node.is_none() {
-                before.push_str(&text);
-                before.push(',');
-            } else {
+            if seen_node {
                 after.push(',');
                 after.push_str(&text);
+            } else {
+                before.push_str(&text);
+                before.push(',');
             }
         }
         after.push('}');
         let name = sanitize_metric_name(key.name()).into();
-        Some((node?, Shape { kind, name, before: before.into(), after: after.into() }))
+        Shape { kind, name, before: before.into(), after: after.into() }
+    }
+}
+
+/// A per-node key without its node, as the caller wrote it (not cleaned):
+/// finds a shape's id from a key without rendering anything, so counting
+/// through the facade on every evaluation allocates nothing here.
+#[derive(PartialEq, Eq)]
+struct RawShape {
+    kind: Kind,
+    name: Box<str>,
+    /// The labels other than the node, in order.
+    labels: Box<[(Box<str>, Box<str>)]>,
+    /// How many labels precede the node label.
+    node_at: usize,
+}
+
+/// A borrowed [`RawShape`]: a key and where its node label is.
+struct RawQuery<'a> {
+    kind: Kind,
+    key: &'a Key,
+    node_at: usize,
+}
+
+impl RawQuery<'_> {
+    fn others(&self) -> impl Iterator<Item = &Label> {
+        self.key.labels().enumerate().filter(|&(i, _)| i != self.node_at).map(|(_, l)| l)
+    }
+}
+
+/// One hash for a raw shape and its query (they must agree).
+fn hash_raw<'a, H: std::hash::Hasher>(
+    kind: Kind,
+    name: &str,
+    labels: impl Iterator<Item = (&'a str, &'a str)>,
+    node_at: usize,
+    h: &mut H,
+) {
+    use std::hash::Hash;
+    kind.hash(h);
+    name.hash(h);
+    for (k, v) in labels {
+        k.hash(h);
+        v.hash(h);
+    }
+    node_at.hash(h);
+}
+
+impl std::hash::Hash for RawShape {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        hash_raw(self.kind, &self.name, self.labels.iter().map(|(k, v)| (&**k, &**v)), self.node_at, h);
+    }
+}
+
+impl std::hash::Hash for RawQuery<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        hash_raw(self.kind, self.key.name(), self.others().map(|l| (l.key(), l.value())), self.node_at, h);
+    }
+}
+
+impl indexmap::Equivalent<RawShape> for RawQuery<'_> {
+    fn equivalent(&self, raw: &RawShape) -> bool {
+        self.kind == raw.kind
+            && self.node_at == raw.node_at
+            && self.key.name() == &*raw.name
+            && self.key.labels().len() == raw.labels.len() + 1
+            && self.others().zip(raw.labels.iter()).all(|(l, (k, v))| l.key() == &**k && l.value() == &**v)
     }
 }
 
@@ -88,33 +154,61 @@ impl Shape {
 struct PerNode {
     /// Every shape seen, by id.
     shapes: indexmap::IndexSet<Shape>,
-    /// Per node: its series, as (shape id, value).
-    nodes: HashMap<Box<str>, Vec<(usize, Arc<AtomicU64>)>>,
+    /// Shape ids by the key as written (keys that render alike share an id).
+    raw: indexmap::IndexMap<RawShape, usize>,
+    /// Per node: its series, as (shape id, value). The key is the label's
+    /// own string: a clone shares it when the caller built the label from
+    /// an `Arc<str>` (as the engine does), so no copy of the name is kept.
+    nodes: HashMap<SharedString, Vec<(usize, Arc<AtomicU64>)>>,
 }
 
 impl PerNode {
-    fn get_or_create(&mut self, node: &str, shape: Shape) -> Arc<AtomicU64> {
-        let (id, _) = self.shapes.insert_full(shape);
-        let series = match self.nodes.get_mut(node) {
+    /// The node label of `key` and its shape id (registering the shape on
+    /// first sight), or `None` when the key has no node label.
+    fn shape_of<'k>(&mut self, kind: Kind, key: &'k Key) -> Option<(&'k Label, usize)> {
+        let node_at = key.labels().position(|l| l.key() == "node")?;
+        let node = key.labels().nth(node_at)?;
+        let query = RawQuery { kind, key, node_at };
+        if let Some(&id) = self.raw.get(&query) {
+            return Some((node, id));
+        }
+        let (id, _) = self.shapes.insert_full(Shape::of(kind, key));
+        let raw = RawShape {
+            kind,
+            name: key.name().into(),
+            labels: query.others().map(|l| (l.key().into(), l.value().into())).collect(),
+            node_at,
+        };
+        self.raw.insert(raw, id);
+        Some((node, id))
+    }
+
+    /// The value of `key`'s series, created at zero on first use; `None`
+    /// when the key has no node label.
+    fn get_or_create(&mut self, kind: Kind, key: &Key) -> Option<Arc<AtomicU64>> {
+        let (node, id) = self.shape_of(kind, key)?;
+        let series = match self.nodes.get_mut(node.value()) {
             Some(s) => s,
-            None => self.nodes.entry(node.into()).or_default(),
+            None => self.nodes.entry(node.clone().into_parts().1).or_default(),
         };
         if let Some((_, v)) = series.iter().find(|(s, _)| *s == id) {
-            return Arc::clone(v);
+            return Some(Arc::clone(v));
         }
         let v = Arc::new(AtomicU64::new(0));
         series.push((id, Arc::clone(&v)));
         series.shrink_to_fit();
-        v
+        Some(v)
     }
 
-    fn remove(&mut self, node: &str, shape: &Shape) {
-        let Some(id) = self.shapes.get_index_of(shape) else { return };
-        let Some(series) = self.nodes.get_mut(node) else { return };
+    /// Deletes `key`'s series; `false` when the key has no node label.
+    fn remove(&mut self, kind: Kind, key: &Key) -> bool {
+        let Some((node, id)) = self.shape_of(kind, key) else { return false };
+        let Some(series) = self.nodes.get_mut(node.value()) else { return true };
         series.retain(|(s, _)| *s != id);
         if series.is_empty() {
-            self.nodes.remove(node);
+            self.nodes.remove(node.value());
         }
+        true
     }
 
     /// The series count.
@@ -333,14 +427,14 @@ impl Recorder for AgentRecorder {
         self.describe(key, "histogram", description);
     }
     fn register_counter(&self, key: &Key, _metadata: &Metadata<'_>) -> Counter {
-        if let Some((node, shape)) = Shape::of(Kind::Counter, key) {
-            return Counter::from_arc(self.inner.per_node.lock().get_or_create(node, shape));
+        if let Some(v) = self.inner.per_node.lock().get_or_create(Kind::Counter, key) {
+            return Counter::from_arc(v);
         }
         self.inner.registry.get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
     }
     fn register_gauge(&self, key: &Key, _metadata: &Metadata<'_>) -> Gauge {
-        if let Some((node, shape)) = Shape::of(Kind::Gauge, key) {
-            return Gauge::from_arc(self.inner.per_node.lock().get_or_create(node, shape));
+        if let Some(v) = self.inner.per_node.lock().get_or_create(Kind::Gauge, key) {
+            return Gauge::from_arc(v);
         }
         self.inner.registry.get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
     }
@@ -356,8 +450,9 @@ impl SeriesRemover for AgentRecorder {
             SeriesKind::Gauge => Some(Kind::Gauge),
             _ => None,
         };
-        if let Some((node, shape)) = node_kind.and_then(|k| Shape::of(k, key)) {
-            self.inner.per_node.lock().remove(node, &shape);
+        if let Some(k) = node_kind
+            && self.inner.per_node.lock().remove(k, key)
+        {
             return;
         }
         match kind {

@@ -27,12 +27,13 @@ pub const COMPONENT: &str = "kube-watch";
 
 #[derive(Default)]
 struct Inner {
-    nodes: HashMap<String, NodeRef>,
+    /// Keyed by the view's own name (shared, not copied).
+    nodes: HashMap<Arc<str>, NodeRef>,
     synced: bool,
     stale: Option<String>,
     generation: u64,
     /// Nodes updated since the last [`NodeCache::take_changes`].
-    dirty: HashSet<String>,
+    dirty: HashSet<Arc<str>>,
     /// Nodes added or removed (or a new list) since then.
     membership: bool,
 }
@@ -128,11 +129,11 @@ impl NodeCache {
     /// Inserts or updates a node; returns whether anything the agent reads changed.
     pub fn upsert(&self, node: AgentNode) -> bool {
         let mut inner = self.inner.lock();
-        let name = node.name().to_owned();
+        let name = node.view().shared_name();
         if inner.nodes.get(&name).is_some_and(|old| **old == node) {
             return false;
         }
-        if inner.nodes.insert(name.clone(), Arc::new(node)).is_none() {
+        if inner.nodes.insert(Arc::clone(&name), Arc::new(node)).is_none() {
             inner.membership = true;
         } else {
             inner.dirty.insert(name);
@@ -145,8 +146,8 @@ impl NodeCache {
     /// it is evaluated again.
     pub fn touch(&self, name: &str) {
         let mut inner = self.inner.lock();
-        if inner.nodes.contains_key(name) {
-            inner.dirty.insert(name.to_owned());
+        if let Some(key) = inner.nodes.get_key_value(name).map(|(k, _)| Arc::clone(k)) {
+            inner.dirty.insert(key);
             Self::bump(&mut inner, &self.changed);
         }
     }
@@ -154,7 +155,7 @@ impl NodeCache {
     /// Marks every node changed (the lease list was replaced or lost).
     pub fn touch_all(&self) {
         let mut inner = self.inner.lock();
-        let names: Vec<String> = inner.nodes.keys().cloned().collect();
+        let names: Vec<Arc<str>> = inner.nodes.keys().cloned().collect();
         inner.dirty.extend(names);
         Self::bump(&mut inner, &self.changed);
     }
@@ -171,7 +172,7 @@ impl NodeCache {
     }
 
     /// Replaces the whole set after a complete list and marks the cache synced and fresh.
-    pub fn replace_all(&self, nodes: HashMap<String, NodeRef>) {
+    pub fn replace_all(&self, nodes: HashMap<Arc<str>, NodeRef>) {
         let mut inner = self.inner.lock();
         inner.nodes = nodes;
         inner.membership = true;
@@ -223,14 +224,14 @@ pub async fn watch_nodes(client: Client, config: WatchConfig, cache: Arc<NodeCac
     health.update(COMPONENT, ComponentStatus::Degraded, "listing nodes", meta(false));
     loop {
         let mut stream = watcher::watcher(api.clone(), wc.clone()).boxed();
-        let mut buffer: Option<HashMap<String, NodeRef>> = None;
+        let mut buffer: Option<HashMap<Arc<str>, NodeRef>> = None;
         let error = loop {
             match stream.next().await {
                 None => break "the watch stream ended".to_owned(),
                 Some(Ok(Event::Init)) => buffer = Some(HashMap::new()),
                 Some(Ok(Event::InitApply(n))) => {
                     let view = AgentNode::from_node(&n).with_leases(config.leases.clone());
-                    buffer.get_or_insert_with(HashMap::new).insert(view.name().to_owned(), Arc::new(view));
+                    buffer.get_or_insert_with(HashMap::new).insert(view.view().shared_name(), Arc::new(view));
                 }
                 Some(Ok(Event::InitDone)) => {
                     let nodes = buffer.take().unwrap_or_default();

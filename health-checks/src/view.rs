@@ -108,14 +108,18 @@ pub struct NodeView {
     unschedulable: bool,
     opted_out: bool,
     cordoned_by_agent: bool,
-    gpu_count: Option<Box<str>>,
-    pool: Option<Box<str>>,
-    allocatable_gpu: Option<Box<str>>,
+    /// Label values shared by many nodes: interned when built with a pool.
+    gpu_count: Option<Arc<str>>,
+    pool: Option<Arc<str>>,
+    allocatable_gpu: Option<Arc<str>>,
     taints: Box<[Arc<str>]>,
     conditions: Box<[ConditionView]>,
     internal_ip: Option<Box<str>>,
     external_ip: Option<Box<str>>,
+    /// The `Hostname` address when it differs from the name.
     hostname: Option<Box<str>>,
+    /// The `Hostname` address equals the name (the usual case: no copy).
+    hostname_is_name: bool,
 }
 
 impl NodeView {
@@ -134,7 +138,8 @@ impl NodeView {
 
     fn build(node: &Node, pool: Option<&StringPool>) -> Self {
         let m = &node.metadata;
-        let label = |k: &str| m.labels.as_ref().and_then(|l| l.get(k)).map(|v| Box::from(v.as_str()));
+        let shared = |v: &str| pool.map_or_else(|| Arc::from(v), |p| p.intern(v));
+        let label = |k: &str| m.labels.as_ref().and_then(|l| l.get(k)).map(|v| shared(v));
         let annotation = |k: &str| m.annotations.as_ref().and_then(|a| a.get(k));
         let spec = node.spec.as_ref();
         let status = node.status.as_ref();
@@ -167,8 +172,14 @@ impl NodeView {
                     })
                     .collect()
             });
+        let name: Arc<str> = Arc::from(m.name.as_deref().unwrap_or(""));
+        let mut hostname = address("Hostname");
+        let hostname_is_name = hostname.as_deref() == Some(&*name);
+        if hostname_is_name {
+            hostname = None;
+        }
         NodeView {
-            name: Arc::from(m.name.as_deref().unwrap_or("")),
+            name,
             uid: m.uid.as_deref().map(Box::from),
             created_at: m.creation_timestamp.as_ref().map(timestamp),
             deleting: m.deletion_timestamp.is_some(),
@@ -180,12 +191,13 @@ impl NodeView {
             allocatable_gpu: status
                 .and_then(|s| s.allocatable.as_ref())
                 .and_then(|a| a.get(GPU_RESOURCE))
-                .map(|q| Box::from(q.0.as_str())),
+                .map(|q| shared(&q.0)),
             taints,
             conditions,
             internal_ip: address("InternalIP"),
             external_ip: address("ExternalIP"),
-            hostname: address("Hostname"),
+            hostname,
+            hostname_is_name,
         }
     }
 
@@ -193,6 +205,12 @@ impl NodeView {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The node's name as a shared string (a clone of the view's own copy).
+    #[must_use]
+    pub fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.name)
     }
 
     /// The object's uid, if any (Events refer to it).
@@ -280,7 +298,7 @@ impl NodeView {
     /// The `Hostname` address, if any.
     #[must_use]
     pub fn hostname(&self) -> Option<&str> {
-        self.hostname.as_deref()
+        if self.hostname_is_name { Some(&self.name) } else { self.hostname.as_deref() }
     }
 
     /// The node class: `Gpu` when the GPU count label holds a positive count.
@@ -309,12 +327,13 @@ impl NodeView {
     #[must_use]
     pub fn approx_size(&self) -> usize {
         let opt = |s: &Option<Box<str>>| s.as_ref().map_or(0, |s| s.len());
+        let shared = |s: &Option<Arc<str>>| s.as_ref().map_or(0, |s| s.len());
         std::mem::size_of::<Self>()
             + self.name.len()
             + opt(&self.uid)
-            + opt(&self.gpu_count)
-            + opt(&self.pool)
-            + opt(&self.allocatable_gpu)
+            + shared(&self.gpu_count)
+            + shared(&self.pool)
+            + shared(&self.allocatable_gpu)
             + opt(&self.internal_ip)
             + opt(&self.external_ip)
             + opt(&self.hostname)

@@ -390,6 +390,24 @@ impl NodeRecord {
     pub fn has_history(&self) -> bool {
         self.reboot_count != 0 || self.action_failures != 0 || self.replace_count != 0 || self.not_before.is_some()
     }
+
+    /// Whether the record says nothing a restart would need: the node is
+    /// healthy and has never been remediated (no failing checker, no
+    /// history, no action, no cordon of ours). Only its first-seen times
+    /// differ from a fresh record, and a restart sets those again. The
+    /// engine does not store such a record for a node that has none.
+    #[must_use]
+    pub fn is_unremarkable(&self) -> bool {
+        self.phase == Phase::Healthy
+            && self.failing.is_empty()
+            && self.unhealthy_since.is_none()
+            && !self.has_history()
+            && self.last_action.is_none()
+            && self.last_action_at.is_none()
+            && self.uncordon_failures == 0
+            && !self.cordoned
+            && !self.drained
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, SharedString, Unit};
+use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, SharedString, Unit};
 
 use crate::domain::{Action, Mode, Phase};
 
@@ -70,6 +70,16 @@ pub struct MetricNames {
     pub actions_held_total: String,
     /// `{prefix}_evaluation_duration_seconds` (histogram, one per pass).
     pub evaluation_duration_seconds: String,
+    /// The names written on every evaluation of a node, shared (a key
+    /// built from them copies no string).
+    shared: SharedNames,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SharedNames {
+    health_check_total: KeyName,
+    recovery_phase: KeyName,
+    node_unhealthy_duration_seconds: KeyName,
 }
 
 impl MetricNames {
@@ -77,7 +87,13 @@ impl MetricNames {
     #[must_use]
     pub fn new(prefix: &str) -> Self {
         let n = |s: &str| format!("{prefix}_{s}");
+        let shared = |s: &str| KeyName::from(SharedString::from(Arc::<str>::from(n(s))));
         MetricNames {
+            shared: SharedNames {
+                health_check_total: shared("health_check_total"),
+                recovery_phase: shared("recovery_phase"),
+                node_unhealthy_duration_seconds: shared("node_unhealthy_duration_seconds"),
+            },
             health_check_total: n("health_check_total"),
             recovery_actions_total: n("recovery_actions_total"),
             recovery_failures_total: n("recovery_failures_total"),
@@ -165,7 +181,7 @@ impl MetricNames {
         result: &'static str,
     ) -> Key {
         Key::from_parts(
-            self.health_check_total.clone(),
+            self.shared.health_check_total.clone(),
             vec![Label::new("node", node), Label::new("checker", checker), Label::new("result", result)],
         )
     }
@@ -190,13 +206,13 @@ impl MetricNames {
 
     pub(crate) fn phase_key(&self, node: impl Into<SharedString>, phase: Phase) -> Key {
         Key::from_parts(
-            self.recovery_phase.clone(),
+            self.shared.recovery_phase.clone(),
             vec![Label::new("node", node), Label::new("phase", phase.as_str())],
         )
     }
 
     pub(crate) fn unhealthy_key(&self, node: impl Into<SharedString>) -> Key {
-        Key::from_parts(self.node_unhealthy_duration_seconds.clone(), vec![Label::new("node", node)])
+        Key::from_parts(self.shared.node_unhealthy_duration_seconds.clone(), vec![Label::new("node", node)])
     }
 
     pub(crate) fn labelled(&self, name: &str, label: &'static str, value: &'static str) -> Key {
@@ -226,8 +242,7 @@ impl MetricNames {
     }
 }
 
-/// The `result` label of `health_check_total` (also the index of its
-/// counter in a [`CheckSeries`]).
+/// The `result` label of `health_check_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CheckResultLabel {
     Pass = 0,
@@ -236,7 +251,7 @@ pub(crate) enum CheckResultLabel {
 }
 
 impl CheckResultLabel {
-    /// Every label, in index order.
+    /// Every label.
     pub(crate) const ALL: [Self; 3] = [Self::Pass, Self::Fail, Self::Error];
 
     /// The label value.
@@ -253,85 +268,90 @@ impl CheckResultLabel {
 pub(crate) const EXPORTED_PHASES: [Phase; 6] =
     [Phase::Healthy, Phase::Unhealthy, Phase::WaitingReboot, Phase::Draining, Phase::WaitingReplace, Phase::Failed];
 
-/// Handles for the series updated on every evaluation of one node, so the
-/// steady state neither builds keys nor allocates.
+/// The engine's part of one node's series.
+///
+/// Only the `pass` counters, written on every evaluation of a healthy
+/// node, are held as handles (16 bytes each, registered on first use). A
+/// `fail` or `error` count goes through the facade (a registry lookup, as
+/// the `metrics` macros do), and the phase and unhealthy-duration gauges
+/// are written only when their value changes, so a pass over a healthy
+/// fleet builds no key, and each series lives once, in the recorder.
 ///
 /// A series is registered when it is first written: a healthy node has its
 /// `pass` counters, its `Healthy` phase gauge and its unhealthy-duration
 /// gauge, not twelve more zero series (each costs the recorder memory: a
 /// registry entry of about 250 bytes in a general-purpose recorder, about
-/// 50 in the agent's). Once
-/// registered a series stays until its node is forgotten. All of a node's
-/// series share one copy of its name.
+/// 50 in the agent's). Once registered a series stays until its node is
+/// forgotten. The keys share the node's name (an `Arc<str>`), never copy it.
+#[derive(Debug, Default)]
 pub(crate) struct NodeSeries {
-    node: Arc<str>,
-    /// Per checker (in the engine's order): its pass, fail and error counters.
-    pub(crate) checks: Box<[CheckSeries]>,
-    /// One gauge per [`EXPORTED_PHASES`] entry; bit `i` of `phases_set`
-    /// says whether gauge `i` is registered (a no-op handle until then).
-    phases: [Gauge; 6],
+    /// Per checker: its `pass` counter (a no-op handle until bit `i` of
+    /// `pass_set` says it is registered; checkers past the 64th are looked
+    /// up on every count).
+    pass: Box<[Counter]>,
+    pass_set: u64,
+    /// Bit `i`: the gauge of `EXPORTED_PHASES[i]` exists.
     phases_set: u8,
-    /// Unhealthy duration.
-    pub(crate) unhealthy: Gauge,
-}
-
-/// One checker's counters on one node (`pass`, `fail`, `error`), each
-/// registered on first use: bit `i` of `set` says whether `counters[i]` is
-/// (a no-op handle until then). The checker's label comes from the engine's
-/// shared list, not a copy here.
-pub(crate) struct CheckSeries {
-    counters: [Counter; 3],
-    set: u8,
+    /// The index in `EXPORTED_PHASES` of the gauge now at 1.
+    phase_now: Option<u8>,
+    /// The unhealthy-duration gauge exists and was last set to 0.
+    unhealthy_zero: bool,
 }
 
 impl NodeSeries {
-    pub(crate) fn register(names: &MetricNames, node: &str, checkers: &[Arc<str>]) -> Self {
-        let node: Arc<str> = node.into();
-        NodeSeries {
-            checks: checkers
-                .iter()
-                .map(|_| CheckSeries { counters: std::array::from_fn(|_| Counter::noop()), set: 0 })
-                .collect(),
-            phases: std::array::from_fn(|_| Gauge::noop()),
-            phases_set: 0,
-            unhealthy: names.gauge(&names.unhealthy_key(Arc::clone(&node))),
-            node,
-        }
-    }
-
-    /// Counts one evaluation of checker `i` (labelled `checkers[i]`) with `result`.
+    /// Counts one evaluation of checker `i` (labelled `checkers[i]`) on
+    /// `node` with `result`.
     pub(crate) fn count_check(
         &mut self,
         names: &MetricNames,
+        node: &Arc<str>,
         checkers: &[Arc<str>],
         i: usize,
         result: CheckResultLabel,
     ) {
-        let (Some(c), Some(checker)) = (self.checks.get_mut(i), checkers.get(i)) else { return };
-        let r = result as usize;
-        if c.set & (1 << r) == 0 {
-            c.counters[r] =
-                names.counter(&names.check_key(Arc::clone(&self.node), Arc::clone(checker), result.as_str()));
-            c.set |= 1 << r;
+        let Some(checker) = checkers.get(i) else { return };
+        let key = || names.check_key(Arc::clone(node), Arc::clone(checker), result.as_str());
+        if result != CheckResultLabel::Pass || i >= 64 {
+            names.counter(&key()).increment(1);
+            return;
         }
-        c.counters[r].increment(1);
+        if self.pass.len() != checkers.len() {
+            self.pass = checkers.iter().map(|_| Counter::noop()).collect();
+            self.pass_set = 0;
+        }
+        if self.pass_set & (1 << i) == 0 {
+            self.pass[i] = names.counter(&key());
+            self.pass_set |= 1 << i;
+        }
+        self.pass[i].increment(1);
+    }
+
+    /// Sets `node`'s unhealthy-duration gauge (a 0 only when it was not 0).
+    pub(crate) fn set_unhealthy(&mut self, names: &MetricNames, node: &Arc<str>, seconds: f64) {
+        let zero = seconds == 0.0;
+        if zero && self.unhealthy_zero {
+            return;
+        }
+        names.gauge(&names.unhealthy_key(Arc::clone(node))).set(seconds);
+        self.unhealthy_zero = zero;
     }
 
     /// Sets the one-hot phase gauges: 1 for `phase`, 0 for the others the
-    /// node has been in.
-    pub(crate) fn set_phase(&mut self, names: &MetricNames, phase: Phase) {
-        for (i, (g, p)) in self.phases.iter_mut().zip(EXPORTED_PHASES).enumerate() {
-            let registered = self.phases_set & (1 << i) != 0;
+    /// node has been in (nothing when the phase is the one already at 1).
+    pub(crate) fn set_phase(&mut self, names: &MetricNames, node: &Arc<str>, phase: Phase) {
+        let now = EXPORTED_PHASES.iter().position(|&p| p == phase).and_then(|i| u8::try_from(i).ok());
+        if now.is_some() && now == self.phase_now {
+            return;
+        }
+        for (i, p) in EXPORTED_PHASES.into_iter().enumerate() {
             if p == phase {
-                if !registered {
-                    *g = names.gauge(&names.phase_key(Arc::clone(&self.node), p));
-                    self.phases_set |= 1 << i;
-                }
-                g.set(1.0);
-            } else if registered {
-                g.set(0.0);
+                names.gauge(&names.phase_key(Arc::clone(node), p)).set(1.0);
+                self.phases_set |= 1 << i;
+            } else if self.phases_set & (1 << i) != 0 {
+                names.gauge(&names.phase_key(Arc::clone(node), p)).set(0.0);
             }
         }
+        self.phase_now = now;
     }
 }
 

@@ -48,6 +48,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -157,7 +158,8 @@ impl<T: 'static> Inspector<T> {
 /// Owns an [`Engine`] and its targets, and runs the loop.
 pub struct Runtime<T> {
     engine: Engine<T>,
-    targets: HashMap<String, T>,
+    /// Keyed by each target's shared name (no copy of it).
+    targets: HashMap<Arc<str>, T>,
     grace: Duration,
     sink: Option<Sink>,
     queries: tokio::sync::mpsc::Receiver<Query<T>>,
@@ -211,8 +213,8 @@ impl<T: Target + Clone + 'static> Runtime<T> {
         }
     }
 
-    fn lookup(&self, names: &[String]) -> Vec<T> {
-        names.iter().filter_map(|n| self.targets.get(n).cloned()).collect()
+    fn lookup<S: AsRef<str>>(&self, names: &[S]) -> Vec<T> {
+        names.iter().filter_map(|n| self.targets.get(n.as_ref()).cloned()).collect()
     }
 
     /// Runs until `shutdown` resolves or `updates` ends, then stops
@@ -280,24 +282,24 @@ impl<T: Target + Clone + 'static> Runtime<T> {
 
     async fn apply(&mut self, batch: Vec<TargetUpdate<T>>) {
         let mut full = None;
-        let mut changed: Vec<String> = Vec::new();
+        let mut changed: Vec<Arc<str>> = Vec::new();
         for u in batch {
             match u {
                 TargetUpdate::Full(all) => {
-                    self.targets = all.into_iter().map(|t| (t.name().to_owned(), t)).collect();
+                    self.targets = all.into_iter().map(|t| (t.shared_name(), t)).collect();
                     full = Some(());
                     changed.clear();
                 }
                 TargetUpdate::Upsert(t) => {
-                    let name = t.name().to_owned();
-                    self.targets.insert(name.clone(), t);
+                    let name = t.shared_name();
+                    self.targets.insert(Arc::clone(&name), t);
                     if !changed.contains(&name) {
                         changed.push(name);
                     }
                 }
                 TargetUpdate::Delete(name) => {
-                    self.targets.remove(&name);
-                    changed.retain(|n| *n != name);
+                    self.targets.remove(name.as_str());
+                    changed.retain(|n| **n != *name);
                     if full.is_none() {
                         self.engine.depart(&name);
                     }

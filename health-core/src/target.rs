@@ -8,6 +8,13 @@ use crate::domain::NodeFacts;
 pub trait Target: Send + Sync {
     /// A unique, stable name (the state store key and the `node` label).
     fn name(&self) -> &str;
+    /// The name as a shared string. The engine keeps one copy of each
+    /// node's name (its slot, its index and its metric labels share it); a
+    /// target that already holds its name in an `Arc<str>` returns a clone
+    /// of it, so the engine adds no copy at all.
+    fn shared_name(&self) -> Arc<str> {
+        Arc::from(self.name())
+    }
     /// Facts for the safety gates.
     fn facts(&self) -> NodeFacts;
 }
@@ -15,6 +22,9 @@ pub trait Target: Send + Sync {
 impl<T: Target + ?Sized> Target for Arc<T> {
     fn name(&self) -> &str {
         (**self).name()
+    }
+    fn shared_name(&self) -> Arc<str> {
+        (**self).shared_name()
     }
     fn facts(&self) -> NodeFacts {
         (**self).facts()

@@ -353,11 +353,41 @@ async fn state_survives_a_restart() {
         .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0) + 7 * MIN)))
         .build()
         .expect("valid engine");
-    assert_eq!(b.restore().await.expect("restore"), 10);
+    // Only node-4 has a record: the others have only ever been healthy.
+    assert_eq!(b.restore().await.expect("restore"), 1);
     let r = b.run_pass(&targets).await;
     assert!(r.actions.is_empty());
     assert_eq!(b.record("node-4").map(|r| (r.phase, r.reboot_count)), Some((Phase::WaitingReboot, 1)));
     assert_eq!(b.next_deadline(), Some(Timestamp::from_secs(T0) + 15 * MIN));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_only_ever_healthy_is_not_written() {
+    let store = Arc::new(MemoryStore::new());
+    let mut exec = MockExec::new();
+    exec.expect_execute().times(0);
+    let mut e = engine(Arc::clone(&store) as Arc<dyn StateStore>, Arc::new(exec), Policy::default());
+    let r = e.run_pass(&nodes(5, &[])).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    // Every node became Healthy (and says so), none was written.
+    assert_eq!(r.transitions.len(), 5);
+    assert_eq!(e.record("node-1").map(|r| r.phase), Some(Phase::Healthy));
+    assert_eq!(store.len(), 0);
+
+    // node-2 fails: its first record is a create; the others stay unwritten.
+    advance(MIN).await;
+    let _ = e.run_pass(&nodes(5, &[2])).await;
+    assert_eq!(store.len(), 1);
+    let stored = store.load("node-2").await.expect("load").expect("node-2 stored");
+    assert_eq!(stored.record.phase, Phase::Unhealthy);
+
+    // It recovers: its record is updated (it has a story now), not dropped.
+    advance(MIN).await;
+    let _ = e.run_pass(&nodes(5, &[])).await;
+    let stored = store.load("node-2").await.expect("load").expect("node-2 still stored");
+    assert_eq!(stored.record.phase, Phase::Healthy);
+    assert!(stored.record.healthy_since.is_some());
+    assert_eq!(store.len(), 1);
 }
 
 struct Hanging;
@@ -627,7 +657,9 @@ async fn store_errors_back_off_instead_of_spinning() {
         .clock(Arc::new(clk))
         .build()
         .expect("engine");
-    let targets = nodes(3, &[]);
+    // node-1 fails: its first record cannot be written (a healthy node
+    // writes nothing, so it never meets the broken store).
+    let targets = nodes(3, &[1]);
     let _ = e.run_pass(&targets).await;
     assert_eq!(e.next_deadline(), Some(clk.now() + Duration::from_secs(5)));
     advance(Duration::from_secs(5)).await;
@@ -639,28 +671,29 @@ async fn store_errors_back_off_instead_of_spinning() {
 async fn an_empty_or_stale_listing_never_erases_history() {
     let store = Arc::new(MemoryStore::new());
     let mut e = engine(store.clone(), Arc::new(MockExec::new()), Policy::default());
-    let targets = nodes(4, &[2]);
+    // Two nodes with a story (healthy ones have no record).
+    let targets = nodes(4, &[2, 3]);
     let _ = e.run_pass(&targets).await;
-    assert_eq!(store.len(), 4);
+    assert_eq!(store.len(), 2);
     // An unsynced watch cache: no targets at all.
     let r = e.run_pass(&[]).await;
     assert!(r.removed.is_empty());
-    assert_eq!(store.len(), 4);
+    assert_eq!(store.len(), 2);
     // A partial listing while the API server is unreachable.
     e.controls().set_source_stale(true);
     let r = e.run_pass(&targets[..1]).await;
     assert!(r.removed.is_empty());
-    assert_eq!(store.len(), 4);
+    assert_eq!(store.len(), 2);
     // A fresh listing without node-3: it departs, and goes after forget_after.
     e.controls().set_source_stale(false);
     let r = e.run_pass(&targets[..3]).await;
     assert_eq!(r.departed, ["node-3"]);
-    assert_eq!(store.len(), 4);
+    assert_eq!(store.len(), 2);
     assert_eq!(e.record("node-2").map(|r| r.phase), Some(Phase::Unhealthy));
     advance(30 * MIN).await;
     let r = e.run_pass(&targets[..3]).await;
     assert_eq!(r.removed, ["node-3"]);
-    assert_eq!(store.len(), 3);
+    assert_eq!(store.len(), 1);
 }
 
 /// Drains successfully, but an operator pauses remediation while the drain runs.

@@ -26,7 +26,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
     ) -> Vec<usize> {
         let mut again = Vec::new();
         for p in planned {
-            let node = self.state.slots[p.slot].name.clone();
+            let node = self.state.slots[p.slot].name.to_string();
             let target = targets[p.target].clone();
             match p.mode {
                 Mode::Monitor => {
@@ -126,7 +126,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             failure: c.error.as_ref().map(ToString::to_string),
         });
         let now = self.shared.clock.now();
-        let si = *self.state.index.get(&c.node)?;
+        let si = *self.state.index.get(c.node.as_str())?;
         let again = self.record_outcome(c, si, now, report).await;
         let slot = &mut self.state.slots[si];
         slot.running = false;
@@ -176,9 +176,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             Written::Saved(t) => t.flatten(),
         };
         let slot = &mut self.state.slots[si];
-        if let Some(series) = &mut slot.series {
-            series.set_phase(&shared.names, slot.record.phase);
-        }
+        slot.series.set_phase(&shared.names, &slot.name, slot.record.phase);
         let slot = &self.state.slots[si];
         if c.action == Action::Uncordon && c.error.is_some() && !slot.record.cordoned {
             tracing::warn!(

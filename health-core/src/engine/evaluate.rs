@@ -27,7 +27,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             // simulation, a full listing) find each slot where they left
             // it, without a hash lookup (a cache miss per node at scale).
             let known = match self.state.slots.get(ti) {
-                Some(s) if s.name == name => Some(ti),
+                Some(s) if &*s.name == name => Some(ti),
                 _ => self.state.index.get(name).copied(),
             };
             let idx = match known {
@@ -53,7 +53,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                                     slot.unknown = false;
                                     Some(i)
                                 }
-                                None => Some(self.state.push(Slot::new(name, record, version))),
+                                None => Some(self.state.push(Slot::new(t.shared_name(), record, version))),
                             }
                         }
                         Err(error) => {
@@ -64,7 +64,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                             let i = match existing {
                                 Some(i) => i,
                                 None => {
-                                    let mut slot = Slot::new(name, NodeRecord::new(t.facts().class), None);
+                                    let mut slot = Slot::new(t.shared_name(), NodeRecord::new(t.facts().class), None);
                                     slot.needs_reload = true;
                                     self.state.push(slot)
                                 }
@@ -89,10 +89,6 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     // Back within forget_after: history kept.
                     slot.deadline = None;
                 }
-                if slot.series.is_none() {
-                    slot.series =
-                        Some(Box::new(NodeSeries::register(&self.shared.names, name, &self.shared.checker_labels)));
-                }
                 self.state.touch(i);
             }
             out.push(idx);
@@ -114,7 +110,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 if s.seen != pass && s.departed_at.is_none() {
                     s.departed_at = Some(now);
                     s.deadline = Some(now + forget_after);
-                    report.departed.push(s.name.clone());
+                    report.departed.push(s.name.to_string());
                     self.state.touch(si);
                 }
             }
@@ -130,14 +126,20 @@ impl<T: Target + Clone + 'static> Engine<T> {
         for (ti, slot) in slots.iter().enumerate() {
             let Some(si) = *slot else { continue };
             let s = &mut self.state.slots[si];
-            if s.error_since.len() != nc {
+            s.grace_until = None;
+            // Allocated only while some checker errs on this node (a
+            // healthy fleet keeps none).
+            if !errs[ti * nc..(ti + 1) * nc].iter().any(|&e| e) {
+                s.error_since = Vec::new();
+            } else if s.error_since.len() != nc {
                 s.error_since.resize(nc, None);
             }
-            s.grace_until = None;
             for ci in 0..nc {
                 let i = ti * nc + ci;
                 if !errs[i] {
-                    s.error_since[ci] = None;
+                    if let Some(e) = s.error_since.get_mut(ci) {
+                        *e = None;
+                    }
                     continue;
                 }
                 // A checker's own error is not a finding about the node: skip
@@ -330,25 +332,23 @@ impl<T: Target + Clone + 'static> Engine<T> {
             (a, b) => a.or(b),
         };
         slot.errors = 0;
-        if let Some(series) = &mut slot.series {
-            if emit_checks {
-                for (i, (check, &erred)) in checks.iter().zip(errs).enumerate() {
-                    let result = match check.outcome {
-                        _ if erred => CheckResultLabel::Error,
-                        CheckOutcome::Pass => CheckResultLabel::Pass,
-                        CheckOutcome::Fail { .. } => CheckResultLabel::Fail,
-                        CheckOutcome::Skip { .. } => continue,
-                    };
-                    series.count_check(&shared.names, &shared.checker_labels, i, result);
-                }
+        if emit_checks {
+            for (i, (check, &erred)) in checks.iter().zip(errs).enumerate() {
+                let result = match check.outcome {
+                    _ if erred => CheckResultLabel::Error,
+                    CheckOutcome::Pass => CheckResultLabel::Pass,
+                    CheckOutcome::Fail { .. } => CheckResultLabel::Fail,
+                    CheckOutcome::Skip { .. } => continue,
+                };
+                slot.series.count_check(&shared.names, &slot.name, &shared.checker_labels, i, result);
             }
-            series.set_phase(&shared.names, slot.record.phase);
-            let unhealthy_for = slot.record.unhealthy_since.map_or(0.0, |t| now.saturating_since(t).as_secs_f64());
-            series.unhealthy.set(unhealthy_for);
         }
+        slot.series.set_phase(&shared.names, &slot.name, slot.record.phase);
+        let unhealthy_for = slot.record.unhealthy_since.map_or(0.0, |t| now.saturating_since(t).as_secs_f64());
+        slot.series.set_unhealthy(&shared.names, &slot.name, unhealthy_for);
         let new_hold = decision.hold.map(|h| h.reason);
         if let Some(h) = &decision.hold {
-            report.held.push((slot.name.clone(), h.reason));
+            report.held.push((slot.name.to_string(), h.reason));
             if slot.hold != new_hold {
                 let names = &shared.names;
                 names.counter(&names.labelled(&names.actions_held_total, "reason", h.reason.as_str())).increment(1);

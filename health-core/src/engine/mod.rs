@@ -88,7 +88,7 @@ impl<T> Shared<T> {
         at: Timestamp,
         mode: Mode,
     ) {
-        report.transitions.push((slot.name.clone(), change));
+        report.transitions.push((slot.name.to_string(), change));
         let event =
             TransitionEvent { node: &slot.name, from: change.from, to: change.to, at, record: &slot.record, mode };
         notify(&self.observers, "transition", |o| o.on_transition(target, &event));
@@ -310,7 +310,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
 
     /// Every node the engine knows, with its record.
     pub fn records(&self) -> impl Iterator<Item = (&str, &NodeRecord)> {
-        self.state.slots.iter().map(|s| (s.name.as_str(), &s.record))
+        self.state.slots.iter().map(|s| (&*s.name, &s.record))
     }
 
     /// What the engine holds for `node` beyond its record: the gate holding
@@ -381,7 +381,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             timed.chain(held).filter(|&i| s.slots[i].departed_at.is_none() && !s.slots[i].running).collect();
         due.sort_unstable();
         due.dedup();
-        due.into_iter().map(|i| s.slots[i].name.clone()).collect()
+        due.into_iter().map(|i| s.slots[i].name.to_string()).collect()
     }
 
     /// Whether actions are running or finished ones wait to be folded.
@@ -403,7 +403,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             if let Some(t) = stored.record.last_action_at {
                 self.state.last_action_at = Some(self.state.last_action_at.map_or(t, |l| l.max(t)));
             }
-            match self.state.index.get(&name) {
+            match self.state.index.get(name.as_str()) {
                 Some(&i) => {
                     let slot = &mut self.state.slots[i];
                     slot.record = stored.record;
@@ -413,7 +413,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     self.state.touch(i);
                 }
                 None => {
-                    self.state.push(Slot::new(&name, stored.record, Some(stored.version)));
+                    self.state.push(Slot::new(name.into(), stored.record, Some(stored.version)));
                 }
             }
         }
@@ -509,14 +509,14 @@ impl<T: Target + Clone + 'static> Engine<T> {
             .map(|&i| &self.state.slots[i])
             .filter(|s| !s.running && s.departed_at.is_some_and(|t| now >= t + forget_after))
             .filter(|s| s.deadline.is_none_or(|d| d <= now))
-            .map(|s| (s.name.clone(), s.version.clone()))
+            .map(|s| (s.name.to_string(), s.version.clone()))
             .collect();
         for (name, version) in gone {
             match self.forget(&name, version.as_ref()).await {
                 Ok(()) => report.removed.push(name),
                 Err(error) => {
                     self.shared.count_error("store_delete");
-                    if let Some(&i) = self.state.index.get(&name) {
+                    if let Some(&i) = self.state.index.get(name.as_str()) {
                         let slot = &mut self.state.slots[i];
                         slot.errors = slot.errors.saturating_add(1);
                         slot.deadline = Some(now + self.shared.config.store_retry.delay(slot.errors));
@@ -538,9 +538,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// Deletes a node's record (guarded by `expected` when given) and series.
     async fn forget(&mut self, node: &str, expected: Option<&Version>) -> Result<(), StoreError> {
         self.shared.store.delete(node, expected).await?;
-        if let Some(slot) = self.state.remove(node) {
-            drop(slot.series);
-        }
+        self.state.remove(node);
         if let Some(remover) = &self.shared.remover {
             for (kind, key) in self.shared.names.node_series(node, &self.shared.checker_names) {
                 remover.remove_series(kind, &key);

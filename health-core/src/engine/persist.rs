@@ -17,7 +17,8 @@ pub(super) enum Plan<X> {
 pub(super) enum Written<X> {
     /// Nothing to write.
     Kept(X),
-    /// The store has the new record, and so has the slot.
+    /// The slot has the new record, and so has the store (unless the
+    /// record is unremarkable and the store has none for the node).
     Saved(X),
     /// The store failed (recorded: the node is reloaded after a back-off).
     Failed,
@@ -42,6 +43,15 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 Plan::Keep(x) => return Written::Kept(x),
                 Plan::Write(record, x) => (record, x),
             };
+            // A node first seen healthy, with nothing stored, keeps its
+            // record in memory only: a fresh start over 65,536 healthy nodes
+            // writes nothing, and the store holds only nodes with a story.
+            // Its first real change is a create (expected: absent).
+            if slot.version.is_none() && record.is_unremarkable() {
+                slot.record = record;
+                state.touch(si);
+                return Written::Saved(x);
+            }
             match shared.store.save(&slot.name, &record, slot.version.as_ref()).await {
                 Ok(v) => {
                     let slot = &mut state.slots[si];
@@ -101,7 +111,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         slot.needs_reload = true;
         slot.errors = slot.errors.saturating_add(1);
         slot.deadline = Some(now + shared.config.store_retry.delay(slot.errors));
-        report.errors.push(NodeError { node: slot.name.clone(), error });
+        report.errors.push(NodeError { node: slot.name.to_string(), error });
         state.touch(si);
     }
 }

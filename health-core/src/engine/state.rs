@@ -4,7 +4,8 @@
 use super::*;
 
 pub(super) struct Slot {
-    pub(super) name: String,
+    /// The node's name, shared with the index and its metric labels.
+    pub(super) name: Arc<str>,
     pub(super) record: NodeRecord,
     pub(super) version: Option<Version>,
     /// The record in memory may differ from the store: reload before deciding.
@@ -15,9 +16,8 @@ pub(super) struct Slot {
     pub(super) seen: u64,
     /// Consecutive store errors, for the retry back-off.
     pub(super) errors: u32,
-    /// Boxed: every slot has one once evaluated, and the slot vector
-    /// stays small to move and to grow.
-    pub(super) series: Option<Box<NodeSeries>>,
+    /// Which of the node's phase gauges exist.
+    pub(super) series: NodeSeries,
     /// An action of this node is running in a task.
     pub(super) running: bool,
     /// The record could not be loaded: the node counts as unhealthy.
@@ -25,7 +25,8 @@ pub(super) struct Slot {
     /// When the node left the target set (its record is kept until
     /// `forget_after` has passed).
     pub(super) departed_at: Option<Timestamp>,
-    /// Per checker: since when it has been erring continuously.
+    /// Per checker: since when it has been erring continuously (empty
+    /// while none errs).
     pub(super) error_since: Vec<Option<Timestamp>>,
     /// The earliest end of an error grace, to decide again then.
     pub(super) grace_until: Option<Timestamp>,
@@ -39,9 +40,9 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    pub(super) fn new(name: &str, record: NodeRecord, version: Option<Version>) -> Self {
+    pub(super) fn new(name: Arc<str>, record: NodeRecord, version: Option<Version>) -> Self {
         Slot {
-            name: name.to_owned(),
+            name,
             failing: !record.failing.is_empty(),
             record,
             version,
@@ -50,7 +51,7 @@ impl Slot {
             hold: None,
             seen: 0,
             errors: 0,
-            series: None,
+            series: NodeSeries::default(),
             running: false,
             unknown: false,
             departed_at: None,
@@ -207,7 +208,7 @@ pub(super) struct Globals {
 /// The mutable bookkeeping of the engine.
 pub(super) struct State {
     pub(super) slots: Vec<Slot>,
-    pub(super) index: HashMap<String, usize>,
+    pub(super) index: HashMap<Arc<str>, usize>,
     pub(super) last_action_at: Option<Timestamp>,
     /// The monotonic instant of the last disruptive action started by this
     /// process (the cluster-wide minimum interval is measured on it).
@@ -243,7 +244,7 @@ impl State {
     /// Adds a slot and accounts it; returns its index.
     pub(super) fn push(&mut self, slot: Slot) -> usize {
         let i = self.slots.len();
-        self.index.insert(slot.name.clone(), i);
+        self.index.insert(Arc::clone(&slot.name), i);
         self.slots.push(slot);
         self.touch(i);
         i
@@ -262,7 +263,7 @@ impl State {
         let slot = self.slots.swap_remove(i);
         if i != last {
             self.tally.account(i, self.slots[i].counted, true);
-            self.index.insert(self.slots[i].name.clone(), i);
+            self.index.insert(Arc::clone(&self.slots[i].name), i);
         }
         Some(slot)
     }
