@@ -305,6 +305,22 @@ pub async fn run(
     // An operator's pause holds from the first evaluation on.
     let pause = pause_store(&config, &call_client);
     let controls = engine.controls();
+    // The maintenance windows, set before the first evaluation and then
+    // at each opening and closing.
+    let windows = config.windows();
+    if !windows.is_empty() {
+        let verdict = windows.at(crate::window::to_jiff(health_core::Clock::now(&health_core::SystemClock)));
+        controls.set_window_closed(!verdict.open());
+        tracing::info!(rules = %windows.describe(), now = %verdict, "maintenance windows configured");
+        metrics::describe_gauge!(
+            format!("{METRICS_PREFIX}_maintenance_window_open"),
+            "1 while the maintenance windows allow disruptive actions to start, else 0."
+        );
+        let gauge = metrics::gauge!(format!("{METRICS_PREFIX}_maintenance_window_open"));
+        // Runs until the agent's tasks are shut down at exit.
+        let clock = Arc::new(health_core::SystemClock);
+        tasks.spawn(crate::window::drive(windows, Arc::clone(&controls), clock, gauge, std::future::pending()));
+    }
     match &deps.state {
         Some(state) => state.load_pause(&pause, &controls).await,
         None => pause.load().await.map(|p| controls.set_paused(p.paused)),

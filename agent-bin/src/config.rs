@@ -417,6 +417,9 @@ pub struct Config {
     pub heartbeat: HeartbeatSection,
     /// `[[addons]]`: Deployments and DaemonSets reported as components.
     pub addons: Vec<crate::addons::AddonEntry>,
+    /// `[[windows]]`: maintenance windows for disruptive actions (allow and
+    /// deny rules by day, time and IANA zone; none: always open).
+    pub windows: Vec<crate::window::RuleConfig>,
     /// `[[checkers]]`: the checkers to run (default: NodeReady, GPU, DiskPressure, Cilium).
     pub checkers: Option<Vec<CheckerEntry>>,
 }
@@ -751,6 +754,8 @@ impl Config {
         }
         self.validate_grpc()?;
         self.validate_addons()?;
+        crate::window::Windows::parse(&self.windows)
+            .map_err(|(i, field, m)| ConfigError::invalid(format!("windows[{i}].{field}"), m))?;
         let name = |civo: &str, key: &str| {
             if env.contains_key(civo) { civo.to_owned() } else { format!("{key} ({civo})") }
         };
@@ -844,6 +849,12 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The parsed maintenance windows (validated at load).
+    #[must_use]
+    pub fn windows(&self) -> crate::window::Windows {
+        crate::window::Windows::parse(&self.windows).unwrap_or_default()
     }
 
     /// `[[addons]]`.
@@ -1268,6 +1279,29 @@ mod tests {
             let err = load(pairs).expect_err(needle).to_string();
             assert!(err.contains(needle), "{pairs:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_readme_maintenance_window_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n  [[windows]]").expect("the README has a [[windows]] example");
+        let block = &readme[start + "```toml\n".len()..];
+        let block: String =
+            block[..block.find("```").expect("closed")].lines().map(|l| format!("{}\n", l.trim_start())).collect();
+        let dir = std::env::temp_dir().join(format!("windows-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, &block).unwrap();
+        let config = Config::load(Some(&path), &EnvMap::new(), &CliOverrides::default()).expect(&block);
+        let windows = config.windows();
+        assert_eq!(windows.describe(), "allow mon-fri 01:00-05:00 Europe/London; deny wed 02:00-03:00 Europe/London");
+        // Wednesday 2026-12-09: open at 01:30 GMT, closed for the backup, open after it.
+        let at = |s: &str| windows.at(s.parse().unwrap()).open();
+        assert!(at("2026-12-09T01:30:00Z"));
+        assert!(!at("2026-12-09T02:30:00Z"));
+        assert!(at("2026-12-09T03:30:00Z"));
+        assert!(!at("2026-12-12T02:00:00Z"), "Saturday");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

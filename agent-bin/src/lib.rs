@@ -26,6 +26,7 @@
 //! | [`ha`] | leader election between replicas on a fenced Kubernetes Lease |
 //! | [`addons`] | Deployments and DaemonSets reported as components (ready/desired) |
 //! | [`grpc`] | the admin API, grpc.health.v1, heartbeats, the persisted pause |
+//! | [`window`] | maintenance windows (allow and deny rules, IANA zones, DST) for both modes |
 //! | [`host`] | `node-agent host ...`: serialized, health-gated reboots of a fleet of Linux hosts (etcd) |
 //!
 //! # Example
@@ -58,3 +59,4 @@ pub mod node;
 pub mod recorder;
 pub mod simulate;
 pub mod watch;
+pub mod window;

@@ -323,6 +323,12 @@ fn validate_config_names_the_field_of_each_broken_input() {
         (&[], Some("[heartbeat]\nendpoint = \"grpc://fleet:443\"\n"), "heartbeat.endpoint"),
         (&[], Some("[ha]\nlease_name = \"Node_Agent\"\n"), "ha.lease_name"),
         (&[], Some("[[addons]]\nkind = \"StatefulSet\"\nnamespace = \"x\"\nname = \"y\"\n"), "kind"),
+        (
+            &[],
+            Some("[[windows]]\naction = \"allow\"\nstart = \"01:00\"\nend = \"05:00\"\ntime_zone = \"Europe/Londn\"\n"),
+            "windows[0].time_zone",
+        ),
+        (&[], Some("[[windows]]\naction = \"allow\"\nstart = \"1am\"\nend = \"05:00\"\n"), "windows[0].start"),
     ];
     for (env, toml, needle) in cases {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"));

@@ -12,7 +12,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | defaults < TOML or YAML file < `NODE_AGENT_<SECTION>__<KEY>` |
-//! | [`window`] | maintenance windows (days, times, IANA zones, DST) |
+//! | [`window`] | maintenance windows (days, times, IANA zones, DST), shared with cluster mode |
 //! | [`detect`] | reboot-required detectors and the health gate |
 //! | [`coord`] | health markers, the last reboot and the lock: the backend trait, etcd |
 //! | [`kube_fleet`] | the same on Kubernetes Leases |
@@ -23,7 +23,7 @@ pub mod coord;
 pub mod detect;
 pub mod kube_fleet;
 pub mod run;
-pub mod window;
+pub use crate::window;
 
 use std::fmt::Write as _;
 
