@@ -91,13 +91,15 @@ pub enum Verdict {
     Denied(String),
     /// Allow rules exist and none covers the instant.
     OutsideAllow,
+    /// Only deny rules exist, and none covers the instant.
+    OutsideDeny,
 }
 
 impl Verdict {
     /// Whether a disruptive action may start.
     #[must_use]
     pub fn open(&self) -> bool {
-        matches!(self, Verdict::NoRules | Verdict::Allowed(_))
+        matches!(self, Verdict::NoRules | Verdict::Allowed(_) | Verdict::OutsideDeny)
     }
 }
 
@@ -108,6 +110,7 @@ impl fmt::Display for Verdict {
             Verdict::Allowed(r) => write!(f, "inside allow window {r}"),
             Verdict::Denied(r) => write!(f, "inside deny window {r}"),
             Verdict::OutsideAllow => f.write_str("outside every allow window"),
+            Verdict::OutsideDeny => f.write_str("outside every deny window"),
         }
     }
 }
@@ -264,7 +267,7 @@ impl Windows {
         }
         let mut allows = self.rules.iter().filter(|r| r.action == Action::Allow).peekable();
         if allows.peek().is_none() {
-            return Verdict::NoRules;
+            return Verdict::OutsideDeny;
         }
         match allows.find(|r| r.covers(at)) {
             Some(r) => Verdict::Allowed(r.text.clone()),
@@ -462,7 +465,8 @@ mod tests {
         // start == end: the whole day, and fri-mon wraps over the weekend.
         assert!(!only_deny.at(ts("2026-12-06T10:00:00Z")).open()); // Sunday
         assert!(!only_deny.at(ts("2026-12-07T10:00:00Z")).open()); // Monday
-        assert!(only_deny.at(ts("2026-12-08T10:00:00Z")).open()); // Tuesday
+        assert_eq!(only_deny.at(ts("2026-12-08T10:00:00Z")), Verdict::OutsideDeny); // Tuesday
+        assert_eq!(Verdict::OutsideDeny.to_string(), "outside every deny window");
         assert_eq!(Windows::default().at(ts("2026-12-08T10:00:00Z")), Verdict::NoRules);
     }
 

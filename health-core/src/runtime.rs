@@ -46,7 +46,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -282,24 +282,30 @@ impl<T: Target + Clone + 'static> Runtime<T> {
 
     async fn apply(&mut self, batch: Vec<TargetUpdate<T>>) {
         let mut full = None;
+        // In arrival order, each name once (a set: a burst of updates is
+        // not quadratic).
         let mut changed: Vec<Arc<str>> = Vec::new();
+        let mut seen: HashSet<Arc<str>> = HashSet::new();
         for u in batch {
             match u {
                 TargetUpdate::Full(all) => {
                     self.targets = all.into_iter().map(|t| (t.shared_name(), t)).collect();
                     full = Some(());
                     changed.clear();
+                    seen.clear();
                 }
                 TargetUpdate::Upsert(t) => {
                     let name = t.shared_name();
                     self.targets.insert(Arc::clone(&name), t);
-                    if !changed.contains(&name) {
+                    if seen.insert(Arc::clone(&name)) {
                         changed.push(name);
                     }
                 }
                 TargetUpdate::Delete(name) => {
                     self.targets.remove(name.as_str());
-                    changed.retain(|n| **n != *name);
+                    if seen.remove(name.as_str()) {
+                        changed.retain(|n| **n != *name);
+                    }
                     if full.is_none() {
                         self.engine.depart(&name);
                     }
