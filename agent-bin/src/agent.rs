@@ -138,6 +138,26 @@ async fn open_store(config: &Config, call_client: &kube::Client) -> Result<Arc<d
             Arc::new(KubeStore::new(call_client.clone()).with_call_timeout(config.kube.call_timeout))
         }
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
+        StoreBackend::Etcd => {
+            let e = &config.store.etcd;
+            let timeout = config.engine.store_timeout;
+            let opts = match e.tls() {
+                Some(tls) => tls.connect_options(timeout).map_err(|err| {
+                    RunError::Store(format!("store.etcd.{} {}: {}", err.setting, err.path.display(), err.message))
+                })?,
+                None => state_store::etcd_client::ConnectOptions::new().with_connect_timeout(timeout),
+            };
+            let client = tokio::time::timeout(timeout, state_store::etcd_client::Client::connect(e.endpoints.clone(), Some(opts)))
+                .await
+                .map_err(|_| RunError::Store(format!("etcd {}: no connection within {timeout:?}", e.endpoints.join(","))))?
+                .map_err(|err| {
+                    RunError::Store(format!(
+                        "etcd {}: {err} (with https: check store.etcd.ca_file against the server's certificate, and cert_file/key_file against its --trusted-ca-file)",
+                        e.endpoints.join(",")
+                    ))
+                })?;
+            Arc::new(state_store::EtcdStore::new(client, e.prefix.clone()))
+        }
         StoreBackend::File => {
             let path = config.store.path.clone();
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -153,10 +173,11 @@ async fn open_store(config: &Config, call_client: &kube::Client) -> Result<Arc<d
 
 /// Where the operator's pause is kept (see [`crate::grpc::pause`]).
 fn pause_store(config: &Config, call_client: &kube::Client) -> Arc<dyn PauseStore> {
-    // With HA every replica must see the same pause: a Lease, whatever the store.
+    // With HA every replica must see the same pause: a Lease, whatever the
+    // store; with the etcd store too (the agent always has the API server).
     let backend = if config.ha.enabled { StoreBackend::Kubernetes } else { config.store_backend() };
     match backend {
-        StoreBackend::Kubernetes | StoreBackend::Auto => Arc::new(LeasePause::new(
+        StoreBackend::Kubernetes | StoreBackend::Auto | StoreBackend::Etcd => Arc::new(LeasePause::new(
             call_client.clone(),
             &config.ha.namespace(),
             &format!("{}-pause", config.ha.lease_name),

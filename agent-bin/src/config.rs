@@ -213,6 +213,37 @@ pub enum StoreBackend {
     File,
     /// Memory only: history is lost on restart (tests and demos).
     Memory,
+    /// etcd (`[store.etcd]`): records under a key prefix, compare-and-swap
+    /// on the key's revision; TLS with a CA and a client certificate.
+    Etcd,
+}
+
+/// `[store.etcd]`: where the etcd store keeps records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreEtcdSection {
+    /// Client URLs (`https://10.0.0.5:2379`); all `http://` or all `https://`.
+    pub endpoints: Vec<String>,
+    /// Key prefix of the records (a node's record is `<prefix><node>`).
+    pub prefix: String,
+    /// CA certificate (PEM) of etcd's server certificate; required with https.
+    pub ca_file: PathBuf,
+    /// Client certificate (PEM), when etcd requires one (`--client-cert-auth`).
+    pub cert_file: PathBuf,
+    /// The client certificate's private key (PEM).
+    pub key_file: PathBuf,
+}
+
+impl Default for StoreEtcdSection {
+    fn default() -> Self {
+        StoreEtcdSection {
+            endpoints: Vec::new(),
+            prefix: "/node-agent/state/".to_owned(),
+            ca_file: PathBuf::new(),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+        }
+    }
 }
 
 /// `[store]`: persistent state.
@@ -223,11 +254,82 @@ pub struct StoreSection {
     pub backend: StoreBackend,
     /// The file store's path.
     pub path: PathBuf,
+    /// The etcd store (`backend = "etcd"`).
+    pub etcd: StoreEtcdSection,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection { backend: StoreBackend::Auto, path: PathBuf::from(DEFAULT_STATE_FILE) }
+        StoreSection {
+            backend: StoreBackend::Auto,
+            path: PathBuf::from(DEFAULT_STATE_FILE),
+            etcd: StoreEtcdSection::default(),
+        }
+    }
+}
+
+impl StoreEtcdSection {
+    /// Checks the section for `backend = "etcd"`, naming the bad key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.endpoints.is_empty() {
+            return Err(ConfigError::invalid(
+                "store.etcd.endpoints",
+                "store.backend = \"etcd\" needs endpoints, such as [\"https://10.0.0.5:2379\"]",
+            ));
+        }
+        let https = self.endpoints.iter().filter(|e| e.starts_with("https://")).count();
+        if let Some(bad) = self.endpoints.iter().find(|e| !e.starts_with("https://") && !e.starts_with("http://")) {
+            return Err(ConfigError::invalid(
+                "store.etcd.endpoints",
+                format!("invalid value {bad:?}: expected an http:// or https:// URL such as \"https://10.0.0.5:2379\""),
+            ));
+        }
+        if https != 0 && https != self.endpoints.len() {
+            return Err(ConfigError::invalid(
+                "store.etcd.endpoints",
+                "mixes http:// and https:// URLs: use one scheme",
+            ));
+        }
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if https > 0 && !set(&self.ca_file) {
+            return Err(ConfigError::invalid(
+                "store.etcd.ca_file",
+                "https:// endpoints need the CA certificate (PEM) of etcd's server certificate",
+            ));
+        }
+        if https == 0 && (set(&self.ca_file) || set(&self.cert_file)) {
+            return Err(ConfigError::invalid(
+                "store.etcd.endpoints",
+                "TLS files are set but the endpoints are http://: use https:// URLs",
+            ));
+        }
+        if set(&self.cert_file) != set(&self.key_file) {
+            return Err(ConfigError::invalid(
+                "store.etcd.key_file",
+                "set both store.etcd.cert_file and store.etcd.key_file, or neither",
+            ));
+        }
+        if self.prefix.is_empty() || !self.prefix.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "store.etcd.prefix",
+                format!("invalid value {:?}: expected a key prefix such as \"/node-agent/state/\"", self.prefix),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TLS settings, when the endpoints are https://.
+    #[must_use]
+    pub fn tls(&self) -> Option<state_store::EtcdTls> {
+        if !self.endpoints.iter().any(|e| e.starts_with("https://")) {
+            return None;
+        }
+        let tls = state_store::EtcdTls::with_ca(&self.ca_file);
+        Some(if self.cert_file.as_os_str().is_empty() {
+            tls
+        } else {
+            tls.with_identity(&self.cert_file, &self.key_file)
+        })
     }
 }
 
@@ -754,6 +856,9 @@ impl Config {
         }
         self.validate_grpc()?;
         self.validate_addons()?;
+        if self.store.backend == StoreBackend::Etcd {
+            self.store.etcd.validate()?;
+        }
         crate::window::Windows::parse(&self.windows)
             .map_err(|(i, field, m)| ConfigError::invalid(format!("windows[{i}].{field}"), m))?;
         let name = |civo: &str, key: &str| {

@@ -135,16 +135,20 @@ async fn a_storm_of_not_ready_nodes_reboots_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_waiting_reboot_does_not_reboot_again_early() {
-    for backend in ["file", "kubernetes"] {
+    let etcd = etcd("kill9").await;
+    for backend in ["file", "kubernetes", "etcd"] {
         let sim = sim(3, 0, 1).await;
         let dir = scratch(&format!("kill9-{backend}"));
         let node = sim.cluster().node_names()[0].clone();
         unfixable(&sim, &node);
+        let store = match backend {
+            "etcd" => {
+                format!("backend = \"etcd\"\n\n[store.etcd]\nendpoints = [\"{}\"]\nprefix = \"/kill9/\"", etcd.endpoint)
+            }
+            _ => format!("backend = \"{backend}\"\npath = \"{}\"", dir.join("state.json").display()),
+        };
         let config = FAST_POLICY
-            .replace(
-                "backend = \"memory\"",
-                &format!("backend = \"{backend}\"\npath = \"{}\"", dir.join("state.json").display()),
-            )
+            .replace("backend = \"memory\"", &store)
             .replace("reboot_wait = \"2s\"", "reboot_wait = \"6s\"")
             .replace("max_reboot_retries = 2", "max_reboot_retries = 5");
         let mut env = civo_env(&sim);
@@ -329,6 +333,17 @@ fn validate_config_names_the_field_of_each_broken_input() {
             "windows[0].time_zone",
         ),
         (&[], Some("[[windows]]\naction = \"allow\"\nstart = \"1am\"\nend = \"05:00\"\n"), "windows[0].start"),
+        (&[], Some("[store]\nbackend = \"etcd\"\n"), "store.etcd.endpoints"),
+        (
+            &[],
+            Some("[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"https://10.0.0.5:2379\"]\n"),
+            "store.etcd.ca_file",
+        ),
+        (
+            &[],
+            Some("[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"10.0.0.5:2379\"]\n"),
+            "store.etcd.endpoints",
+        ),
     ];
     for (env, toml, needle) in cases {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"));

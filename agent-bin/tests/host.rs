@@ -15,65 +15,14 @@ use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_node-agent");
 
-struct Etcd {
-    _child: tokio::process::Child,
-    dir: PathBuf,
-    endpoint: String,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::{etcd, etcd_with, free_port};
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("node-agent-host-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// Starts etcd and waits (reading its log) until it serves clients.
-async fn etcd(tag: &str) -> Etcd {
-    etcd_with(tag, "http", &[]).await
-}
-
-/// The same, with extra flags (TLS) and the client URL scheme.
-async fn etcd_with(tag: &str, scheme: &str, extra: &[String]) -> Etcd {
-    let dir = scratch(&format!("etcd-{tag}"));
-    let (client, peer) = (free_port(), free_port());
-    let endpoint = format!("{scheme}://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut child = Command::new("etcd")
-        .args(["--name", "test", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(extra)
-        .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("test={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("etcd is installed (scripts/install-deps.sh installs Debian's etcd-server)");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("ready to serve client requests") {
-                return;
-            }
-        }
-        panic!("etcd exited before serving clients");
-    })
-    .await
-    .expect("etcd did not start within 60s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Etcd { _child: child, dir, endpoint }
 }
 
 fn now_ms() -> u64 {

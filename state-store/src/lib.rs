@@ -11,7 +11,14 @@
 //! The `etcd` feature also brings [`RemediationLock`], a lease-backed
 //! lock/semaphore so several agents (or one agent per host) serialise
 //! disruptive actions, with holder metadata `{node, pid, acquired_at}`
-//! readable with `etcdctl get`.
+//! readable with `etcdctl get`. The etcd client is re-exported
+//! ([`etcd_client`]); connect with it and hand the client over.
+//!
+//! The `etcd-tls` feature adds TLS (rustls with ring, through etcd-client's
+//! `tls-ring`): `EtcdTls` reads a CA and, for etcd's `--client-cert-auth`
+//! (kubeadm's and k3s's etcd), a client certificate and key from PEM files,
+//! and its error names the setting and the file. No process-wide crypto
+//! provider is installed.
 //!
 //! [`conformance`] is the suite every backend passes; use it for your own.
 //!
@@ -51,6 +58,14 @@ mod kube;
 
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdStore, Holder, LockError, LockGuard, ParkedSlot, RemediationLock};
+/// The etcd client this crate is built with (connect with it, then hand the
+/// client to [`EtcdStore::new`] or [`RemediationLock::new`]).
+#[cfg(feature = "etcd")]
+pub use etcd_client;
+#[cfg(feature = "etcd-tls")]
+mod etcd_tls;
+#[cfg(feature = "etcd-tls")]
+pub use etcd_tls::{EtcdTls, TlsFileError};
 #[cfg(feature = "file")]
 pub use file::{FILE_FORMAT_VERSION, FileStore};
 pub use health_core::{MemoryStore, StateStore, StoreError, Stored, Version};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use state_store::{EtcdStore, Holder, LockError, RemediationLock, StateStore, conformance};
+use state_store::{EtcdStore, Holder, LockError, RemediationLock, StateStore, conformance, etcd_client};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 struct Etcd {
@@ -28,10 +28,15 @@ fn free_port() -> u16 {
 
 /// Starts etcd and waits (reading its log, not sleeping) until it serves clients.
 async fn etcd(tag: &str) -> Etcd {
+    etcd_with(tag, "http", &[]).await
+}
+
+/// Starts etcd serving clients over `scheme` with `extra` flags.
+async fn etcd_with(tag: &str, scheme: &str, extra: &[String]) -> Etcd {
     let dir = std::env::temp_dir().join(format!("state-store-etcd-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (client, peer) = (free_port(), free_port());
-    let endpoint = format!("http://127.0.0.1:{client}");
+    let endpoint = format!("{scheme}://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut child = tokio::process::Command::new("etcd")
         .args(["--name", "test", "--data-dir"])
@@ -39,6 +44,7 @@ async fn etcd(tag: &str) -> Etcd {
         .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
         .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("test={peer_url}")])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -269,4 +275,78 @@ async fn a_slot_held_through_a_reboot_is_reclaimed_by_its_host_or_frees_itself()
     let waited = parked_at.elapsed();
     assert!(waited >= Duration::from_secs(2) && waited <= Duration::from_secs(7), "freed after {waited:?}");
     b.release().await.unwrap();
+}
+
+/// A CA and the certificates signed by it, written as PEM files in `dir`
+/// (`<name>.pem`, `<name>-key.pem`), valid for 127.0.0.1 and localhost.
+#[cfg(feature = "etcd-tls")]
+fn pki(dir: &std::path::Path, ca_name: &str, leaves: &[&str]) {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, format!("{ca_name} test CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join(format!("{ca_name}.pem")), ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    for leaf in leaves {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, (*leaf).to_owned());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{leaf}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{leaf}-key.pem")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// Must show (production fit): the store over mTLS to an etcd that requires
+/// client certificates, with certificates made by the test; a wrong CA, a
+/// missing client certificate and an untrusted one are refused.
+#[cfg(feature = "etcd-tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_over_mutual_tls() {
+    use state_store::EtcdTls;
+    let pkid = std::env::temp_dir().join(format!("state-store-pki-{}", std::process::id()));
+    std::fs::create_dir_all(&pkid).unwrap();
+    pki(&pkid, "ca", &["server", "client"]);
+    pki(&pkid, "other-ca", &["stranger"]);
+    let f = |n: &str| pkid.join(n);
+    let flags: Vec<String> = [
+        "--cert-file",
+        &f("server.pem").display().to_string(),
+        "--key-file",
+        &f("server-key.pem").display().to_string(),
+        "--trusted-ca-file",
+        &f("ca.pem").display().to_string(),
+        "--client-cert-auth",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let e = etcd_with("tls", "https", &flags).await;
+    let connect = |tls: EtcdTls| {
+        let endpoint = e.endpoint.clone();
+        async move {
+            let opts = tls.connect_options(Duration::from_secs(5)).expect("readable PEM files");
+            let client = etcd_client::Client::connect([endpoint], Some(opts)).await?;
+            let store = EtcdStore::new(client, "/tls/");
+            let v = store.save("n1", &health_core::NodeRecord::default(), None).await;
+            Ok::<_, etcd_client::Error>(v.map(|_| store))
+        }
+    };
+    let good = EtcdTls::with_ca(f("ca.pem")).with_identity(f("client.pem"), f("client-key.pem"));
+    let store = connect(good).await.expect("connects").expect("saves over mTLS");
+    assert!(store.load("n1").await.unwrap().is_some(), "reads back over mTLS");
+
+    let refused = [
+        ("a wrong CA", EtcdTls::with_ca(f("other-ca.pem")).with_identity(f("client.pem"), f("client-key.pem"))),
+        ("no client certificate", EtcdTls::with_ca(f("ca.pem"))),
+        ("an untrusted client", EtcdTls::with_ca(f("ca.pem")).with_identity(f("stranger.pem"), f("stranger-key.pem"))),
+    ];
+    for (what, tls) in refused {
+        let r = tokio::time::timeout(Duration::from_secs(20), connect(tls)).await.expect("refused in time");
+        assert!(!matches!(r, Ok(Ok(_))), "{what}: the connection must be refused");
+    }
+    std::fs::remove_dir_all(&pkid).unwrap();
 }

@@ -293,20 +293,17 @@ impl FleetStore for EtcdFleet {
     }
 }
 
-fn read_pem(key: &str, p: &std::path::Path) -> Result<Vec<u8>, CoordError> {
-    std::fs::read(p).map_err(|e| CoordError::File { key: key.to_owned(), message: format!("{}: {e}", p.display()) })
-}
-
-/// The TLS settings of `[etcd]` (CA, and a client identity when set).
+/// The TLS settings of `[etcd]` (CA, and a client identity when set), read
+/// by state-store's `EtcdTls` (the etcd store's TLS, the same files).
 fn tls(e: &EtcdSection) -> Result<etcd_client::TlsOptions, CoordError> {
-    let ca = etcd_client::Certificate::from_pem(read_pem("etcd.ca_file", &e.ca_file)?);
-    let mut t = etcd_client::TlsOptions::new().ca_certificate(ca);
+    let mut t = state_store::EtcdTls::with_ca(&e.ca_file);
     if !e.cert_file.as_os_str().is_empty() {
-        let cert = read_pem("etcd.cert_file", &e.cert_file)?;
-        let key = read_pem("etcd.key_file", &e.key_file)?;
-        t = t.identity(etcd_client::Identity::from_pem(cert, key));
+        t = t.with_identity(&e.cert_file, &e.key_file);
     }
-    Ok(t)
+    t.options().map_err(|err| CoordError::File {
+        key: format!("etcd.{}", err.setting),
+        message: format!("{}: {}", err.path.display(), err.message),
+    })
 }
 
 /// The fleet's shared state in etcd.
