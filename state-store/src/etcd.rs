@@ -13,8 +13,10 @@ use tokio::time::Instant;
 
 use crate::decode_record;
 
+/// A failed etcd call; the message carries etcd's error too (a log line
+/// that prints only the message still says "connection refused").
 fn backend(message: String, e: etcd_client::Error) -> StoreError {
-    StoreError::Backend { message, source: Some(Box::new(e)) }
+    StoreError::Backend { message: format!("{message}: {e}"), source: Some(Box::new(e)) }
 }
 
 /// Records as etcd keys `<prefix><node>`, CAS on `mod_revision` in a transaction.
