@@ -97,6 +97,25 @@ SET_BY_ENV = {
 SET_IN_FILE = {
     "admin.listen", "admin.token_file", "heartbeat.token_file", "heartbeat.ca_file",
     "executor.token_file", "executor.ca_file",
+    "store.etcd.ca_file", "store.etcd.cert_file", "store.etcd.key_file",
+}
+# The etcd store's TLS files: mounted from etcdTls.secret (key, path, config key).
+ETCD_TLS = [
+    ("ca.crt", "/etc/node-agent-etcd/ca/ca.crt", "ca_file"),
+    ("tls.crt", "/etc/node-agent-etcd/cert/tls.crt", "cert_file"),
+    ("tls.key", "/etc/node-agent-etcd/key/tls.key", "key_file"),
+]
+ETCD_SCENARIO = {
+    "replicaCount": 1,
+    "config": {
+        "ha": {"enabled": False},
+        "store": {"backend": "etcd", "etcd": {"endpoints": ["https://10.0.0.5:2379", "https://10.0.0.6:2379"]}},
+        "windows": [
+            {"action": "allow", "days": ["mon-fri"], "start": "01:00", "end": "05:00", "time_zone": "Europe/London"},
+            {"action": "deny", "days": ["wed"], "start": "02:00", "end": "03:00", "time_zone": "Europe/London"},
+        ],
+    },
+    "etcdTls": {"secret": "etcd-client"},
 }
 SET_ELSEWHERE = SET_BY_ENV | SET_IN_FILE
 # Keys commented out in examples/config.toml that values.yaml only documents.
@@ -139,6 +158,7 @@ SCENARIOS: list[dict[str, Any]] = [
         },
     },
     {"name": "grpc+heartbeat+admin", "files": [], "set": GRPC_SCENARIO},
+    {"name": "etcd-store+tls+windows", "files": [], "set": ETCD_SCENARIO},
     {
         "name": "no-HA+memory-store+ipv6",
         "files": [],
@@ -163,6 +183,8 @@ NEGATIVE: list[dict[str, Any]] = [
     {"name": "a Civo twin in config", "set": {"config": {"policy": {"monitor_only": False}}},
      "error": "use civo.monitorOnly"},
     {"name": "an unknown section", "set": {"config": {"agnet": {"log_format": "json"}}}, "error": "not a section"},
+    {"name": "an etcd TLS path in config", "set": {"config": {"store": {"etcd": {"ca_file": "/tmp/ca.pem"}}}},
+     "error": "use etcdTls.secret"},
     {"name": "a fractional number", "set": {"config": {"engine": {"check_concurrency": 1.5}}},
      "error": "whole numbers only"},
     {"name": "exposed admin without a token", "set": {"admin": {"expose": True}},
@@ -550,7 +572,7 @@ def check_scenario(ck: Checks, chart: Path, values: dict, manifests: dict[str, s
         except tomllib.TOMLDecodeError as e:
             ck.ok(False, f"config.toml parses: {e}")
             cfg = {}
-        ck.ok(set(cfg) <= CONFIG_SECTIONS | {"checkers", "addons"}, f"config.toml sections: {sorted(cfg)}")
+        ck.ok(set(cfg) <= CONFIG_SECTIONS | {"checkers", "addons", "windows"}, f"config.toml sections: {sorted(cfg)}")
         ck.ok("api_key" not in cfg.get("civo", {}) and TEST_KEY not in toml_text, "no API key in the ConfigMap")
         ck.eq(cfg.get("ha", {}).get("enabled"), ha, "ha.enabled in config.toml")
         ck.eq(cfg.get("ha", {}).get("namespace"), lease_ns, "ha.namespace is the leader Role's namespace")
@@ -559,6 +581,12 @@ def check_scenario(ck: Checks, chart: Path, values: dict, manifests: dict[str, s
         ck.ok(not (flat & SET_BY_ENV), f"no key twice (file and env): {sorted(flat & SET_BY_ENV)}")
         ck.eq(len(cfg.get("checkers", [])), len(v["config"].get("checkers") or []), "[[checkers]] entries")
         ck.eq(cfg.get("addons", []), v["config"].get("addons") or [], "[[addons]] entries")
+        ck.eq(cfg.get("windows", []), v["config"].get("windows") or [], "[[windows]] entries")
+        etcd_cfg = cfg.get("store", {}).get("etcd", {})
+        tls_secret = v["etcdTls"]["secret"]
+        for item, path, key in ETCD_TLS:
+            want = path if tls_secret and (key == "ca_file" or v["etcdTls"]["clientCertificate"]) else None
+            ck.eq(etcd_cfg.get(key), want, f"store.etcd.{key} is the mounted {item} of etcdTls.secret")
         addr = v["admin"]["address"] if exposed else "127.0.0.1"
         listen = f"[{addr}]:{admin_port}" if ":" in addr else f"{addr}:{admin_port}"
         ck.eq(cfg.get("admin", {}).get("listen"), listen, "admin.listen: loopback unless exposed")
@@ -635,6 +663,18 @@ def check_credentials(ck: Checks, v: dict, pod: dict, mounts: dict, vols: dict) 
         ck.eq(body.get("optional"), None, f"{volume}: required (the pod waits for it)")
         m = mounts.get(volume) or {}
         ck.eq((m.get("mountPath"), m.get("readOnly")), (os.path.dirname(path), True), f"{volume}: mounted read-only")
+    secret = v["etcdTls"]["secret"]
+    for item, path, key in ETCD_TLS:
+        volume = f"etcd-{os.path.basename(os.path.dirname(path))}"
+        if not secret or (key != "ca_file" and not v["etcdTls"]["clientCertificate"]):
+            ck.ok(volume not in vols and volume not in mounts, f"no {volume} volume without etcdTls")
+            continue
+        body = (vols.get(volume) or {}).get("secret") or {}
+        ck.eq(body.get("secretName"), secret, f"{volume}: the Secret {secret}")
+        ck.eq(body.get("items"), [{"key": item, "path": item}], f"{volume}: only the key {item}")
+        ck.eq(body.get("defaultMode"), mode, f"{volume}: mode {mode:o}")
+        m = mounts.get(volume) or {}
+        ck.eq((m.get("mountPath"), m.get("readOnly")), (os.path.dirname(path), True), f"{volume}: mounted read-only")
     return used
 
 
@@ -655,7 +695,7 @@ def commented_keys(text: str) -> set[str]:
     """`section.key` of the keys examples/config.toml shows commented out (`# key = value`)."""
     out, section = set(), None
     for line in text.splitlines():
-        m = re.match(r"\[([a-z_.]+)\]\s*$", line)
+        m = re.match(r"(?:#\s*)?\[([a-z_.]+)\]\s*$", line)
         if m:
             section = m.group(1)
         elif re.match(r"(#\s*)?\[\[", line):
@@ -675,7 +715,7 @@ def check_values_cover_settings(ck: Checks, chart: Path, example: Path) -> None:
     def keys(d: dict, prefix: str = "") -> set[str]:
         out = set()
         for k, val in d.items():
-            if k in ("checkers", "addons"):
+            if k in ("checkers", "addons", "windows"):
                 continue
             out |= keys(val, f"{prefix}{k}.") if isinstance(val, dict) else {f"{prefix}{k}"}
         return out
@@ -689,7 +729,8 @@ def check_values_cover_settings(ck: Checks, chart: Path, example: Path) -> None:
     values_text = (chart / "values.yaml").read_text()
     for k in DOCUMENTED_ONLY:
         ck.ok(k.split(".")[1] in values_text, f"values.yaml documents {k}")
-    extra = keys(values) - keys(ex)
+    # Keys the example shows commented out count (e.g. [store.etcd]).
+    extra = keys(values) - keys(ex) - commented
     ck.ok(not extra, f"values.yaml config keys the example does not have: {sorted(extra)}")
     ck.ok("checkers" in values, "values.yaml exposes the checkers")
     ck.ok("addons" in values and "[[addons]]" in text, "values.yaml exposes the add-ons ([[addons]])")

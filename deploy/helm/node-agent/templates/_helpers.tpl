@@ -115,6 +115,13 @@ field}; "section"."field" of the configuration is set to dir/file. */}}
 {{- $files = append $files (dict "volume" (printf "%s-ca" $use) "secret" $v.ca.secret "key" $v.ca.key "dir" (printf "/etc/node-agent-ca/%s" $use) "file" "ca.crt" "section" $use "field" "ca_file") }}
 {{- end }}
 {{- end }}
+{{- with .Values.etcdTls.secret }}
+{{- $files = append $files (dict "volume" "etcd-ca" "secret" . "key" "ca.crt" "dir" "/etc/node-agent-etcd/ca" "file" "ca.crt" "section" "store" "sub" "etcd" "field" "ca_file") }}
+{{- if $.Values.etcdTls.clientCertificate }}
+{{- $files = append $files (dict "volume" "etcd-cert" "secret" . "key" "tls.crt" "dir" "/etc/node-agent-etcd/cert" "file" "tls.crt" "section" "store" "sub" "etcd" "field" "cert_file") }}
+{{- $files = append $files (dict "volume" "etcd-key" "secret" . "key" "tls.key" "dir" "/etc/node-agent-etcd/key" "file" "tls.key" "section" "store" "sub" "etcd" "field" "key_file") }}
+{{- end }}
+{{- end }}
 {{- toJson $files }}
 {{- end }}
 
@@ -204,6 +211,12 @@ field}; "section"."field" of the configuration is set to dir/file. */}}
 {{- $section := get $.Values.config (first $parts) }}
 {{- if and (kindIs "map" $section) (hasKey $section (last $parts)) }}
 {{- fail (printf "config.%s is set by the chart; use %s" $key $instead) }}
+{{- end }}
+{{- end }}
+{{- $etcd := (.Values.config.store | default dict).etcd | default dict }}
+{{- range $f := list "ca_file" "cert_file" "key_file" }}
+{{- if hasKey $etcd $f }}
+{{- fail (printf "config.store.etcd.%s is set by the chart; use etcdTls.secret (a Secret with ca.crt, tls.crt and tls.key)" $f) }}
 {{- end }}
 {{- end }}
 {{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" (toString .Values.config.ha.lease_name)) }}
