@@ -156,6 +156,27 @@ async fn open_store(config: &Config, call_client: &kube::Client) -> Result<Arc<d
                         e.endpoints.join(",")
                     ))
                 })?;
+            // The client connects lazily: ask etcd once, so that a wrong CA,
+            // a refused certificate or a wrong address stops start-up with a
+            // hint instead of holding every node later.
+            let mut probe = client.clone();
+            match tokio::time::timeout(timeout, probe.status()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    let hint = if e.tls().is_some() {
+                        " (check store.etcd.ca_file against the server's certificate, and cert_file/key_file against its --trusted-ca-file)"
+                    } else {
+                        ""
+                    };
+                    return Err(RunError::Store(format!("etcd {}: {err}{hint}", e.endpoints.join(","))));
+                }
+                Err(_) => {
+                    return Err(RunError::Store(format!(
+                        "etcd {}: no answer within {timeout:?} (engine.store_timeout)",
+                        e.endpoints.join(",")
+                    )));
+                }
+            }
             Arc::new(state_store::EtcdStore::new(client, e.prefix.clone()))
         }
         StoreBackend::File => {

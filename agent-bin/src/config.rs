@@ -309,10 +309,13 @@ impl StoreEtcdSection {
                 "set both store.etcd.cert_file and store.etcd.key_file, or neither",
             ));
         }
-        if self.prefix.is_empty() || !self.prefix.starts_with('/') {
+        if self.prefix.len() < 3 || !self.prefix.starts_with('/') || !self.prefix.ends_with('/') {
             return Err(ConfigError::invalid(
                 "store.etcd.prefix",
-                format!("invalid value {:?}: expected a key prefix such as \"/node-agent/state/\"", self.prefix),
+                format!(
+                    "invalid value {:?}: expected a key prefix of its own, starting and ending with '/', such as \"/node-agent/state/\" (every key under it is read as a record)",
+                    self.prefix
+                ),
             ));
         }
         Ok(())

@@ -390,6 +390,61 @@ async fn a_node_only_ever_healthy_is_not_written() {
     assert_eq!(store.len(), 1);
 }
 
+/// A memory store that counts single-record loads.
+struct CountingLoads(MemoryStore, AtomicUsize);
+
+#[async_trait]
+impl StateStore for CountingLoads {
+    async fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.load(key).await
+    }
+    async fn save(&self, key: &str, r: &NodeRecord, v: Option<&Version>) -> Result<Version, StoreError> {
+        self.0.save(key, r, v).await
+    }
+    async fn delete(&self, key: &str, v: Option<&Version>) -> Result<(), StoreError> {
+        self.0.delete(key, v).await
+    }
+    async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
+        self.0.list().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_reads_the_listing_not_each_healthy_node() {
+    let store = Arc::new(CountingLoads(MemoryStore::new(), AtomicUsize::new(0)));
+    let mut a = engine(Arc::clone(&store) as Arc<dyn StateStore>, Arc::new(MockExec::new()), Policy::default());
+    let _ = a.run_pass(&nodes(5, &[2])).await;
+    assert_eq!(store.0.len(), 1, "only the failing node is stored");
+    drop(a);
+
+    // A new process: one listing, then a pass over the five nodes without a
+    // load per node (the four healthy ones have no record, as listed).
+    store.1.store(0, Ordering::SeqCst);
+    let mut b = engine(Arc::clone(&store) as Arc<dyn StateStore>, Arc::new(MockExec::new()), Policy::default());
+    assert_eq!(b.restore().await.expect("restore"), 1);
+    let r = b.run_pass(&nodes(5, &[2])).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(store.1.load(Ordering::SeqCst), 0, "no per-node loads after the listing");
+    assert_eq!(b.record("node-2").map(|r| r.phase), Some(Phase::Unhealthy));
+    assert_eq!(b.record("node-1").map(|r| r.phase), Some(Phase::Healthy));
+
+    // A node that joins later is loaded (the listing is no longer current).
+    let mut six = nodes(6, &[2]);
+    six.rotate_right(1);
+    let _ = b.run_pass(&six).await;
+    assert_eq!(store.1.load(Ordering::SeqCst), 1, "node-5 is read once");
+
+    // A healthy node that departs is dropped without a store call (nothing
+    // is stored for it); the stored record of node-2 stays.
+    advance(31 * MIN).await;
+    let _ = b.run_pass(&nodes(5, &[2])[..3]).await;
+    advance(31 * MIN).await;
+    let r = b.run_pass(&nodes(5, &[2])[..3]).await;
+    assert!(r.removed.iter().any(|n| n == "node-4"), "{:?}", r.removed);
+    assert_eq!(store.0.len(), 1);
+}
+
 struct Hanging;
 
 #[async_trait]

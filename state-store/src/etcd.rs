@@ -13,6 +13,34 @@ use tokio::time::Instant;
 
 use crate::decode_record;
 
+/// Keys per page when listing records.
+const LIST_PAGE: i64 = 1000;
+
+/// The end of the key range of everything under `prefix` (etcd's rule: the
+/// prefix with its last byte below 0xff incremented; all keys for none).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends_follow_etcds_rule() {
+        assert_eq!(prefix_end(b"/node-agent/state/"), b"/node-agent/state0");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), [0]);
+    }
+}
+
 /// A failed etcd call; the message carries etcd's error too (a log line
 /// that prints only the message still says "connection refused").
 fn backend(message: String, e: etcd_client::Error) -> StoreError {
@@ -122,20 +150,41 @@ impl StateStore for EtcdStore {
         }
     }
 
+    /// Reads the records in pages of 1,000 keys, all at the first
+    /// page's revision (one consistent snapshot): a single answer is capped
+    /// by the client (4 MiB), which a fleet reaches at about 10,000 records.
     async fn list(&self) -> Result<Vec<(String, Stored)>, StoreError> {
         let mut c = self.client.clone();
-        let r = c
-            .get(self.prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| backend(format!("cannot list {}", self.prefix), e))?;
+        let end = prefix_end(self.prefix.as_bytes());
+        let mut from = self.prefix.as_bytes().to_vec();
+        let mut revision = 0;
         let mut out = Vec::new();
-        for kv in r.kvs() {
-            let full = String::from_utf8_lossy(kv.key()).into_owned();
-            let node = full.strip_prefix(&self.prefix).unwrap_or(&full).to_owned();
-            let stored = self.decode(&node, kv.value(), kv.mod_revision())?;
-            out.push((node, stored));
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            if revision != 0 {
+                opts = opts.with_revision(revision);
+            }
+            let r = c
+                .get(from.clone(), Some(opts))
+                .await
+                .map_err(|e| backend(format!("cannot list {}", self.prefix), e))?;
+            if revision == 0 {
+                revision = r.header().map_or(0, |h| h.revision());
+            }
+            for kv in r.kvs() {
+                let full = String::from_utf8_lossy(kv.key()).into_owned();
+                let node = full.strip_prefix(&self.prefix).unwrap_or(&full).to_owned();
+                let stored = self.decode(&node, kv.value(), kv.mod_revision())?;
+                out.push((node, stored));
+            }
+            match r.kvs().last() {
+                Some(last) if r.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(out),
+            }
         }
-        Ok(out)
     }
 }
 

@@ -69,6 +69,31 @@ async fn client(e: &Etcd) -> etcd_client::Client {
     etcd_client::Client::connect([e.endpoint.as_str()], None).await.unwrap()
 }
 
+/// More records than one answer may carry are listed in pages, all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_listing_comes_in_pages() {
+    let e = etcd("pages").await;
+    let store = EtcdStore::new(client(&e).await, "/pages/");
+    let other = EtcdStore::new(client(&e).await, "/pages-other/");
+    other.save("x", &health_core::NodeRecord::default(), None).await.unwrap();
+    let mut saves = tokio::task::JoinSet::new();
+    for i in 0..2_500 {
+        let store = store.clone();
+        saves
+            .spawn(async move { store.save(&format!("node-{i:05}"), &health_core::NodeRecord::default(), None).await });
+        if saves.len() >= 64 {
+            saves.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(r) = saves.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let all = store.list().await.unwrap();
+    assert_eq!(all.len(), 2_500);
+    assert_eq!(all.first().map(|(n, _)| n.as_str()), Some("node-00000"));
+    assert_eq!(all.last().map(|(n, _)| n.as_str()), Some("node-02499"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_store_conforms() {
     let e = etcd("conform").await;

@@ -32,6 +32,11 @@ impl<T: Target + Clone + 'static> Engine<T> {
             };
             let idx = match known {
                 Some(i) if !self.state.slots[i].needs_reload => Some(i),
+                // Not in the listing just restored: nothing is stored.
+                None if self.state.listed => {
+                    let slot = Slot::new(t.shared_name(), NodeRecord::new(t.facts().class), None);
+                    Some(self.state.push(slot))
+                }
                 existing => {
                     match self.shared.store.load(name).await {
                         Ok(stored) => {
@@ -103,6 +108,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
         self.state.pass += 1;
         let mut report = PassReport { evaluated: targets.len(), ..PassReport::default() };
         let slots = self.slots_for(targets, &mut report).await;
+        // The listing vouches for the first pass over nodes after it only.
+        if !targets.is_empty() {
+            self.state.listed = false;
+        }
         if complete {
             let (pass, now, forget_after) = (self.state.pass, self.shared.clock.now(), self.shared.config.forget_after);
             for si in 0..self.state.slots.len() {

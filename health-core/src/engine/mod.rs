@@ -214,6 +214,7 @@ impl<T: Target + Clone + 'static> EngineBuilder<T> {
                 due_streak: 0,
                 next_deadline: None,
                 tally: Tally::default(),
+                listed: false,
             },
             running: JoinSet::new(),
             completions: VecDeque::new(),
@@ -417,6 +418,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 }
             }
         }
+        self.state.listed = true;
         self.refresh_deadline();
         Ok(n)
     }
@@ -512,7 +514,15 @@ impl<T: Target + Clone + 'static> Engine<T> {
             .map(|s| (s.name.to_string(), s.version.clone()))
             .collect();
         for (name, version) in gone {
-            match self.forget(&name, version.as_ref()).await {
+            // Nothing stored for it (a node only ever healthy): no store call.
+            let forgotten = match version {
+                Some(v) => self.forget(&name, Some(&v)).await,
+                None => {
+                    self.drop_node(&name);
+                    Ok(())
+                }
+            };
+            match forgotten {
                 Ok(()) => report.removed.push(name),
                 Err(error) => {
                     self.shared.count_error("store_delete");
@@ -538,13 +548,18 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// Deletes a node's record (guarded by `expected` when given) and series.
     async fn forget(&mut self, node: &str, expected: Option<&Version>) -> Result<(), StoreError> {
         self.shared.store.delete(node, expected).await?;
+        self.drop_node(node);
+        Ok(())
+    }
+
+    /// Drops a node's slot and metric series (not its stored record).
+    fn drop_node(&mut self, node: &str) {
         self.state.remove(node);
         if let Some(remover) = &self.shared.remover {
             for (kind, key) in self.shared.names.node_series(node, &self.shared.checker_names) {
                 remover.remove_series(kind, &key);
             }
         }
-        Ok(())
     }
 
     /// The cluster budget over the present (not departed) nodes. A node

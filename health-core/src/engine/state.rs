@@ -227,6 +227,12 @@ pub(super) struct State {
     pub(super) due_streak: u32,
     pub(super) next_deadline: Option<Timestamp>,
     pub(super) tally: Tally,
+    /// A complete listing of the store was just loaded ([`Engine::restore`]):
+    /// until the end of the next pass, a node without a slot has no record
+    /// (nodes only ever healthy are not stored), so it is not loaded one by
+    /// one. A record written meanwhile by someone else is still found: the
+    /// node's first write is a create, which conflicts and reloads.
+    pub(super) listed: bool,
 }
 
 impl State {
