@@ -138,47 +138,7 @@ async fn open_store(config: &Config, call_client: &kube::Client) -> Result<Arc<d
             Arc::new(KubeStore::new(call_client.clone()).with_call_timeout(config.kube.call_timeout))
         }
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
-        StoreBackend::Etcd => {
-            let e = &config.store.etcd;
-            let timeout = config.engine.store_timeout;
-            let opts = match e.tls() {
-                Some(tls) => tls.connect_options(timeout).map_err(|err| {
-                    RunError::Store(format!("store.etcd.{} {}: {}", err.setting, err.path.display(), err.message))
-                })?,
-                None => state_store::etcd_client::ConnectOptions::new().with_connect_timeout(timeout),
-            };
-            let client = tokio::time::timeout(timeout, state_store::etcd_client::Client::connect(e.endpoints.clone(), Some(opts)))
-                .await
-                .map_err(|_| RunError::Store(format!("etcd {}: no connection within {timeout:?}", e.endpoints.join(","))))?
-                .map_err(|err| {
-                    RunError::Store(format!(
-                        "etcd {}: {err} (with https: check store.etcd.ca_file against the server's certificate, and cert_file/key_file against its --trusted-ca-file)",
-                        e.endpoints.join(",")
-                    ))
-                })?;
-            // The client connects lazily: ask etcd once, so that a wrong CA,
-            // a refused certificate or a wrong address stops start-up with a
-            // hint instead of holding every node later.
-            let mut probe = client.clone();
-            match tokio::time::timeout(timeout, probe.status()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => {
-                    let hint = if e.tls().is_some() {
-                        " (check store.etcd.ca_file against the server's certificate, and cert_file/key_file against its --trusted-ca-file)"
-                    } else {
-                        ""
-                    };
-                    return Err(RunError::Store(format!("etcd {}: {err}{hint}", e.endpoints.join(","))));
-                }
-                Err(_) => {
-                    return Err(RunError::Store(format!(
-                        "etcd {}: no answer within {timeout:?} (engine.store_timeout)",
-                        e.endpoints.join(",")
-                    )));
-                }
-            }
-            Arc::new(state_store::EtcdStore::new(client, e.prefix.clone()))
-        }
+        StoreBackend::Etcd => Arc::new(open_etcd(&config.store.etcd, config.engine.store_timeout).await?),
         StoreBackend::File => {
             let path = config.store.path.clone();
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -190,6 +150,38 @@ async fn open_store(config: &Config, call_client: &kube::Client) -> Result<Arc<d
             )
         }
     })
+}
+
+/// Connects to the etcd store and asks etcd once (the client connects
+/// lazily), all within `timeout`: a wrong address, CA or certificate stops
+/// start-up with the reason instead of holding every node later.
+async fn open_etcd(e: &crate::config::StoreEtcdSection, timeout: Duration) -> Result<state_store::EtcdStore, RunError> {
+    use state_store::etcd_client::{Client, ConnectOptions};
+    let opts = match e.tls() {
+        Some(tls) => tls.connect_options(timeout).map_err(|err| {
+            RunError::Store(format!("store.etcd.{} {}: {}", err.setting, err.path.display(), err.message))
+        })?,
+        None => ConnectOptions::new().with_connect_timeout(timeout),
+    };
+    let hint = if e.tls().is_some() {
+        " (check store.etcd.ca_file against the server's certificate, and cert_file/key_file against its --trusted-ca-file)"
+    } else {
+        ""
+    };
+    let endpoints = e.endpoints.join(",");
+    let connected = tokio::time::timeout(timeout, async {
+        let client = Client::connect(e.endpoints.clone(), Some(opts)).await?;
+        client.clone().status().await?;
+        Ok::<_, state_store::etcd_client::Error>(client)
+    })
+    .await;
+    match connected {
+        Ok(Ok(client)) => Ok(state_store::EtcdStore::new(client, e.prefix.clone())),
+        Ok(Err(err)) => Err(RunError::Store(format!("etcd {endpoints}: {err}{hint}"))),
+        Err(_) => {
+            Err(RunError::Store(format!("etcd {endpoints}: no answer within {timeout:?} (engine.store_timeout)")))
+        }
+    }
 }
 
 /// Where the operator's pause is kept (see [`crate::grpc::pause`]).

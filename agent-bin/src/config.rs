@@ -268,6 +268,37 @@ impl Default for StoreSection {
     }
 }
 
+/// A broken pairing of etcd endpoints and TLS files (the rules host mode's
+/// `[etcd]` and cluster mode's `[store.etcd]` share; each names its own keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EtcdTlsRule {
+    /// Some endpoints are http://, some https://.
+    MixedSchemes,
+    /// https:// endpoints without a CA file.
+    HttpsWithoutCa,
+    /// A CA or client certificate with http:// endpoints.
+    TlsFilesWithHttp,
+    /// A client certificate without its key, or a key without a certificate.
+    CertWithoutKey,
+}
+
+/// The first rule `endpoints` and the TLS files break, if any.
+pub(crate) fn etcd_tls_rule(endpoints: &[String], ca: &Path, cert: &Path, key: &Path) -> Option<EtcdTlsRule> {
+    let set = |p: &Path| !p.as_os_str().is_empty();
+    let https = endpoints.iter().filter(|u| u.starts_with("https://")).count();
+    if https != 0 && https != endpoints.len() {
+        Some(EtcdTlsRule::MixedSchemes)
+    } else if https > 0 && !set(ca) {
+        Some(EtcdTlsRule::HttpsWithoutCa)
+    } else if https == 0 && (set(ca) || set(cert)) {
+        Some(EtcdTlsRule::TlsFilesWithHttp)
+    } else if set(cert) != set(key) {
+        Some(EtcdTlsRule::CertWithoutKey)
+    } else {
+        None
+    }
+}
+
 impl StoreEtcdSection {
     /// Checks the section for `backend = "etcd"`, naming the bad key.
     fn validate(&self) -> Result<(), ConfigError> {
@@ -277,37 +308,38 @@ impl StoreEtcdSection {
                 "store.backend = \"etcd\" needs endpoints, such as [\"https://10.0.0.5:2379\"]",
             ));
         }
-        let https = self.endpoints.iter().filter(|e| e.starts_with("https://")).count();
         if let Some(bad) = self.endpoints.iter().find(|e| !e.starts_with("https://") && !e.starts_with("http://")) {
             return Err(ConfigError::invalid(
                 "store.etcd.endpoints",
                 format!("invalid value {bad:?}: expected an http:// or https:// URL such as \"https://10.0.0.5:2379\""),
             ));
         }
-        if https != 0 && https != self.endpoints.len() {
-            return Err(ConfigError::invalid(
-                "store.etcd.endpoints",
-                "mixes http:// and https:// URLs: use one scheme",
-            ));
-        }
-        let set = |p: &PathBuf| !p.as_os_str().is_empty();
-        if https > 0 && !set(&self.ca_file) {
-            return Err(ConfigError::invalid(
-                "store.etcd.ca_file",
-                "https:// endpoints need the CA certificate (PEM) of etcd's server certificate",
-            ));
-        }
-        if https == 0 && (set(&self.ca_file) || set(&self.cert_file)) {
-            return Err(ConfigError::invalid(
-                "store.etcd.endpoints",
-                "TLS files are set but the endpoints are http://: use https:// URLs",
-            ));
-        }
-        if set(&self.cert_file) != set(&self.key_file) {
-            return Err(ConfigError::invalid(
-                "store.etcd.key_file",
-                "set both store.etcd.cert_file and store.etcd.key_file, or neither",
-            ));
+        match etcd_tls_rule(&self.endpoints, &self.ca_file, &self.cert_file, &self.key_file) {
+            None => {}
+            Some(EtcdTlsRule::MixedSchemes) => {
+                return Err(ConfigError::invalid(
+                    "store.etcd.endpoints",
+                    "mixes http:// and https:// URLs: use one scheme",
+                ));
+            }
+            Some(EtcdTlsRule::HttpsWithoutCa) => {
+                return Err(ConfigError::invalid(
+                    "store.etcd.ca_file",
+                    "https:// endpoints need the CA certificate (PEM) of etcd's server certificate",
+                ));
+            }
+            Some(EtcdTlsRule::TlsFilesWithHttp) => {
+                return Err(ConfigError::invalid(
+                    "store.etcd.endpoints",
+                    "TLS files are set but the endpoints are http://: use https:// URLs",
+                ));
+            }
+            Some(EtcdTlsRule::CertWithoutKey) => {
+                return Err(ConfigError::invalid(
+                    "store.etcd.key_file",
+                    "set both store.etcd.cert_file and store.etcd.key_file, or neither",
+                ));
+            }
         }
         if self.prefix.len() < 3 || !self.prefix.starts_with('/') || !self.prefix.ends_with('/') {
             return Err(ConfigError::invalid(

@@ -12,7 +12,9 @@ use figment::providers::{Format, Serialized, Toml, Yaml};
 use serde::{Deserialize, Serialize};
 
 use super::window::{RuleConfig, Windows};
-use crate::config::{ConfigError, EnvMap, LogFormat, describe_figment, duration_str, env_dict};
+use crate::config::{
+    ConfigError, EnvMap, EtcdTlsRule, LogFormat, describe_figment, duration_str, env_dict, etcd_tls_rule,
+};
 
 /// The default host-mode configuration file.
 pub const DEFAULT_HOST_CONFIG: &str = "/etc/node-agent/host.toml";
@@ -198,25 +200,30 @@ fn set(p: &Path) -> bool {
 
 impl EtcdSection {
     fn validate(&self) -> Result<(), ConfigError> {
-        let https = self.endpoints.iter().filter(|u| u.starts_with("https://")).count();
-        if https != 0 && https != self.endpoints.len() {
-            return Err(invalid("etcd.endpoints", "mixes http:// and https:// URLs: use one scheme"));
-        }
-        if https > 0 && !set(&self.ca_file) {
-            return Err(invalid(
-                "etcd.ca_file",
-                "empty, but the endpoints are https://: expected the PEM CA bundle that signs the etcd servers' certificates",
-            ));
-        }
-        if https == 0 && (set(&self.ca_file) || set(&self.cert_file)) {
-            return Err(ConfigError::Conflict {
-                first: "etcd.ca_file".into(),
-                second: "etcd.endpoints".into(),
-                message: "TLS files are set but the endpoints are http://: use https:// URLs".into(),
-            });
-        }
-        if set(&self.cert_file) != set(&self.key_file) {
-            return Err(invalid("etcd.cert_file", "etcd.cert_file and etcd.key_file go together: set both or neither"));
+        match etcd_tls_rule(&self.endpoints, &self.ca_file, &self.cert_file, &self.key_file) {
+            None => {}
+            Some(EtcdTlsRule::MixedSchemes) => {
+                return Err(invalid("etcd.endpoints", "mixes http:// and https:// URLs: use one scheme"));
+            }
+            Some(EtcdTlsRule::HttpsWithoutCa) => {
+                return Err(invalid(
+                    "etcd.ca_file",
+                    "empty, but the endpoints are https://: expected the PEM CA bundle that signs the etcd servers' certificates",
+                ));
+            }
+            Some(EtcdTlsRule::TlsFilesWithHttp) => {
+                return Err(ConfigError::Conflict {
+                    first: "etcd.ca_file".into(),
+                    second: "etcd.endpoints".into(),
+                    message: "TLS files are set but the endpoints are http://: use https:// URLs".into(),
+                });
+            }
+            Some(EtcdTlsRule::CertWithoutKey) => {
+                return Err(invalid(
+                    "etcd.cert_file",
+                    "etcd.cert_file and etcd.key_file go together: set both or neither",
+                ));
+            }
         }
         if self.username.is_empty() == set(&self.password_file) {
             return Err(invalid(
