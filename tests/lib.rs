@@ -121,7 +121,7 @@ impl Executor<Machine> for Fleet {
                     m.fault = Fault::None;
                 }
             }
-            Action::Drain | Action::Uncordon => {}
+            Action::Drain | Action::Uncordon | Action::Repair(_) => {}
         }
         Ok(())
     }

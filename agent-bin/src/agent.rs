@@ -24,7 +24,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use node_agent_proto::{ClientSettings, Token};
 use recovery_exec::{
     ApiKey, CivoConfig, CivoExecutor, DrainConfig, GrpcExecutor, GrpcExecutorConfig, KubeExecutor, NoopExecutor,
-    Remediator,
+    Remediator, Repairs,
 };
 use state_store::{FileStore, KubeStore};
 
@@ -231,12 +231,41 @@ fn grpc_executor(config: &Config) -> Result<GrpcExecutor, RunError> {
     GrpcExecutor::new(cfg).map_err(|err| RunError::Executor(format!("executor.endpoint: {err}")))
 }
 
-fn executor(config: &Config, call_cfg: &kube::Config) -> Result<Arc<dyn Executor<NodeRef>>, RunError> {
-    if config.policy.monitor_only || config.executor.kind == ExecutorKind::Noop {
+/// The executor of every action: the configured soft repairs, each through
+/// its own executor, and the rest through [`base_executor`]. Monitor-only
+/// mode performs nothing.
+fn executor(
+    config: &Config,
+    call_cfg: &kube::Config,
+    call_client: &kube::Client,
+) -> Result<Arc<dyn Executor<NodeRef>>, RunError> {
+    if config.policy.monitor_only {
         return Ok(Arc::new(NoopExecutor));
     }
-    if config.executor.kind == ExecutorKind::Grpc {
-        let remote = Arc::new(grpc_executor(config)?);
+    let remote: Option<Arc<dyn Executor<NodeRef>>> = match config.executor.kind {
+        ExecutorKind::Grpc => Some(Arc::new(grpc_executor(config)?)),
+        _ => None,
+    };
+    let base = base_executor(config, call_cfg, remote.clone())?;
+    if config.repairs.is_empty() {
+        return Ok(base);
+    }
+    let mut routed = Repairs::new(base);
+    for (repair, e) in crate::repairs::executors(&config.repairs, call_client, remote).map_err(RunError::Executor)? {
+        routed = routed.with(repair, e);
+    }
+    Ok(Arc::new(routed))
+}
+
+fn base_executor(
+    config: &Config,
+    call_cfg: &kube::Config,
+    remote: Option<Arc<dyn Executor<NodeRef>>>,
+) -> Result<Arc<dyn Executor<NodeRef>>, RunError> {
+    if config.executor.kind == ExecutorKind::Noop {
+        return Ok(Arc::new(NoopExecutor));
+    }
+    if let Some(remote) = remote {
         if config.executor.remote_drain {
             return Ok(remote);
         }
@@ -288,7 +317,7 @@ pub async fn run(
     let call_client = client(base.clone(), config.kube.call_timeout)?;
 
     let store = open_store(&config, &call_client).await?;
-    let executor = executor(&config, &base)?;
+    let executor = executor(&config, &base, &call_client)?;
     let errors_metric = format!("{METRICS_PREFIX}_reconcile_errors_total");
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -313,7 +342,7 @@ pub async fn run(
         .with_error_grace(config.engine.error_grace)
         .with_metrics_prefix(METRICS_PREFIX);
     let mut builder = Engine::builder(store, executor)
-        .policy(config.policy)
+        .policy(config.policy.clone())
         .config(engine_config)
         .observer(Arc::new(events))
         .observer(storm.clone())

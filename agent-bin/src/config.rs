@@ -56,7 +56,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(setting: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(setting: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid { setting: setting.into(), message: message.into() }
     }
 }
@@ -559,6 +559,11 @@ pub struct Config {
     pub windows: Vec<crate::window::RuleConfig>,
     /// `[[checkers]]`: the checkers to run (default: NodeReady, GPU, DiskPressure, Cilium).
     pub checkers: Option<Vec<CheckerEntry>>,
+    /// `[repairs.NAME]`: soft repairs the ladders may name (see [`crate::repairs`]).
+    pub repairs: BTreeMap<String, crate::repairs::RepairConfig>,
+    /// `[[ladder]]`: repair ladders per node class and failing checker (none:
+    /// reboot, then replace where escalation allows).
+    pub ladder: Vec<crate::repairs::LadderConfig>,
 }
 
 /// `[ha]`: two or more replicas, of which only the holder of a Kubernetes
@@ -831,8 +836,29 @@ impl Config {
         if let Some(f) = cli.log_format {
             config.agent.log_format = f;
         }
+        config.resolve_ladders()?;
         config.validate(env)?;
         Ok(config)
+    }
+
+    /// Fills the policy's repairs and ladders from `[repairs.NAME]` and
+    /// `[[ladder]]` (checked, naming the field).
+    pub fn resolve_ladders(&mut self) -> Result<(), ConfigError> {
+        let (repairs, ladders) = self.ladder_parts()?;
+        self.policy.repairs = repairs;
+        self.policy.ladders = ladders;
+        Ok(())
+    }
+
+    fn ladder_parts(&self) -> Result<(Vec<health_core::RepairSpec>, Vec<health_core::Ladder>), ConfigError> {
+        let checkers: Vec<String> = self
+            .checkers_config()
+            .build::<crate::node::NodeRef>()
+            .map_err(|e| ConfigError::invalid("checkers", e.to_string()))?
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        crate::repairs::policy_parts(&self.repairs, &self.ladder, &checkers, self.executor.kind == ExecutorKind::Grpc)
     }
 
     /// The checker set.
@@ -899,7 +925,18 @@ impl Config {
         let name = |civo: &str, key: &str| {
             if env.contains_key(civo) { civo.to_owned() } else { format!("{key} ({civo})") }
         };
-        self.policy.validate().map_err(|e| ConfigError::invalid("policy", e.to_string()))?;
+        let (repairs, ladders) = self.ladder_parts()?;
+        if self.policy.repairs != repairs || self.policy.ladders != ladders {
+            return Err(ConfigError::invalid(
+                "ladder",
+                "the policy's ladders differ from [[ladder]] and [repairs.NAME]: call Config::resolve_ladders first",
+            ));
+        }
+        self.policy.validate().map_err(|e| match e {
+            // Ladder settings are top-level sections: name them as written.
+            health_core::PolicyError::Ladder { field, message } => ConfigError::invalid(field, message),
+            e => ConfigError::invalid("policy", e.to_string()),
+        })?;
         self.checkers_config()
             .build::<crate::node::NodeRef>()
             .map_err(|e| ConfigError::invalid("checkers", e.to_string()))?;

@@ -95,9 +95,13 @@ async fn publish(recorder: Recorder, mut rx: mpsc::Receiver<NodeEvent>, errors_m
     }
 }
 
-fn phase_reason(to: Phase) -> &'static str {
+fn phase_reason(from: Phase, to: Phase) -> &'static str {
     match to {
+        // Verified after an action of ours: the repair worked.
+        Phase::Healthy if from == Phase::Verifying => "NodeRecovered",
         Phase::Healthy => "NodeHealthy",
+        Phase::Repairing => "RepairStarted",
+        Phase::Verifying => "RecoveryVerifying",
         Phase::Unhealthy => "NodeUnhealthy",
         Phase::WaitingReboot => "RebootRequested",
         Phase::Draining => "DrainStarted",
@@ -107,11 +111,18 @@ fn phase_reason(to: Phase) -> &'static str {
     }
 }
 
-/// `Reboot` for `reboot`: Event reasons and actions are CamelCase.
+/// `Reboot` for `reboot`, `RestartKubelet` for `restart-kubelet`: Event
+/// reasons and actions are CamelCase.
 fn camel(a: health_core::Action) -> String {
-    let s = a.as_str();
-    let mut c = s.chars();
-    c.next().map_or_else(String::new, |f| f.to_ascii_uppercase().to_string() + c.as_str())
+    let mut out = String::with_capacity(a.as_str().len());
+    for word in a.as_str().split('-') {
+        let mut c = word.chars();
+        if let Some(f) = c.next() {
+            out.push(f.to_ascii_uppercase());
+            out.push_str(c.as_str());
+        }
+    }
+    out
 }
 
 fn uid(target: &AgentNode) -> Option<String> {
@@ -136,7 +147,7 @@ impl Observer<NodeRef> for EventObserver {
             r.replace_count,
             e.mode.as_str()
         );
-        let warning = !matches!(e.to, Phase::Healthy);
+        let warning = !matches!(e.to, Phase::Healthy | Phase::Verifying);
         if e.from == Phase::Unknown && e.to == Phase::Healthy {
             // First sight of a healthy node: not news (and 65,536 lines at start-up).
             tracing::debug!(node = e.node, "first evaluation: healthy");
@@ -151,7 +162,7 @@ impl Observer<NodeRef> for EventObserver {
             node: e.node.to_owned(),
             uid: uid(target),
             warning,
-            reason: phase_reason(e.to).into(),
+            reason: phase_reason(e.from, e.to).into(),
             note,
             action: "Evaluate".into(),
         });

@@ -57,6 +57,7 @@ pub mod http;
 pub mod leases;
 pub mod node;
 pub mod recorder;
+pub mod repairs;
 pub mod simulate;
 pub mod watch;
 pub mod window;

@@ -211,7 +211,7 @@ pub fn config_for(sim: &SimServer, speed: u32) -> Config {
     c.store.backend = StoreBackend::Kubernetes;
     c.engine.action_timeout = Duration::from_secs(10);
     let p = Policy::default();
-    let mut policy = p.with_monitor_only(false).with_replace(true);
+    let mut policy = p.clone().with_monitor_only(false).with_replace(true);
     policy.reboot_wait = scale(p.reboot_wait, speed);
     policy.gpu_reboot_wait = scale(p.gpu_reboot_wait, speed);
     policy.history_reset_after = scale(p.history_reset_after, speed);
@@ -219,6 +219,7 @@ pub fn config_for(sim: &SimServer, speed: u32) -> Config {
     policy.failure_backoff.max = scale(p.failure_backoff.max, speed);
     policy.escalation.replace_wait = scale(p.escalation.replace_wait, speed);
     policy.gates.startup_grace = scale(p.gates.startup_grace, speed);
+    policy.verify_for = scale(p.verify_for, speed);
     // Twelve nodes would allow one remediation at a time; the demo allows three.
     policy.gates.max_in_flight = health_core::Limit::percent(25);
     c.policy = policy;

@@ -9,7 +9,7 @@ use cluster_sim::{CivoFault, Fault, RebootBehaviour};
 use common::*;
 
 fn unfixable(sim: &cluster_sim::SimServer, node: &str) {
-    sim.cluster().set_reboot(node, RebootBehaviour { fixes: false, takes: Duration::from_millis(300) });
+    sim.cluster().set_reboot(node, RebootBehaviour::new(false, Duration::from_millis(300)));
 }
 
 fn gpu_node(sim: &cluster_sim::SimServer) -> String {

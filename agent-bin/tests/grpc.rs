@@ -266,7 +266,7 @@ async fn the_remote_executor_reboots_once_when_its_first_answer_is_lost() {
     let sim = sim(3, 0, 1).await;
     let dir = scratch("grpc-exec");
     let node = sim.cluster().node_names()[1].clone();
-    sim.cluster().set_reboot(&node, RebootBehaviour { fixes: false, takes: Duration::from_millis(300) });
+    sim.cluster().set_reboot(&node, RebootBehaviour::new(false, Duration::from_millis(300)));
     let cluster = sim.cluster().clone();
     let performed = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&performed);

@@ -184,11 +184,15 @@ pub enum Fault {
     CiliumDown,
     /// The kubelet lease stops being renewed.
     LeaseStale,
+    /// The kubelet process stopped: Ready=Unknown and its lease goes stale.
+    /// A restart of the kubelet (the simulated host endpoint
+    /// `POST /sim/v1/nodes/{node}/restart/kubelet`) or a reboot fixes it.
+    KubeletStopped,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::NotReady,
         Fault::Unknown,
         Fault::MemoryPressure,
@@ -197,7 +201,28 @@ impl Fault {
         Fault::GpuLost,
         Fault::CiliumDown,
         Fault::LeaseStale,
+        Fault::KubeletStopped,
     ];
+
+    /// What repairs the fault besides a reboot: the host service whose
+    /// restart fixes it, or deleting the node's Cilium agent pod.
+    #[must_use]
+    pub const fn soft_fix(self) -> Option<SoftFix> {
+        match self {
+            Fault::KubeletStopped => Some(SoftFix::Restart("kubelet")),
+            Fault::CiliumDown => Some(SoftFix::CiliumPod),
+            _ => None,
+        }
+    }
+}
+
+/// A repair short of a reboot that clears a [`Fault`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SoftFix {
+    /// Restarting this host service (`kubelet`).
+    Restart(&'static str),
+    /// Deleting the node's Cilium agent pod (its DaemonSet starts a new one).
+    CiliumPod,
 }
 
 /// What a reboot of a node does.
@@ -207,6 +232,18 @@ pub struct RebootBehaviour {
     pub fixes: bool,
     /// How long the node is NotReady while rebooting.
     pub takes: Duration,
+    /// After a reboot that fixed it, the node's faults come back this long
+    /// after it is up again (a node that looks healthy right after a reboot
+    /// and fails under load), once per reboot.
+    pub relapse_after: Option<Duration>,
+}
+
+impl RebootBehaviour {
+    /// A reboot taking `takes` that fixes the node (`fixes`) for good.
+    #[must_use]
+    pub const fn new(fixes: bool, takes: Duration) -> Self {
+        RebootBehaviour { fixes, takes, relapse_after: None }
+    }
 }
 
 /// A fault of the simulated Civo API for its next calls.
@@ -269,6 +306,8 @@ pub(crate) struct CivoState {
 #[derive(Default)]
 struct NodeState {
     faults: BTreeMap<String, Vec<Fault>>,
+    /// Host services restarted through the simulated host endpoint, in order.
+    restarts: Vec<(String, String)>,
     reboot: BTreeMap<String, RebootBehaviour>,
     /// Reboots started per node: only the latest one brings the node back.
     reboots: BTreeMap<String, u64>,
@@ -605,7 +644,7 @@ impl Cluster {
             .reboot
             .get(node)
             .copied()
-            .unwrap_or(RebootBehaviour { fixes: true, takes: self.inner.config.reboot_takes })
+            .unwrap_or(RebootBehaviour::new(true, self.inner.config.reboot_takes))
     }
 
     /// Writes a node's conditions, taints and GPUs from its faults.
@@ -621,7 +660,7 @@ impl Cluster {
             for c in &mut conds {
                 let (status, reason, message) = match (c.type_.as_str(), rebooting) {
                     ("Ready", true) => ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."),
-                    ("Ready", false) if faults.contains(&Fault::Unknown) => {
+                    ("Ready", false) if faults.contains(&Fault::Unknown) || faults.contains(&Fault::KubeletStopped) => {
                         ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
                     }
                     ("Ready", false) if faults.contains(&Fault::NotReady) => {
@@ -667,7 +706,7 @@ impl Cluster {
             if faults.contains(&Fault::CiliumDown) {
                 taints.push(json!({"key": "node.cilium.io/agent-not-ready", "value": "true", "effect": "NoSchedule"}));
             }
-            if rebooting || faults.contains(&Fault::Unknown) {
+            if rebooting || faults.contains(&Fault::Unknown) || faults.contains(&Fault::KubeletStopped) {
                 taints.push(json!({"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule", "timeAdded": now}));
             } else if faults.contains(&Fault::NotReady) {
                 taints.push(json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule", "timeAdded": now}));
@@ -679,7 +718,7 @@ impl Cluster {
                 v["status"]["capacity"][fixtures::GPU_RESOURCE] = Value::String(alloc);
             }
         })?;
-        if faults.contains(&Fault::LeaseStale) {
+        if faults.contains(&Fault::LeaseStale) || faults.contains(&Fault::KubeletStopped) {
             self.update(Kind::Lease, "kube-node-lease", node, |l| {
                 l["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
             })?;
@@ -699,7 +738,11 @@ impl Cluster {
     pub fn renew_leases(&self) {
         let stale: Vec<String> = {
             let st = self.inner.nodes.lock();
-            st.faults.iter().filter(|(_, f)| f.contains(&Fault::LeaseStale)).map(|(n, _)| n.clone()).collect()
+            st.faults
+                .iter()
+                .filter(|(_, f)| f.contains(&Fault::LeaseStale) || f.contains(&Fault::KubeletStopped))
+                .map(|(n, _)| n.clone())
+                .collect()
         };
         for node in self.node_names() {
             if !stale.contains(&node) {
@@ -730,22 +773,93 @@ impl Cluster {
         let id = id.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(b.takes).await;
-            {
+            let cleared = {
                 let mut st = me.inner.nodes.lock();
                 if st.reboots.get(&host) != Some(&generation) {
                     // A later reboot is still under way; it finishes the job.
                     return;
                 }
-                if b.fixes {
-                    st.faults.remove(&host);
-                }
-            }
+                if b.fixes { st.faults.remove(&host) } else { None }
+            };
             if let Some(i) = me.inner.civo.lock().instances.get_mut(&id) {
                 i.status = "ACTIVE".into();
             }
             let _ = me.render(&host);
+            if let (Some(after), Some(faults)) = (b.relapse_after, cleared) {
+                tokio::time::sleep(after).await;
+                if me.inner.nodes.lock().reboots.get(&host) != Some(&generation) {
+                    return;
+                }
+                tracing::info!(node = %host, ?faults, "the node's faults are back after its reboot");
+                for f in faults {
+                    let _ = me.inject(&host, f);
+                }
+            }
         });
         true
+    }
+
+    /// Restarts a host service of `node` (what an operator's script or a
+    /// fleet controller does over SSH): clears the faults that restart fixes
+    /// and records the call. `None` when there is no such node.
+    pub fn restart_service(&self, node: &str, service: &str) -> Option<Vec<Fault>> {
+        if self.node(node).is_none() {
+            return None;
+        }
+        let fixed = {
+            let mut st = self.inner.nodes.lock();
+            st.restarts.push((node.to_owned(), service.to_owned()));
+            let faults = st.faults.entry(node.to_owned()).or_default();
+            let fixed: Vec<Fault> = faults
+                .iter()
+                .copied()
+                .filter(|f| matches!(f.soft_fix(), Some(SoftFix::Restart(s)) if s == service))
+                .collect();
+            faults.retain(|f| !fixed.contains(f));
+            fixed
+        };
+        tracing::info!(node, service, ?fixed, "host service restarted");
+        let _ = self.render(node);
+        Some(fixed)
+    }
+
+    /// Every host service restart so far, in order: `(node, service)`.
+    #[must_use]
+    pub fn service_restarts(&self) -> Vec<(String, String)> {
+        self.inner.nodes.lock().restarts.clone()
+    }
+
+    /// A pod was deleted through the API. A DaemonSet's pod comes back at
+    /// once (same name, new uid), and a new Cilium agent pod clears its
+    /// node's `CiliumDown`.
+    pub(crate) fn pod_deleted(&self, pod: &Value) {
+        let meta = &pod["metadata"];
+        let daemon = meta["ownerReferences"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|r| r["kind"] == "DaemonSet" && r["controller"] == true));
+        let (Some(ns), Some(name), Some(node)) =
+            (meta["namespace"].as_str(), meta["name"].as_str(), pod["spec"]["nodeName"].as_str())
+        else {
+            return;
+        };
+        if !daemon || self.node(node).is_none() {
+            return;
+        }
+        let app = meta["labels"]["app"].as_str().unwrap_or_default().to_owned();
+        let fresh =
+            serde_json::to_value(fixtures::pod(ns, name, node, &app, PodOwner::DaemonSet)).unwrap_or(Value::Null);
+        let _ = self.create(Kind::Pod, fresh);
+        if app == "cilium" {
+            let had = {
+                let mut st = self.inner.nodes.lock();
+                let faults = st.faults.entry(node.to_owned()).or_default();
+                let had = faults.contains(&Fault::CiliumDown);
+                faults.retain(|f| *f != Fault::CiliumDown);
+                had
+            };
+            tracing::info!(node, pod = name, fixed = had, "Cilium agent pod restarted");
+            let _ = self.render(node);
+        }
     }
 
     /// Deletes an instance: its node (and pods and lease) go, and after the
@@ -881,7 +995,7 @@ mod tests {
         let c = Cluster::new(ClusterConfig { nodes: 1, ..ClusterConfig::default() });
         let node = c.node_names()[0].clone();
         let id = c.instances()[0].id.clone();
-        c.set_reboot(&node, RebootBehaviour { fixes: true, takes: Duration::from_secs(30) });
+        c.set_reboot(&node, RebootBehaviour::new(true, Duration::from_secs(30)));
         assert!(c.reboot_instance(&id));
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert!(c.reboot_instance(&id));

@@ -308,13 +308,17 @@ pub fn pod(namespace: &str, name: &str, node: &str, app: &str, owner: PodOwner) 
     let mut labels = BTreeMap::from([("app".to_owned(), app.to_owned())]);
     let mut annotations = BTreeMap::new();
     let owner_references = match owner {
-        PodOwner::DaemonSet => Some(vec![OwnerReference {
-            api_version: "apps/v1".into(),
-            kind: "DaemonSet".into(),
-            name: app.to_owned(),
-            uid: format!("d5000000-0000-4000-8000-{:012x}", app.len()),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
+        PodOwner::DaemonSet => Some(vec![{
+            // DaemonSets such as Cilium's select on `k8s-app`.
+            labels.insert("k8s-app".into(), app.to_owned());
+            OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "DaemonSet".into(),
+                name: app.to_owned(),
+                uid: format!("d5000000-0000-4000-8000-{:012x}", app.len()),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }
         }]),
         PodOwner::ReplicaSet => {
             labels.insert("pod-template-hash".into(), "7d9f8b6c5".into());

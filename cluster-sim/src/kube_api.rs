@@ -115,6 +115,19 @@ async fn handle(
             .collect();
         return value_response(StatusCode::OK, &Value::Array(counts));
     }
+    // The simulated host: what an operator's script does over SSH.
+    if let ["sim", "v1", "nodes", node, "restart", service] = segs[..] {
+        if method != Method::POST {
+            return ApiError::method_not_allowed(&format!("{method} {}", uri.path())).into_response();
+        }
+        return match cluster.restart_service(node, service) {
+            Some(fixed) => {
+                let fixed: Vec<Value> = fixed.iter().map(|f| serde_json::to_value(f).unwrap_or(Value::Null)).collect();
+                value_response(StatusCode::OK, &serde_json::json!({"node": node, "service": service, "fixed": fixed}))
+            }
+            None => ApiError::not_found("nodes", node).into_response(),
+        };
+    }
     let Some(t) = parse_target(&segs) else {
         return ApiError::no_route(uri.path()).into_response();
     };
@@ -262,6 +275,9 @@ async fn serve(
             let opts: Value = if body.is_empty() { Value::Null } else { parse_body(body)? };
             let rv = opts.get("preconditions").and_then(|p| p.get("resourceVersion")).and_then(Value::as_str);
             let obj = cluster.inner.store.lock().delete(kind, ns.unwrap_or(""), name, rv)?;
+            if kind == Kind::Pod {
+                cluster.pod_deleted(&obj.value());
+            }
             Ok(obj_response(StatusCode::OK, &obj, &[]))
         }
         ("POST", Some(name), Some("eviction")) => evict(cluster, ns.unwrap_or(""), name, body),

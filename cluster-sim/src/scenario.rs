@@ -11,10 +11,12 @@
 //! [[fault]]
 //! node = "gpu-0"     # the first GPU node; "std-3", or a full node name
 //! kind = "gpu-lost"  # not-ready, unknown, memory-pressure, disk-pressure,
-//!                    # pid-pressure, gpu-lost, cilium-down, lease-stale
+//!                    # pid-pressure, gpu-lost, cilium-down, lease-stale,
+//!                    # kubelet-stopped
 //! at = "10s"         # after the simulator starts
 //! reboot_fixes = true
 //! reboot_takes = "2m"
+//! relapse_after = "1m" # a reboot fixes it, but it comes back this long after
 //! lasts = "30s"      # heals by itself after this long (default: never)
 //!
 //! [[civo_fault]]
@@ -84,6 +86,10 @@ pub struct FaultSpec {
     /// Heal the node by itself this long after the fault (a blip); default never.
     #[serde(default, deserialize_with = "opt_duration")]
     pub lasts: Option<Duration>,
+    /// After a reboot that fixed it, the fault comes back this long after
+    /// the node is up (it passes right after the reboot, then fails).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub relapse_after: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -258,7 +264,7 @@ impl Scenario {
         for (node, f) in plan {
             let c = cluster.clone();
             let takes = f.reboot_takes.unwrap_or(c.config().reboot_takes);
-            c.set_reboot(&node, RebootBehaviour { fixes: f.reboot_fixes, takes });
+            c.set_reboot(&node, RebootBehaviour { fixes: f.reboot_fixes, takes, relapse_after: f.relapse_after });
             tokio::spawn(async move {
                 tokio::time::sleep(f.at).await;
                 let _ = c.inject(&node, f.kind);

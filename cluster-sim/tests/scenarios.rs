@@ -78,8 +78,8 @@ async fn a_hard_reboot_takes_the_node_down_and_brings_it_back() {
     let nodes: Api<Node> = Api::all(client(&sim));
     let names = c.node_names();
     let (fixed, broken) = (&names[0], &names[1]);
-    c.set_reboot(fixed, RebootBehaviour { fixes: true, takes: Duration::from_millis(200) });
-    c.set_reboot(broken, RebootBehaviour { fixes: false, takes: Duration::from_millis(200) });
+    c.set_reboot(fixed, RebootBehaviour::new(true, Duration::from_millis(200)));
+    c.set_reboot(broken, RebootBehaviour::new(false, Duration::from_millis(200)));
     c.inject(fixed, Fault::NotReady).unwrap();
     c.inject(broken, Fault::NotReady).unwrap();
 
@@ -205,4 +205,67 @@ async fn the_shipped_scenarios_load_and_run() {
         seen += 1;
     }
     assert!(seen >= 3, "expected at least three scenarios in {}", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_faults_are_fixed_by_their_soft_repair_and_reboots_can_relapse() {
+    let sim = start(3, 0).await;
+    let c = sim.cluster().clone();
+    let http = common::http();
+    let names = c.node_names();
+    let (kubelet, cilium, relapsing) = (&names[0], &names[1], &names[2]);
+
+    // A stopped kubelet: Ready=Unknown, a stale lease; restarting it fixes it.
+    c.inject(kubelet, Fault::KubeletStopped).unwrap();
+    assert_eq!(condition(&c.node(kubelet).unwrap(), "Ready"), ("Unknown".into(), "NodeStatusUnknown".into()));
+    let lease = c.object(Kind::Lease, "kube-node-lease", kubelet).unwrap();
+    assert!(lease["spec"]["renewTime"].as_str().unwrap().starts_with("2026-01-01"));
+    let r = http.post(format!("{}/sim/v1/nodes/{kubelet}/restart/kubelet", sim.kube_url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["fixed"], json!(["kubelet-stopped"]));
+    assert_eq!(condition(&c.node(kubelet).unwrap(), "Ready").0, "True");
+    assert_eq!(c.service_restarts(), [(kubelet.clone(), "kubelet".to_owned())]);
+    let r = http.post(format!("{}/sim/v1/nodes/nope/restart/kubelet", sim.kube_url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    // Cilium down: deleting the node's agent pod (as a repair would) brings
+    // a new one and the network back; other pods stay.
+    c.inject(cilium, Fault::CiliumDown).unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client(&sim), "kube-system");
+    let lp = kube::api::ListParams::default().labels("k8s-app=cilium").fields(&format!("spec.nodeName={cilium}"));
+    let before = pods.list(&lp).await.unwrap().items;
+    assert_eq!(before.len(), 1);
+    let name = before[0].metadata.name.clone().unwrap();
+    pods.delete(&name, &Default::default()).await.unwrap();
+    let after = pods.list(&lp).await.unwrap().items;
+    assert_eq!(after.len(), 1, "the DaemonSet's pod is back");
+    assert_ne!(after[0].metadata.uid, before[0].metadata.uid, "a new pod");
+    assert_eq!(condition(&c.node(cilium).unwrap(), "NetworkUnavailable"), ("False".into(), "CiliumIsUp".into()));
+    assert!(c.faults(cilium).is_empty());
+
+    // A reboot that fixes the node for a while only.
+    c.set_reboot(
+        relapsing,
+        RebootBehaviour {
+            fixes: true,
+            takes: Duration::from_millis(100),
+            relapse_after: Some(Duration::from_millis(300)),
+        },
+    );
+    c.inject(relapsing, Fault::NotReady).unwrap();
+    let nodes: Api<Node> = Api::all(client(&sim));
+    let instances = c.instances();
+    let id = &instances.iter().find(|i| &i.hostname == relapsing).unwrap().id;
+    let r = http
+        .post(format!("{}/v2/instances/{id}/hard_reboots?region=lon1", sim.civo_url()))
+        .header("authorization", "bearer sim-civo-key")
+        .json(&json!({"region": "lon1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    wait_for_ready(&nodes, relapsing, "True").await;
+    wait_for_ready(&nodes, relapsing, "False").await;
+    assert_eq!(c.faults(relapsing), [Fault::NotReady]);
+    sim.shutdown().await;
 }

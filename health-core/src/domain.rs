@@ -63,11 +63,17 @@ pub enum Phase {
     WaitingReplace,
     /// Remediation gave up; stays here until every checker passes.
     Failed,
+    /// A soft repair (a rung of the ladder that disrupts no workload, such
+    /// as restarting kubelet) was started; waiting for it to take effect.
+    Repairing,
+    /// Every checker passes again after an action of ours; the node counts
+    /// as recovered once they have passed for the policy's `verify_for`.
+    Verifying,
 }
 
 impl Phase {
     /// Every phase, in declaration order.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Unknown,
         Phase::Healthy,
         Phase::Unhealthy,
@@ -75,6 +81,8 @@ impl Phase {
         Phase::Draining,
         Phase::WaitingReplace,
         Phase::Failed,
+        Phase::Repairing,
+        Phase::Verifying,
     ];
 
     /// The stable name of the phase (`WaitingReboot`, ...).
@@ -88,10 +96,13 @@ impl Phase {
             Phase::Draining => "Draining",
             Phase::WaitingReplace => "WaitingReplace",
             Phase::Failed => "Failed",
+            Phase::Repairing => "Repairing",
+            Phase::Verifying => "Verifying",
         }
     }
 
-    /// Whether a remediation is under way (it counts against `max_in_flight`).
+    /// Whether a disruptive remediation is under way (it counts against
+    /// `max_in_flight`). A soft repair does not.
     #[must_use]
     pub const fn is_in_flight(self) -> bool {
         matches!(self, Phase::WaitingReboot | Phase::Draining | Phase::WaitingReplace)
@@ -119,8 +130,111 @@ impl FromStr for Phase {
         Phase::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownName {
             kind: "phase",
             value: s.to_owned(),
-            expected: "Unknown, Healthy, Unhealthy, WaitingReboot, Draining, WaitingReplace, Failed",
+            expected: "Unknown, Healthy, Unhealthy, WaitingReboot, Draining, WaitingReplace, Failed, Repairing, Verifying",
         })
+    }
+}
+
+/// The name of a soft repair: a rung of the ladder that fixes a node
+/// without disrupting its workloads (restart kubelet, restart the CNI
+/// agent's pod, re-apply a sidecar's mark-ready).
+///
+/// A name is a lowercase DNS label (`restart-kubelet`: letters, digits and
+/// `-`, at most 63 characters) other than a built-in action's name. Names
+/// are interned for the life of the process, so a `Repair` is `Copy` and
+/// its name is `&'static str` (a metric label and Event reason without an
+/// allocation); at most [`Repair::MAX_NAMES`] distinct names exist.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Repair(&'static &'static str);
+
+/// A repair name that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RepairNameError {
+    /// Not a lowercase DNS label.
+    #[error(
+        "invalid repair name {0:?}: expected a lowercase name of letters, digits and '-' (at most 63, starting and ending with a letter or digit) such as \"restart-kubelet\""
+    )]
+    Invalid(String),
+    /// The name of a built-in action.
+    #[error("repair name {0:?} is a built-in action (reboot, drain, replace, uncordon): choose another name")]
+    BuiltIn(String),
+    /// More distinct names than [`Repair::MAX_NAMES`].
+    #[error("too many distinct repair names (at most {max})", max = Repair::MAX_NAMES)]
+    TooMany,
+}
+
+// A thin pointer to the interned name keeps `Option<Action>` at 16 bytes
+// (and a record within 128).
+static REPAIR_NAMES: parking_lot::Mutex<Vec<&'static &'static str>> = parking_lot::Mutex::new(Vec::new());
+
+impl Repair {
+    /// The most distinct repair names a process holds.
+    pub const MAX_NAMES: usize = 1_024;
+
+    /// The repair called `name`, checked and interned.
+    pub fn new(name: &str) -> Result<Self, RepairNameError> {
+        let bytes = name.as_bytes();
+        let ok_char = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes.iter().all(ok_char)
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-';
+        if !valid {
+            return Err(RepairNameError::Invalid(name.to_owned()));
+        }
+        if Action::ALL.iter().any(|a| a.as_str() == name) {
+            return Err(RepairNameError::BuiltIn(name.to_owned()));
+        }
+        let mut names = REPAIR_NAMES.lock();
+        if let Some(known) = names.iter().find(|n| ***n == name) {
+            return Ok(Repair(known));
+        }
+        if names.len() >= Self::MAX_NAMES {
+            return Err(RepairNameError::TooMany);
+        }
+        let text: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        let leaked: &'static &'static str = Box::leak(Box::new(text));
+        names.push(leaked);
+        Ok(Repair(leaked))
+    }
+
+    /// The repair's name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        *self.0
+    }
+}
+
+impl fmt::Debug for Repair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Repair").field(self.0).finish()
+    }
+}
+
+impl fmt::Display for Repair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for Repair {
+    type Err = RepairNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Repair::new(s)
+    }
+}
+
+impl Serialize for Repair {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Repair {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <Cow<'de, str>>::deserialize(d)?;
+        Repair::new(&name).map_err(serde::de::Error::custom)
     }
 }
 
@@ -136,13 +250,17 @@ pub enum Action {
     Replace,
     /// Undo a cordon that a drain of ours made.
     Uncordon,
+    /// A soft repair named by the policy's ladder (restart kubelet, restart
+    /// a pod, mark a sidecar ready...): it disrupts no workload.
+    Repair(Repair),
 }
 
 impl Action {
-    /// Every action, in declaration order.
+    /// Every built-in action, in declaration order (repairs are named by the policy).
     pub const ALL: [Action; 4] = [Action::Reboot, Action::Drain, Action::Replace, Action::Uncordon];
 
-    /// The stable lowercase name (a metric label value).
+    /// The stable lowercase name (a metric label value and, for a repair,
+    /// its configured name).
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -150,13 +268,29 @@ impl Action {
             Action::Drain => "drain",
             Action::Replace => "replace",
             Action::Uncordon => "uncordon",
+            Action::Repair(r) => r.as_str(),
         }
     }
 
-    /// Whether the action disrupts workloads (every action but `Uncordon`);
-    /// only disruptive actions are subject to the safety gates.
+    /// Whether the action disrupts workloads (reboot, drain, replace). Only
+    /// disruptive actions are held by maintenance windows, `max_in_flight`
+    /// and the cluster-wide `min_action_interval`.
     #[must_use]
     pub const fn is_disruptive(self) -> bool {
+        matches!(self, Action::Reboot | Action::Drain | Action::Replace)
+    }
+
+    /// Whether the action is a soft repair: it disrupts nothing, yet the
+    /// storm guard, the pause, the node's own gates and its waits apply.
+    #[must_use]
+    pub const fn is_soft(self) -> bool {
+        matches!(self, Action::Repair(_))
+    }
+
+    /// Whether the action remediates (everything but `Uncordon`): the
+    /// safety gates are consulted before it.
+    #[must_use]
+    pub const fn is_remediation(self) -> bool {
         !matches!(self, Action::Uncordon)
     }
 }
@@ -353,6 +487,20 @@ pub struct NodeRecord {
     /// The drain of the current escalation finished; replacement may follow.
     #[serde(default)]
     pub drained: bool,
+    /// Soft repairs started in the current history, with how often: the
+    /// ladder's next rung is the first one not yet tried as often as it
+    /// allows. Forgotten with the other counters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<RepairTry>,
+}
+
+/// How often one soft repair was started in a node's current history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairTry {
+    /// The repair.
+    pub repair: Repair,
+    /// Times started.
+    pub count: u32,
 }
 
 impl Default for NodeRecord {
@@ -374,6 +522,7 @@ impl Default for NodeRecord {
             replace_count: 0,
             cordoned: false,
             drained: false,
+            repairs: Vec::new(),
         }
     }
 }
@@ -388,7 +537,25 @@ impl NodeRecord {
     /// Whether any remediation history (counters, back-off) is remembered.
     #[must_use]
     pub fn has_history(&self) -> bool {
-        self.reboot_count != 0 || self.action_failures != 0 || self.replace_count != 0 || self.not_before.is_some()
+        self.reboot_count != 0
+            || self.action_failures != 0
+            || self.replace_count != 0
+            || self.not_before.is_some()
+            || !self.repairs.is_empty()
+    }
+
+    /// How often `repair` was started in the current history.
+    #[must_use]
+    pub fn repair_count(&self, repair: Repair) -> u32 {
+        self.repairs.iter().find(|t| t.repair == repair).map_or(0, |t| t.count)
+    }
+
+    /// Counts one more start of `repair`.
+    pub fn count_repair(&mut self, repair: Repair) {
+        match self.repairs.iter_mut().find(|t| t.repair == repair) {
+            Some(t) => t.count = t.count.saturating_add(1),
+            None => self.repairs.push(RepairTry { repair, count: 1 }),
+        }
     }
 
     /// Whether the record says nothing a restart would need: the node is
@@ -417,7 +584,20 @@ mod tests {
     #[test]
     fn phase_names_round_trip_and_are_stable() {
         let names: Vec<_> = Phase::ALL.iter().map(|p| p.as_str()).collect();
-        assert_eq!(names, ["Unknown", "Healthy", "Unhealthy", "WaitingReboot", "Draining", "WaitingReplace", "Failed"]);
+        assert_eq!(
+            names,
+            [
+                "Unknown",
+                "Healthy",
+                "Unhealthy",
+                "WaitingReboot",
+                "Draining",
+                "WaitingReplace",
+                "Failed",
+                "Repairing",
+                "Verifying"
+            ]
+        );
         for p in Phase::ALL {
             assert_eq!(p.as_str().parse::<Phase>(), Ok(p));
             assert_eq!(serde_json::to_string(&p).ok(), Some(format!("\"{p}\"")));
@@ -426,7 +606,7 @@ mod tests {
         assert_eq!(
             err.as_deref(),
             Some(
-                "unknown phase \"Rebooting\": expected one of Unknown, Healthy, Unhealthy, WaitingReboot, Draining, WaitingReplace, Failed"
+                "unknown phase \"Rebooting\": expected one of Unknown, Healthy, Unhealthy, WaitingReboot, Draining, WaitingReplace, Failed, Repairing, Verifying"
             )
         );
         assert_eq!(Phase::default(), Phase::Unknown);
@@ -440,6 +620,29 @@ mod tests {
         assert!("reset".parse::<Action>().is_err());
         assert!(!Action::Uncordon.is_disruptive());
         assert!(Action::Reboot.is_disruptive());
+        let kubelet = Repair::new("restart-kubelet").expect("a valid name");
+        assert_eq!(Action::Repair(kubelet).as_str(), "restart-kubelet");
+        assert!(!Action::Repair(kubelet).is_disruptive() && Action::Repair(kubelet).is_soft());
+        assert!(Action::Repair(kubelet).is_remediation() && !Action::Uncordon.is_remediation());
+        assert_eq!(Repair::new("restart-kubelet"), Ok(kubelet), "interned once");
+    }
+
+    #[test]
+    fn repair_names_are_dns_labels_and_not_built_in() {
+        for bad in ["", "Restart", "-x", "x-", "a_b", "a b", &"a".repeat(64)] {
+            let e = Repair::new(bad).unwrap_err().to_string();
+            assert!(e.contains("expected a lowercase name"), "{bad:?}: {e}");
+        }
+        let e = Repair::new("reboot").unwrap_err().to_string();
+        assert!(e.contains("built-in action"), "{e}");
+        assert!(Repair::new("a").is_ok() && Repair::new(&"b".repeat(63)).is_ok());
+        let json = serde_json::to_string(&Action::Repair(Repair::new("mark-ready").unwrap())).unwrap();
+        assert_eq!(json, r#"{"Repair":"mark-ready"}"#);
+        assert_eq!(
+            serde_json::from_str::<Action>(&json).ok(),
+            Some(Action::Repair(Repair::new("mark-ready").unwrap()))
+        );
+        assert!(serde_json::from_str::<Action>(r#"{"Repair":"Bad Name"}"#).is_err());
     }
 
     #[test]

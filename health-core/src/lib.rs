@@ -126,6 +126,7 @@ pub use checker::{CheckContext, CheckError, CheckResult, FnChecker, HealthChecke
 pub use component::{ComponentState, ComponentStatus, HealthManager, HealthReport};
 pub use domain::{
     Action, CheckOutcome, FailingCheck, Mode, NodeClass, NodeFacts, NodeRecord, Phase, RECORD_FORMAT_VERSION, Reason,
+    Repair, RepairNameError, RepairTry,
 };
 pub use engine::{
     ActionRecord, Controls, Engine, EngineBuilder, EngineConfig, EngineError, NodeView, PassReport, Target,
@@ -135,7 +136,7 @@ pub use fence::LeaseFence;
 pub use machine::{ActionOutcome, Budget, Check, Decision, Hold, HoldReason, Observation, PhaseChange};
 pub use metrics::{MetricNames, SeriesKind, SeriesRemover};
 pub use observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
-pub use policy::{Backoff, Escalation, Gates, Limit, Policy, PolicyError};
+pub use policy::{Backoff, DEFAULT_LADDER, Escalation, Gates, Ladder, Limit, Policy, PolicyError, RepairSpec, Rung};
 pub use runtime::{Inspector, PassCause, Runtime, RuntimeEvent, Stopped, TargetUpdate};
 pub use store::{MemoryStore, StateStore, StoreError, Stored, TimedStore, Version};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, TokioClock};

@@ -10,21 +10,28 @@
 //!
 //! # Rules
 //!
-//! * All checkers pass or skip: the node becomes `Healthy` from any phase.
-//!   Counters are kept until it has been healthy for `history_reset_after`.
-//!   A node we cordoned is uncordoned.
+//! * All checkers pass or skip: a node that an action of ours (not an
+//!   uncordon) touched in this unhealthy episode becomes `Verifying`, and
+//!   `Healthy` once they have passed continuously for `verify_for`; any
+//!   other node becomes `Healthy` at once. Counters are kept until it has
+//!   been healthy for `history_reset_after`. A node we cordoned is
+//!   uncordoned once `Healthy`.
 //! * Some checker fails:
 //!   * `Unknown`/`Healthy` become `Unhealthy` (`unhealthy_since = now`).
+//!   * `Verifying` goes back to `Unhealthy` in the same episode: the relapse
+//!     counts its threshold from now and the ladder goes on from its history.
 //!   * `Unhealthy`, once some failing checker has failed continuously for its
 //!     threshold (each checker counts from its own [`FailingCheck::since`],
-//!     and any back-off has passed): reboot
-//!     (`WaitingReboot`, `reboot_count + 1`). A node whose history already
-//!     exhausts the retries escalates instead; one whose failures already
-//!     exceed `max_reboot_failures` goes to `Failed`.
-//!   * `WaitingReboot`, once the class's reboot wait has passed: reboot again,
-//!     or when `reboot_count >= max_reboot_retries` escalate: standard nodes
-//!     with `escalation.replace` go `Draining` (drain, then replace, then
-//!     `WaitingReplace`); everything else goes `Failed`.
+//!     any back-off has passed and the last reboot or repair has had its
+//!     wait): the next rung of the node's ladder ([`Policy::ladder_for`]).
+//!     That is the first soft repair tried fewer times than its `attempts`
+//!     (`Repairing`), else a reboot while `reboot_count < max_reboot_retries`
+//!     (`WaitingReboot`), else a drain for a replacement where the ladder and
+//!     escalation allow it (standard nodes only), else `Failed`. A node whose
+//!     failures already exceed `max_reboot_failures` goes to `Failed`.
+//!   * `WaitingReboot` and `Repairing`, once the reboot's or repair's wait
+//!     has passed: the next rung as above. `Draining` drains, then replaces
+//!     (`WaitingReplace`).
 //!   * `WaitingReplace` past `escalation.replace_wait`: `Failed`.
 //!   * Two reboots of one node are always at least its reboot wait apart, even
 //!     when it recovered and failed again in between.
@@ -33,6 +40,9 @@
 //!   `max_uncordon_failures` in a row the node is left cordoned.
 //! * The cluster-wide `min_action_interval` spaces every disruptive action,
 //!   retries included, except a replacement following its own drain.
+//! * A soft repair's outcome never counts `action_failures`: a failed one is
+//!   spent and the next rung follows after the back-off's first step; one of
+//!   unknown outcome keeps its wait.
 //! * Executor errors ([`apply_outcome`]) count `action_failures`, back off,
 //!   and past `max_reboot_failures` send the node to `Failed`. A failed reboot
 //!   is retried no sooner than a full reboot wait after it was issued (its
@@ -47,13 +57,16 @@
 //! window, node being deleted or tainted for removal, per-node opt-out,
 //! start-up grace, `max_in_flight` (counting the other nodes under way: a
 //! node in remediation that acts again, a reboot retry or an escalation,
-//! needs a slot as a new one does) and the cluster-wide minimum interval. A gate holds the action back and
-//! says why in [`Decision::hold`]; it never changes the phase or the counters.
+//! needs a slot as a new one does) and the cluster-wide minimum interval.
+//! A soft repair disrupts nothing: the maintenance window, `max_in_flight`
+//! and the minimum interval do not apply to it; the others do. A gate holds
+//! the action back and says why in [`Decision::hold`]; it never changes the
+//! phase or the counters.
 
 use std::time::Duration;
 
 use crate::domain::{Action, CheckOutcome, FailingCheck, Mode, NodeClass, NodeFacts, NodeRecord, Phase};
-use crate::policy::Policy;
+use crate::policy::{Policy, Rung};
 use crate::time::Timestamp;
 
 /// One checker's outcome, as the machine sees it.
@@ -326,7 +339,10 @@ fn mode_of(policy: &Policy) -> Mode {
     if policy.monitor_only { Mode::Monitor } else { Mode::Active }
 }
 
-/// Consults the safety gates for `action`. `counted` is true when the node
+/// Consults the safety gates for `action`. A soft repair passes the pause,
+/// stale source, storm guard and the node's own gates (deletion, removal
+/// taint, opt-out, start-up grace), but not the maintenance window,
+/// `max_in_flight` or `min_action_interval`: it disrupts nothing. `counted` is true when the node
 /// itself is in an in-flight phase, so [`Budget::in_flight`] counts it:
 /// `max_in_flight` applies to the other nodes under way, whether the action
 /// starts a remediation or continues one (a retry after the wait must not
@@ -341,7 +357,7 @@ fn gate(
     policy: &Policy,
     now: Timestamp,
 ) -> Option<Hold> {
-    if !action.is_disruptive() {
+    if !action.is_remediation() {
         return None;
     }
     let hold = |reason, until| Some(Hold { action, reason, until });
@@ -354,7 +370,7 @@ fn gate(
     if budget.storm(policy) {
         return hold(HoldReason::StormGuard, None);
     }
-    if budget.window_closed {
+    if budget.window_closed && action.is_disruptive() {
         return hold(HoldReason::MaintenanceWindow, None);
     }
     if facts.deleting {
@@ -371,6 +387,10 @@ fn gate(
         if end > now {
             return hold(HoldReason::StartupGrace, Some(end));
         }
+    }
+    if !action.is_disruptive() {
+        // A soft repair takes no in-flight slot and is not spaced cluster-wide.
+        return None;
     }
     let others = if counted { budget.in_flight.saturating_sub(1) } else { budget.in_flight };
     if others >= budget.max_in_flight(policy) {
@@ -399,8 +419,51 @@ fn may_replace(record: &NodeRecord, policy: &Policy) -> bool {
     record.class == NodeClass::Standard && policy.escalation.replace
 }
 
-fn escalate(record: &NodeRecord, policy: &Policy) -> Want {
-    if may_replace(record, policy) && record.replace_count == 0 { Want::Act(Action::Drain) } else { Want::Fail }
+/// The next rung of the node's ladder: the first soft repair not yet tried
+/// as often as it allows, reboots while `max_reboot_retries` allows, then
+/// drain (for a replacement) where escalation allows; past the top, `Failed`.
+fn next_rung(record: &NodeRecord, policy: &Policy) -> Want {
+    for rung in policy.ladder_for(record.class, &record.failing) {
+        match *rung {
+            Rung::Repair(repair) => {
+                let attempts = policy.repair(repair).map_or(0, |s| s.attempts);
+                if record.repair_count(repair) < attempts {
+                    return Want::Act(Action::Repair(repair));
+                }
+            }
+            Rung::Reboot => {
+                if record.reboot_count < policy.max_reboot_retries {
+                    return Want::Act(Action::Reboot);
+                }
+            }
+            Rung::Replace => {
+                if may_replace(record, policy) && record.replace_count == 0 {
+                    return Want::Act(Action::Drain);
+                }
+            }
+        }
+    }
+    Want::Fail
+}
+
+/// How long the last action is given to take effect before the node is
+/// judged again: the reboot wait after a reboot, the repair's wait after a
+/// repair (none when the policy no longer defines it).
+fn settle_time(record: &NodeRecord, policy: &Policy) -> Option<Duration> {
+    match record.last_action? {
+        Action::Reboot => Some(policy.reboot_wait_for(record.class)),
+        Action::Repair(r) => Some(policy.repair(r).map_or(Duration::ZERO, |s| s.wait)),
+        _ => None,
+    }
+}
+
+/// Whether an action of ours (not an uncordon) started in the current
+/// unhealthy episode: a recovery then has to be verified.
+fn acted_this_episode(record: &NodeRecord) -> bool {
+    match (record.last_action, record.last_action_at, record.unhealthy_since) {
+        (Some(a), Some(at), Some(since)) => a.is_remediation() && at >= since,
+        _ => false,
+    }
 }
 
 fn apply_action(record: &mut NodeRecord, action: Action, now: Timestamp) {
@@ -419,6 +482,10 @@ fn apply_action(record: &mut NodeRecord, action: Action, now: Timestamp) {
             record.phase = Phase::WaitingReplace;
             record.replace_count = record.replace_count.saturating_add(1);
             record.drained = false;
+        }
+        Action::Repair(repair) => {
+            record.phase = Phase::Repairing;
+            record.count_repair(repair);
         }
         Action::Uncordon => return,
     }
@@ -456,8 +523,13 @@ pub fn step(
 
     let any_failing = obs.checks.iter().any(|c| c.outcome.is_fail());
     if !failing_matches(&record.failing, obs.checks) {
-        let episode =
-            if matches!(record.phase, Phase::Unknown | Phase::Healthy) { None } else { record.unhealthy_since };
+        // A relapse while verifying counts its threshold from now, like any
+        // new failure (the episode, and its ladder position, go on).
+        let episode = if matches!(record.phase, Phase::Unknown | Phase::Healthy | Phase::Verifying) {
+            None
+        } else {
+            record.unhealthy_since
+        };
         record.failing = failing_list(&record.failing, episode, obs.checks, now);
         changed = true;
     }
@@ -468,10 +540,15 @@ pub fn step(
 
     match any_failing {
         false => {
-            if record.phase != Phase::Healthy {
-                record.phase = Phase::Healthy;
+            if !matches!(record.phase, Phase::Healthy | Phase::Verifying) {
+                // Recovered by itself, or after an action of ours: then only
+                // once the checkers have passed for `verify_for`.
+                let verify = acted_this_episode(&record) && !policy.verify_for.is_zero();
+                record.phase = if verify { Phase::Verifying } else { Phase::Healthy };
                 record.healthy_since = Some(now);
-                record.unhealthy_since = None;
+                if !verify {
+                    record.unhealthy_since = None;
+                }
                 record.drained = false;
                 changed = true;
             }
@@ -483,6 +560,16 @@ pub fn step(
                     now
                 }
             };
+            if record.phase == Phase::Verifying {
+                let verified_at = healthy_since + policy.verify_for;
+                if now >= verified_at {
+                    record.phase = Phase::Healthy;
+                    record.unhealthy_since = None;
+                    changed = true;
+                } else {
+                    next = Some(verified_at);
+                }
+            }
             if record.has_history() {
                 let reset_at = healthy_since + policy.history_reset_after;
                 if now >= reset_at {
@@ -490,12 +577,14 @@ pub fn step(
                     record.action_failures = 0;
                     record.replace_count = 0;
                     record.not_before = None;
+                    record.repairs.clear();
                     changed = true;
                 } else {
-                    next = Some(reset_at);
+                    next = earliest(next, Some(reset_at));
                 }
             }
-            if record.cordoned {
+            // A node we cordoned takes workloads again once it is verified.
+            if record.cordoned && record.phase == Phase::Healthy {
                 match record.not_before.and_then(|t| later(now, t)) {
                     Some(t) => next = earliest(next, Some(t)),
                     None => action = Some(Action::Uncordon),
@@ -506,6 +595,13 @@ pub fn step(
             if matches!(record.phase, Phase::Unknown | Phase::Healthy) {
                 record.phase = Phase::Unhealthy;
                 record.unhealthy_since = Some(now);
+                record.healthy_since = None;
+                changed = true;
+            }
+            if record.phase == Phase::Verifying {
+                // Failed again before it was verified: not recovered; the
+                // ladder goes on from where it stood.
+                record.phase = Phase::Unhealthy;
                 record.healthy_since = None;
                 changed = true;
             }
@@ -526,30 +622,23 @@ pub fn step(
             let (want, due) = match record.phase {
                 Phase::Unhealthy => {
                     let mut due = threshold_due.max(not_before);
-                    if record.last_action == Some(Action::Reboot) {
-                        // A reboot needs its wait to take effect, whatever happened since.
-                        due = due.max(last_action_at + policy.reboot_wait_for(record.class));
+                    if let Some(settle) = settle_time(&record, policy) {
+                        // A reboot or repair needs its wait to take effect, whatever happened since.
+                        due = due.max(last_action_at + settle);
                     }
                     let want = if now < due {
                         Want::Nothing
                     } else if record.action_failures > policy.max_reboot_failures {
                         Want::Fail
-                    } else if record.reboot_count >= policy.max_reboot_retries {
-                        escalate(&record, policy)
                     } else {
-                        Want::Act(Action::Reboot)
+                        next_rung(&record, policy)
                     };
                     (want, due)
                 }
-                Phase::WaitingReboot => {
-                    let due = (last_action_at + policy.reboot_wait_for(record.class)).max(not_before);
-                    let want = if now < due {
-                        Want::Nothing
-                    } else if record.reboot_count >= policy.max_reboot_retries {
-                        escalate(&record, policy)
-                    } else {
-                        Want::Act(Action::Reboot)
-                    };
+                Phase::WaitingReboot | Phase::Repairing => {
+                    let settle = settle_time(&record, policy).unwrap_or(Duration::ZERO);
+                    let due = (last_action_at + settle).max(not_before);
+                    let want = if now < due { Want::Nothing } else { next_rung(&record, policy) };
                     (want, due)
                 }
                 Phase::Draining => {
@@ -570,7 +659,7 @@ pub fn step(
                     let due = last_action_at + policy.escalation.replace_wait;
                     (if now < due { Want::Nothing } else { Want::Fail }, due)
                 }
-                Phase::Failed | Phase::Unknown | Phase::Healthy => (Want::Nothing, Timestamp::EPOCH),
+                Phase::Failed | Phase::Unknown | Phase::Healthy | Phase::Verifying => (Want::Nothing, Timestamp::EPOCH),
             };
 
             match want {
@@ -590,7 +679,9 @@ pub fn step(
                             action = Some(a);
                             changed = true;
                             next = match record.phase {
-                                Phase::WaitingReboot => Some(now + policy.reboot_wait_for(record.class)),
+                                Phase::WaitingReboot | Phase::Repairing => {
+                                    Some(now + settle_time(&record, policy).unwrap_or(Duration::ZERO))
+                                }
                                 Phase::WaitingReplace => Some(now + policy.escalation.replace_wait),
                                 // Draining continues as soon as the drain's outcome is known.
                                 _ => None,
@@ -650,6 +741,21 @@ pub fn apply_outcome(
     let initial_phase = record.phase;
     let before = record.clone();
     let backoff = policy.failure_backoff;
+    if let Action::Repair(_) = action {
+        // The try stays counted whatever came of it, so a repair that cannot
+        // work gives way to the next rung. One that may have happened keeps
+        // its wait; one that certainly did not is followed after the
+        // back-off's first step. Disruptive failures are not counted.
+        if outcome != ActionOutcome::Succeeded
+            && outcome != ActionOutcome::Unknown
+            && record.phase == Phase::Repairing
+            && record.last_action == Some(action)
+        {
+            record.phase = Phase::Unhealthy;
+            record.not_before = Some(now + backoff.delay(1));
+        }
+        return applied(record, &before, initial_phase, now);
+    }
     if outcome == ActionOutcome::Unsupported {
         if action.is_disruptive() {
             record.phase = Phase::Failed;
@@ -668,7 +774,7 @@ pub fn apply_outcome(
         return applied(record, &before, initial_phase, now);
     }
     match (action, succeeded) {
-        (Action::Reboot | Action::Replace, true) => {}
+        (Action::Reboot | Action::Replace, true) | (Action::Repair(_), _) => {}
         (Action::Drain, true) => {
             if record.phase == Phase::Draining {
                 record.drained = true;

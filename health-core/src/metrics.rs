@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, SharedString, Unit};
 
-use crate::domain::{Action, Mode, Phase};
+use crate::domain::{Action, Mode, Phase, Repair};
 
 /// The library's default metric name prefix (vendor-neutral).
 pub const DEFAULT_PREFIX: &str = "node_health";
@@ -220,7 +220,7 @@ impl MetricNames {
     }
 
     /// Every per-node series key the engine may have created for `node`.
-    pub(crate) fn node_series(&self, node: &str, checkers: &[String]) -> Vec<(SeriesKind, Key)> {
+    pub(crate) fn node_series(&self, node: &str, checkers: &[String], repairs: &[Repair]) -> Vec<(SeriesKind, Key)> {
         let mut keys = Vec::new();
         let shared: Arc<str> = node.into();
         for checker in checkers {
@@ -228,7 +228,7 @@ impl MetricNames {
                 keys.push((SeriesKind::Counter, self.check_key(Arc::clone(&shared), checker.clone(), result.as_str())));
             }
         }
-        for action in Action::ALL {
+        for action in Action::ALL.into_iter().chain(repairs.iter().map(|r| Action::Repair(*r))) {
             for mode in [Mode::Monitor, Mode::Active] {
                 keys.push((SeriesKind::Counter, self.action_key(node, action, mode)));
             }
@@ -369,9 +369,11 @@ mod tests {
         assert_eq!(n.node_unhealthy_duration_seconds, "civo_node_agent_node_unhealthy_duration_seconds");
         let m = MetricNames::new("acme");
         assert_eq!(m.reconcile_errors_total, "acme_reconcile_errors_total");
-        let keys = n.node_series("n1", &["NodeReady".to_owned()]);
-        // 3 check results + 4 actions x (2 modes + 1 failure) + 7 phases + 1 duration.
-        assert_eq!(keys.len(), 3 + 12 + 7 + 1);
+        let kubelet = crate::Repair::new("restart-kubelet").expect("a valid name");
+        let keys = n.node_series("n1", &["NodeReady".to_owned()], &[kubelet]);
+        // 3 check results + 5 actions x (2 modes + 1 failure) + 9 phases + 1 duration.
+        assert_eq!(keys.len(), 3 + 15 + 9 + 1);
+        assert!(keys.iter().any(|(_, k)| k.labels().any(|l| l.key() == "action" && l.value() == "restart-kubelet")));
         assert!(keys.iter().all(|(_, k)| k.labels().any(|l| l.key() == "node" && l.value() == "n1")));
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::domain::NodeClass;
+use crate::domain::{FailingCheck, NodeClass, Repair};
 
 /// The longest accepted duration of any policy setting, in days.
 pub const MAX_DURATION_DAYS: u64 = 365;
@@ -77,6 +77,14 @@ pub enum PolicyError {
         value: Duration,
         /// The largest accepted value, in days.
         max_days: u64,
+    },
+    /// A repair ladder or repair setting that cannot be used.
+    #[error("{field}: {message}")]
+    Ladder {
+        /// Where: `ladder[2].rungs`, `repairs.restart-kubelet.attempts`.
+        field: String,
+        /// What is wrong and what is accepted.
+        message: String,
     },
     /// Two durations contradict each other.
     #[error("{field} ({value:?}) must not be shorter than {other} ({other_value:?})")]
@@ -327,8 +335,71 @@ impl Default for Gates {
     }
 }
 
+/// How a soft repair is used: how often it is tried in a node's history and
+/// how long each try is given to take effect before the ladder moves on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepairSpec {
+    /// The repair.
+    pub repair: Repair,
+    /// Tries in one history (1 to [`MAX_REPAIR_ATTEMPTS`]).
+    pub attempts: u32,
+    /// How long a try is given before the node is judged again (positive).
+    pub wait: Duration,
+}
+
+/// The most tries of one soft repair in a node's history.
+pub const MAX_REPAIR_ATTEMPTS: u32 = 10;
+
+/// One rung of a repair ladder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rung {
+    /// A soft repair (see [`Policy::repairs`]).
+    Repair(Repair),
+    /// Reboots, up to `max_reboot_retries` in a history, each followed by the
+    /// class's reboot wait.
+    Reboot,
+    /// Drain, then replace the machine (standard nodes, with
+    /// `escalation.replace` on), then `escalation.replace_wait`.
+    Replace,
+}
+
+impl Rung {
+    /// The rung's name as written in a ladder (`reboot`, `replace` or the repair's name).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Rung::Repair(r) => r.as_str(),
+            Rung::Reboot => "reboot",
+            Rung::Replace => "replace",
+        }
+    }
+}
+
+/// The ladder of nodes that no configured ladder matches: reboots, then
+/// drain and replace where escalation allows it (Civo's node-agent).
+pub const DEFAULT_LADDER: [Rung; 2] = [Rung::Reboot, Rung::Replace];
+
+/// An ordered list of rungs for the nodes of a class, optionally only while
+/// a given checker fails. Rungs go soft repairs first, then `reboot`, then
+/// `replace`; each appears at most once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ladder {
+    /// The node class it applies to (`None`: every class).
+    pub class: Option<NodeClass>,
+    /// The checker whose failure selects it (`None`: any failure).
+    pub checker: Option<String>,
+    /// The rungs, climbed in order.
+    pub rungs: Vec<Rung>,
+}
+
+impl Ladder {
+    fn applies_to(&self, class: NodeClass) -> bool {
+        self.class.is_none_or(|c| c == class)
+    }
+}
+
 /// The full remediation policy (defaults compatible with Civo's node-agent).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Run the lifecycle without calling the executor. Default on.
@@ -356,6 +427,21 @@ pub struct Policy {
     pub escalation: Escalation,
     /// Safety gates.
     pub gates: Gates,
+    /// After an action of ours, a node whose checkers pass again is
+    /// `Verifying` and counts as recovered (and is uncordoned) only once
+    /// they have passed continuously this long. Zero: at once. Default 2m.
+    #[serde(with = "duration_str")]
+    pub verify_for: Duration,
+    /// The soft repairs the ladders may name. Set in code (the agent builds
+    /// them from its `[repairs.NAME]` sections).
+    #[serde(skip)]
+    pub repairs: Vec<RepairSpec>,
+    /// Repair ladders. A failing node climbs the first ladder of its class
+    /// naming a failing checker, else the first of its class naming none,
+    /// else [`DEFAULT_LADDER`]. Set in code (the agent builds them from its
+    /// `[[ladder]]` sections).
+    #[serde(skip)]
+    pub ladders: Vec<Ladder>,
 }
 
 impl Default for Policy {
@@ -371,6 +457,9 @@ impl Default for Policy {
             history_reset_after: Duration::from_secs(30 * 60),
             escalation: Escalation::default(),
             gates: Gates::default(),
+            verify_for: Duration::from_secs(2 * 60),
+            repairs: Vec::new(),
+            ladders: Vec::new(),
         }
     }
 }
@@ -395,6 +484,7 @@ impl Policy {
         let bounded = positive.into_iter().chain([
             ("gates.startup_grace", self.gates.startup_grace),
             ("gates.min_action_interval", self.gates.min_action_interval),
+            ("verify_for", self.verify_for),
         ]);
         for (field, value) in bounded {
             if value > max {
@@ -445,7 +535,108 @@ impl Policy {
                 return Err(PolicyError::ZeroLimit { field });
             }
         }
+        self.validate_ladders()
+    }
+
+    fn validate_ladders(&self) -> Result<(), PolicyError> {
+        let err = |field: String, message: String| Err(PolicyError::Ladder { field, message });
+        let max = Duration::from_secs(MAX_DURATION_DAYS * 86_400);
+        for (i, spec) in self.repairs.iter().enumerate() {
+            let name = spec.repair;
+            if self.repairs[..i].iter().any(|s| s.repair == name) {
+                return err(format!("repairs.{name}"), "is defined twice".into());
+            }
+            if spec.attempts == 0 || spec.attempts > MAX_REPAIR_ATTEMPTS {
+                return err(
+                    format!("repairs.{name}.attempts"),
+                    format!("must be from 1 to {MAX_REPAIR_ATTEMPTS}, got {}", spec.attempts),
+                );
+            }
+            if spec.wait.is_zero() || spec.wait > max {
+                return err(
+                    format!("repairs.{name}.wait"),
+                    format!(
+                        "must be a positive duration of at most {MAX_DURATION_DAYS} days such as \"2m\", got {:?}",
+                        spec.wait
+                    ),
+                );
+            }
+        }
+        for (i, ladder) in self.ladders.iter().enumerate() {
+            let field = format!("ladder[{i}].rungs");
+            if ladder.rungs.is_empty() {
+                return err(field, "must name at least one rung".into());
+            }
+            // Soft repairs first, then reboot, then replace: each at most once.
+            let rank = |r: &Rung| match r {
+                Rung::Repair(_) => 0,
+                Rung::Reboot => 1,
+                Rung::Replace => 2,
+            };
+            for (j, rung) in ladder.rungs.iter().enumerate() {
+                if ladder.rungs[..j].contains(rung) {
+                    return err(field, format!("names {:?} twice", rung.as_str()));
+                }
+                if j > 0 && rank(&ladder.rungs[j - 1]) > rank(rung) {
+                    return err(
+                        field,
+                        format!(
+                            "{:?} comes after {:?}: soft repairs go first, then \"reboot\", then \"replace\"",
+                            rung.as_str(),
+                            ladder.rungs[j - 1].as_str()
+                        ),
+                    );
+                }
+                if let Rung::Repair(r) = rung
+                    && !self.repairs.iter().any(|s| s.repair == *r)
+                {
+                    return err(
+                        field,
+                        format!("names the repair {:?}, which is not defined (repairs.{r})", r.as_str()),
+                    );
+                }
+            }
+            if ladder.rungs.contains(&Rung::Replace) {
+                if ladder.class == Some(NodeClass::Gpu) {
+                    return err(field, "a GPU node is never replaced automatically: remove \"replace\"".into());
+                }
+                if !self.escalation.replace {
+                    return err(field, "\"replace\" needs escalation.replace = true".into());
+                }
+            }
+            if let Some(c) = &ladder.checker
+                && c.trim().is_empty()
+            {
+                return err(format!("ladder[{i}].checker"), "must name a checker or be left out".into());
+            }
+            if let Some(j) =
+                self.ladders[..i].iter().position(|l| l.class == ladder.class && l.checker == ladder.checker)
+            {
+                return err(
+                    format!("ladder[{i}]"),
+                    format!("has the same class and checker as ladder[{j}], which always wins: remove one"),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The rungs a node of `class` climbs while `failing` fail: the first
+    /// ladder of its class naming a failing checker, else the first of its
+    /// class naming none, else [`DEFAULT_LADDER`].
+    #[must_use]
+    pub fn ladder_for(&self, class: NodeClass, failing: &[FailingCheck]) -> &[Rung] {
+        let by_checker = self.ladders.iter().find(|l| {
+            l.applies_to(class) && l.checker.as_deref().is_some_and(|c| failing.iter().any(|f| f.checker == c))
+        });
+        let ladder = by_checker.or_else(|| self.ladders.iter().find(|l| l.applies_to(class) && l.checker.is_none()));
+        ladder.map_or(&DEFAULT_LADDER[..], |l| &l.rungs)
+    }
+
+    /// The settings of `repair`, when the policy defines it.
+    #[must_use]
+    pub fn repair(&self, repair: Repair) -> Option<&RepairSpec> {
+        self.repairs.iter().find(|s| s.repair == repair)
     }
 
     /// The reboot wait for a node class.
@@ -504,6 +695,27 @@ impl Policy {
     #[must_use]
     pub fn with_gates(mut self, gates: Gates) -> Self {
         self.gates = gates;
+        self
+    }
+
+    /// Sets `verify_for`.
+    #[must_use]
+    pub fn with_verify_for(mut self, verify_for: Duration) -> Self {
+        self.verify_for = verify_for;
+        self
+    }
+
+    /// Defines a soft repair: `attempts` tries, each given `wait`.
+    #[must_use]
+    pub fn with_repair(mut self, repair: Repair, attempts: u32, wait: Duration) -> Self {
+        self.repairs.push(RepairSpec { repair, attempts, wait });
+        self
+    }
+
+    /// Adds a ladder (see [`Policy::ladder_for`] for which one a node climbs).
+    #[must_use]
+    pub fn with_ladder(mut self, ladder: Ladder) -> Self {
+        self.ladders.push(ladder);
         self
     }
 }

@@ -5,6 +5,7 @@
 //! back into tokio instants to sleep on.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::ops::{Add, Sub};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,16 +23,33 @@ use serde::{Deserialize, Serialize};
 /// `kubectl`, `etcdctl` or `cat` sees a time; it is read from that form or
 /// from a number of milliseconds (what earlier versions wrote). Instants
 /// past the year 9999 are written as a number.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(u64);
+///
+/// The latest instant is [`Timestamp::MAX`] (`u64::MAX - 1` milliseconds):
+/// the representation keeps one value free so that `Option<Timestamp>` is
+/// as small as a `Timestamp` (a record holds five of them).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(NonZeroU64);
+
+impl Default for Timestamp {
+    /// The Unix epoch.
+    fn default() -> Self {
+        Timestamp::EPOCH
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Timestamp").field(&self.as_millis()).finish()
+    }
+}
 
 /// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
 const MAX_RFC3339_MILLIS: u64 = 253_402_300_799_999;
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0 > MAX_RFC3339_MILLIS {
-            return s.serialize_u64(self.0);
+        if self.as_millis() > MAX_RFC3339_MILLIS {
+            return s.serialize_u64(self.as_millis());
         }
         s.collect_str(&humantime::format_rfc3339_millis(self.to_system_time()))
     }
@@ -48,10 +66,12 @@ impl<'de> Deserialize<'de> for Timestamp {
                 )
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
-                Ok(Timestamp(v))
+                Ok(Timestamp::from_millis(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Timestamp, E> {
-                u64::try_from(v).map(Timestamp).map_err(|_| E::custom(format!("a time before 1970 ({v} ms)")))
+                u64::try_from(v)
+                    .map(Timestamp::from_millis)
+                    .map_err(|_| E::custom(format!("a time before 1970 ({v} ms)")))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
                 humantime::parse_rfc3339(v).map(Timestamp::from_system_time).map_err(|e| {
@@ -67,43 +87,52 @@ impl<'de> Deserialize<'de> for Timestamp {
 
 impl Timestamp {
     /// The Unix epoch.
-    pub const EPOCH: Timestamp = Timestamp(0);
+    pub const EPOCH: Timestamp = Timestamp::from_millis(0);
 
-    /// A timestamp `millis` milliseconds after the Unix epoch.
+    /// The latest representable instant, `u64::MAX - 1` milliseconds after
+    /// the epoch; later instants saturate to it.
+    pub const MAX: Timestamp = Timestamp::from_millis(u64::MAX - 1);
+
+    /// A timestamp `millis` milliseconds after the Unix epoch (at most
+    /// [`Timestamp::MAX`]).
     #[must_use]
     pub const fn from_millis(millis: u64) -> Self {
-        Timestamp(millis)
+        // Stored plus one, so zero stays free for `Option`'s niche.
+        match NonZeroU64::new(millis.saturating_add(1)) {
+            Some(v) => Timestamp(v),
+            None => Timestamp(NonZeroU64::MAX),
+        }
     }
 
     /// A timestamp `secs` seconds after the Unix epoch.
     #[must_use]
     pub const fn from_secs(secs: u64) -> Self {
-        Timestamp(secs.saturating_mul(1000))
+        Timestamp::from_millis(secs.saturating_mul(1000))
     }
 
     /// Milliseconds since the Unix epoch.
     #[must_use]
     pub const fn as_millis(self) -> u64 {
-        self.0
+        self.0.get() - 1
     }
 
     /// Converts a [`SystemTime`]; instants before the epoch map to the epoch.
     #[must_use]
     pub fn from_system_time(t: SystemTime) -> Self {
         let ms = t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0);
-        Timestamp(ms)
+        Timestamp::from_millis(ms)
     }
 
     /// The same instant as a [`SystemTime`].
     #[must_use]
     pub fn to_system_time(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0)
+        UNIX_EPOCH + Duration::from_millis(self.as_millis())
     }
 
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
     #[must_use]
     pub fn saturating_since(self, earlier: Timestamp) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
+        Duration::from_millis(self.as_millis().saturating_sub(earlier.as_millis()))
     }
 }
 
@@ -114,14 +143,14 @@ fn duration_millis(d: Duration) -> u64 {
 impl Add<Duration> for Timestamp {
     type Output = Timestamp;
     fn add(self, rhs: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(duration_millis(rhs)))
+        Timestamp::from_millis(self.as_millis().saturating_add(duration_millis(rhs)))
     }
 }
 
 impl Sub<Duration> for Timestamp {
     type Output = Timestamp;
     fn sub(self, rhs: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_sub(duration_millis(rhs)))
+        Timestamp::from_millis(self.as_millis().saturating_sub(duration_millis(rhs)))
     }
 }
 
@@ -130,10 +159,10 @@ const RFC3339_END_MS: u64 = 253_402_300_800_000;
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 < RFC3339_END_MS {
+        if self.as_millis() < RFC3339_END_MS {
             humantime::format_rfc3339_millis(self.to_system_time()).fmt(f)
         } else {
-            write!(f, "{}ms after the epoch", self.0)
+            write!(f, "{}ms after the epoch", self.as_millis())
         }
     }
 }
@@ -253,7 +282,7 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        Timestamp(self.now.load(Ordering::SeqCst))
+        Timestamp::from_millis(self.now.load(Ordering::SeqCst))
     }
 }
 
@@ -279,7 +308,10 @@ mod tests {
     fn arithmetic_saturates() {
         let t = Timestamp::from_secs(10);
         assert_eq!(t - Duration::from_secs(20), Timestamp::EPOCH);
-        assert_eq!(Timestamp::from_millis(u64::MAX) + Duration::from_secs(1), Timestamp::from_millis(u64::MAX));
+        assert_eq!(Timestamp::from_millis(u64::MAX) + Duration::from_secs(1), Timestamp::MAX);
+        assert_eq!(Timestamp::MAX.as_millis(), u64::MAX - 1);
+        assert_eq!(Timestamp::default(), Timestamp::EPOCH);
+        assert_eq!(std::mem::size_of::<Option<Timestamp>>(), 8, "the niche keeps Option<Timestamp> at 8 bytes");
         assert_eq!(t.saturating_since(Timestamp::from_secs(20)), Duration::ZERO);
         assert_eq!(Timestamp::from_secs(20).saturating_since(t), Duration::from_secs(10));
     }
@@ -287,7 +319,7 @@ mod tests {
     #[test]
     fn display_is_rfc3339() {
         assert_eq!(Timestamp::from_millis(1_500).to_string(), "1970-01-01T00:00:01.500Z");
-        assert_eq!(Timestamp::from_millis(u64::MAX).to_string(), "18446744073709551615ms after the epoch");
+        assert_eq!(Timestamp::from_millis(u64::MAX).to_string(), "18446744073709551614ms after the epoch");
         assert_eq!(Timestamp::from_millis(253_402_300_799_999).to_string(), "9999-12-31T23:59:59.999Z");
     }
 

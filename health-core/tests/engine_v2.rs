@@ -84,8 +84,15 @@ async fn a_node_cured_by_its_drain_is_not_replaced() {
     let _ = e.evaluate(&targets[..1]).await;
     assert_eq!(exec.actions().last().map(|a| a.1), Some(Action::Drain));
     assert!(!exec.actions().iter().any(|a| a.1 == Action::Replace), "{:?}", exec.actions());
+    // Recovered after our actions: verified for 2 minutes before it counts
+    // (and is uncordoned).
     let rec = e.record("node-0").unwrap();
-    assert_eq!(rec.phase, Phase::Healthy);
+    assert_eq!(rec.phase, Phase::Verifying);
+    assert!(rec.cordoned, "still cordoned while verifying");
+    tokio::time::advance(2 * MIN).await;
+    let _ = e.run_pass(&targets).await;
+    assert_eq!(e.record("node-0").map(|r| r.phase), Some(Phase::Healthy));
+    assert_eq!(exec.actions().last().map(|a| a.1), Some(Action::Uncordon));
 }
 
 /// Why 1: an opt-out added during the drain, and half the fleet going
@@ -629,7 +636,7 @@ async fn stopping_while_an_action_hangs_never_repeats_it_early() {
         let policy = Policy::default().with_monitor_only(false);
         let engine = |exec: Arc<dyn Executor<Node>>| {
             Engine::builder(store.clone(), exec)
-                .policy(policy)
+                .policy(policy.clone())
                 .checker(ready_checker())
                 .clock(clock.clone())
                 .build()

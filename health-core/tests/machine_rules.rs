@@ -283,13 +283,43 @@ fn lifecycle_rules() {
             .failing()
             .expect(Phase::Failed, None, (5, 0, 0), None),
         Row::new("failed recovers when every checker passes", NodeRecord { phase: Phase::Failed, ..waiting(5, 60) })
-            .expect(Phase::Healthy, None, (5, 0, 0), Some(NOW + 30 * MIN)),
-        Row::new("a reboot that worked: healthy, history kept", waiting(1, 3 * MIN)).expect(
-            Phase::Healthy,
+            .expect(Phase::Verifying, None, (5, 0, 0), Some(NOW + 2 * MIN)),
+        Row::new("a reboot that worked: verifying, history kept", waiting(1, 3 * MIN)).expect(
+            Phase::Verifying,
             None,
             (1, 0, 0),
-            Some(NOW + 30 * MIN),
+            Some(NOW + 2 * MIN),
         ),
+        Row::new(
+            "verifying until verify_for has passed",
+            NodeRecord { phase: Phase::Verifying, healthy_since: ago(MIN), ..waiting(1, 3 * MIN) },
+        )
+        .expect(Phase::Verifying, None, (1, 0, 0), Some(NOW + MIN)),
+        Row::new(
+            "verified: healthy, history kept until history_reset_after",
+            NodeRecord { phase: Phase::Verifying, healthy_since: ago(2 * MIN), ..waiting(1, 3 * MIN) },
+        )
+        .expect(Phase::Healthy, None, (1, 0, 0), Some(NOW + 28 * MIN)),
+        Row::new(
+            "a relapse while verifying: unhealthy, history kept, the reboot wait still spaces the next reboot",
+            NodeRecord { phase: Phase::Verifying, healthy_since: ago(MIN), ..waiting(1, 3 * MIN) },
+        )
+        .failing()
+        .expect(Phase::Unhealthy, None, (1, 0, 0), Some(NOW + 7 * MIN)),
+        Row::new(
+            "a relapse while verifying counts its threshold from now",
+            NodeRecord { phase: Phase::Verifying, healthy_since: ago(MIN), ..waiting(1, 30 * MIN) },
+        )
+        .failing()
+        .expect(Phase::Unhealthy, None, (1, 0, 0), Some(NOW + 5 * MIN)),
+        Row::new("verify_for zero: healthy at once", NodeRecord { phase: Phase::Failed, ..waiting(5, 60) })
+            .policy(active().with_verify_for(Duration::ZERO))
+            .expect(Phase::Healthy, None, (5, 0, 0), Some(NOW + 30 * MIN)),
+        Row::new(
+            "a node we cordoned is not uncordoned while verifying",
+            NodeRecord { phase: Phase::Draining, cordoned: true, ..waiting(5, 60) },
+        )
+        .expect(Phase::Verifying, None, (5, 0, 0), Some(NOW + 2 * MIN)),
         Row::new(
             "history is kept until healthy for history_reset_after",
             NodeRecord {
@@ -508,7 +538,7 @@ fn gate_boundaries_and_exemptions() {
     let interval = active().with_gates(Gates { min_action_interval: Duration::from_secs(5 * MIN), ..Gates::default() });
     Row::new("retry with a free slot", waiting(1, 10 * MIN))
         .failing()
-        .policy(interval)
+        .policy(interval.clone())
         .budget(Budget { in_flight: 10, last_action_at: ago(10 * MIN), ..budget() })
         .expect(Phase::WaitingReboot, Some(Action::Reboot), (2, 0, 0), Some(NOW + 10 * MIN))
         .check();
@@ -516,7 +546,7 @@ fn gate_boundaries_and_exemptions() {
     // started while it waited.
     Row::new("retry without a free slot", waiting(1, 10 * MIN))
         .failing()
-        .policy(interval)
+        .policy(interval.clone())
         .budget(Budget { in_flight: 11, last_action_at: ago(10 * MIN), ..budget() })
         .held(HoldReason::MaxInFlight)
         .expect(Phase::WaitingReboot, None, (1, 0, 0), None)

@@ -147,7 +147,7 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         });
         let policy = Policy::default().with_monitor_only(s.monitor_only).with_replace(s.replace);
         let engine = Engine::builder(Arc::new(MemoryStore::new()), chaos.clone())
-            .policy(policy)
+            .policy(policy.clone())
             .checker(ready_checker())
             .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
             .build()

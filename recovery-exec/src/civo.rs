@@ -542,7 +542,7 @@ impl<T: ExecTarget + ?Sized> Executor<T> for CivoExecutor {
                     target.pool_id().ok_or_else(|| to_exec(action, CivoError::NoPool { node: node.to_owned() }))?;
                 self.replace(node, pool).await.map_err(|e| to_exec(action, e))
             }
-            Action::Drain | Action::Uncordon => Err(ExecError::Unsupported { action }),
+            Action::Drain | Action::Uncordon | Action::Repair(_) => Err(ExecError::Unsupported { action }),
         }
     }
 }

@@ -72,6 +72,7 @@ pub fn wire_action(action: Action) -> pb::Action {
         Action::Drain => pb::Action::Drain,
         Action::Replace => pb::Action::Replace,
         Action::Uncordon => pb::Action::Uncordon,
+        Action::Repair(_) => pb::Action::Repair,
     }
 }
 
@@ -107,6 +108,10 @@ impl<T: ExecTarget + ?Sized> Executor<T> for GrpcExecutor {
             action: wire_action(action) as i32,
             pool_id: target.pool_id().unwrap_or_default().to_owned(),
             timeout: Some(pb_duration(timeout)),
+            repair: match action {
+                Action::Repair(r) => r.as_str().to_owned(),
+                _ => String::new(),
+            },
         };
         let mut wait = self.config.backoff;
         let mut last: Option<tonic::Status> = None;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use health_core::{Action, ExecError, Executor};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::ExecTarget;
@@ -93,6 +93,16 @@ pub enum KubeExecError {
     Contended {
         /// The node.
         node: String,
+    },
+    /// A pod restart found no pod to restart on the node.
+    #[error("no pod in namespace {namespace:?} matching {selector:?} runs on node {node:?}")]
+    NoPods {
+        /// The node.
+        node: String,
+        /// The namespace searched.
+        namespace: String,
+        /// The label selector.
+        selector: String,
     },
     /// Disruption budgets kept pods on the node past the drain timeout.
     #[error("drain of node {node:?} timed out after {after:?}; pods still on it: {}", pods.join(", "))]
@@ -390,6 +400,82 @@ impl KubeExecutor {
     }
 }
 
+/// A soft repair that restarts a node's pods: it deletes the pods in one
+/// namespace, matching a label selector, that run on the node, and their
+/// controller (a DaemonSet, typically a CNI agent such as Cilium) starts
+/// new ones. Finding none is a failure (the repair cannot have helped).
+#[derive(Clone)]
+pub struct PodRestarter {
+    client: kube::Client,
+    namespace: String,
+    selector: String,
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for PodRestarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodRestarter")
+            .field("namespace", &self.namespace)
+            .field("selector", &self.selector)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodRestarter {
+    /// Restarts the pods of `namespace` matching `selector` (such as
+    /// `k8s-app=cilium`), each API call bounded by `call_timeout`.
+    #[must_use]
+    pub fn new(client: kube::Client, namespace: &str, selector: &str, call_timeout: Duration) -> Self {
+        PodRestarter { client, namespace: namespace.to_owned(), selector: selector.to_owned(), call_timeout }
+    }
+
+    /// Deletes the matching pods on `node`; returns their names.
+    pub async fn restart(&self, node: &str) -> Result<Vec<String>, KubeExecError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let lp = ListParams::default().labels(&self.selector).fields(&format!("spec.nodeName={node}"));
+        let timed =
+            |what: &'static str| KubeExecError::Unanswered { node: node.to_owned(), what, after: self.call_timeout };
+        let found = tokio::time::timeout(self.call_timeout, pods.list(&lp))
+            .await
+            .map_err(|_| timed("list pods"))?
+            .map_err(|source| KubeExecError::Api { node: node.to_owned(), what: "list pods", source })?;
+        let names: Vec<String> = found.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        if names.is_empty() {
+            return Err(KubeExecError::NoPods {
+                node: node.to_owned(),
+                namespace: self.namespace.clone(),
+                selector: self.selector.clone(),
+            });
+        }
+        for name in &names {
+            match tokio::time::timeout(self.call_timeout, pods.delete(name, &DeleteParams::default()))
+                .await
+                .map_err(|_| timed("delete pod"))?
+            {
+                // Already gone: what the restart wanted.
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(source) => return Err(KubeExecError::Api { node: node.to_owned(), what: "delete pod", source }),
+            }
+        }
+        tracing::info!(node, namespace = %self.namespace, pods = ?names, "pods deleted for a restart");
+        Ok(names)
+    }
+}
+
+#[async_trait]
+impl<T: ExecTarget + ?Sized> Executor<T> for PodRestarter {
+    async fn execute(&self, action: Action, target: &T) -> Result<(), ExecError> {
+        if !action.is_soft() {
+            return Err(ExecError::Unsupported { action });
+        }
+        self.restart(target.node_name()).await.map(drop).map_err(|e| match e {
+            KubeExecError::Unanswered { .. } => ExecError::Unknown { action, message: e.to_string() },
+            e => ExecError::Failed { action, message: e.to_string(), source: Some(Box::new(e)) },
+        })
+    }
+}
+
 #[async_trait]
 impl<T: ExecTarget + ?Sized> Executor<T> for KubeExecutor {
     async fn execute(&self, action: Action, target: &T) -> Result<(), ExecError> {
@@ -397,7 +483,7 @@ impl<T: ExecTarget + ?Sized> Executor<T> for KubeExecutor {
         let result = match action {
             Action::Drain => self.drain(node).await,
             Action::Uncordon => self.uncordon(node).await,
-            Action::Reboot | Action::Replace => return Err(ExecError::Unsupported { action }),
+            Action::Reboot | Action::Replace | Action::Repair(_) => return Err(ExecError::Unsupported { action }),
         };
         result.map_err(|e| ExecError::Failed { action, message: e.to_string(), source: Some(Box::new(e)) })
     }

@@ -6,6 +6,9 @@
 //! | [`KubeExecutor`] | `kube` | Drain (cordon, then evict through the Eviction API), Uncordon (only a cordon of ours) |
 //! | [`Remediator`] | — | routes Drain/Uncordon to a cluster executor, Reboot and Replace to a cloud one |
 //! | [`CommandExecutor`] | `command` | any configured action, as a program |
+//! | [`PodRestarter`] | `kube` | soft repairs: deletes a node's pods matching a selector (a DaemonSet restarts them) |
+//! | [`HttpExecutor`] | `http` | soft repairs: one HTTP request (a sidecar's mark-ready, a webhook) |
+//! | [`Repairs`] | — | routes each soft repair to its executor, everything else to another |
 //! | [`GrpcExecutor`] | `grpc` | any action, by the operator's `nodeagent.v1.RecoveryExecutor` server (idempotency key per action) |
 //! | [`NoopExecutor`], [`DryRun`] | — | nothing (dry-run logs what it would do) |
 //!
@@ -48,13 +51,15 @@ mod civo;
 mod command;
 #[cfg(feature = "grpc")]
 mod grpc;
+#[cfg(feature = "http")]
+mod http;
 #[cfg(feature = "kube")]
 mod kube;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use health_core::{Action, ExecError, Executor};
+use health_core::{Action, ExecError, Executor, Repair};
 
 #[cfg(feature = "civo")]
 pub use civo::{ApiKey, CivoConfig, CivoError, CivoExecutor, install_crypto_provider, is_loopback_url};
@@ -62,8 +67,10 @@ pub use civo::{ApiKey, CivoConfig, CivoError, CivoExecutor, install_crypto_provi
 pub use command::CommandExecutor;
 #[cfg(feature = "grpc")]
 pub use grpc::{GrpcExecutor, GrpcExecutorConfig, wire_action};
+#[cfg(feature = "http")]
+pub use http::{HttpExecutor, UrlTemplateError};
 #[cfg(feature = "kube")]
-pub use kube::{CORDONED_ANNOTATION, DrainConfig, KubeExecError, KubeExecutor};
+pub use kube::{CORDONED_ANNOTATION, DrainConfig, KubeExecError, KubeExecutor, PodRestarter};
 
 /// The label holding a Civo node's pool id.
 pub const POOL_LABEL: &str = "kubernetes.civo.com/civo-node-pool";
@@ -149,6 +156,50 @@ impl<T: ?Sized + Sync> Executor<T> for Remediator<T> {
         match action {
             Action::Drain | Action::Uncordon => self.cluster.execute(action, target).await,
             Action::Reboot | Action::Replace => self.cloud.execute(action, target).await,
+            Action::Repair(_) => Err(ExecError::Unsupported { action }),
+        }
+    }
+}
+
+/// Routes each soft repair to the executor configured for it and every
+/// other action to `rest`. A repair nobody performs is unsupported (the
+/// machine then moves on to the next rung).
+pub struct Repairs<T: ?Sized> {
+    by_name: Vec<(Repair, Arc<dyn Executor<T>>)>,
+    rest: Arc<dyn Executor<T>>,
+}
+
+impl<T: ?Sized> std::fmt::Debug for Repairs<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.by_name.iter().map(|(r, _)| r.as_str()).collect();
+        f.debug_struct("Repairs").field("repairs", &names).finish_non_exhaustive()
+    }
+}
+
+impl<T: ?Sized + Sync> Repairs<T> {
+    /// Sends every action to `rest` until repairs are added.
+    pub fn new(rest: Arc<dyn Executor<T>>) -> Self {
+        Repairs { by_name: Vec::new(), rest }
+    }
+
+    /// Performs `repair` with `executor` (a later call for the same repair replaces it).
+    #[must_use]
+    pub fn with(mut self, repair: Repair, executor: Arc<dyn Executor<T>>) -> Self {
+        self.by_name.retain(|(r, _)| *r != repair);
+        self.by_name.push((repair, executor));
+        self
+    }
+}
+
+#[async_trait]
+impl<T: ?Sized + Sync> Executor<T> for Repairs<T> {
+    async fn execute(&self, action: Action, target: &T) -> Result<(), ExecError> {
+        match action {
+            Action::Repair(r) => match self.by_name.iter().find(|(name, _)| *name == r) {
+                Some((_, e)) => e.execute(action, target).await,
+                None => Err(ExecError::Unsupported { action }),
+            },
+            _ => self.rest.execute(action, target).await,
         }
     }
 }

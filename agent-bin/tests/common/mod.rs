@@ -37,6 +37,7 @@ reboot_wait = "2s"
 gpu_reboot_wait = "2s"
 max_reboot_retries = 2
 history_reset_after = "1m"
+verify_for = "1s"
 
 [policy.failure_backoff]
 initial = "200ms"

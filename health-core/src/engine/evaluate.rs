@@ -46,7 +46,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
                                 None => (NodeRecord::new(t.facts().class), None),
                             };
                             clamp_future(&mut record, now);
-                            if let Some(at) = record.last_action_at {
+                            // Only a disruptive action spaces the cluster's next one.
+                            if let Some(at) = record.last_action_at
+                                && record.last_action.is_some_and(Action::is_disruptive)
+                            {
                                 self.state.last_action_at = Some(self.state.last_action_at.map_or(at, |l| l.max(at)));
                             }
                             match existing {

@@ -556,7 +556,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
     fn drop_node(&mut self, node: &str) {
         self.state.remove(node);
         if let Some(remover) = &self.shared.remover {
-            for (kind, key) in self.shared.names.node_series(node, &self.shared.checker_names) {
+            let repairs: Vec<_> = self.shared.policy.repairs.iter().map(|s| s.repair).collect();
+            for (kind, key) in self.shared.names.node_series(node, &self.shared.checker_names, &repairs) {
                 remover.remove_series(kind, &key);
             }
         }
