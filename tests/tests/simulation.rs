@@ -34,7 +34,9 @@ async fn a_reboot_fixes_a_broken_node() {
         [
             (Phase::Unknown, Phase::Unhealthy),
             (Phase::Unhealthy, Phase::WaitingReboot),
-            (Phase::WaitingReboot, Phase::Healthy)
+            // Recovered after the reboot: verified for 2 minutes first.
+            (Phase::WaitingReboot, Phase::Verifying),
+            (Phase::Verifying, Phase::Healthy)
         ]
     );
     let rec = sim.engine.record("std-003").expect("record");
