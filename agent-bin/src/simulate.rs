@@ -69,6 +69,8 @@ pub struct NodeSummary {
     pub class: String,
     /// Its last phase (`Replaced` for a node that was replaced and left).
     pub phase: String,
+    /// Soft repairs issued (restart kubelet, restart the Cilium pod).
+    pub repairs: u32,
     /// Reboots issued.
     pub reboots: u32,
     /// Replacements issued.
@@ -86,6 +88,8 @@ pub struct Totals {
     pub healthy: usize,
     /// Nodes Failed at the end.
     pub failed: usize,
+    /// Soft repairs issued.
+    pub repairs: u32,
     /// Reboots issued.
     pub reboots: u32,
     /// Replacements issued.
@@ -120,6 +124,7 @@ pub struct Summary {
 
 #[derive(Default)]
 struct Tally {
+    repairs: u32,
     reboots: u32,
     replaces: u32,
     failures: u32,
@@ -168,6 +173,10 @@ impl Observer<NodeRef> for Printer {
             (Action::Replace, None) => {
                 t.replaces += 1;
                 self.line(&format!("{:<28} replacement issued (drained, deleted from its pool)", e.node));
+            }
+            (Action::Repair(r), None) => {
+                t.repairs += 1;
+                self.line(&format!("{:<28} soft repair {r} done (no reboot)", e.node));
             }
             (a, None) => self.line(&format!("{:<28} {a} done", e.node)),
         }
@@ -223,12 +232,62 @@ pub fn config_for(sim: &SimServer, speed: u32) -> Config {
     // Twelve nodes would allow one remediation at a time; the demo allows three.
     policy.gates.max_in_flight = health_core::Limit::percent(25);
     c.policy = policy;
+    // The repair ladder: a stopped kubelet is restarted (the simulator's
+    // host endpoint stands in for an operator's SSH script or fleet API), a
+    // crashed Cilium agent's pod is deleted for its DaemonSet to replace;
+    // reboots and replacement come after.
+    let repair = |kind, wait: Duration| crate::repairs::RepairConfig {
+        kind,
+        attempts: 1,
+        wait,
+        timeout: Duration::from_secs(5),
+        url: None,
+        method: "POST".into(),
+        token_file: None,
+        ca_file: None,
+        command: None,
+        namespace: None,
+        selector: None,
+    };
+    let wait = scale(Duration::from_secs(2 * 60), speed);
+    c.repairs.insert(
+        "restart-kubelet".into(),
+        crate::repairs::RepairConfig {
+            url: Some(format!("{}/sim/v1/nodes/{{node}}/restart/kubelet", sim.kube_url())),
+            ..repair(crate::repairs::RepairKind::Http, wait)
+        },
+    );
+    c.repairs.insert(
+        "restart-cilium".into(),
+        crate::repairs::RepairConfig {
+            namespace: Some("kube-system".into()),
+            selector: Some("k8s-app=cilium".into()),
+            ..repair(crate::repairs::RepairKind::RestartPods, wait)
+        },
+    );
+    c.ladder = vec![
+        crate::repairs::LadderConfig {
+            class: Some("standard".into()),
+            checker: Some("NodeReady".into()),
+            rungs: vec!["restart-kubelet".into(), "reboot".into(), "replace".into()],
+        },
+        crate::repairs::LadderConfig {
+            class: None,
+            checker: Some("Cilium".into()),
+            rungs: vec!["restart-cilium".into(), "reboot".into()],
+        },
+    ];
     let mut entries = c.checkers_config().checkers;
     let built = c.checkers_config().build::<NodeRef>().unwrap_or_default();
     for (e, b) in entries.iter_mut().zip(built) {
         e.threshold = Some(scale(b.threshold(), speed));
     }
     c.checkers = Some(entries);
+    // Built from valid parts: a failure here is a bug, and the agent's
+    // start-up names it (the policy then has no ladders).
+    if let Err(e) = c.resolve_ladders() {
+        tracing::error!(error = %e, "the simulation's repair ladders are invalid");
+    }
     c
 }
 
@@ -313,6 +372,7 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
             name,
             class,
             phase,
+            repairs: t.map_or(0, |t| t.repairs),
             reboots: t.map_or(0, |t| t.reboots),
             replaces: t.map_or(0, |t| t.replaces),
             failures: t.map_or(0, |t| t.failures),
@@ -320,6 +380,7 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
         totals.nodes += 1;
         totals.healthy += usize::from(s.phase == "Healthy");
         totals.failed += usize::from(s.phase == "Failed");
+        totals.repairs += s.repairs;
         totals.reboots += s.reboots;
         totals.replaces += s.replaces;
         totals.failures += s.failures;
@@ -340,21 +401,22 @@ pub fn table(s: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<30} {:<9} {:<15} {:>7} {:>8} {:>8}",
-        "NODE", "CLASS", "PHASE", "REBOOTS", "REPLACES", "FAILURES"
+        "{:<30} {:<9} {:<15} {:>7} {:>7} {:>8} {:>8}",
+        "NODE", "CLASS", "PHASE", "REPAIRS", "REBOOTS", "REPLACES", "FAILURES"
     );
     for n in &s.nodes {
         let _ = writeln!(
             out,
-            "{:<30} {:<9} {:<15} {:>7} {:>8} {:>8}",
-            n.name, n.class, n.phase, n.reboots, n.replaces, n.failures
+            "{:<30} {:<9} {:<15} {:>7} {:>7} {:>8} {:>8}",
+            n.name, n.class, n.phase, n.repairs, n.reboots, n.replaces, n.failures
         );
     }
     let t = &s.totals;
     let _ = writeln!(
         out,
-        "\n{} nodes: {} healthy, {} failed; {} reboots, {} replacements, {} failed actions, {} holds by safety gates",
-        t.nodes, t.healthy, t.failed, t.reboots, t.replaces, t.failures, t.held
+        "\n{} nodes: {} healthy, {} failed; {} soft repairs, {} reboots, {} replacements, {} failed actions, \
+         {} holds by safety gates",
+        t.nodes, t.healthy, t.failed, t.repairs, t.reboots, t.replaces, t.failures, t.held
     );
     let _ = writeln!(
         out,

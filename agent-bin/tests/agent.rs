@@ -402,13 +402,16 @@ fn simulate_runs_the_built_in_scenario_and_reports_json() {
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let nodes = s["nodes"].as_array().unwrap();
     assert!(nodes.len() >= 12, "{s}");
-    for key in ["name", "class", "phase", "reboots", "replaces", "failures"] {
+    for key in ["name", "class", "phase", "repairs", "reboots", "replaces", "failures"] {
         assert!(nodes.iter().all(|n| n.get(key).is_some()), "{key}: {s}");
     }
     assert_eq!(nodes.iter().filter(|n| n["class"] == "gpu").count(), 3, "{s}");
     assert_eq!(s["storm_guard_engaged"], true, "the control-plane blip engages the storm guard: {s}");
     // Every reboot the agent counted reached the Civo API exactly once
     // (failed reboots reached it too).
+    // The stopped kubelet and the crashed Cilium agent are fixed by their
+    // soft rungs, and the unfixable node tries the kubelet restart first.
+    assert!(s["totals"]["repairs"].as_u64().unwrap() >= 3, "{s}");
     let reboots = s["totals"]["reboots"].as_u64().unwrap();
     assert!(reboots >= 5, "{s}");
     assert!(s["civo_calls"]["hard_reboots"].as_u64().unwrap() >= reboots, "{s}");
