@@ -383,14 +383,20 @@ fn validate_config_names_the_field_of_each_broken_input() {
 }
 
 #[test]
-fn the_annotated_example_config_is_valid() {
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
-        .args(["--config", file, "validate-config"])
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+fn the_annotated_example_configs_are_valid() {
+    for name in ["config.toml", "ladder.toml"] {
+        let file = format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+            .args(["--config", &file, "validate-config"])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        if name == "ladder.toml" {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("\"restart-kube-proxy\"") && text.contains("verify_for: 120s"), "{text}");
+        }
+    }
 }
 
 #[test]
