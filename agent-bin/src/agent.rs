@@ -461,9 +461,16 @@ pub async fn run(
     let (updates_tx, updates_rx) = tokio::sync::mpsc::channel::<TargetUpdate<NodeRef>>(64);
     let feeder_cache = cache.clone();
     let feeder_controls = Arc::clone(&controls);
+    // Probes that look outside the Node (HTTP, gRPC, commands, files) change
+    // without a Node update: then every node is evaluated again on a timer.
+    let probe_every = config.has_probes().then_some(config.engine.probe_interval);
+    if let Some(every) = probe_every {
+        tracing::info!(interval = ?every, "probe checkers configured: every node is evaluated again at this interval");
+    }
     tasks.spawn(async move {
+        let mut all = false;
         loop {
-            let snap = feeder_cache.take_changes(false);
+            let snap = feeder_cache.take_changes(all);
             feeder_controls.set_source_stale(!snap.synced || snap.stale.is_some());
             if snap.synced {
                 let batch: Vec<TargetUpdate<NodeRef>> = if snap.full {
@@ -477,7 +484,16 @@ pub async fn run(
                     }
                 }
             }
-            feeder_cache.changed().await;
+            all = match probe_every {
+                Some(every) => tokio::select! {
+                    () = feeder_cache.changed() => false,
+                    () = tokio::time::sleep(every) => true,
+                },
+                None => {
+                    feeder_cache.changed().await;
+                    false
+                }
+            };
         }
     });
     let updates = health_core::runtime::updates_from(updates_rx);

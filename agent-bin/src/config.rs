@@ -512,6 +512,11 @@ pub struct EngineSection {
     /// only after erring continuously this long.
     #[serde(with = "duration_str")]
     pub error_grace: Duration,
+    /// How often every node is evaluated again when a checker looks outside
+    /// the Node object (`http`, `grpc-health`, `command`, `file`): their
+    /// answers change without a Node update. Default 30s.
+    #[serde(with = "duration_str")]
+    pub probe_interval: Duration,
 }
 
 impl Default for EngineSection {
@@ -524,6 +529,7 @@ impl Default for EngineSection {
             shutdown_grace: Duration::from_secs(30),
             forget_after: Duration::from_secs(30 * 60),
             error_grace: Duration::from_secs(5 * 60),
+            probe_interval: Duration::from_secs(30),
         }
     }
 }
@@ -870,6 +876,18 @@ impl Config {
         }
     }
 
+    /// Whether a configured checker looks outside the Node object (an HTTP,
+    /// gRPC health, command or file probe): nodes are then evaluated again
+    /// every `engine.probe_interval`.
+    #[must_use]
+    pub fn has_probes(&self) -> bool {
+        use health_checks::CheckerKind as K;
+        self.checkers_config()
+            .checkers
+            .iter()
+            .any(|c| c.enabled != Some(false) && matches!(c.kind, Some(K::Http | K::GrpcHealth | K::Command | K::File)))
+    }
+
     /// Whether the agent runs in-cluster (no kubeconfig file).
     #[must_use]
     pub fn in_cluster(&self) -> bool {
@@ -957,6 +975,7 @@ impl Config {
             ("engine.action_timeout", self.engine.action_timeout),
             ("engine.store_timeout", self.engine.store_timeout),
             ("engine.shutdown_grace", self.engine.shutdown_grace),
+            ("engine.probe_interval", self.engine.probe_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::invalid(field, "must be a positive duration such as \"30s\""));

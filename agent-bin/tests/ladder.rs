@@ -1,5 +1,6 @@
 //! The repair ladder, black-box: the built `node-agent` against
-//! cluster-sim. Faults a soft repair fixes are fixed with zero reboots; a
+//! cluster-sim. Faults a soft repair fixes (a stopped kubelet, a crashed
+//! Cilium agent, a sidecar answering 503) are fixed with zero reboots; a
 //! fault nothing fixes climbs the whole ladder in order; a node that passes
 //! right after its reboot and fails a little later is not reported
 //! recovered and goes on to the next rung.
@@ -42,6 +43,24 @@ rungs = ["restart-kubelet", "reboot"{replace}]
 [[ladder]]
 checker = "Cilium"
 rungs = ["restart-cilium", "reboot"]
+
+[engine]
+probe_interval = "500ms"
+
+[[checkers]]
+kind = "http"
+name = "Sidecar"
+url = "{kube}/sim/v1/nodes/{{name}}/sidecar/healthz"
+threshold = "1s"
+
+[repairs.mark-ready]
+kind = "http"
+url = "{kube}/sim/v1/nodes/{{node}}/sidecar/mark-ready"
+wait = "2s"
+
+[[ladder]]
+checker = "Sidecar"
+rungs = ["mark-ready"]
 "#,
         kube = sim.kube_url(),
         replace = if escalate { ", \"replace\"" } else { "" },
@@ -88,7 +107,16 @@ async fn soft_faults_are_fixed_by_their_soft_rung_with_zero_reboots() {
     agent.transition(&cilium, "Healthy").await;
     assert!(sim.cluster().faults(&cilium).is_empty());
 
+    // The sidecar answers 503 on a node that is otherwise fine: mark-ready.
+    let sidecar = std_node(&sim, 2);
+    sim.cluster().inject(&sidecar, Fault::Sidecar503).unwrap();
+    let a = agent.action(&sidecar, "mark-ready").await;
+    assert_eq!(message(&a), "action", "mark-ready succeeded: {a}");
+    agent.transition(&sidecar, "Healthy").await;
+    assert_eq!(sim.cluster().sidecar_ready(&sidecar), Some(true));
+
     assert_eq!(hard_reboots(&sim), 0, "soft faults cost no reboot");
+    assert_eq!(counter(&agent, &sidecar, "mark-ready").await, 1);
     assert_eq!(counter(&agent, &kubelet, "restart-kubelet").await, 1);
     assert_eq!(counter(&agent, &cilium, "restart-cilium").await, 1);
     assert_eq!(counter(&agent, &kubelet, "reboot").await, 0);
@@ -103,6 +131,14 @@ async fn soft_faults_are_fixed_by_their_soft_rung_with_zero_reboots() {
     for want in ["RepairStarted", "RestartKubeletIssued", "RecoveryVerifying", "NodeRecovered"] {
         assert!(reasons.iter().any(|r| r == want), "{want} in {reasons:?}");
     }
+    let sidecar_events: Vec<String> = sim
+        .cluster()
+        .events()
+        .iter()
+        .filter(|e| e["involvedObject"]["name"] == sidecar.as_str())
+        .filter_map(|e| e["message"].as_str().or(e["note"].as_str()).map(str::to_owned))
+        .collect();
+    assert!(sidecar_events.iter().any(|m| m.contains("mark-ready issued")), "{sidecar_events:?}");
     sim.shutdown().await;
 }
 

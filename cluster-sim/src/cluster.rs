@@ -188,11 +188,16 @@ pub enum Fault {
     /// A restart of the kubelet (the simulated host endpoint
     /// `POST /sim/v1/nodes/{node}/restart/kubelet`) or a reboot fixes it.
     KubeletStopped,
+    /// The node's sidecar answers 503 on `GET /sim/v1/nodes/{node}/sidecar/healthz`
+    /// while the node itself looks fine (its pod was replaced and lost its
+    /// readiness mark); `POST .../sidecar/mark-ready` fixes it.
+    #[serde(rename = "sidecar-503")]
+    Sidecar503,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::NotReady,
         Fault::Unknown,
         Fault::MemoryPressure,
@@ -202,6 +207,7 @@ impl Fault {
         Fault::CiliumDown,
         Fault::LeaseStale,
         Fault::KubeletStopped,
+        Fault::Sidecar503,
     ];
 
     /// What repairs the fault besides a reboot: the host service whose
@@ -211,6 +217,7 @@ impl Fault {
         match self {
             Fault::KubeletStopped => Some(SoftFix::Restart("kubelet")),
             Fault::CiliumDown => Some(SoftFix::CiliumPod),
+            Fault::Sidecar503 => Some(SoftFix::MarkReady),
             _ => None,
         }
     }
@@ -223,6 +230,8 @@ pub enum SoftFix {
     Restart(&'static str),
     /// Deleting the node's Cilium agent pod (its DaemonSet starts a new one).
     CiliumPod,
+    /// The sidecar's mark-ready call.
+    MarkReady,
 }
 
 /// What a reboot of a node does.
@@ -823,7 +832,31 @@ impl Cluster {
         Some(fixed)
     }
 
-    /// Every host service restart so far, in order: `(node, service)`.
+    /// Whether the node's sidecar is ready (`None`: no such node).
+    #[must_use]
+    pub fn sidecar_ready(&self, node: &str) -> Option<bool> {
+        self.node(node)?;
+        Some(!self.faults(node).contains(&Fault::Sidecar503))
+    }
+
+    /// The sidecar's mark-ready: clears `Sidecar503` and records the call
+    /// (as the service `sidecar-mark-ready`). `None`: no such node.
+    pub fn mark_ready(&self, node: &str) -> Option<bool> {
+        self.node(node)?;
+        let had = {
+            let mut st = self.inner.nodes.lock();
+            st.restarts.push((node.to_owned(), "sidecar-mark-ready".to_owned()));
+            let faults = st.faults.entry(node.to_owned()).or_default();
+            let had = faults.contains(&Fault::Sidecar503);
+            faults.retain(|f| *f != Fault::Sidecar503);
+            had
+        };
+        tracing::info!(node, fixed = had, "sidecar marked ready");
+        Some(had)
+    }
+
+    /// Every host service restart (and sidecar mark-ready, as the service
+    /// `sidecar-mark-ready`) so far, in order: `(node, service)`.
     #[must_use]
     pub fn service_restarts(&self) -> Vec<(String, String)> {
         self.inner.nodes.lock().restarts.clone()

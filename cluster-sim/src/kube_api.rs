@@ -115,6 +115,24 @@ async fn handle(
             .collect();
         return value_response(StatusCode::OK, &Value::Array(counts));
     }
+    // A per-node sidecar: healthz answers 503 until it is marked ready.
+    if let ["sim", "v1", "nodes", node, "sidecar", op] = segs[..] {
+        return match (op, &method) {
+            ("healthz", &Method::GET) => match cluster.sidecar_ready(node) {
+                Some(true) => value_response(StatusCode::OK, &serde_json::json!({"ready": true})),
+                Some(false) => value_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"ready": false, "reason": "not marked ready since the pod started"}),
+                ),
+                None => ApiError::not_found("nodes", node).into_response(),
+            },
+            ("mark-ready", &Method::POST) => match cluster.mark_ready(node) {
+                Some(was) => value_response(StatusCode::OK, &serde_json::json!({"ready": true, "fixed": was})),
+                None => ApiError::not_found("nodes", node).into_response(),
+            },
+            _ => ApiError::method_not_allowed(&format!("{method} {}", uri.path())).into_response(),
+        };
+    }
     // The simulated host: what an operator's script does over SSH.
     if let ["sim", "v1", "nodes", node, "restart", service] = segs[..] {
         if method != Method::POST {

@@ -12,7 +12,7 @@
 //! node = "gpu-0"     # the first GPU node; "std-3", or a full node name
 //! kind = "gpu-lost"  # not-ready, unknown, memory-pressure, disk-pressure,
 //!                    # pid-pressure, gpu-lost, cilium-down, lease-stale,
-//!                    # kubelet-stopped
+//!                    # kubelet-stopped, sidecar-503
 //! at = "10s"         # after the simulator starts
 //! reboot_fixes = true
 //! reboot_takes = "2m"

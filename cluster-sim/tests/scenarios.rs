@@ -243,6 +243,15 @@ async fn soft_faults_are_fixed_by_their_soft_repair_and_reboots_can_relapse() {
     assert_eq!(condition(&c.node(cilium).unwrap(), "NetworkUnavailable"), ("False".into(), "CiliumIsUp".into()));
     assert!(c.faults(cilium).is_empty());
 
+    // A sidecar answering 503 on a node that is otherwise fine: mark-ready fixes it.
+    c.inject(kubelet, Fault::Sidecar503).unwrap();
+    assert_eq!(condition(&c.node(kubelet).unwrap(), "Ready").0, "True", "the node itself is fine");
+    let healthz = format!("{}/sim/v1/nodes/{kubelet}/sidecar/healthz", sim.kube_url());
+    assert_eq!(http.get(&healthz).send().await.unwrap().status().as_u16(), 503);
+    let r = http.post(format!("{}/sim/v1/nodes/{kubelet}/sidecar/mark-ready", sim.kube_url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(http.get(&healthz).send().await.unwrap().status().as_u16(), 200);
+
     // A reboot that fixes the node for a while only.
     c.set_reboot(
         relapsing,
