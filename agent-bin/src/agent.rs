@@ -313,7 +313,12 @@ pub async fn run(
         Some(c) => c,
         None => kube_config(&config).await?,
     };
-    let watch_client = client(base.clone(), WATCH_READ_TIMEOUT)?;
+    // The watch has its own back-off: kube's retries would hide an API
+    // outage from it (a 503 retried for seconds instead of marking the
+    // cache stale, which holds every action).
+    let mut watch_cfg = base.clone();
+    watch_cfg.default_retry = false;
+    let watch_client = client(watch_cfg, WATCH_READ_TIMEOUT)?;
     let call_client = client(base.clone(), config.kube.call_timeout)?;
 
     let store = open_store(&config, &call_client).await?;
@@ -383,6 +388,43 @@ pub async fn run(
         // Runs until the agent's tasks are shut down at exit.
         let clock = Arc::new(health_core::SystemClock);
         tasks.spawn(crate::window::drive(windows, Arc::clone(&controls), clock, gauge, std::future::pending()));
+    }
+    if config.control_plane.enabled && !deps.once {
+        let cp = &config.control_plane;
+        let repair = health_core::Repair::new(crate::control_plane::REPAIR_NAME)
+            .map_err(|e| RunError::Executor(format!("control_plane.repair: {e}")))?;
+        let executor: Arc<dyn Executor<crate::control_plane::Host>> = if config.policy.monitor_only {
+            Arc::new(recovery_exec::DryRun)
+        } else {
+            let r = cp.repair.as_ref().ok_or_else(|| RunError::Executor("control_plane.repair: not set".into()))?;
+            crate::repairs::standalone("control_plane.repair", repair, r).map_err(RunError::Executor)?
+        };
+        let state_path = cp.state_path(&config.store.path);
+        metrics::describe_gauge!(
+            format!("{METRICS_PREFIX}_api_server_reachable"),
+            "1 while the Kubernetes API server answers the control-plane probe, else 0."
+        );
+        metrics::describe_counter!(
+            format!("{METRICS_PREFIX}_control_plane_repairs_total"),
+            "Control-plane repairs by host and result (succeeded, failed, unknown)."
+        );
+        tracing::info!(hosts = ?cp.hosts, grace = ?cp.grace, backoff = ?cp.backoff, state = %state_path.display(), "control-plane repair enabled");
+        // The probe's own client: kube's default retries would turn a 503
+        // into a call that hangs for its whole time limit.
+        let probe_timeout = config.kube.call_timeout.min(Duration::from_secs(10));
+        let mut probe_cfg = base.clone();
+        probe_cfg.default_retry = false;
+        let repairer = crate::control_plane::Repairer {
+            config: cp.clone(),
+            state_path,
+            executor,
+            probe: Arc::new(crate::control_plane::KubeProbe {
+                client: client(probe_cfg, probe_timeout)?,
+                timeout: probe_timeout,
+            }),
+            clock: Arc::new(health_core::SystemClock),
+        };
+        tasks.spawn(repairer.run(std::future::pending()));
     }
     match &deps.state {
         Some(state) => state.load_pause(&pause, &controls).await,

@@ -570,6 +570,8 @@ pub struct Config {
     /// `[[ladder]]`: repair ladders per node class and failing checker (none:
     /// reboot, then replace where escalation allows).
     pub ladder: Vec<crate::repairs::LadderConfig>,
+    /// `[control_plane]`: repair of the control plane when the API server is down.
+    pub control_plane: crate::control_plane::ControlPlaneSection,
 }
 
 /// `[ha]`: two or more replicas, of which only the holder of a Kubernetes
@@ -935,6 +937,7 @@ impl Config {
         }
         self.validate_grpc()?;
         self.validate_addons()?;
+        self.control_plane.validate()?;
         if self.store.backend == StoreBackend::Etcd {
             self.store.etcd.validate()?;
         }

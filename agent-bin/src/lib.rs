@@ -49,6 +49,7 @@ pub mod agent;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control_plane;
 pub mod events;
 pub mod grpc;
 pub mod ha;

@@ -139,8 +139,8 @@ fn invalid(setting: String, message: impl Into<String>) -> ConfigError {
 }
 
 /// Checks one repair's kind-specific settings.
-fn check_repair(name: &str, r: &RepairConfig, grpc_executor: bool) -> Result<(), ConfigError> {
-    let field = |f: &str| format!("repairs.{name}.{f}");
+pub(crate) fn check_repair(section: &str, r: &RepairConfig, grpc_executor: bool) -> Result<(), ConfigError> {
+    let field = |f: &str| format!("{section}.{f}");
     let kind = r.kind.as_str();
     let only = |f: &str, set: bool, for_kind: RepairKind| {
         if set && r.kind != for_kind {
@@ -225,7 +225,7 @@ pub fn policy_parts(
     let mut specs = Vec::with_capacity(repairs.len());
     for (name, r) in repairs {
         let repair = Repair::new(name).map_err(|e| invalid(format!("repairs.{name}"), e.to_string()))?;
-        check_repair(name, r, grpc_executor)?;
+        check_repair(&format!("repairs.{name}"), r, grpc_executor)?;
         specs.push(RepairSpec { repair, attempts: r.attempts, wait: r.wait });
     }
     let mut out = Vec::with_capacity(ladders.len());
@@ -296,47 +296,6 @@ pub fn executors(
         let repair = Repair::new(name).map_err(|e| format!("repairs.{name}: {e}"))?;
         let field = |f: &str| format!("repairs.{name}.{f}");
         let executor: Arc<dyn Executor<NodeRef>> = match r.kind {
-            RepairKind::Http => {
-                let mut client = reqwest::Client::builder().connect_timeout(r.timeout.min(Duration::from_secs(10)));
-                if let Some(path) = &r.ca_file {
-                    let pem =
-                        std::fs::read(path).map_err(|e| format!("{}: {}: {e}", field("ca_file"), path.display()))?;
-                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                        format!("{}: {}: {e} (expected PEM certificates)", field("ca_file"), path.display())
-                    })?;
-                    for c in certs {
-                        client = client.add_root_certificate(c);
-                    }
-                }
-                let client = client.build().map_err(|e| format!("{}: {e}", field("url")))?;
-                let method = reqwest::Method::from_bytes(r.method.as_bytes())
-                    .map_err(|e| format!("{}: {e}", field("method")))?;
-                let url = r.url.as_deref().unwrap_or_default();
-                let mut e = recovery_exec::HttpExecutor::new(client, method, url, r.timeout)
-                    .map_err(|e| format!("{}: {e}", field("url")))?;
-                if let Some(path) = &r.token_file {
-                    let token = std::fs::read_to_string(path)
-                        .map_err(|e| format!("{}: {}: {e}", field("token_file"), path.display()))?;
-                    let token = token.trim();
-                    if token.is_empty() {
-                        return Err(format!("{}: {} is empty", field("token_file"), path.display()));
-                    }
-                    e = e.with_bearer_token(token);
-                }
-                Arc::new(e)
-            }
-            RepairKind::Command => {
-                let mut cmd = r.command.clone().unwrap_or_default().into_iter();
-                let program = cmd.next().unwrap_or_default();
-                Arc::new(
-                    recovery_exec::CommandExecutor::new(
-                        program,
-                        cmd.collect(),
-                        vec![health_core::Action::Repair(repair)],
-                    )
-                    .with_timeout(r.timeout),
-                )
-            }
             RepairKind::RestartPods => Arc::new(recovery_exec::PodRestarter::new(
                 kube.clone(),
                 r.namespace.as_deref().unwrap_or_default(),
@@ -346,10 +305,64 @@ pub fn executors(
             RepairKind::Grpc => {
                 remote.clone().ok_or_else(|| format!("{}: \"grpc\" needs executor.kind = \"grpc\"", field("kind")))?
             }
+            RepairKind::Http | RepairKind::Command => standalone(&format!("repairs.{name}"), repair, r)?,
         };
         out.push((repair, executor));
     }
     Ok(out)
+}
+
+/// The executor of an `http` or `command` repair, for any target: they
+/// need nothing from the cluster. `section` names the settings in errors.
+pub fn standalone<T: recovery_exec::ExecTarget + ?Sized + 'static>(
+    section: &str,
+    repair: Repair,
+    r: &RepairConfig,
+) -> Result<Arc<dyn Executor<T>>, String> {
+    let field = |f: &str| format!("{section}.{f}");
+    match r.kind {
+        RepairKind::Http => {
+            let mut client = reqwest::Client::builder().connect_timeout(r.timeout.min(Duration::from_secs(10)));
+            if let Some(path) = &r.ca_file {
+                let pem = std::fs::read(path).map_err(|e| format!("{}: {}: {e}", field("ca_file"), path.display()))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    format!("{}: {}: {e} (expected PEM certificates)", field("ca_file"), path.display())
+                })?;
+                for c in certs {
+                    client = client.add_root_certificate(c);
+                }
+            }
+            let client = client.build().map_err(|e| format!("{}: {e}", field("url")))?;
+            let method =
+                reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|e| format!("{}: {e}", field("method")))?;
+            let url = r.url.as_deref().unwrap_or_default();
+            let mut e = recovery_exec::HttpExecutor::new(client, method, url, r.timeout)
+                .map_err(|e| format!("{}: {e}", field("url")))?;
+            if let Some(path) = &r.token_file {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {}: {e}", field("token_file"), path.display()))?;
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(format!("{}: {} is empty", field("token_file"), path.display()));
+                }
+                e = e.with_bearer_token(token);
+            }
+            Ok(Arc::new(e))
+        }
+        RepairKind::Command => {
+            let mut cmd = r.command.clone().unwrap_or_default().into_iter();
+            let program = cmd.next().unwrap_or_default();
+            Ok(Arc::new(
+                recovery_exec::CommandExecutor::new(program, cmd.collect(), vec![health_core::Action::Repair(repair)])
+                    .with_timeout(r.timeout),
+            ))
+        }
+        other => Err(format!(
+            "{}: {:?} cannot be used here: expected \"http\" or \"command\"",
+            field("kind"),
+            other.as_str()
+        )),
+    }
 }
 
 #[cfg(test)]

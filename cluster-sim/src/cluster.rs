@@ -329,6 +329,9 @@ pub(crate) struct Inner {
     pub(crate) config: ClusterConfig,
     next_index: Mutex<u32>,
     requests: Mutex<std::collections::BTreeMap<KubeRequest, u64>>,
+    /// An API server outage: `Some(host)` while the API answers 503; a
+    /// restart of k3s on `host` ends it. Open watches end when it starts.
+    pub(crate) outage: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Distinct request kinds counted before new clients fold into `other`.
@@ -389,6 +392,7 @@ impl Cluster {
                 config: config.clone(),
                 next_index: Mutex::new(0),
                 requests: Mutex::new(std::collections::BTreeMap::new()),
+                outage: tokio::sync::watch::Sender::new(None),
             }),
         };
         let pools = config.pools.max(1);
@@ -808,10 +812,41 @@ impl Cluster {
         true
     }
 
+    /// Takes the Kubernetes API down: every request but the simulator's own
+    /// (`/sim/...`) answers 503 and open watches end, until k3s is restarted
+    /// on `fixed_by` (`POST /sim/v1/nodes/{fixed_by}/restart/k3s`, a
+    /// control-plane host, not a node) or [`Cluster::end_api_outage`].
+    pub fn api_outage(&self, fixed_by: &str) {
+        tracing::warn!(fixed_by, "simulated API server outage");
+        self.inner.outage.send_replace(Some(fixed_by.to_owned()));
+    }
+
+    /// Ends an API server outage.
+    pub fn end_api_outage(&self) {
+        self.inner.outage.send_replace(None);
+    }
+
+    /// Whether the API server is down.
+    #[must_use]
+    pub fn api_down(&self) -> bool {
+        self.inner.outage.borrow().is_some()
+    }
+
     /// Restarts a host service of `node` (what an operator's script or a
     /// fleet controller does over SSH): clears the faults that restart fixes
-    /// and records the call. `None` when there is no such node.
+    /// and records the call. `k3s` on a control-plane host ends an API
+    /// outage it causes (any host name is accepted for `k3s`). `None` when
+    /// there is no such node.
     pub fn restart_service(&self, node: &str, service: &str) -> Option<Vec<Fault>> {
+        if service == "k3s" {
+            self.inner.nodes.lock().restarts.push((node.to_owned(), service.to_owned()));
+            let fixed = self.inner.outage.borrow().as_deref() == Some(node);
+            if fixed {
+                self.end_api_outage();
+            }
+            tracing::info!(host = node, fixed, "k3s restarted");
+            return Some(Vec::new());
+        }
         if self.node(node).is_none() {
             return None;
         }

@@ -163,6 +163,12 @@ impl ApiError {
         )
     }
 
+    /// 503 ServiceUnavailable.
+    #[must_use]
+    pub fn service_unavailable(message: &str) -> Self {
+        Self::new(503, "ServiceUnavailable", message.to_owned())
+    }
+
     /// 500 InternalError.
     #[must_use]
     pub fn internal(message: &str) -> Self {

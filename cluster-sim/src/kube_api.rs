@@ -102,6 +102,9 @@ async fn handle(
     };
     let path = uri.path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if cluster.api_down() && segs.first() != Some(&"sim") {
+        return ApiError::service_unavailable("the API server is down (simulated outage)").into_response();
+    }
     if method == Method::GET
         && let Some(doc) = discovery(&segs, &headers)
     {
@@ -413,6 +416,8 @@ struct WatchState {
     bookmarks: Option<tokio::time::Interval>,
     deadline: tokio::time::Instant,
     done: bool,
+    /// Ends the watch when an API outage starts.
+    outage: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// The event type a watch of (`kind`, `namespace`, `sel`) reports for `e`,
@@ -501,6 +506,7 @@ fn watch(
         bookmarks,
         deadline: tokio::time::Instant::now() + timeout,
         done: false,
+        outage: cluster.inner.outage.subscribe(),
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -535,6 +541,11 @@ fn watch(
                 },
                 () = tick => st.pending.push_back(bookmark(st.kind, st.last_rv, false)),
                 () = tokio::time::sleep_until(st.deadline) => st.done = true,
+                r = st.outage.changed() => {
+                    if r.is_err() || st.outage.borrow().is_some() {
+                        st.done = true;
+                    }
+                }
             }
         }
     });
