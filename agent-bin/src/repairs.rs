@@ -284,14 +284,17 @@ pub fn policy_parts(
     Ok((specs, out))
 }
 
+/// A repair and the executor that performs it.
+pub type RepairExecutor = (Repair, Arc<dyn Executor<NodeRef>>);
+
 /// Builds the executor of each configured repair. `remote` is the gRPC
 /// executor when `executor.kind = "grpc"`.
 pub fn executors(
     repairs: &BTreeMap<String, RepairConfig>,
     kube: &kube::Client,
     remote: Option<Arc<dyn Executor<NodeRef>>>,
-) -> Result<Vec<(Repair, Arc<dyn Executor<NodeRef>>)>, String> {
-    let mut out: Vec<(Repair, Arc<dyn Executor<NodeRef>>)> = Vec::with_capacity(repairs.len());
+) -> Result<Vec<RepairExecutor>, String> {
+    let mut out: Vec<RepairExecutor> = Vec::with_capacity(repairs.len());
     for (name, r) in repairs {
         let repair = Repair::new(name).map_err(|e| format!("repairs.{name}: {e}"))?;
         let field = |f: &str| format!("repairs.{name}.{f}");

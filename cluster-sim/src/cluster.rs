@@ -847,9 +847,7 @@ impl Cluster {
             tracing::info!(host = node, fixed, "k3s restarted");
             return Some(Vec::new());
         }
-        if self.node(node).is_none() {
-            return None;
-        }
+        self.node(node)?;
         let fixed = {
             let mut st = self.inner.nodes.lock();
             st.restarts.push((node.to_owned(), service.to_owned()));

@@ -202,7 +202,7 @@ impl Repair {
     /// The repair's name.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
-        *self.0
+        self.0
     }
 }
 
