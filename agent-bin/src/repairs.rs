@@ -130,7 +130,7 @@ pub struct LadderConfig {
     /// The checker whose failure selects this ladder; left out: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checker: Option<String>,
-    /// Repair names, then `reboot`, then `replace`.
+    /// Repair names, then `reboot` or `drain-reboot`, then `replace`.
     pub rungs: Vec<String>,
 }
 
@@ -253,6 +253,7 @@ pub fn policy_parts(
         for name in &l.rungs {
             let rung = match name.as_str() {
                 "reboot" => Rung::Reboot,
+                "drain-reboot" => Rung::DrainReboot,
                 "replace" => Rung::Replace,
                 other => match specs.iter().find(|s| s.repair.as_str() == other) {
                     Some(s) => Rung::Repair(s.repair),
@@ -261,8 +262,8 @@ pub fn policy_parts(
                         return Err(invalid(
                             format!("ladder[{i}].rungs"),
                             format!(
-                                "{other:?} is neither \"reboot\", \"replace\" nor a repair defined in [repairs.NAME] \
-                                 (defined: {})",
+                                "{other:?} is neither \"reboot\", \"drain-reboot\", \"replace\" nor a repair defined \
+                                 in [repairs.NAME] (defined: {})",
                                 if defined.is_empty() { "none".to_owned() } else { defined.join(", ") }
                             ),
                         ));

@@ -123,6 +123,18 @@ impl Selectors {
                 };
                 let supported = match kind {
                     Kind::Pod => ["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"].contains(&k),
+                    // What `kubectl describe` asks for a Node's or Pod's events.
+                    Kind::Event => [
+                        "metadata.name",
+                        "metadata.namespace",
+                        "involvedObject.name",
+                        "involvedObject.namespace",
+                        "involvedObject.kind",
+                        "involvedObject.uid",
+                        "reason",
+                        "type",
+                    ]
+                    .contains(&k.trim()),
                     _ => ["metadata.name", "metadata.namespace"].contains(&k),
                 };
                 if !supported {
@@ -144,6 +156,8 @@ impl Selectors {
             Req::Exists(k) => o.labels.contains_key(k),
             Req::NotExists(k) => !o.labels.contains_key(k),
         });
+        // Event fields are read from the object itself (events are few).
+        let mut parsed: Option<serde_json::Value> = None;
         labels_ok
             && self.fields.iter().all(|(k, v, neg)| {
                 let actual = match k.as_str() {
@@ -151,7 +165,12 @@ impl Selectors {
                     "metadata.namespace" => o.namespace.as_str(),
                     "spec.nodeName" => o.node_name.as_deref().unwrap_or(""),
                     "status.phase" => o.phase.as_deref().unwrap_or(""),
-                    _ => return false,
+                    path => {
+                        let doc = parsed.get_or_insert_with(|| serde_json::from_slice(&o.json).unwrap_or_default());
+                        let found = path.split('.').try_fold(&*doc, |d, seg| d.get(seg));
+                        // An absent field reads as "" (a Node's events have no namespace).
+                        return (found.and_then(serde_json::Value::as_str).unwrap_or("") == v) != *neg;
+                    }
                 };
                 (actual == v) != *neg
             })

@@ -188,6 +188,21 @@ async fn kubectl_describe_node_lists_its_pods() {
         let name = pod.rsplit('/').next().unwrap();
         assert!(out.contains(name), "describe lacks pod {pod}:\n{out}");
     }
+    // The node's Events, found by kubectl's involvedObject field selector.
+    let uid = sim.cluster().node(&node).unwrap()["metadata"]["uid"].as_str().unwrap().to_owned();
+    sim.cluster()
+        .create(
+            Kind::Event,
+            json!({
+                "metadata": {"name": "node-agent.2", "namespace": "default"},
+                "involvedObject": {"kind": "Node", "name": node, "uid": uid},
+                "reason": "RecoveryVerifying", "message": "WaitingReboot -> Verifying", "type": "Normal",
+                "source": {"component": "node-agent"}
+            }),
+        )
+        .unwrap();
+    let out = ok(&cfg, &["describe", "node", &node]).await;
+    assert!(out.contains("RecoveryVerifying") && out.contains("WaitingReboot -> Verifying"), "{out}");
     sim.shutdown().await;
 }
 

@@ -156,7 +156,9 @@ pub enum RepairNameError {
     )]
     Invalid(String),
     /// The name of a built-in action.
-    #[error("repair name {0:?} is a built-in action (reboot, drain, replace, uncordon): choose another name")]
+    #[error(
+        "repair name {0:?} is a built-in action or rung (reboot, drain, replace, uncordon, drain-reboot): choose another name"
+    )]
     BuiltIn(String),
     /// More distinct names than [`Repair::MAX_NAMES`].
     #[error("too many distinct repair names (at most {max})", max = Repair::MAX_NAMES)]
@@ -183,7 +185,7 @@ impl Repair {
         if !valid {
             return Err(RepairNameError::Invalid(name.to_owned()));
         }
-        if Action::ALL.iter().any(|a| a.as_str() == name) {
+        if Action::ALL.iter().any(|a| a.as_str() == name) || name == "drain-reboot" {
             return Err(RepairNameError::BuiltIn(name.to_owned()));
         }
         let mut names = REPAIR_NAMES.lock();

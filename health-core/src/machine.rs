@@ -420,8 +420,9 @@ fn may_replace(record: &NodeRecord, policy: &Policy) -> bool {
 }
 
 /// The next rung of the node's ladder: the first soft repair not yet tried
-/// as often as it allows, reboots while `max_reboot_retries` allows, then
-/// drain (for a replacement) where escalation allows; past the top, `Failed`.
+/// as often as it allows, reboots while `max_reboot_retries` allows (each
+/// after a drain for `drain-reboot`), then drain and replace where
+/// escalation allows; past the top, `Failed`.
 fn next_rung(record: &NodeRecord, policy: &Policy) -> Want {
     for rung in policy.ladder_for(record.class, &record.failing) {
         match *rung {
@@ -436,9 +437,14 @@ fn next_rung(record: &NodeRecord, policy: &Policy) -> Want {
                     return Want::Act(Action::Reboot);
                 }
             }
+            Rung::DrainReboot => {
+                if record.reboot_count < policy.max_reboot_retries {
+                    return Want::Act(if record.drained { Action::Reboot } else { Action::Drain });
+                }
+            }
             Rung::Replace => {
                 if may_replace(record, policy) && record.replace_count == 0 {
-                    return Want::Act(Action::Drain);
+                    return Want::Act(if record.drained { Action::Replace } else { Action::Drain });
                 }
             }
         }
@@ -642,17 +648,11 @@ pub fn step(
                     (want, due)
                 }
                 Phase::Draining => {
-                    let want = if !may_replace(&record, policy) {
-                        // Escalation was switched off (or the node turned out to be a
-                        // GPU node) mid-way: give up rather than replace.
-                        Want::Fail
-                    } else if now < not_before {
-                        Want::Nothing
-                    } else if record.drained {
-                        Want::Act(Action::Replace)
-                    } else {
-                        Want::Act(Action::Drain)
-                    };
+                    // A drain for a drain-reboot continues with the reboot,
+                    // one for a replacement with the replacement; escalation
+                    // switched off mid-way (or a node found to be a GPU node)
+                    // leaves no rung: Failed rather than replaced.
+                    let want = if now < not_before { Want::Nothing } else { next_rung(&record, policy) };
                     (want, not_before)
                 }
                 Phase::WaitingReplace => {

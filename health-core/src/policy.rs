@@ -358,6 +358,11 @@ pub enum Rung {
     /// Reboots, up to `max_reboot_retries` in a history, each followed by the
     /// class's reboot wait.
     Reboot,
+    /// The same reboots, each after cordoning and draining the node (a
+    /// graceful plan: cordon, drain, reboot, wait, verify, uncordon). Every
+    /// step is kept in the node's record, so a restarted agent resumes at
+    /// the step it stopped at.
+    DrainReboot,
     /// Drain, then replace the machine (standard nodes, with
     /// `escalation.replace` on), then `escalation.replace_wait`.
     Replace,
@@ -370,6 +375,7 @@ impl Rung {
         match self {
             Rung::Repair(r) => r.as_str(),
             Rung::Reboot => "reboot",
+            Rung::DrainReboot => "drain-reboot",
             Rung::Replace => "replace",
         }
     }
@@ -380,8 +386,8 @@ impl Rung {
 pub const DEFAULT_LADDER: [Rung; 2] = [Rung::Reboot, Rung::Replace];
 
 /// An ordered list of rungs for the nodes of a class, optionally only while
-/// a given checker fails. Rungs go soft repairs first, then `reboot`, then
-/// `replace`; each appears at most once.
+/// a given checker fails. Rungs go soft repairs first, then `reboot` or
+/// `drain-reboot`, then `replace`; each appears at most once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ladder {
     /// The node class it applies to (`None`: every class).
@@ -567,12 +573,18 @@ impl Policy {
             if ladder.rungs.is_empty() {
                 return err(field, "must name at least one rung".into());
             }
-            // Soft repairs first, then reboot, then replace: each at most once.
+            // Soft repairs first, then reboot (or drain-reboot), then replace: each at most once.
             let rank = |r: &Rung| match r {
                 Rung::Repair(_) => 0,
-                Rung::Reboot => 1,
+                Rung::Reboot | Rung::DrainReboot => 1,
                 Rung::Replace => 2,
             };
+            if ladder.rungs.contains(&Rung::Reboot) && ladder.rungs.contains(&Rung::DrainReboot) {
+                return err(
+                    field,
+                    "names both \"reboot\" and \"drain-reboot\": they share the reboot count; keep one".into(),
+                );
+            }
             for (j, rung) in ladder.rungs.iter().enumerate() {
                 if ladder.rungs[..j].contains(rung) {
                     return err(field, format!("names {:?} twice", rung.as_str()));
@@ -581,7 +593,7 @@ impl Policy {
                     return err(
                         field,
                         format!(
-                            "{:?} comes after {:?}: soft repairs go first, then \"reboot\", then \"replace\"",
+                            "{:?} comes after {:?}: soft repairs go first, then \"reboot\" (or \"drain-reboot\"), then \"replace\"",
                             rung.as_str(),
                             ladder.rungs[j - 1].as_str()
                         ),

@@ -277,6 +277,10 @@ fn ladders_are_validated_with_the_field_named() {
         (base().with_repair(repair("x"), 0, MIN), "repairs.x.attempts: must be from 1 to 10, got 0"),
         (base().with_repair(repair("y"), 1, Duration::ZERO), "repairs.y.wait: must be a positive duration"),
         (base().with_repair(kubelet, 1, MIN), "repairs.restart-kubelet: is defined twice"),
+        (
+            base().with_ladder(ladder(None, vec![Rung::Reboot, Rung::DrainReboot])),
+            "names both \"reboot\" and \"drain-reboot\"",
+        ),
     ];
     for (p, want) in cases {
         let e = p.validate().expect_err(want).to_string();

@@ -1,0 +1,144 @@
+//! A remediation plan (the `drain-reboot` rung: cordon and drain, reboot,
+//! wait, verify, uncordon) interrupted at each of its steps, the engine
+//! dropped mid-action as a killed process would be, and resumed by a new
+//! engine on the same store. Paused tokio time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use health_core::*;
+use parking_lot::Mutex;
+
+mod common;
+
+use common::{MIN, Node, T0, nodes, ready_checker};
+
+/// The world: node-0 is broken until it is rebooted. Every call is logged
+/// when it starts; the `block_at`-th call never returns.
+struct World {
+    fixed: AtomicBool,
+    calls: AtomicUsize,
+    block_at: usize,
+    log: Mutex<Vec<Action>>,
+    blocked: tokio::sync::Notify,
+}
+
+impl World {
+    fn targets(&self) -> Vec<Node> {
+        if self.fixed.load(Ordering::SeqCst) { nodes(3, &[]) } else { nodes(3, &[0]) }
+    }
+}
+
+struct Exec(Arc<World>);
+
+#[async_trait]
+impl Executor<Node> for Exec {
+    async fn execute(&self, action: Action, target: &Node) -> Result<(), ExecError> {
+        assert_eq!(target.name, "node-0", "only the broken node is touched");
+        let n = self.0.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.0.log.lock().push(action);
+        if action == Action::Reboot {
+            // The reboot reached the machine (whatever happens to the agent).
+            self.0.fixed.store(true, Ordering::SeqCst);
+        }
+        if n == self.0.block_at {
+            self.0.blocked.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+fn policy() -> Policy {
+    Policy::default().with_monitor_only(false).with_max_reboot_retries(1).with_ladder(Ladder {
+        class: None,
+        checker: None,
+        rungs: vec![Rung::DrainReboot],
+    })
+}
+
+fn engine(store: Arc<dyn StateStore>, world: &Arc<World>) -> Engine<Node> {
+    Engine::builder(store, Arc::new(Exec(Arc::clone(world))))
+        .policy(policy())
+        .checker(ready_checker())
+        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
+        .build()
+        .expect("valid engine")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_interrupted_at_any_step_resumes_where_it_stopped() {
+    // The plan's calls: drain, reboot, uncordon.
+    for block_at in 1..=3 {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let world = Arc::new(World {
+            fixed: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
+            block_at,
+            log: Mutex::new(Vec::new()),
+            blocked: tokio::sync::Notify::new(),
+        });
+        let mut e = engine(Arc::clone(&store), &world);
+        // Run until the block_at-th call hangs, then drop the engine with it
+        // (the future is dropped: what a killed process leaves behind).
+        let interrupted = async {
+            loop {
+                let _ = e.run_pass(&world.targets()).await;
+                tokio::time::sleep(MIN).await;
+            }
+        };
+        tokio::select! {
+            () = interrupted => unreachable!(),
+            () = world.blocked.notified() => {}
+        }
+        let phase_then = e.record("node-0").map(|r| r.phase);
+        drop(e);
+
+        // A new engine on the same store carries the plan on.
+        let mut e = engine(Arc::clone(&store), &world);
+        assert_eq!(e.restore().await.expect("restore"), 1, "block at {block_at}");
+        assert_eq!(e.record("node-0").map(|r| r.phase), phase_then, "block at {block_at}: resumed at its step");
+        for _ in 0..90 {
+            let _ = e.run_pass(&world.targets()).await;
+            tokio::time::sleep(MIN).await;
+        }
+        let record = e.record("node-0").expect("record").clone();
+        assert_eq!(record.phase, Phase::Healthy, "block at {block_at}");
+        assert!(!record.cordoned, "block at {block_at}: uncordoned at the end");
+        let log = world.log.lock().clone();
+        // Each step completed once; the interrupted one ran again only when
+        // it is idempotent (a drain, an uncordon), never the reboot.
+        let expected: &[Action] = match block_at {
+            1 => &[Action::Drain, Action::Drain, Action::Reboot, Action::Uncordon],
+            2 => &[Action::Drain, Action::Reboot, Action::Uncordon],
+            _ => &[Action::Drain, Action::Reboot, Action::Uncordon, Action::Uncordon],
+        };
+        assert_eq!(log, expected, "block at {block_at}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_verifies_before_it_uncordons() {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let world = Arc::new(World {
+        fixed: AtomicBool::new(false),
+        calls: AtomicUsize::new(0),
+        block_at: usize::MAX,
+        log: Mutex::new(Vec::new()),
+        blocked: tokio::sync::Notify::new(),
+    });
+    let mut e = engine(store, &world);
+    let mut phases = Vec::new();
+    for _ in 0..30 {
+        let _ = e.run_pass(&world.targets()).await;
+        let r = e.record("node-0").expect("record");
+        if phases.last() != Some(&r.phase) {
+            phases.push(r.phase);
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    assert_eq!(phases, [Phase::Unhealthy, Phase::WaitingReboot, Phase::Verifying, Phase::Healthy]);
+    assert_eq!(*world.log.lock(), [Action::Drain, Action::Reboot, Action::Uncordon]);
+}
