@@ -58,7 +58,7 @@ pub struct ControlPlaneSection {
     /// How often the API server is asked whether it answers. Default 10s.
     #[serde(with = "duration_str")]
     pub probe_interval: Duration,
-    /// Where attempts are kept (empty: `control-plane.json` beside the file store).
+    /// Where attempts are kept (unset or empty: `control-plane.json` beside the file store).
     pub state_file: Option<PathBuf>,
     /// How a host is repaired: `kind = "command"` (with `NODE_NAME` set to
     /// the host) or `"http"` (`{node}` is the host). `attempts` and `wait`
@@ -124,7 +124,10 @@ impl ControlPlaneSection {
     /// The state file for a file store at `store_path`.
     #[must_use]
     pub fn state_path(&self, store_path: &Path) -> PathBuf {
-        self.state_file.clone().unwrap_or_else(|| store_path.with_file_name("control-plane.json"))
+        match &self.state_file {
+            Some(p) if !p.as_os_str().is_empty() => p.clone(),
+            _ => store_path.with_file_name("control-plane.json"),
+        }
     }
 }
 

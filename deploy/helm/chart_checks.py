@@ -119,8 +119,12 @@ ETCD_SCENARIO = {
 }
 SET_ELSEWHERE = SET_BY_ENV | SET_IN_FILE
 # Keys commented out in examples/config.toml that values.yaml only documents.
-DOCUMENTED_ONLY = {"admin.pause_file"}
-CONFIG_SECTIONS = {"civo", "agent", "kube", "store", "executor", "engine", "ha", "policy", "admin", "heartbeat"}
+DOCUMENTED_ONLY = {"admin.pause_file", "control_plane.repair.kind", "control_plane.repair.command",
+                   "control_plane.repair.timeout"}
+CONFIG_SECTIONS = {"civo", "agent", "kube", "store", "executor", "engine", "ha", "policy", "admin", "heartbeat",
+                   "control_plane"}
+# Lists and maps of entries (not settings of a section).
+CONFIG_ENTRIES = {"checkers", "addons", "windows", "repairs", "ladder"}
 # Where the chart mounts the token and CA files: (values block, kind) -> (volume, file, config key).
 CREDENTIALS = {
     ("admin", "token"): ("admin-token", "/var/run/secrets/node-agent/admin/token", "admin.token_file"),
@@ -128,6 +132,31 @@ CREDENTIALS = {
     ("heartbeat", "ca"): ("heartbeat-ca", "/etc/node-agent-ca/heartbeat/ca.crt", "heartbeat.ca_file"),
     ("executor", "token"): ("executor-token", "/var/run/secrets/node-agent/executor/token", "executor.token_file"),
     ("executor", "ca"): ("executor-ca", "/etc/node-agent-ca/executor/ca.crt", "executor.ca_file"),
+}
+LADDER_SCENARIO = {
+    "civo": {"monitorOnly": False, "clusterId": "3f2b1c9e-8d41-4a2f-9c55-000000000001",
+             "region": "LON1", "apiKey": {"existingSecret": "civo-credentials"}},
+    "config": {
+        "policy": {"verify_for": "3m", "escalation": {"replace": True}},
+        "engine": {"probe_interval": "20s"},
+        "checkers": [
+            {"kind": "node-ready", "threshold": "5m"},
+            {"kind": "cilium", "threshold": "5m"},
+            {"kind": "http", "name": "Sidecar", "url": "http://{internal_ip}:9090/v0/healthz", "threshold": "1m"},
+        ],
+        "repairs": {
+            "restart-cilium": {"kind": "restart-pods", "namespace": "kube-system", "selector": "k8s-app=cilium",
+                               "wait": "3m"},
+            "mark-ready": {"kind": "http", "url": "http://{node}:9090/v0/mark-ready", "attempts": 2},
+        },
+        "ladder": [
+            {"checker": "Cilium", "rungs": ["restart-cilium", "reboot"]},
+            {"checker": "Sidecar", "rungs": ["mark-ready"]},
+            {"class": "standard", "rungs": ["drain-reboot", "replace"]},
+        ],
+        "control_plane": {"enabled": True, "hosts": ["cp-1", "cp-2"],
+                          "repair": {"kind": "command", "command": ["/usr/local/sbin/cp-repair", "k3s"]}},
+    },
 }
 GRPC_SCENARIO = {
     "civo": {"monitorOnly": False, "clusterId": "3f2b1c9e-8d41-4a2f-9c55-000000000001"},
@@ -159,6 +188,7 @@ SCENARIOS: list[dict[str, Any]] = [
     },
     {"name": "grpc+heartbeat+admin", "files": [], "set": GRPC_SCENARIO},
     {"name": "etcd-store+tls+windows", "files": [], "set": ETCD_SCENARIO},
+    {"name": "ladder+control-plane", "files": [], "set": LADDER_SCENARIO},
     {
         "name": "no-HA+memory-store+ipv6",
         "files": [],
@@ -495,7 +525,17 @@ def check_scenario(ck: Checks, chart: Path, values: dict, manifests: dict[str, s
         check_role(ck, one("Role", in_ns), one("RoleBinding", in_ns), "Role", ns, rules, sa)
     ck.eq(sorted(d["metadata"].get("namespace") for d in by.get("Role", []) if is_addons(d)), sorted(addons),
           "one add-on Role per add-on namespace")
-    ck.eq(len(by.get("Role", [])), int(bool(leases)) + int(kubelet_lease) + len(addons), "number of Roles")
+    restart_ns = sorted({r["namespace"] for r in (v["config"].get("repairs") or {}).values()
+                         if r.get("kind") == "restart-pods"})
+    is_repairs = lambda d: d["metadata"]["name"] == f"{RELEASE}-repairs"  # noqa: E731
+    for ns in restart_ns:
+        in_ns = lambda d, ns=ns: is_repairs(d) and d["metadata"].get("namespace") == ns  # noqa: E731
+        check_role(ck, one("Role", in_ns), one("RoleBinding", in_ns), "Role", ns,
+                   {("", "pods", ()): {"list", "delete"}}, sa)
+    ck.eq(sorted(d["metadata"].get("namespace") for d in by.get("Role", []) if is_repairs(d)), restart_ns,
+          "one pod-restart Role per restart-pods namespace")
+    ck.eq(len(by.get("Role", [])), int(bool(leases)) + int(kubelet_lease) + len(addons) + len(restart_ns),
+          "number of Roles")
     ck.eq(len(by.get("ClusterRole", [])), 1, "number of ClusterRoles")
 
     # 3. the Deployment
@@ -572,7 +612,7 @@ def check_scenario(ck: Checks, chart: Path, values: dict, manifests: dict[str, s
         except tomllib.TOMLDecodeError as e:
             ck.ok(False, f"config.toml parses: {e}")
             cfg = {}
-        ck.ok(set(cfg) <= CONFIG_SECTIONS | {"checkers", "addons", "windows"}, f"config.toml sections: {sorted(cfg)}")
+        ck.ok(set(cfg) <= CONFIG_SECTIONS | CONFIG_ENTRIES, f"config.toml sections: {sorted(cfg)}")
         ck.ok("api_key" not in cfg.get("civo", {}) and TEST_KEY not in toml_text, "no API key in the ConfigMap")
         ck.eq(cfg.get("ha", {}).get("enabled"), ha, "ha.enabled in config.toml")
         ck.eq(cfg.get("ha", {}).get("namespace"), lease_ns, "ha.namespace is the leader Role's namespace")
@@ -582,6 +622,8 @@ def check_scenario(ck: Checks, chart: Path, values: dict, manifests: dict[str, s
         ck.eq(len(cfg.get("checkers", [])), len(v["config"].get("checkers") or []), "[[checkers]] entries")
         ck.eq(cfg.get("addons", []), v["config"].get("addons") or [], "[[addons]] entries")
         ck.eq(cfg.get("windows", []), v["config"].get("windows") or [], "[[windows]] entries")
+        ck.eq(cfg.get("repairs", {}), v["config"].get("repairs") or {}, "[repairs.NAME] tables")
+        ck.eq(cfg.get("ladder", []), v["config"].get("ladder") or [], "[[ladder]] entries")
         etcd_cfg = cfg.get("store", {}).get("etcd", {})
         tls_secret = v["etcdTls"]["secret"]
         for item, path, key in ETCD_TLS:
@@ -695,9 +737,10 @@ def commented_keys(text: str) -> set[str]:
     """`section.key` of the keys examples/config.toml shows commented out (`# key = value`)."""
     out, section = set(), None
     for line in text.splitlines():
-        m = re.match(r"(?:#\s*)?\[([a-z_.]+)\]\s*$", line)
+        m = re.match(r"(?:#\s*)?\[([a-z_.-]+)\]\s*$", line)
         if m:
-            section = m.group(1)
+            # [repairs.NAME] tables are entries, like [[checkers]].
+            section = None if m.group(1).startswith("repairs.") else m.group(1)
         elif re.match(r"(#\s*)?\[\[", line):
             section = None
         elif section:
@@ -715,7 +758,7 @@ def check_values_cover_settings(ck: Checks, chart: Path, example: Path) -> None:
     def keys(d: dict, prefix: str = "") -> set[str]:
         out = set()
         for k, val in d.items():
-            if k in ("checkers", "addons", "windows"):
+            if k in CONFIG_ENTRIES:
                 continue
             out |= keys(val, f"{prefix}{k}.") if isinstance(val, dict) else {f"{prefix}{k}"}
         return out

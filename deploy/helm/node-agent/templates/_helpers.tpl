@@ -136,6 +136,23 @@ field}; "section"."field" of the configuration is set to dir/file. */}}
 {{- end }}
 
 {{/* The add-ons by namespace and kind: {namespace: {DaemonSet: [names], Deployment: [names]}}, as JSON. */}}
+{{/* The namespaces of the restart-pods repairs (JSON list, sorted, unique). */}}
+{{- define "node-agent.podRestartNamespaces" -}}
+{{- $out := list }}
+{{- range $name, $r := (.Values.config.repairs | default dict) }}
+{{- if not (kindIs "map" $r) }}
+{{- fail (printf "config.repairs.%s: expected a table with kind and its settings" $name) }}
+{{- end }}
+{{- if eq (toString $r.kind) "restart-pods" }}
+{{- if not $r.namespace }}
+{{- fail (printf "config.repairs.%s.namespace: required for kind restart-pods" $name) }}
+{{- end }}
+{{- $out = append $out (toString $r.namespace) }}
+{{- end }}
+{{- end }}
+{{- toJson ($out | uniq | sortAlpha) }}
+{{- end }}
+
 {{- define "node-agent.addonsByNamespace" -}}
 {{- $byNs := dict }}
 {{- range $i, $a := (.Values.config.addons | default (list)) }}
