@@ -112,6 +112,9 @@ impl recovery_exec::ExecTarget for AgentNode {
     fn pool_id(&self) -> Option<&str> {
         self.view.pool()
     }
+    fn internal_ip(&self) -> Option<&str> {
+        self.view.internal_ip()
+    }
 }
 
 /// A shared reduced node.

@@ -97,7 +97,7 @@ pub struct RepairConfig {
     /// The longest a try may take (http, command, restart-pods). Default 30s.
     #[serde(default = "thirty_seconds", with = "duration_str")]
     pub timeout: Duration,
-    /// http: the URL; `{node}`, `{pool}` and `{repair}` are filled in.
+    /// http: the URL; `{node}`, `{pool}`, `{repair}` and `{internal_ip}` are filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// http: the method. Default POST.
@@ -164,7 +164,10 @@ pub(crate) fn check_repair(section: &str, r: &RepairConfig, grpc_executor: bool)
     match r.kind {
         RepairKind::Http => {
             let url = r.url.as_deref().ok_or_else(|| {
-                invalid(field("url"), "must be set for kind = \"http\": such as \"http://{node}:9090/v0/mark-ready\"")
+                invalid(
+                    field("url"),
+                    "must be set for kind = \"http\": such as \"http://{internal_ip}:9090/v0/mark-ready\"",
+                )
             })?;
             recovery_exec::HttpExecutor::check_template(url).map_err(|e| invalid(field("url"), e.to_string()))?;
             if !matches!(r.method.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {

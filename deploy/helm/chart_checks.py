@@ -147,7 +147,7 @@ LADDER_SCENARIO = {
         "repairs": {
             "restart-cilium": {"kind": "restart-pods", "namespace": "kube-system", "selector": "k8s-app=cilium",
                                "wait": "3m"},
-            "mark-ready": {"kind": "http", "url": "http://{node}:9090/v0/mark-ready", "attempts": 2},
+            "mark-ready": {"kind": "http", "url": "http://{internal_ip}:9090/v0/mark-ready", "attempts": 2},
         },
         "ladder": [
             {"checker": "Cilium", "rungs": ["restart-cilium", "reboot"]},

@@ -10,7 +10,7 @@ use health_core::{Action, ExecError, Executor};
 use crate::ExecTarget;
 
 /// The placeholders a URL template may use.
-const PLACEHOLDERS: [&str; 3] = ["{node}", "{pool}", "{repair}"];
+const PLACEHOLDERS: [&str; 4] = ["{node}", "{pool}", "{repair}", "{internal_ip}"];
 
 /// A URL template that cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -22,8 +22,11 @@ pub struct UrlTemplateError {
 
 /// Performs a soft repair with one HTTP request.
 ///
-/// The URL is a template: `{node}`, `{pool}` and `{repair}` are replaced by
-/// the node's name, its pool id and the repair's name, percent-encoded. The
+/// The URL is a template: `{node}`, `{pool}`, `{repair}` and
+/// `{internal_ip}` are replaced by the node's name, its pool id, the
+/// repair's name and its internal IP address (IPv6 in brackets),
+/// percent-encoded; a URL naming `{internal_ip}` for a node without a
+/// known address fails without a request. The
 /// body is JSON: `{"node": ..., "pool": ..., "repair": ...}`. A 2xx answer
 /// succeeds; any other status fails with the status and the start of the
 /// body; no answer within the timeout leaves the outcome unknown (the
@@ -90,7 +93,7 @@ impl HttpExecutor {
             probe = probe.replace(p, "x");
         }
         if probe.contains('{') || probe.contains('}') {
-            return Err(bad("the only placeholders are {node}, {pool} and {repair}"));
+            return Err(bad("the only placeholders are {node}, {pool}, {repair} and {internal_ip}"));
         }
         let parsed =
             reqwest::Url::parse(&probe).map_err(|e| bad(&format!("{e} (expected an http:// or https:// URL)")))?;
@@ -107,8 +110,13 @@ impl HttpExecutor {
         self
     }
 
-    fn url_for(&self, node: &str, pool: &str, repair: &str) -> String {
-        self.url.replace("{node}", &encode(node)).replace("{pool}", &encode(pool)).replace("{repair}", &encode(repair))
+    fn url_for(&self, node: &str, pool: &str, repair: &str, ip: &str) -> String {
+        let ip = if ip.contains(':') { format!("[{ip}]") } else { encode(ip) };
+        self.url
+            .replace("{node}", &encode(node))
+            .replace("{pool}", &encode(pool))
+            .replace("{repair}", &encode(repair))
+            .replace("{internal_ip}", &ip)
     }
 }
 
@@ -120,7 +128,11 @@ impl<T: ExecTarget + ?Sized> Executor<T> for HttpExecutor {
         }
         let node = target.node_name();
         let pool = target.pool_id().unwrap_or("");
-        let url = self.url_for(node, pool, action.as_str());
+        let ip = target.internal_ip().unwrap_or("");
+        if ip.is_empty() && self.url.contains("{internal_ip}") {
+            return Err(ExecError::failed(action, format!("node {node} has no known internal IP for {}", self.url)));
+        }
+        let url = self.url_for(node, pool, action.as_str(), ip);
         let body = serde_json::json!({"node": node, "pool": pool, "repair": action.as_str()});
         let mut request = self.client.request(self.method.clone(), &url).timeout(self.timeout).json(&body);
         if let Some(token) = &self.token {
@@ -162,7 +174,7 @@ mod tests {
         let c = reqwest::Client::new();
         let t = Duration::from_secs(5);
         let e = HttpExecutor::new(c.clone(), reqwest::Method::POST, "http://h/{node}/{nod}", t).unwrap_err();
-        assert!(e.to_string().contains("the only placeholders are {node}, {pool} and {repair}"), "{e}");
+        assert!(e.to_string().contains("the only placeholders are {node}, {pool}, {repair} and {internal_ip}"), "{e}");
         let e = HttpExecutor::new(c.clone(), reqwest::Method::POST, "ftp://h/{node}", t).unwrap_err();
         assert!(e.to_string().contains("expected an http:// or https:// URL"), "{e}");
         let e = HttpExecutor::new(c.clone(), reqwest::Method::POST, "h/{node}", t).unwrap_err();
@@ -170,7 +182,11 @@ mod tests {
         let x = HttpExecutor::new(c, reqwest::Method::POST, "https://h/v1/{pool}/{node}/{repair}", t)
             .unwrap()
             .with_bearer_token("s3cret");
-        assert_eq!(x.url_for("n 1/a", "p", "mark-ready"), "https://h/v1/p/n%201%2Fa/mark-ready");
+        assert_eq!(x.url_for("n 1/a", "p", "mark-ready", ""), "https://h/v1/p/n%201%2Fa/mark-ready");
+        let y =
+            HttpExecutor::new(reqwest::Client::new(), reqwest::Method::POST, "http://{internal_ip}:9090/x", t).unwrap();
+        assert_eq!(y.url_for("n", "", "r", "10.0.0.7"), "http://10.0.0.7:9090/x");
+        assert_eq!(y.url_for("n", "", "r", "fd00::7"), "http://[fd00::7]:9090/x");
         assert!(!format!("{x:?}").contains("s3cret"));
     }
 }

@@ -81,6 +81,11 @@ pub trait ExecTarget: Send + Sync {
     fn node_name(&self) -> &str;
     /// The Civo pool id (from the node's pool label).
     fn pool_id(&self) -> Option<&str>;
+    /// The node's internal IP address, when known (`{internal_ip}` of an
+    /// HTTP repair's URL). Default: unknown.
+    fn internal_ip(&self) -> Option<&str> {
+        None
+    }
 }
 
 #[cfg(feature = "kube")]
@@ -99,6 +104,9 @@ impl<T: ExecTarget + ?Sized> ExecTarget for Arc<T> {
     }
     fn pool_id(&self) -> Option<&str> {
         (**self).pool_id()
+    }
+    fn internal_ip(&self) -> Option<&str> {
+        (**self).internal_ip()
     }
 }
 
