@@ -114,10 +114,6 @@ impl StepFixture {
     /// The checks as the machine sees them.
     #[must_use]
     pub fn checks(&self) -> [Check<'_>; 5] {
-        std::array::from_fn(|i| Check {
-            name: self.names[i],
-            threshold: Duration::from_secs(300),
-            outcome: &self.outcomes[i],
-        })
+        std::array::from_fn(|i| Check::new(self.names[i], Duration::from_secs(300), &self.outcomes[i]))
     }
 }

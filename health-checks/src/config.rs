@@ -81,7 +81,7 @@ impl CheckerKind {
         }
     }
 
-    /// Fields this kind accepts besides `kind`, `name`, `threshold` and `enabled`.
+    /// Fields this kind accepts besides `kind`, `name`, `threshold`, `enabled` and `validation_only`.
     const fn fields(self) -> &'static [&'static str] {
         match self {
             CheckerKind::Condition => &["condition_type", "bad_statuses", "for_at_least", "missing", "reason"],
@@ -120,6 +120,10 @@ pub struct CheckerEntry {
     pub threshold: Option<Duration>,
     /// Whether the checker runs (default true).
     pub enabled: Option<bool>,
+    /// A validation probe (default false): run only for a node being
+    /// verified after a repair, reboot or replacement, and it must pass at
+    /// the end of `verify_for` (see `health_core::Validation`).
+    pub validation_only: Option<bool>,
     /// `condition`: the condition type.
     pub condition_type: Option<String>,
     /// `condition`: statuses that are unhealthy (default `["True"]`).
@@ -268,7 +272,10 @@ impl CheckersConfig {
             if e.enabled == Some(false) {
                 continue;
             }
-            let checker = build_one::<T>(kind, e, &entry)?;
+            let mut checker = build_one::<T>(kind, e, &entry)?;
+            if e.validation_only == Some(true) {
+                checker = Arc::new(health_core::Validation(checker));
+            }
             let name = checker.name().to_owned();
             if names.contains(&name) {
                 return Err(ConfigError::DuplicateName { entry, name });

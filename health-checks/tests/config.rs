@@ -126,3 +126,21 @@ fn errors_name_the_entry_and_field() {
         assert!(e.contains(want) && e.contains("line"), "{e}");
     }
 }
+
+#[test]
+fn any_checker_can_be_a_validation_probe() {
+    let c = parse(
+        r#"
+        [[checkers]]
+        kind = "node-ready"
+        [[checkers]]
+        kind = "command"
+        name = "BurnIn"
+        program = "/bin/true"
+        validation_only = true
+        "#,
+    );
+    let built = c.build::<Node>().expect("valid");
+    let flags: Vec<(&str, bool)> = built.iter().map(|c| (c.name(), c.validation_only())).collect();
+    assert_eq!(flags, [("NodeReady", false), ("BurnIn", true)]);
+}

@@ -115,6 +115,40 @@ pub trait HealthChecker<T: ?Sized + Sync>: Send + Sync {
     /// Checks the target. The engine bounds it with a per-check timeout
     /// (and contains a panic: it counts as the checker's own error).
     async fn check(&self, target: &T, ctx: &CheckContext) -> CheckResult;
+
+    /// A validation probe: run only for a node being verified after an
+    /// action of ours (`Verifying`), and it must pass at the end of
+    /// `verify_for` for the node to count as recovered; failing then is a
+    /// relapse acted on at once (next rung). Default false: an ordinary
+    /// checker. Wrap a checker in [`Validation`] to make it one.
+    fn validation_only(&self) -> bool {
+        false
+    }
+}
+
+/// Makes a checker a validation probe (see [`HealthChecker::validation_only`]):
+/// a load test, a GPU burn-in, a synthetic request that should run only
+/// after a repair, not on every healthy node.
+#[derive(Clone, Debug)]
+pub struct Validation<C>(pub C);
+
+#[async_trait]
+impl<T: ?Sized + Sync, C: HealthChecker<T>> HealthChecker<T> for Validation<C> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn threshold(&self) -> Duration {
+        self.0.threshold()
+    }
+    fn check_sync(&self, target: &T, ctx: &CheckContext) -> Option<CheckResult> {
+        self.0.check_sync(target, ctx)
+    }
+    async fn check(&self, target: &T, ctx: &CheckContext) -> CheckResult {
+        self.0.check(target, ctx).await
+    }
+    fn validation_only(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -131,6 +165,9 @@ impl<T: ?Sized + Sync, C: HealthChecker<T> + ?Sized> HealthChecker<T> for Arc<C>
     async fn check(&self, target: &T, ctx: &CheckContext) -> CheckResult {
         (**self).check(target, ctx).await
     }
+    fn validation_only(&self) -> bool {
+        (**self).validation_only()
+    }
 }
 
 #[async_trait]
@@ -146,6 +183,9 @@ impl<T: ?Sized + Sync, C: HealthChecker<T> + ?Sized> HealthChecker<T> for Box<C>
     }
     async fn check(&self, target: &T, ctx: &CheckContext) -> CheckResult {
         (**self).check(target, ctx).await
+    }
+    fn validation_only(&self) -> bool {
+        (**self).validation_only()
     }
 }
 

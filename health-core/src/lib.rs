@@ -122,7 +122,7 @@ pub mod store;
 pub mod target;
 pub mod time;
 
-pub use checker::{CheckContext, CheckError, CheckResult, FnChecker, HealthChecker};
+pub use checker::{CheckContext, CheckError, CheckResult, FnChecker, HealthChecker, Validation};
 pub use component::{ComponentState, ComponentStatus, HealthManager, HealthReport};
 pub use domain::{
     Action, CheckOutcome, FailingCheck, Mode, NodeClass, NodeFacts, NodeRecord, Phase, RECORD_FORMAT_VERSION, Reason,

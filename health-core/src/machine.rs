@@ -78,6 +78,47 @@ pub struct Check<'a> {
     pub threshold: Duration,
     /// What it found.
     pub outcome: &'a CheckOutcome,
+    /// A validation probe ([`crate::HealthChecker::validation_only`]): it
+    /// counts only at the end of a node's verification.
+    pub validation: bool,
+}
+
+impl<'a> Check<'a> {
+    /// An ordinary check (not a validation probe).
+    #[must_use]
+    pub const fn new(name: &'a str, threshold: Duration, outcome: &'a CheckOutcome) -> Self {
+        Check { name, threshold, outcome, validation: false }
+    }
+}
+
+/// What a validation probe counts as outside the end of a verification.
+static NOT_VALIDATING: CheckOutcome = CheckOutcome::Skip { reason: std::borrow::Cow::Borrowed("NotVerifying") };
+
+/// The checks as the rules see them: a validation probe counts only once a
+/// `Verifying` node has passed for `verify_for` (and then with no
+/// threshold: its failure is a relapse acted on at once); before that it is
+/// a skip. Borrowed unchanged when there is no validation probe.
+fn effective<'a>(
+    checks: &'a [Check<'a>],
+    record: &NodeRecord,
+    policy: &Policy,
+    now: Timestamp,
+) -> std::borrow::Cow<'a, [Check<'a>]> {
+    if !checks.iter().any(|c| c.validation) {
+        return std::borrow::Cow::Borrowed(checks);
+    }
+    let verified =
+        record.phase == Phase::Verifying && record.healthy_since.is_some_and(|h| now >= h + policy.verify_for);
+    std::borrow::Cow::Owned(
+        checks
+            .iter()
+            .map(|c| match (c.validation, verified) {
+                (false, _) => *c,
+                (true, true) => Check { threshold: Duration::ZERO, ..*c },
+                (true, false) => Check { outcome: &NOT_VALIDATING, ..*c },
+            })
+            .collect(),
+    )
 }
 
 /// Everything observed about one node in one evaluation.
@@ -513,6 +554,8 @@ pub fn step(
 ) -> Decision {
     let initial_phase = record.phase;
     let mut changed = false;
+    let checks = effective(obs.checks, &record, policy, now);
+    let obs = &Observation { checks: &checks, facts: obs.facts };
 
     // The class follows the node, except that during an unhealthy episode it
     // can only become `Gpu`: a lost GPU label must not shorten the reboot wait

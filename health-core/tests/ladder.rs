@@ -57,8 +57,7 @@ impl Node {
             .iter()
             .map(|c| (*c, if failing.contains(c) { CheckOutcome::fail("Down") } else { CheckOutcome::Pass }))
             .collect();
-        let checks: Vec<Check<'_>> =
-            outcomes.iter().map(|(n, o)| Check { name: n, threshold: MIN, outcome: o }).collect();
+        let checks: Vec<Check<'_>> = outcomes.iter().map(|(n, o)| Check::new(n, MIN, o)).collect();
         let facts = NodeFacts { class: self.class, ..NodeFacts::default() };
         let d = step(self.record.clone(), &Observation { checks: &checks, facts }, policy, budget, self.now);
         if let Some(h) = d.hold {
@@ -213,7 +212,7 @@ fn a_failed_repair_gives_way_to_the_next_rung_and_an_unknown_one_keeps_its_wait(
     });
     let facts = NodeFacts::default();
     let fail = CheckOutcome::fail("Down");
-    let checks = [Check { name: "Sidecar", threshold: MIN, outcome: &fail }];
+    let checks = [Check::new("Sidecar", MIN, &fail)];
     let obs = Observation { checks: &checks, facts };
     let d = step(NodeRecord::default(), &obs, &p, &budget(), T0);
     let d = step(d.record, &obs, &p, &budget(), T0 + MIN);
@@ -287,4 +286,41 @@ fn ladders_are_validated_with_the_field_named() {
         assert!(e.contains(want), "{e}\nwanted: {want}");
     }
     assert_eq!(base().with_ladder(ladder(None, vec![Rung::Repair(kubelet), Rung::Reboot])).validate(), Ok(()));
+}
+
+#[test]
+fn a_validation_probe_counts_only_at_the_end_of_verification() {
+    let p = policy();
+    let pass = CheckOutcome::Pass;
+    let down = CheckOutcome::fail("Down");
+    let burn_fail = CheckOutcome::fail("BurnInFailed");
+    let step_with = |record: NodeRecord, ready: &CheckOutcome, burn: &CheckOutcome, at: Timestamp| {
+        let checks =
+            [Check::new("NodeReady", MIN, ready), Check { validation: true, ..Check::new("BurnIn", 10 * MIN, burn) }];
+        let facts = NodeFacts::default();
+        step(record, &Observation { checks: &checks, facts }, &p, &budget(), at)
+    };
+    // A healthy node never acted on: a failing probe does not count.
+    let d = step_with(NodeRecord::default(), &pass, &burn_fail, T0);
+    assert_eq!(d.record.phase, Phase::Healthy);
+    // Failing, then restart-kubelet.
+    let d = step_with(d.record, &down, &burn_fail, T0 + MIN);
+    let d = step_with(d.record, &down, &burn_fail, T0 + 2 * MIN);
+    assert_eq!(d.action, Some(Action::Repair(repair("restart-kubelet"))));
+    // Back: verifying; the probe's failure does not count before verify_for.
+    let d = step_with(d.record, &pass, &burn_fail, T0 + 3 * MIN);
+    assert_eq!(d.record.phase, Phase::Verifying);
+    let d = step_with(d.record, &pass, &burn_fail, T0 + 4 * MIN);
+    assert_eq!((d.record.phase, d.action), (Phase::Verifying, None));
+    // At the end of verify_for it fails: a relapse acted on at once (its
+    // 10m threshold does not apply), on the ladder of the failing probe
+    // (none names BurnIn: the default one, a reboot).
+    let at_end = T0 + 5 * MIN;
+    let relapsed = step_with(d.record.clone(), &pass, &burn_fail, at_end);
+    assert_eq!(relapsed.action, Some(Action::Reboot));
+    assert_eq!(relapsed.record.repair_count(repair("restart-kubelet")), 1, "the history is kept");
+    assert_eq!(relapsed.record.failing.first().map(|f| f.checker.as_str()), Some("BurnIn"));
+    // Had it passed, the node would be recovered.
+    let ok = step_with(d.record, &pass, &pass, at_end);
+    assert_eq!((ok.record.phase, ok.action), (Phase::Healthy, None));
 }

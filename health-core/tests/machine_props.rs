@@ -105,9 +105,8 @@ fn run(s: &Scenario, mut inspect: impl FnMut(&Seen)) {
         now = now + Duration::from_secs(t.advance);
         let outcomes: Vec<CheckOutcome> =
             t.fails.iter().map(|&f| if f { CheckOutcome::fail("Broken") } else { CheckOutcome::Pass }).collect();
-        let checks: Vec<Check<'_>> = (0..2)
-            .map(|i| Check { name: names[i], threshold: Duration::from_secs(s.thresholds[i]), outcome: &outcomes[i] })
-            .collect();
+        let checks: Vec<Check<'_>> =
+            (0..2).map(|i| Check::new(names[i], Duration::from_secs(s.thresholds[i]), &outcomes[i])).collect();
         let obs = Observation { checks: &checks, facts: facts(s, t.gate) };
         let before = record.clone();
         let decision = step(record, &obs, &s.policy, &budget(t.gate, now), now);
@@ -243,7 +242,7 @@ fn stepping_again_at_the_same_instant_is_a_no_op() {
     // A spurious wake-up: the same observation at the same instant decides nothing new.
     let policy = Policy::default().with_monitor_only(false);
     let fail = CheckOutcome::fail("Broken");
-    let checks = [Check { name: "NodeReady", threshold: Duration::from_secs(300), outcome: &fail }];
+    let checks = [Check::new("NodeReady", Duration::from_secs(300), &fail)];
     let obs = Observation { checks: &checks, facts: NodeFacts::default() };
     let now = Timestamp::from_secs(T0);
     let mut record = NodeRecord::default();

@@ -126,12 +126,8 @@ impl Row {
 
     fn run(self) -> Decision {
         let outcomes: Vec<CheckOutcome> = self.checks.iter().map(|c| c.2.clone()).collect();
-        let checks: Vec<Check<'_>> = self
-            .checks
-            .iter()
-            .zip(&outcomes)
-            .map(|(c, o)| Check { name: c.0, threshold: Duration::from_secs(c.1), outcome: o })
-            .collect();
+        let checks: Vec<Check<'_>> =
+            self.checks.iter().zip(&outcomes).map(|(c, o)| Check::new(c.0, Duration::from_secs(c.1), o)).collect();
         let obs = Observation { checks: &checks, facts: self.facts };
         let before = self.record.clone();
         let d = step(self.record, &obs, &self.policy, &self.budget, at(NOW));
@@ -692,8 +688,7 @@ fn typed_outcomes() {
 
 /// Steps `record` at `now` (seconds after T0) with `checks` (name, threshold, outcome).
 fn step_at(record: NodeRecord, checks: &[(&str, u64, CheckOutcome)], now: u64) -> Decision {
-    let checks: Vec<Check<'_>> =
-        checks.iter().map(|c| Check { name: c.0, threshold: Duration::from_secs(c.1), outcome: &c.2 }).collect();
+    let checks: Vec<Check<'_>> = checks.iter().map(|c| Check::new(c.0, Duration::from_secs(c.1), &c.2)).collect();
     step(record, &Observation { checks: &checks, facts: NodeFacts::default() }, &active(), &budget(), at(now))
 }
 

@@ -142,3 +142,46 @@ async fn a_plan_verifies_before_it_uncordons() {
     assert_eq!(phases, [Phase::Unhealthy, Phase::WaitingReboot, Phase::Verifying, Phase::Healthy]);
     assert_eq!(*world.log.lock(), [Action::Drain, Action::Reboot, Action::Uncordon]);
 }
+
+/// A validation probe runs only for nodes being verified, not on every
+/// healthy node at every pass.
+#[tokio::test(start_paused = true)]
+async fn a_validation_probe_runs_only_while_a_node_is_verified() {
+    struct Burn(Arc<Mutex<Vec<String>>>);
+    #[async_trait]
+    impl HealthChecker<Node> for Burn {
+        fn name(&self) -> &str {
+            "BurnIn"
+        }
+        fn threshold(&self) -> Duration {
+            Duration::ZERO
+        }
+        async fn check(&self, n: &Node, _: &CheckContext) -> CheckResult {
+            self.0.lock().push(n.name.clone());
+            Ok(CheckOutcome::Pass)
+        }
+    }
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let world = Arc::new(World {
+        fixed: AtomicBool::new(false),
+        calls: AtomicUsize::new(0),
+        block_at: usize::MAX,
+        log: Mutex::new(Vec::new()),
+        blocked: tokio::sync::Notify::new(),
+    });
+    let mut e = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(Exec(Arc::clone(&world))))
+        .policy(policy())
+        .checker(ready_checker())
+        .checker(Validation(Burn(Arc::clone(&ran))))
+        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
+        .build()
+        .expect("valid engine");
+    for _ in 0..40 {
+        let _ = e.run_pass(&world.targets()).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    assert_eq!(e.record("node-0").map(|r| r.phase), Some(Phase::Healthy));
+    let ran = ran.lock().clone();
+    assert!(!ran.is_empty() && ran.iter().all(|n| n == "node-0"), "only the verified node: {ran:?}");
+    assert!(ran.len() <= 5, "only while verifying (2m at 30s passes): {ran:?}");
+}

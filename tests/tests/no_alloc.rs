@@ -24,7 +24,7 @@ fn healthy_step_does_not_allocate() {
     let checks: Vec<Check<'_>> = names
         .iter()
         .zip(&outcomes)
-        .map(|(name, outcome)| Check { name, threshold: Duration::from_secs(300), outcome })
+        .map(|(name, outcome)| Check::new(name, Duration::from_secs(300), outcome))
         .collect();
     let obs = Observation { checks: &checks, facts: NodeFacts::default() };
     let policy = Policy::default();
@@ -46,7 +46,7 @@ fn healthy_step_does_not_allocate() {
 
     // The check is real: a failing observation does allocate (it records the reason).
     let fail = [CheckOutcome::fail("KubeletNotReady")];
-    let failing = [Check { name: "NodeReady", threshold: Duration::from_secs(300), outcome: &fail[0] }];
+    let failing = [Check::new("NodeReady", Duration::from_secs(300), &fail[0])];
     let region = Region::new(GLOBAL);
     let d = step(record, &Observation { checks: &failing, facts: NodeFacts::default() }, &policy, &budget, now);
     assert!(region.change().allocations > 0);

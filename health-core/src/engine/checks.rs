@@ -4,12 +4,15 @@
 use super::*;
 
 impl<T: Target + Clone + 'static> Engine<T> {
-    /// Runs every checker on every target into `outcomes` (row-major). A
-    /// panicking checker is a failing check with reason `CheckPanicked`.
+    /// Runs every checker on every target into `outcomes` (row-major); a
+    /// validation probe only on the targets `verifying` marks (the others
+    /// get a skip). A panicking checker is a failing check with reason
+    /// `CheckPanicked`.
     pub(super) async fn run_checks(
         shared: &Shared<T>,
         targets: &[T],
         slots: &[Option<usize>],
+        verifying: &[bool],
         outcomes: &mut Vec<CheckOutcome>,
         errs: &mut Vec<bool>,
     ) {
@@ -27,6 +30,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
             }
             for (ci, c) in shared.checkers.iter().enumerate() {
                 let i = ti * nc + ci;
+                if shared.validation[ci] && !verifying.get(ti).copied().unwrap_or(false) {
+                    outcomes[i] = CheckOutcome::skip("NotVerifying");
+                    continue;
+                }
                 match std::panic::catch_unwind(AssertUnwindSafe(|| c.check_sync(t, ctx))) {
                     Ok(Some(r)) => (outcomes[i], errs[i]) = to_outcome(r),
                     Ok(None) => pending.push((ti, ci)),

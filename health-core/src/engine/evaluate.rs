@@ -129,7 +129,13 @@ impl<T: Target + Clone + 'static> Engine<T> {
         }
         let mut outcomes = std::mem::take(&mut self.state.outcomes);
         let mut errs = std::mem::take(&mut self.state.errs);
-        Self::run_checks(&self.shared, targets, &slots, &mut outcomes, &mut errs).await;
+        // Validation probes run only for nodes being verified.
+        let verifying: Vec<bool> = if self.shared.validation.iter().any(|v| *v) {
+            slots.iter().map(|s| s.is_some_and(|si| self.state.slots[si].record.phase == Phase::Verifying)).collect()
+        } else {
+            Vec::new()
+        };
+        Self::run_checks(&self.shared, targets, &slots, &verifying, &mut outcomes, &mut errs).await;
         let nc = self.shared.checkers.len();
         let mut now = self.shared.clock.now();
         self.state.mono = self.shared.clock.monotonic();
@@ -195,6 +201,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         // for every target (no allocation per node).
         let names = Arc::clone(&self.shared.checker_names);
         let thresholds = Arc::clone(&self.shared.thresholds);
+        let validation = Arc::clone(&self.shared.validation);
         let mut checks: Vec<Check<'_>> = Vec::with_capacity(nc);
         let mut round: Vec<usize> = (0..targets.len()).filter(|&ti| slots[ti].is_some()).collect();
         let mut first = true;
@@ -218,8 +225,14 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     names
                         .iter()
                         .zip(thresholds.iter())
+                        .zip(validation.iter())
                         .zip(&outcomes[ti * nc..(ti + 1) * nc])
-                        .map(|((name, &threshold), outcome)| Check { name, threshold, outcome }),
+                        .map(|(((name, &threshold), &validation), outcome)| Check {
+                            name,
+                            threshold,
+                            outcome,
+                            validation,
+                        }),
                 );
                 if let Some(p) = self
                     .decide(

@@ -68,6 +68,8 @@ struct Shared<T> {
     /// The checker names as shared metric label values.
     checker_labels: Vec<Arc<str>>,
     thresholds: Arc<[Duration]>,
+    /// Which checkers are validation probes (run only for verifying nodes).
+    validation: Arc<[bool]>,
     executor: Arc<dyn Executor<T>>,
     store: Arc<dyn StateStore>,
     observers: Vec<Arc<dyn Observer<T>>>,
@@ -173,6 +175,7 @@ impl<T: Target + Clone + 'static> EngineBuilder<T> {
             }
         }
         let thresholds = self.checkers.iter().map(|c| c.threshold()).collect();
+        let validation = self.checkers.iter().map(|c| c.validation_only()).collect();
         let names = MetricNames::new(&self.config.metrics_prefix);
         let store_timeout = self.config.store_timeout;
         names.describe();
@@ -191,6 +194,7 @@ impl<T: Target + Clone + 'static> EngineBuilder<T> {
                 checker_labels: checker_names.iter().map(|n| Arc::from(n.as_str())).collect(),
                 checker_names: checker_names.into(),
                 thresholds,
+                validation,
                 executor: self.executor,
                 store: Arc::new(crate::store::TimedStore::new(self.store, store_timeout)),
                 observers: self.observers,
