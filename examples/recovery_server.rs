@@ -18,8 +18,10 @@ use parking_lot::Mutex;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-/// What performs an action: `Ok(message)` when it was done, `Err(message)` when it failed.
-pub type Perform = Arc<dyn Fn(Action, &str) -> Result<String, String> + Send + Sync>;
+/// What performs an action on a node: `Ok(message)` when it was done,
+/// `Err(message)` when it failed. The third argument is the soft repair's
+/// name with `ACTION_REPAIR` (such as `restart-kubelet`), else empty.
+pub type Perform = Arc<dyn Fn(Action, &str, &str) -> Result<String, String> + Send + Sync>;
 
 type Outcome = Result<String, String>;
 
@@ -87,6 +89,9 @@ impl RecoveryExecutor for Handle {
             .ok()
             .filter(|a| *a != Action::Unspecified)
             .ok_or_else(|| Status::invalid_argument(format!("unknown action {}", req.action)))?;
+        if action == Action::Repair && req.repair.is_empty() {
+            return Err(Status::invalid_argument("repair (the repair's name) is required with ACTION_REPAIR"));
+        }
         let (mut rx, replayed) = {
             let mut outcomes = server.outcomes.lock();
             match outcomes.get(&req.idempotency_key) {
@@ -96,9 +101,10 @@ impl RecoveryExecutor for Handle {
                     outcomes.insert(req.idempotency_key.clone(), rx.clone());
                     let perform = Arc::clone(&server.perform);
                     let node = req.node.clone();
+                    let repair = req.repair.clone();
                     // Its own task: a client that gives up does not cancel it.
                     tokio::spawn(async move {
-                        let outcome = tokio::task::spawn_blocking(move || perform(action, &node))
+                        let outcome = tokio::task::spawn_blocking(move || perform(action, &node, &repair))
                             .await
                             .unwrap_or_else(|e| Err(format!("the action panicked: {e}")));
                         let _ = tx.send(Some(outcome));

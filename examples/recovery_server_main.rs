@@ -43,8 +43,13 @@ async fn main() -> ExitCode {
     if token.is_none() && !addr.ip().is_loopback() {
         return usage("a non-loopback --listen needs --token-file");
     }
-    let server = ReferenceServer::new(Arc::new(move |action, node| {
-        let verb = action.as_str_name().trim_start_matches("ACTION_").to_ascii_lowercase();
+    let server = ReferenceServer::new(Arc::new(move |action, node, repair: &str| {
+        // A soft repair is named by itself (`restart-kubelet`), the rest by the action.
+        let verb = if repair.is_empty() {
+            action.as_str_name().trim_start_matches("ACTION_").to_ascii_lowercase()
+        } else {
+            repair.to_owned()
+        };
         match &command {
             None => {
                 println!("would {verb} {node}");

@@ -270,7 +270,7 @@ async fn the_remote_executor_reboots_once_when_its_first_answer_is_lost() {
     let cluster = sim.cluster().clone();
     let performed = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&performed);
-    let server = examples::recovery_server::ReferenceServer::new(Arc::new(move |action, node: &str| {
+    let server = examples::recovery_server::ReferenceServer::new(Arc::new(move |action, node: &str, _repair: &str| {
         seen.lock().push((action.as_str_name().to_owned(), node.to_owned()));
         cluster.heal(node).map_err(|e| e.to_string())?;
         Ok(format!("provisioner rebooted {node}"))

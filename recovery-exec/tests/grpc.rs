@@ -28,11 +28,12 @@ type Log = Arc<Mutex<Vec<(String, String)>>>;
 async fn serve(token: Option<&str>, refuse: Option<&'static str>) -> (Arc<ReferenceServer>, String, Log) {
     let log: Log = Arc::default();
     let seen = Arc::clone(&log);
-    let server = ReferenceServer::new(Arc::new(move |action, node| {
+    let server = ReferenceServer::new(Arc::new(move |action, node, repair: &str| {
         if refuse == Some(node) {
             return Err(format!("{node} is locked by a change freeze"));
         }
-        seen.lock().push((action.as_str_name().to_owned(), node.to_owned()));
+        let what = if repair.is_empty() { action.as_str_name().to_owned() } else { format!("ACTION_REPAIR:{repair}") };
+        seen.lock().push((what, node.to_owned()));
         Ok(format!("{} {node}", action.as_str_name()))
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -133,4 +134,13 @@ async fn an_ambiguous_error_is_retried_and_ends_unknown_never_failed() {
     let err = executor(&endpoint, None).execute(Action::Replace, &Node("node-1")).await.unwrap_err();
     assert!(matches!(err, ExecError::Unknown { action: Action::Replace, .. }), "an Internal may follow the act: {err}");
     assert_eq!(server.0.load(std::sync::atomic::Ordering::SeqCst), 3, "retried with the same key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_repair_travels_with_its_name() {
+    let (_server, endpoint, log) = serve(None, None).await;
+    let exec = executor(&endpoint, None);
+    let repair = health_core::Repair::new("restart-kubelet").expect("a valid name");
+    exec.execute(Action::Repair(repair), &Node("node-3")).await.expect("the server restarts kubelet");
+    assert_eq!(*log.lock(), vec![("ACTION_REPAIR:restart-kubelet".to_owned(), "node-3".to_owned())]);
 }
