@@ -52,6 +52,16 @@ async fn faults_render_like_real_nodes() {
     sim.shutdown().await;
 }
 
+/// `POST .../instances/{id}/hard_reboots` on the simulated Civo API.
+async fn hard_reboot(sim: &cluster_sim::SimServer, http: &reqwest::Client, id: &str) -> reqwest::Response {
+    http.post(format!("{}/v2/instances/{id}/hard_reboots?region=lon1", sim.civo_url()))
+        .header("authorization", "bearer sim-civo-key")
+        .json(&json!({"region": "lon1"}))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn wait_for_ready(nodes: &Api<Node>, name: &str, want: &str) {
     let mut stream =
         watcher::watcher(nodes.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).boxed();
@@ -95,13 +105,7 @@ async fn a_hard_reboot_takes_the_node_down_and_brings_it_back() {
     let id_of =
         |host: &str| instances.iter().find(|i| i["hostname"] == host).unwrap()["id"].as_str().unwrap().to_owned();
     for node in [fixed, broken] {
-        let r = http
-            .post(format!("{}/v2/instances/{}/hard_reboots?region=lon1", sim.civo_url(), id_of(node)))
-            .header("authorization", "bearer sim-civo-key")
-            .json(&json!({"region": "lon1"}))
-            .send()
-            .await
-            .unwrap();
+        let r = hard_reboot(&sim, &http, &id_of(node)).await;
         assert_eq!(r.status().as_u16(), 200);
         assert_eq!(r.json::<Value>().await.unwrap()["result"], "success");
         assert_eq!(condition(&c.node(node).unwrap(), "Ready").0, "Unknown", "rebooting");
@@ -265,14 +269,7 @@ async fn soft_faults_are_fixed_by_their_soft_repair_and_reboots_can_relapse() {
     let nodes: Api<Node> = Api::all(client(&sim));
     let instances = c.instances();
     let id = &instances.iter().find(|i| &i.hostname == relapsing).unwrap().id;
-    let r = http
-        .post(format!("{}/v2/instances/{id}/hard_reboots?region=lon1", sim.civo_url()))
-        .header("authorization", "bearer sim-civo-key")
-        .json(&json!({"region": "lon1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(hard_reboot(&sim, &http, id).await.status().as_u16(), 200);
     wait_for_ready(&nodes, relapsing, "True").await;
     wait_for_ready(&nodes, relapsing, "False").await;
     assert_eq!(c.faults(relapsing), [Fault::NotReady]);
