@@ -15,8 +15,11 @@
 //! [[checkers]]
 //! kind = "http"
 //! name = "Sidecar"
-//! url = "http://{internal_ip}:8080/v0/healthz"
+//! url = "https://{internal_ip}:8443/v0/healthz"
 //! timeout = "3s"
+//! ca_file = "/etc/sidecar/ca.pem"      # trusted besides the platform's roots
+//! expect_status = [200, 204]           # default: any 2xx
+//! body_contains = "\"ready\""          # optional
 //! ```
 
 use std::sync::Arc;
@@ -86,7 +89,9 @@ impl CheckerKind {
         match self {
             CheckerKind::Condition => &["condition_type", "bad_statuses", "for_at_least", "missing", "reason"],
             CheckerKind::KubeletLease => &["stale_after"],
-            CheckerKind::Http => &["url", "connect_timeout", "timeout", "bearer_token_file"],
+            CheckerKind::Http => {
+                &["url", "connect_timeout", "timeout", "bearer_token_file", "ca_file", "expect_status", "body_contains"]
+            }
             CheckerKind::GrpcHealth => &["url", "service", "connect_timeout", "timeout"],
             CheckerKind::Command => &["program", "args", "timeout", "max_output", "reason"],
             CheckerKind::File => &["path", "reason"],
@@ -148,6 +153,12 @@ pub struct CheckerEntry {
     /// `http`, `command`: total timeout.
     #[serde(default, deserialize_with = "duration_str::deserialize_some")]
     pub timeout: Option<Duration>,
+    /// `http`: a PEM file of CA certificates trusted besides the platform's (https).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `http`: the statuses that pass (default: any 2xx).
+    pub expect_status: Option<Vec<u16>>,
+    /// `http`: a text the body must contain.
+    pub body_contains: Option<String>,
     /// `http`: bearer token file.
     pub bearer_token_file: Option<std::path::PathBuf>,
     /// `command`: the program.
@@ -185,6 +196,9 @@ impl CheckerEntry {
         add("connect_timeout", self.connect_timeout.is_some());
         add("timeout", self.timeout.is_some());
         add("bearer_token_file", self.bearer_token_file.is_some());
+        add("ca_file", self.ca_file.is_some());
+        add("expect_status", self.expect_status.is_some());
+        add("body_contains", self.body_contains.is_some());
         add("program", self.program.is_some());
         add("args", self.args.is_some());
         add("max_output", self.max_output.is_some());
@@ -337,6 +351,9 @@ fn build_one<T: CheckTarget>(
             c.connect_timeout = e.connect_timeout.unwrap_or(c.connect_timeout);
             c.timeout = e.timeout.unwrap_or(c.timeout);
             c.bearer_token_file.clone_from(&e.bearer_token_file);
+            c.ca_file.clone_from(&e.ca_file);
+            c.expect_status = e.expect_status.clone().unwrap_or_default();
+            c.body_contains.clone_from(&e.body_contains);
             let probe = crate::HttpProbe::new(c).map_err(|x| in_entry(x, &err))?;
             Ok(Arc::new(probe))
         }

@@ -56,6 +56,12 @@ impl GrpcHealthProbe {
             |f: &'static str, m: String| ConfigError::Field { entry: config.name.clone(), field: f, message: m };
         // http:// only: h2c to a node-local daemon (no TLS settings here).
         validate_template(&config.url).map_err(|e| field("url", e.to_string()))?;
+        if !config.url.starts_with("http://") {
+            return Err(field(
+                "url",
+                format!("{:?} must start with http:// (grpc-health probes are plaintext)", config.url),
+            ));
+        }
         if config.timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(field("timeout", "timeouts must be positive durations such as \"5s\"".into()));
         }

@@ -1,4 +1,10 @@
-//! HTTP GET probes: pass on 2xx, fail with the status otherwise.
+//! HTTP(S) GET probes: pass on the expected status (any 2xx by default)
+//! and, when asked, a body containing a given text; fail otherwise.
+//!
+//! The probe's client uses rustls with ring handed to it directly: this
+//! crate never installs a process-wide crypto provider, so an embedder keeps
+//! its own choice. HTTPS trusts the platform's roots plus an optional CA
+//! file.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +32,60 @@ pub struct HttpProbeConfig {
     pub timeout: Duration,
     /// A file holding a bearer token (read on every probe, so rotation works).
     pub bearer_token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates trusted for https besides the platform's.
+    pub ca_file: Option<PathBuf>,
+    /// The statuses that pass (empty: any 2xx).
+    pub expect_status: Vec<u16>,
+    /// A text the body must contain (read up to [`MAX_BODY`] bytes).
+    pub body_contains: Option<String>,
+}
+
+/// `: cause: its cause...` of an error, each distinct cause once.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// The most of a body a probe reads to look for `body_contains`.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A reqwest client builder on rustls with ring, trusting the platform's
+/// roots plus the certificates of `extra_ca_pem`, without installing a
+/// process-wide crypto provider.
+pub fn tls_client_builder(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::ClientBuilder, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let extra: Vec<CertificateDer<'static>> = match extra_ca_pem {
+        None => Vec::new(),
+        Some(pem) => {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("not PEM certificates: {e}"))?;
+            if certs.is_empty() {
+                return Err("no PEM certificate in it".into());
+            }
+            certs
+        }
+    };
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, std::sync::Arc::clone(&provider))
+        .map_err(|e| format!("cannot set up certificate verification: {e}"))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder().use_preconfigured_tls(tls))
 }
 
 impl HttpProbeConfig {
@@ -38,6 +98,9 @@ impl HttpProbeConfig {
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(5),
             bearer_token_file: None,
+            ca_file: None,
+            expect_status: Vec::new(),
+            body_contains: None,
         }
     }
 }
@@ -59,8 +122,8 @@ impl std::fmt::Debug for HttpProbe {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TemplateError {
-    /// Not an `http://` URL.
-    #[error("{url:?} must start with http:// (https is not supported by this build)")]
+    /// Not an `http://` or `https://` URL.
+    #[error("{url:?} must start with http:// or https://")]
     NotHttp {
         /// The template.
         url: String,
@@ -81,9 +144,9 @@ pub enum TemplateError {
     },
 }
 
-/// Checks a URL template: `http://`, known placeholders only.
+/// Checks a URL template: `http://` or `https://`, known placeholders only.
 pub fn validate_template(url: &str) -> Result<(), TemplateError> {
-    if !url.starts_with("http://") {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
         return Err(TemplateError::NotHttp { url: url.to_owned() });
     }
     let mut rest = url;
@@ -122,15 +185,37 @@ impl HttpProbe {
         if config.timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(field("timeout", "timeouts must be positive durations such as \"5s\"".into()));
         }
-        // reqwest may be built with rustls but no default crypto provider
-        // (another crate of the binary may ask for that): install ring's.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        if config.expect_status.iter().any(|s| !(100..=599).contains(s)) {
+            return Err(field("expect_status", "statuses are numbers from 100 to 599, such as [200, 204]".into()));
+        }
+        if config.body_contains.as_deref().is_some_and(str::is_empty) {
+            return Err(field("body_contains", "must not be empty (leave it out to ignore the body)".into()));
+        }
+        let ca = match &config.ca_file {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|e| field("ca_file", format!("cannot read {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let builder = tls_client_builder(ca.as_deref()).map_err(|e| {
+            let what = config.ca_file.as_ref().map_or_else(String::new, |p| format!("{}: ", p.display()));
+            field("ca_file", format!("{what}{e}"))
+        })?;
+        let client = builder
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| field("url", format!("cannot build an HTTP client: {e}")))?;
+        Ok(HttpProbe { config, client })
+    }
+
+    /// A probe on the caller's client (its TLS roots, provider, proxy and
+    /// timeouts); `ca_file` and the timeouts of `config` are then not used.
+    pub fn with_client(config: HttpProbeConfig, client: reqwest::Client) -> Result<Self, ConfigError> {
+        let field =
+            |f: &'static str, m: String| ConfigError::Field { entry: config.name.clone(), field: f, message: m };
+        validate_template(&config.url).map_err(|e| field("url", e.to_string()))?;
         Ok(HttpProbe { config, client })
     }
 
@@ -145,23 +230,55 @@ impl HttpProbe {
             req = req.bearer_auth(token.trim());
         }
         match req.send().await {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status();
-                if status.is_success() {
-                    return Ok(CheckOutcome::Pass);
-                }
-                let reason = match status.as_u16() {
-                    400..=499 => "HTTPStatus4xx",
-                    500..=599 => "HTTPStatus5xx",
-                    _ => "HTTPStatusNotOK",
+                let expected = if self.config.expect_status.is_empty() {
+                    status.is_success()
+                } else {
+                    self.config.expect_status.contains(&status.as_u16())
                 };
-                Ok(CheckOutcome::fail_with(reason, format!("GET {url}: {status}")))
+                if !expected {
+                    let reason = match status.as_u16() {
+                        400..=499 => "HTTPStatus4xx",
+                        500..=599 => "HTTPStatus5xx",
+                        _ => "HTTPStatusNotOK",
+                    };
+                    return Ok(CheckOutcome::fail_with(reason, format!("GET {url}: {status}")));
+                }
+                let Some(want) = &self.config.body_contains else {
+                    return Ok(CheckOutcome::Pass);
+                };
+                let mut body: Vec<u8> = Vec::new();
+                while body.len() < MAX_BODY {
+                    match resp.chunk().await {
+                        Ok(Some(c)) => body.extend_from_slice(&c[..c.len().min(MAX_BODY - body.len())]),
+                        Ok(None) => break,
+                        Err(e) if e.is_timeout() => {
+                            return Ok(CheckOutcome::fail_with(
+                                "Timeout",
+                                format!("GET {url}: the body did not arrive within {:?}", self.config.timeout),
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(CheckError::new(format!("GET {url}: reading the body: {}", e.without_url())));
+                        }
+                    }
+                }
+                if String::from_utf8_lossy(&body).contains(want.as_str()) {
+                    Ok(CheckOutcome::Pass)
+                } else {
+                    Ok(CheckOutcome::fail_with(
+                        "HTTPBodyMismatch",
+                        format!("GET {url}: {status}, but the body (first {} bytes) lacks {want:?}", body.len()),
+                    ))
+                }
             }
             Err(e) if e.is_timeout() => {
                 Ok(CheckOutcome::fail_with("Timeout", format!("GET {url}: no answer within {:?}", self.config.timeout)))
             }
             Err(e) if e.is_connect() => {
-                Ok(CheckOutcome::fail_with("Unreachable", format!("GET {url}: cannot connect")))
+                // The causes say why: refused, unreachable, a certificate not trusted.
+                Ok(CheckOutcome::fail_with("Unreachable", format!("GET {url}: cannot connect{}", causes(&e))))
             }
             Err(e) => Err(CheckError::new(format!("GET {url}: {}", e.without_url()))),
         }

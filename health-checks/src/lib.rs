@@ -33,7 +33,9 @@
 //! # Features
 //!
 //! * `kube`: Node checkers, [`NodeView`], [`node_facts`] and [`classify`] (k8s-openapi only).
-//! * `http`: [`HttpProbe`] (plain HTTP, reqwest).
+//! * `http`: [`HttpProbe`] (HTTP and HTTPS with reqwest on rustls; ring is
+//!   handed to the probe's client, never installed as the process's
+//!   provider; a CA file, expected statuses and a body match).
 //! * `command`: [`CommandChecker`] (tokio process).
 //! * `file`: [`FileSentinel`].
 //!
@@ -84,7 +86,9 @@ pub use file::FileSentinel;
 #[cfg(feature = "grpc")]
 pub use grpc::{GrpcHealthProbe, GrpcProbeConfig};
 #[cfg(feature = "http")]
-pub use http::{HttpProbe, HttpProbeConfig, PLACEHOLDERS, TemplateError, validate_template};
+pub use http::{
+    HttpProbe, HttpProbeConfig, MAX_BODY, PLACEHOLDERS, TemplateError, tls_client_builder, validate_template,
+};
 #[cfg(feature = "kube")]
 pub use node::{
     AUTOSCALER_TAINT, CILIUM_TAINT, CiliumChecker, ConditionChecker, ConditionRule, GPU_COUNT_LABEL, GPU_RESOURCE,

@@ -93,7 +93,8 @@ fn http_templates_are_validated() {
     assert!(matches!(&e, TemplateError::UnknownPlaceholder { placeholder, .. } if placeholder == "{ip}"));
     let e = e.to_string();
     assert!(e.contains("unknown placeholder {ip}") && e.contains("{internal_ip}"), "{e}");
-    let e = validate_template("https://x/").unwrap_err();
+    assert_eq!(validate_template("https://{name}/healthz"), Ok(()));
+    let e = validate_template("ftp://x/").unwrap_err();
     assert!(matches!(e, TemplateError::NotHttp { .. }) && e.to_string().contains("must start with http://"));
     assert!(matches!(validate_template("http://{name"), Err(TemplateError::Unclosed { .. })));
 }

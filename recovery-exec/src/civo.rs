@@ -10,12 +10,28 @@ use serde::Deserialize;
 
 use crate::ExecTarget;
 
-/// Installs the ring crypto provider for rustls, once per process. Every
-/// TLS client of this crate calls it before building; binaries may call it
-/// first thing too. Installing twice is harmless.
+/// Installs the ring crypto provider for rustls as the process default.
+/// For binaries only (the agent calls it first thing): this crate's own
+/// clients never need it, and never call it. Installing twice is harmless.
 pub fn install_crypto_provider() {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A reqwest client builder on rustls with ring handed to it (not
+/// installed for the process), trusting the platform's roots.
+fn tls_client_builder() -> Result<reqwest::ClientBuilder, CivoError> {
+    let bad = |e: String| CivoError::InvalidConfig { field: "api_url", message: format!("cannot set up TLS: {e}") };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls_platform_verifier::Verifier::new(std::sync::Arc::clone(&provider)).map_err(|e| bad(e.to_string()))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder().use_preconfigured_tls(tls))
 }
 
 /// An API key that never shows in Debug or Display output.
@@ -366,15 +382,23 @@ enum Repeat {
 }
 
 impl CivoExecutor {
-    /// Validates the configuration and builds the HTTP client.
+    /// Validates the configuration and builds the HTTP client (rustls with
+    /// ring handed to the client: no process-wide provider is installed).
     pub fn new(config: CivoConfig) -> Result<Self, CivoError> {
         config.validate()?;
-        install_crypto_provider();
         let user_agent = format!("{} (cluster {})", config.agent, config.cluster_id);
         let client =
-            reqwest::Client::builder().timeout(config.call_timeout).user_agent(user_agent).build().map_err(|e| {
+            tls_client_builder()?.timeout(config.call_timeout).user_agent(user_agent).build().map_err(|e| {
                 CivoError::InvalidConfig { field: "api_url", message: format!("cannot build an HTTP client: {e}") }
             })?;
+        Self::with_client(config, client)
+    }
+
+    /// Validates the configuration and uses the caller's client (its TLS
+    /// settings, proxy and timeouts; each call is still bounded by
+    /// `call_timeout`).
+    pub fn with_client(config: CivoConfig, client: reqwest::Client) -> Result<Self, CivoError> {
+        config.validate()?;
         let base = config.api_url.trim_end_matches('/').to_owned();
         Ok(CivoExecutor { config, base, client })
     }

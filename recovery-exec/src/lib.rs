@@ -23,10 +23,11 @@
 //!
 //! Every executor needs a Tokio runtime with timers (the Civo and
 //! Kubernetes executors also its I/O driver, the command executor its
-//! process driver). Before building a [`CivoExecutor`] (feature `civo`)
-//! the process needs a rustls crypto provider: call
-//! `install_crypto_provider` once, or install your own. No executor
-//! panics on an API answer: errors become [`health_core::ExecError`]s.
+//! process driver). No executor installs a process-wide rustls crypto
+//! provider: [`CivoExecutor::new`] hands ring to its own client (or pass
+//! yours to `CivoExecutor::with_client`), and [`HttpExecutor`] takes the
+//! caller's client. No executor panics on an API answer: errors become
+//! [`health_core::ExecError`]s.
 //!
 //! # Example
 //!

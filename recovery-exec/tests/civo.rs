@@ -56,6 +56,8 @@ async fn reboot_by_node_name_hits_exactly_one_instance() {
         ]
     );
     assert!(sim.cluster().civo_calls().iter().all(|c| c.path.ends_with("?region=lon1")));
+    // The executor brought its own provider: none was installed for the process.
+    assert!(rustls::crypto::CryptoProvider::get_default().is_none(), "a library installed a global crypto provider");
     sim.shutdown().await;
 }
 
