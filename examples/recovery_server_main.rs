@@ -44,11 +44,12 @@ async fn main() -> ExitCode {
         return usage("a non-loopback --listen needs --token-file");
     }
     let server = ReferenceServer::new(Arc::new(move |action, node, repair: &str| {
-        // A soft repair is named by itself (`restart-kubelet`), the rest by the action.
-        let verb = if repair.is_empty() {
-            action.as_str_name().trim_start_matches("ACTION_").to_ascii_lowercase()
+        // A soft repair is named by itself (`restart-kubelet`, checked: it
+        // becomes an argument), every other action by the action.
+        let verb = if action == node_agent_proto::v1::Action::Repair {
+            health_core::Repair::new(repair).map_err(|e| e.to_string())?.as_str().to_owned()
         } else {
-            repair.to_owned()
+            action.as_str_name().trim_start_matches("ACTION_").to_ascii_lowercase()
         };
         match &command {
             None => {

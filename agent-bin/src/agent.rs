@@ -239,7 +239,9 @@ fn executor(
     call_cfg: &kube::Config,
     call_client: &kube::Client,
 ) -> Result<Arc<dyn Executor<NodeRef>>, RunError> {
-    if config.policy.monitor_only {
+    // Monitor-only mode, and the no-op executor, perform nothing at all:
+    // soft repairs included.
+    if config.policy.monitor_only || config.executor.kind == ExecutorKind::Noop {
         return Ok(Arc::new(NoopExecutor));
     }
     let remote: Option<Arc<dyn Executor<NodeRef>>> = match config.executor.kind {
@@ -393,12 +395,13 @@ pub async fn run(
         let cp = &config.control_plane;
         let repair = health_core::Repair::new(crate::control_plane::REPAIR_NAME)
             .map_err(|e| RunError::Executor(format!("control_plane.repair: {e}")))?;
-        let executor: Arc<dyn Executor<crate::control_plane::Host>> = if config.policy.monitor_only {
-            Arc::new(recovery_exec::DryRun)
-        } else {
-            let r = cp.repair.as_ref().ok_or_else(|| RunError::Executor("control_plane.repair: not set".into()))?;
-            crate::repairs::standalone("control_plane.repair", repair, r).map_err(RunError::Executor)?
-        };
+        let executor: Arc<dyn Executor<crate::control_plane::Host>> =
+            if config.policy.monitor_only || config.executor.kind == ExecutorKind::Noop {
+                Arc::new(recovery_exec::DryRun)
+            } else {
+                let r = cp.repair.as_ref().ok_or_else(|| RunError::Executor("control_plane.repair: not set".into()))?;
+                crate::repairs::standalone("control_plane.repair", repair, r).map_err(RunError::Executor)?
+            };
         let state_path = cp.state_path(&config.store.path);
         metrics::describe_gauge!(
             format!("{METRICS_PREFIX}_api_server_reachable"),
@@ -423,6 +426,7 @@ pub async fn run(
                 timeout: probe_timeout,
             }),
             clock: Arc::new(health_core::SystemClock),
+            last_round: parking_lot::Mutex::new(None),
         };
         tasks.spawn(repairer.run(std::future::pending()));
     }

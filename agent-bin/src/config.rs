@@ -938,6 +938,25 @@ impl Config {
         self.validate_grpc()?;
         self.validate_addons()?;
         self.control_plane.validate()?;
+        if self.control_plane.enabled {
+            if self.ha.enabled {
+                return Err(ConfigError::Conflict {
+                    first: "control_plane.enabled".into(),
+                    second: "ha.enabled".into(),
+                    message: "an HA leader exits when it cannot renew its Lease, so it would be gone before a \
+                              control-plane outage's grace ends: run the control-plane repair without HA (one \
+                              agent on a control-plane VM)"
+                        .into(),
+                });
+            }
+            if self.store_backend() != StoreBackend::File && self.control_plane.state_file.is_none() {
+                return Err(ConfigError::invalid(
+                    "control_plane.state_file",
+                    "must be set (a writable path on the control-plane VM) unless store.backend is \"file\": \
+                     the repairs' record and lock are kept there",
+                ));
+            }
+        }
         if self.store.backend == StoreBackend::Etcd {
             self.store.etcd.validate()?;
         }

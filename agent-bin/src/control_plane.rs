@@ -58,7 +58,8 @@ pub struct ControlPlaneSection {
     /// How often the API server is asked whether it answers. Default 10s.
     #[serde(with = "duration_str")]
     pub probe_interval: Duration,
-    /// Where attempts are kept (unset or empty: `control-plane.json` beside the file store).
+    /// Where attempts are kept (unset or empty: `control-plane.json` beside
+    /// the file store; required with another store).
     pub state_file: Option<PathBuf>,
     /// How a host is repaired: `kind = "command"` (with `NODE_NAME` set to
     /// the host) or `"http"` (`{node}` is the host). `attempts` and `wait`
@@ -116,6 +117,12 @@ impl ControlPlaneSection {
             return invalid(
                 "repair.kind",
                 "must be \"command\" or \"http\": restart-pods and grpc need the API server or the cluster".into(),
+            );
+        }
+        if repair.url.as_deref().is_some_and(|u| u.contains("{internal_ip}")) {
+            return invalid(
+                "repair.url",
+                "a control-plane host has no Node to read {internal_ip} from: use {node} (the host's name)".into(),
             );
         }
         crate::repairs::check_repair("control_plane.repair", repair, false)
@@ -236,6 +243,11 @@ pub enum Round {
     Exhausted,
     /// Another process holds the lock.
     Locked,
+    /// A repair ended too recently (seen once the lock was taken).
+    Backoff(Timestamp),
+    /// The attempt could not be recorded before acting: held, rather than
+    /// risk repeating it after a restart.
+    Unrecorded(String),
 }
 
 /// Runs the control-plane repair loop until `stop` resolves.
@@ -250,6 +262,9 @@ pub struct Repairer {
     pub probe: Arc<dyn ApiProbe>,
     /// The wall clock (for the recorded times and the backoff).
     pub clock: Arc<dyn Clock>,
+    /// When this process last ended a round: the backoff holds from it even
+    /// if the state file is lost.
+    pub last_round: parking_lot::Mutex<Option<Timestamp>>,
 }
 
 impl Repairer {
@@ -301,6 +316,13 @@ impl Repairer {
                         Some(Round::Locked) => {
                             tracing::warn!(lock = %self.lock_path().display(), "another control-plane repair holds the lock; not starting one")
                         }
+                        Some(Round::Backoff(until)) => {
+                            tracing::warn!(%until, "another agent repaired the control plane meanwhile; the next repair may start at {until}")
+                        }
+                        Some(Round::Unrecorded(e)) => tracing::error!(
+                            error = %e,
+                            "cannot record a control-plane repair before starting it; not repairing (a repair that restarts this host would otherwise repeat)"
+                        ),
                         None => return,
                     }
                 }
@@ -328,7 +350,11 @@ impl Repairer {
                 return Some(self.clock.now() + self.config.backoff);
             }
         };
-        let until = state.last_repair_at? + self.config.backoff;
+        let last = match (state.last_repair_at, *self.last_round.lock()) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b)?,
+        };
+        let until = last + self.config.backoff;
         (until > self.clock.now()).then_some(until)
     }
 
@@ -347,6 +373,10 @@ impl Repairer {
         if lock.try_lock().is_err() {
             return Some(Round::Locked);
         }
+        // Another agent may have finished a round between our check and the lock.
+        if let Some(until) = self.backoff_until() {
+            return Some(Round::Backoff(until));
+        }
         let counter = |host: &str, result: &'static str| {
             metrics::counter!(
                 format!("{}_control_plane_repairs_total", crate::agent::METRICS_PREFIX),
@@ -359,6 +389,20 @@ impl Repairer {
         let mut outcome = Round::Exhausted;
         for host in &self.config.hosts {
             let started_at = self.clock.now();
+            // Recorded before acting: a repair that restarts this very host
+            // (and the agent) is not repeated inside the backoff.
+            state.push(Attempt {
+                host: host.clone(),
+                started_at,
+                result: "started".into(),
+                error: None,
+                api_back: false,
+            });
+            state.last_repair_at = Some(started_at);
+            *self.last_round.lock() = Some(started_at);
+            if let Err(e) = state.save(&self.state_path) {
+                return Some(Round::Unrecorded(e));
+            }
             tracing::warn!(%host, "repairing the control plane on this host");
             let target = Host(host.clone());
             let done = tokio::select! {
@@ -397,10 +441,14 @@ impl Repairer {
                     }
                 }
             }
-            state.push(Attempt { host: host.clone(), started_at, result: result.to_owned(), error, api_back });
-            state.last_repair_at = Some(self.clock.now());
+            if let Some(last) = state.attempts.last_mut() {
+                *last = Attempt { host: host.clone(), started_at, result: result.to_owned(), error, api_back };
+            }
+            let now = self.clock.now();
+            state.last_repair_at = Some(now);
+            *self.last_round.lock() = Some(now);
             if let Err(e) = state.save(&self.state_path) {
-                tracing::error!(error = %e, "cannot record the control-plane repair");
+                tracing::error!(error = %e, "cannot record the control-plane repair's outcome");
             }
             if api_back {
                 outcome = Round::Recovered(host.clone());
@@ -478,6 +526,7 @@ mod tests {
             executor: Arc::new(Exec(Arc::clone(&world))),
             probe: Arc::clone(&world) as Arc<dyn ApiProbe>,
             clock: Arc::new(TokioClock::starting_at(Timestamp::from_secs(1_800_000_000))),
+            last_round: parking_lot::Mutex::new(None),
         };
         (world, r, dir)
     }
@@ -501,6 +550,40 @@ mod tests {
         let summary: Vec<(&str, &str, bool)> =
             state.attempts.iter().map(|a| (a.host.as_str(), a.result.as_str(), a.api_back)).collect();
         assert_eq!(summary, [("cp-1", "succeeded", false), ("cp-2", "succeeded", true)]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The repair restarts the host the agent runs on: the attempt is on
+    /// record before the executor runs, so the restarted agent holds.
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_is_recorded_before_it_runs_and_an_unwritable_record_holds() {
+        let (world, r, dir) = setup("recorded", None);
+        struct Killed(Arc<World>, PathBuf);
+        #[async_trait]
+        impl Executor<Host> for Killed {
+            async fn execute(&self, _: Action, host: &Host) -> Result<(), ExecError> {
+                let state = State::load(&self.1).unwrap();
+                let last = state.attempts.last().expect("on record before acting");
+                assert_eq!((last.host.as_str(), last.result.as_str()), (host.0.as_str(), "started"));
+                self.0.repairs.lock().push((host.0.clone(), Duration::ZERO));
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+        let r = Repairer { executor: Arc::new(Killed(Arc::clone(&world), r.state_path.clone())), ..r };
+        // The agent dies during the repair (the future is dropped).
+        let mut stop = std::pin::pin!(tokio::time::sleep(MIN));
+        assert_eq!(r.round(&mut stop).await, None);
+        // The restarted agent (no memory) sees the attempt and holds.
+        let fresh = Repairer { last_round: parking_lot::Mutex::new(None), ..r };
+        assert!(fresh.backoff_until().is_some(), "the attempt on record holds a new round");
+        assert_eq!(hosts(&world).len(), 1);
+        // A state file that cannot be written: nothing runs.
+        let blocked = Repairer { state_path: dir.join("missing-dir/x/state.json"), ..fresh };
+        std::fs::write(dir.join("missing-dir"), "a file where the directory should be").unwrap();
+        let mut stop = std::pin::pin!(std::future::pending::<()>());
+        assert!(matches!(blocked.round(&mut stop).await, Some(Round::Unrecorded(_)) | Some(Round::Locked)));
+        assert_eq!(hosts(&world).len(), 1, "no repair without a record");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -532,6 +615,9 @@ mod tests {
         assert_eq!(r.round(&mut stop).await, Some(Round::Locked));
         assert!(hosts(&world).is_empty());
         drop(lock);
+        // With the lock, the backoff is checked again: still too recent.
+        assert_eq!(r.round(&mut stop).await, Some(Round::Backoff(r.clock.now() + 4 * MIN)));
+        std::fs::remove_file(&r.state_path).unwrap();
         assert_eq!(r.round(&mut stop).await, Some(Round::Recovered("cp-1".into())));
         std::fs::remove_dir_all(dir).unwrap();
     }

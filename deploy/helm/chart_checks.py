@@ -134,10 +134,14 @@ CREDENTIALS = {
     ("executor", "ca"): ("executor-ca", "/etc/node-agent-ca/executor/ca.crt", "executor.ca_file"),
 }
 LADDER_SCENARIO = {
+    "replicaCount": 1,
     "civo": {"monitorOnly": False, "clusterId": "3f2b1c9e-8d41-4a2f-9c55-000000000001",
              "region": "LON1", "apiKey": {"existingSecret": "civo-credentials"}},
     "config": {
         "policy": {"verify_for": "3m", "escalation": {"replace": True}},
+        # The control-plane repair runs without HA, on the file store.
+        "ha": {"enabled": False},
+        "store": {"backend": "file"},
         "engine": {"probe_interval": "20s"},
         "checkers": [
             {"kind": "node-ready", "threshold": "5m"},

@@ -22,8 +22,8 @@
 //!     counts its threshold from now and the ladder goes on from its history.
 //!   * `Unhealthy`, once some failing checker has failed continuously for its
 //!     threshold (each checker counts from its own [`FailingCheck::since`],
-//!     any back-off has passed and the last reboot or repair has had its
-//!     wait): the next rung of the node's ladder ([`Policy::ladder_for`]).
+//!     any back-off has passed and the last reboot has had its wait): the
+//!     next rung of the node's ladder ([`Policy::ladder_for`]).
 //!     That is the first soft repair tried fewer times than its `attempts`
 //!     (`Repairing`), else a reboot while `reboot_count < max_reboot_retries`
 //!     (`WaitingReboot`), else a drain for a replacement where the ladder and
@@ -112,10 +112,15 @@ fn effective<'a>(
     std::borrow::Cow::Owned(
         checks
             .iter()
-            .map(|c| match (c.validation, verified) {
-                (false, _) => *c,
-                (true, true) => Check { threshold: Duration::ZERO, ..*c },
-                (true, false) => Check { outcome: &NOT_VALIDATING, ..*c },
+            .map(|c| {
+                // A probe that failed a verification keeps counting until it
+                // passes, so its failure is acted on, not forgotten.
+                let counts = verified || record.failing.iter().any(|f| f.checker == c.name);
+                match (c.validation, counts) {
+                    (false, _) => *c,
+                    (true, true) => Check { threshold: Duration::ZERO, ..*c },
+                    (true, false) => Check { outcome: &NOT_VALIDATING, ..*c },
+                }
             })
             .collect(),
     )
@@ -671,9 +676,10 @@ pub fn step(
             let (want, due) = match record.phase {
                 Phase::Unhealthy => {
                     let mut due = threshold_due.max(not_before);
-                    if let Some(settle) = settle_time(&record, policy) {
-                        // A reboot or repair needs its wait to take effect, whatever happened since.
-                        due = due.max(last_action_at + settle);
+                    if record.last_action == Some(Action::Reboot) {
+                        // A reboot needs its wait to take effect, whatever happened since.
+                        // (A failed soft repair is followed after its back-off.)
+                        due = due.max(last_action_at + policy.reboot_wait_for(record.class));
                     }
                     let want = if now < due {
                         Want::Nothing

@@ -512,6 +512,15 @@ impl Policy {
                 max: u64::from(MAX_REBOOT_FAILURES_CAP),
             });
         }
+        if self.verify_for >= self.history_reset_after {
+            // The history would be forgotten while a node is still being verified.
+            return Err(PolicyError::Inconsistent {
+                field: "history_reset_after",
+                value: self.history_reset_after,
+                other: "verify_for (it must be longer)",
+                other_value: self.verify_for,
+            });
+        }
         if self.max_uncordon_failures == 0 {
             return Err(PolicyError::TooSmall { field: "max_uncordon_failures", value: 0, min: 1 });
         }

@@ -227,6 +227,7 @@ fn a_failed_repair_gives_way_to_the_next_rung_and_an_unknown_one_keeps_its_wait(
     let early = step(failed.clone(), &obs, &p, &budget(), T0 + MIN + Duration::from_secs(1));
     assert_eq!(early.action, None);
     let due = early.next_deadline.expect("the back-off ends");
+    assert_eq!(due, T0 + MIN + p.failure_backoff.delay(1), "after the back-off's first step, not the repair's wait");
     assert_eq!(step(failed, &obs, &p, &budget(), due).action, Some(Action::Reboot));
 
     // Unknown: it may have happened, so its wait applies before the reboot.
@@ -323,4 +324,38 @@ fn a_validation_probe_counts_only_at_the_end_of_verification() {
     // Had it passed, the node would be recovered.
     let ok = step_with(d.record, &pass, &pass, at_end);
     assert_eq!((ok.record.phase, ok.action), (Phase::Healthy, None));
+}
+
+#[test]
+fn a_validation_failure_is_kept_until_the_probe_passes() {
+    let p = policy();
+    let pass = CheckOutcome::Pass;
+    let burn_fail = CheckOutcome::fail("BurnInFailed");
+    let step_with = |record: NodeRecord, burn: &CheckOutcome, at: Timestamp, b: &Budget| {
+        let checks =
+            [Check::new("NodeReady", MIN, &pass), Check { validation: true, ..Check::new("BurnIn", MIN, burn) }];
+        step(record, &Observation { checks: &checks, facts: NodeFacts::default() }, &p, b, at)
+    };
+    // Verifying after a reboot 3 minutes ago, verified now: the probe fails,
+    // but the storm guard holds the next rung.
+    let record = NodeRecord {
+        phase: Phase::Verifying,
+        unhealthy_since: Some(T0),
+        healthy_since: Some(T0 + MIN),
+        last_action: Some(Action::Reboot),
+        last_action_at: Some(T0),
+        reboot_count: 1,
+        ..NodeRecord::default()
+    };
+    let storm = Budget { unhealthy: 10, ..budget() };
+    let d = step_with(record, &burn_fail, T0 + 3 * MIN, &storm);
+    assert_eq!(d.record.phase, Phase::Unhealthy);
+    // Next pass, still failing (the engine runs the probe for it): still
+    // unhealthy, no flapping back to Verifying; the next rung is held.
+    let d = step_with(d.record, &burn_fail, T0 + 11 * MIN, &storm);
+    assert_eq!(d.record.phase, Phase::Unhealthy);
+    assert_eq!(d.hold.map(|h| h.reason), Some(HoldReason::StormGuard));
+    // Once the probe passes, the node is verified again from scratch.
+    let d = step_with(d.record, &pass, T0 + 12 * MIN, &budget());
+    assert_eq!(d.record.phase, Phase::Verifying);
 }

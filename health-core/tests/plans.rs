@@ -185,3 +185,52 @@ async fn a_validation_probe_runs_only_while_a_node_is_verified() {
     assert!(!ran.is_empty() && ran.iter().all(|n| n == "node-0"), "only the verified node: {ran:?}");
     assert!(ran.len() <= 5, "only while verifying (2m at 30s passes): {ran:?}");
 }
+
+/// A validation probe that cannot answer has not validated the node: no
+/// error grace for it, the node is not reported recovered.
+#[tokio::test(start_paused = true)]
+async fn a_validation_probe_that_errs_does_not_validate() {
+    struct Hangs;
+    #[async_trait]
+    impl HealthChecker<Node> for Hangs {
+        fn name(&self) -> &str {
+            "BurnIn"
+        }
+        fn threshold(&self) -> Duration {
+            Duration::ZERO
+        }
+        async fn check(&self, _: &Node, _: &CheckContext) -> CheckResult {
+            Err(CheckError::new("the burn-in tool is missing"))
+        }
+    }
+    let world = Arc::new(World {
+        fixed: AtomicBool::new(false),
+        calls: AtomicUsize::new(0),
+        block_at: usize::MAX,
+        log: Mutex::new(Vec::new()),
+        blocked: tokio::sync::Notify::new(),
+    });
+    let mut e = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(Exec(Arc::clone(&world))))
+        .policy(policy())
+        .checker(ready_checker())
+        .checker(Validation(Hangs))
+        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
+        .build()
+        .expect("valid engine");
+    let mut phases = Vec::new();
+    for _ in 0..60 {
+        let _ = e.run_pass(&world.targets()).await;
+        let p = e.record("node-0").expect("record").phase;
+        if phases.last() != Some(&p) {
+            phases.push(p);
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    // Rebooted once (the ladder's only reboot), never verified: Failed, and
+    // still cordoned for an operator.
+    assert!(!phases.contains(&Phase::Healthy), "{phases:?}");
+    let r = e.record("node-0").expect("record");
+    assert_eq!(r.phase, Phase::Failed, "{phases:?}");
+    assert!(r.cordoned);
+    assert_eq!(*world.log.lock(), [Action::Drain, Action::Reboot]);
+}

@@ -128,9 +128,17 @@ impl<T: ExecTarget + ?Sized> Executor<T> for HttpExecutor {
         }
         let node = target.node_name();
         let pool = target.pool_id().unwrap_or("");
-        let ip = target.internal_ip().unwrap_or("");
-        if ip.is_empty() && self.url.contains("{internal_ip}") {
-            return Err(ExecError::failed(action, format!("node {node} has no known internal IP for {}", self.url)));
+        let mut ip = "";
+        if self.url.contains("{internal_ip}") {
+            // The address comes from the Node's status, which its kubelet
+            // writes: only an IP address may steer the request (and its token).
+            ip = target.internal_ip().unwrap_or("");
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(ExecError::failed(
+                    action,
+                    format!("node {node} has no valid internal IP address ({ip:?}) for {}", self.url),
+                ));
+            }
         }
         let url = self.url_for(node, pool, action.as_str(), ip);
         let body = serde_json::json!({"node": node, "pool": pool, "repair": action.as_str()});
@@ -188,5 +196,41 @@ mod tests {
         assert_eq!(y.url_for("n", "", "r", "10.0.0.7"), "http://10.0.0.7:9090/x");
         assert_eq!(y.url_for("n", "", "r", "fd00::7"), "http://[fd00::7]:9090/x");
         assert!(!format!("{x:?}").contains("s3cret"));
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    struct Evil(&'static str);
+    impl ExecTarget for Evil {
+        fn node_name(&self) -> &str {
+            "node-1"
+        }
+        fn pool_id(&self) -> Option<&str> {
+            None
+        }
+        fn internal_ip(&self) -> Option<&str> {
+            Some(self.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn only_an_ip_address_fills_internal_ip() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let x = HttpExecutor::new(
+            reqwest::Client::new(),
+            reqwest::Method::POST,
+            "http://{internal_ip}:9090/v0/mark-ready",
+            Duration::from_secs(1),
+        )
+        .unwrap()
+        .with_bearer_token("s3cret");
+        let repair = Action::Repair(health_core::Repair::new("mark-ready").unwrap());
+        for bad in ["evil.example", "1:2]@evil.example/#", "", "10.0.0.1@evil"] {
+            let e = x.execute(repair, &Evil(bad)).await.unwrap_err().to_string();
+            assert!(e.contains("no valid internal IP address"), "{bad:?}: {e}");
+        }
     }
 }

@@ -439,7 +439,14 @@ impl PodRestarter {
             .await
             .map_err(|_| timed("list pods"))?
             .map_err(|source| KubeExecError::Api { node: node.to_owned(), what: "list pods", source })?;
-        let names: Vec<String> = found.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        // The server applies the field selector; a proxy that ignored it must
+        // not make this delete every matching pod of the cluster.
+        let names: Vec<String> = found
+            .items
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
         if names.is_empty() {
             return Err(KubeExecError::NoPods {
                 node: node.to_owned(),

@@ -129,9 +129,23 @@ impl<T: Target + Clone + 'static> Engine<T> {
         }
         let mut outcomes = std::mem::take(&mut self.state.outcomes);
         let mut errs = std::mem::take(&mut self.state.errs);
-        // Validation probes run only for nodes being verified.
+        // Validation probes run only for nodes being verified, and for those
+        // a probe failed (until it passes: its failure is not forgotten).
         let verifying: Vec<bool> = if self.shared.validation.iter().any(|v| *v) {
-            slots.iter().map(|s| s.is_some_and(|si| self.state.slots[si].record.phase == Phase::Verifying)).collect()
+            let names = &self.shared.checker_names;
+            let validation = &self.shared.validation;
+            slots
+                .iter()
+                .map(|s| {
+                    s.is_some_and(|si| {
+                        let r = &self.state.slots[si].record;
+                        r.phase == Phase::Verifying
+                            || r.failing
+                                .iter()
+                                .any(|f| names.iter().zip(validation.iter()).any(|(n, v)| *v && *n == f.checker))
+                    })
+                })
+                .collect()
         } else {
             Vec::new()
         };
@@ -161,9 +175,11 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     continue;
                 }
                 // A checker's own error is not a finding about the node: skip
-                // it until it has lasted the grace.
+                // it until it has lasted the grace. A validation probe gets no
+                // grace: one that cannot answer has not validated the node.
                 let since = *s.error_since[ci].get_or_insert(now);
                 if now < since + grace
+                    && !self.shared.validation[ci]
                     && let CheckOutcome::Fail { reason, .. } = &outcomes[i]
                 {
                     s.grace_until = Some(s.grace_until.map_or(since + grace, |g| g.min(since + grace)));

@@ -405,7 +405,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let n = all.len();
         for (name, mut stored) in all {
             clamp_future(&mut stored.record, now);
-            if let Some(t) = stored.record.last_action_at {
+            // Only a disruptive action spaces the cluster's next one.
+            if let Some(t) = stored.record.last_action_at
+                && stored.record.last_action.is_some_and(Action::is_disruptive)
+            {
                 self.state.last_action_at = Some(self.state.last_action_at.map_or(t, |l| l.max(t)));
             }
             match self.state.index.get(name.as_str()) {

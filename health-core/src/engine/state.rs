@@ -93,6 +93,11 @@ impl Slot {
         if self.running {
             return true;
         }
+        // A node we cordoned stays out of service until it is verified:
+        // another node's drain must not start beside it.
+        if self.record.cordoned && self.record.phase == Phase::Verifying {
+            return true;
+        }
         if !self.record.phase.is_in_flight() {
             return false;
         }
@@ -129,7 +134,9 @@ impl Slot {
         Counted {
             present,
             unhealthy: present && (self.failing || self.unknown),
-            candidate: self.running || self.record.phase.is_in_flight(),
+            candidate: self.running
+                || self.record.phase.is_in_flight()
+                || (self.record.cordoned && self.record.phase == Phase::Verifying),
             departed: !present,
             deadline: self.deadline,
             hold: self.hold,
