@@ -134,8 +134,26 @@ impl KubeFleet {
         format!("{}-last-reboot", self.s.prefix)
     }
 
+    /// Reads a Lease. A read is safe to repeat: a connection-level failure
+    /// (a request that never got an answer) is tried twice more within the
+    /// call's time limit before the backend counts as failed.
     async fn get(&self, name: &str) -> Result<Option<Lease>, CoordError> {
-        bounded("get a Lease", self.s.call_timeout, self.api.get_opt(name)).await
+        let what = "get a Lease";
+        let after = self.s.call_timeout;
+        let deadline = tokio::time::Instant::now() + after;
+        let mut retries = 0;
+        loop {
+            match tokio::time::timeout_at(deadline, self.api.get_opt(name)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if !matches!(e, kube::Error::Api(_)) && retries < 2 => {
+                    retries += 1;
+                    tracing::debug!(error = %e, retries, "reading a Lease failed at the connection; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(Err(e)) => return Err(CoordError::Kube { what, message: e.to_string() }),
+                Err(_) => return Err(CoordError::Timeout { what, after }),
+            }
+        }
     }
 
     /// Creates `lease`, or replaces the one read (`rv`); false on a conflict.
