@@ -400,7 +400,11 @@ pub async fn run(
                 Arc::new(recovery_exec::DryRun)
             } else {
                 let r = cp.repair.as_ref().ok_or_else(|| RunError::Executor("control_plane.repair: not set".into()))?;
-                crate::repairs::standalone("control_plane.repair", repair, r).map_err(RunError::Executor)?
+                if r.kind == crate::repairs::RepairKind::Grpc {
+                    Arc::new(grpc_executor(&config)?)
+                } else {
+                    crate::repairs::standalone("control_plane.repair", repair, r).map_err(RunError::Executor)?
+                }
             };
         let state_path = cp.state_path(&config.store.path);
         metrics::describe_gauge!(

@@ -949,6 +949,14 @@ impl Config {
                         .into(),
                 });
             }
+            if self.control_plane.repair.as_ref().is_some_and(|r| r.kind == crate::repairs::RepairKind::Grpc)
+                && self.executor.kind != ExecutorKind::Grpc
+            {
+                return Err(ConfigError::invalid(
+                    "control_plane.repair.kind",
+                    "\"grpc\" uses the remote executor of [executor]: set executor.kind = \"grpc\" and executor.endpoint",
+                ));
+            }
             if self.store_backend() != StoreBackend::File && self.control_plane.state_file.is_none() {
                 return Err(ConfigError::invalid(
                     "control_plane.state_file",

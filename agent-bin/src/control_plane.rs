@@ -62,8 +62,10 @@ pub struct ControlPlaneSection {
     /// the file store; required with another store).
     pub state_file: Option<PathBuf>,
     /// How a host is repaired: `kind = "command"` (with `NODE_NAME` set to
-    /// the host) or `"http"` (`{node}` is the host). `attempts` and `wait`
-    /// do not apply (`host_wait` does).
+    /// the host), `"http"` (`{node}` is the host) or `"grpc"` (the remote
+    /// executor of `[executor]`, asked for `ACTION_REPAIR`
+    /// `restart-control-plane` on the host). `attempts` and `wait` do not
+    /// apply (`host_wait` does).
     pub repair: Option<RepairConfig>,
 }
 
@@ -113,10 +115,11 @@ impl ControlPlaneSection {
         let Some(repair) = &self.repair else {
             return invalid("repair", "must say how a host is repaired: kind = \"command\" or \"http\"".into());
         };
-        if !matches!(repair.kind, RepairKind::Command | RepairKind::Http) {
+        if !matches!(repair.kind, RepairKind::Command | RepairKind::Http | RepairKind::Grpc) {
             return invalid(
                 "repair.kind",
-                "must be \"command\" or \"http\": restart-pods and grpc need the API server or the cluster".into(),
+                "must be \"command\", \"http\" or \"grpc\" (the remote executor): restart-pods needs the API server"
+                    .into(),
             );
         }
         if repair.url.as_deref().is_some_and(|u| u.contains("{internal_ip}")) {
@@ -125,7 +128,8 @@ impl ControlPlaneSection {
                 "a control-plane host has no Node to read {internal_ip} from: use {node} (the host's name)".into(),
             );
         }
-        crate::repairs::check_repair("control_plane.repair", repair, false)
+        // grpc needs executor.kind = "grpc": checked with the whole configuration.
+        crate::repairs::check_repair("control_plane.repair", repair, true)
     }
 
     /// The state file for a file store at `store_path`.
@@ -632,7 +636,7 @@ mod tests {
             (section(), "control_plane.repair: must say how"),
             (
                 ControlPlaneSection { repair: Some(repair("restart-pods")), ..section() },
-                "control_plane.repair.kind: must be \"command\" or \"http\"",
+                "control_plane.repair.kind: must be \"command\", \"http\" or \"grpc\"",
             ),
             (
                 ControlPlaneSection { grace: Duration::ZERO, repair: Some(repair("command")), ..section() },
@@ -652,5 +656,44 @@ mod tests {
             assert!(e.contains(want), "{e}\nwanted: {want}");
         }
         assert!(ControlPlaneSection { repair: Some(repair("command")), ..section() }.validate().is_ok());
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::{CliOverrides, Config, EnvMap};
+
+    fn load(text: &str) -> Result<Config, String> {
+        let dir = std::env::temp_dir().join(format!("cp-config-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Config::load(Some(&path), &EnvMap::new(), &CliOverrides::default()).map_err(|e| e.to_string());
+        std::fs::remove_dir_all(dir).unwrap();
+        out
+    }
+
+    const BASE: &str =
+        "[ha]\nenabled = false\n[store]\nbackend = \"file\"\n[control_plane]\nenabled = true\nhosts = [\"cp-1\"]\n";
+
+    #[test]
+    fn the_control_plane_repair_is_checked_against_the_rest_of_the_configuration() {
+        let grpc = format!("{BASE}[control_plane.repair]\nkind = \"grpc\"\n");
+        let e = load(&grpc).unwrap_err();
+        assert!(e.contains("control_plane.repair.kind") && e.contains("executor.kind = \"grpc\""), "{e}");
+        let remote = format!("{grpc}[executor]\nkind = \"grpc\"\nendpoint = \"http://127.0.0.1:9700\"\n");
+        assert!(load(&remote).is_ok(), "{:?}", load(&remote).err());
+
+        let cmd = "[control_plane.repair]\nkind = \"command\"\ncommand = [\"/usr/local/sbin/cp-repair\"]\n";
+        let ha = format!("{}{cmd}", BASE.replace("enabled = false", "enabled = true"));
+        let e = load(&ha).unwrap_err();
+        assert!(e.contains("control_plane.enabled") && e.contains("ha.enabled"), "{e}");
+        let kube_store = format!("{}{cmd}", BASE.replace("backend = \"file\"", "backend = \"kubernetes\""));
+        let e = load(&kube_store).unwrap_err();
+        assert!(e.contains("control_plane.state_file: must be set"), "{e}");
+        let ip = format!("{BASE}[control_plane.repair]\nkind = \"http\"\nurl = \"http://{{internal_ip}}/restart\"\n");
+        let e = load(&ip).unwrap_err();
+        assert!(e.contains("control_plane.repair.url"), "{e}");
+        assert!(load(&format!("{BASE}{cmd}")).is_ok());
     }
 }
