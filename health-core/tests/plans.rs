@@ -59,13 +59,32 @@ fn policy() -> Policy {
     })
 }
 
+/// node-0 broken until rebooted; the `block_at`-th call hangs.
+fn world(block_at: usize) -> Arc<World> {
+    Arc::new(World {
+        fixed: AtomicBool::new(false),
+        calls: AtomicUsize::new(0),
+        block_at,
+        log: Mutex::new(Vec::new()),
+        blocked: tokio::sync::Notify::new(),
+    })
+}
+
 fn engine(store: Arc<dyn StateStore>, world: &Arc<World>) -> Engine<Node> {
-    Engine::builder(store, Arc::new(Exec(Arc::clone(world))))
-        .policy(policy())
-        .checker(ready_checker())
-        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
-        .build()
-        .expect("valid engine")
+    engine_with(store, world, None)
+}
+
+/// The engine over `world`, with NodeReady and an optional validation probe.
+fn engine_with(
+    store: Arc<dyn StateStore>,
+    world: &Arc<World>,
+    probe: Option<Arc<dyn HealthChecker<Node>>>,
+) -> Engine<Node> {
+    let mut b = Engine::builder(store, Arc::new(Exec(Arc::clone(world)))).policy(policy()).checker(ready_checker());
+    if let Some(p) = probe {
+        b = b.checker_arc(p);
+    }
+    b.clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0)))).build().expect("valid engine")
 }
 
 #[tokio::test(start_paused = true)]
@@ -73,13 +92,7 @@ async fn a_plan_interrupted_at_any_step_resumes_where_it_stopped() {
     // The plan's calls: drain, reboot, uncordon.
     for block_at in 1..=3 {
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
-        let world = Arc::new(World {
-            fixed: AtomicBool::new(false),
-            calls: AtomicUsize::new(0),
-            block_at,
-            log: Mutex::new(Vec::new()),
-            blocked: tokio::sync::Notify::new(),
-        });
+        let world = world(block_at);
         let mut e = engine(Arc::clone(&store), &world);
         // Run until the block_at-th call hangs, then drop the engine with it
         // (the future is dropped: what a killed process leaves behind).
@@ -122,13 +135,7 @@ async fn a_plan_interrupted_at_any_step_resumes_where_it_stopped() {
 #[tokio::test(start_paused = true)]
 async fn a_plan_verifies_before_it_uncordons() {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
-    let world = Arc::new(World {
-        fixed: AtomicBool::new(false),
-        calls: AtomicUsize::new(0),
-        block_at: usize::MAX,
-        log: Mutex::new(Vec::new()),
-        blocked: tokio::sync::Notify::new(),
-    });
+    let world = world(usize::MAX);
     let mut e = engine(store, &world);
     let mut phases = Vec::new();
     for _ in 0..30 {
@@ -162,20 +169,8 @@ async fn a_validation_probe_runs_only_while_a_node_is_verified() {
         }
     }
     let ran = Arc::new(Mutex::new(Vec::new()));
-    let world = Arc::new(World {
-        fixed: AtomicBool::new(false),
-        calls: AtomicUsize::new(0),
-        block_at: usize::MAX,
-        log: Mutex::new(Vec::new()),
-        blocked: tokio::sync::Notify::new(),
-    });
-    let mut e = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(Exec(Arc::clone(&world))))
-        .policy(policy())
-        .checker(ready_checker())
-        .checker(Validation(Burn(Arc::clone(&ran))))
-        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
-        .build()
-        .expect("valid engine");
+    let world = world(usize::MAX);
+    let mut e = engine_with(Arc::new(MemoryStore::new()), &world, Some(Arc::new(Validation(Burn(Arc::clone(&ran))))));
     for _ in 0..40 {
         let _ = e.run_pass(&world.targets()).await;
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -203,20 +198,8 @@ async fn a_validation_probe_that_errs_does_not_validate() {
             Err(CheckError::new("the burn-in tool is missing"))
         }
     }
-    let world = Arc::new(World {
-        fixed: AtomicBool::new(false),
-        calls: AtomicUsize::new(0),
-        block_at: usize::MAX,
-        log: Mutex::new(Vec::new()),
-        blocked: tokio::sync::Notify::new(),
-    });
-    let mut e = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(Exec(Arc::clone(&world))))
-        .policy(policy())
-        .checker(ready_checker())
-        .checker(Validation(Hangs))
-        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
-        .build()
-        .expect("valid engine");
+    let world = world(usize::MAX);
+    let mut e = engine_with(Arc::new(MemoryStore::new()), &world, Some(Arc::new(Validation(Hangs))));
     let mut phases = Vec::new();
     for _ in 0..60 {
         let _ = e.run_pass(&world.targets()).await;
