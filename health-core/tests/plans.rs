@@ -217,3 +217,48 @@ async fn a_validation_probe_that_errs_does_not_validate() {
     assert!(r.cordoned);
     assert_eq!(*world.log.lock(), [Action::Drain, Action::Reboot]);
 }
+
+/// A soft repair that takes long does not occupy a `max_in_flight` slot:
+/// another node's reboot starts beside it.
+#[tokio::test(start_paused = true)]
+async fn a_running_soft_repair_takes_no_in_flight_slot() {
+    struct Slow(Mutex<Vec<(String, Action)>>);
+    #[async_trait]
+    impl Executor<Node> for Slow {
+        async fn execute(&self, action: Action, target: &Node) -> Result<(), ExecError> {
+            self.0.lock().push((target.name.clone(), action));
+            if action.is_soft() {
+                tokio::time::sleep(30 * MIN).await;
+            }
+            Ok(())
+        }
+    }
+    let kick = Repair::new("kick").unwrap();
+    let policy = Policy::default()
+        .with_monitor_only(false)
+        .with_gates(Gates { max_in_flight: Limit::Count(1), max_unhealthy: Limit::percent(50), ..Gates::default() })
+        .with_repair(kick, 1, 40 * MIN)
+        .with_ladder(Ladder { class: None, checker: Some("Kicked".into()), rungs: vec![Rung::Repair(kick)] });
+    let kicked = FnChecker::new("Kicked", MIN, |n: &Node| {
+        if n.name == "node-1" { CheckOutcome::fail("Stuck") } else { CheckOutcome::Pass }
+    });
+    let exec = Arc::new(Slow(Mutex::new(Vec::new())));
+    let mut e = Engine::builder(Arc::new(MemoryStore::new()), exec.clone())
+        .policy(policy)
+        .config(EngineConfig::default().with_action_timeouts(60 * MIN, 60 * MIN))
+        .checker(ready_checker())
+        .checker(kicked)
+        .clock(Arc::new(TokioClock::starting_at(Timestamp::from_secs(T0))))
+        .build()
+        .expect("valid engine");
+    let targets = nodes(4, &[0]);
+    let _ = e.sync(&targets).await;
+    tokio::time::advance(MIN).await;
+    let _ = e.sync(&targets).await; // node-1's kick starts (and runs for 30m)
+    tokio::time::advance(5 * MIN).await;
+    let _ = e.sync(&targets).await; // node-0's reboot: the only disruptive action
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = exec.0.lock().clone();
+    assert!(calls.contains(&("node-1".to_owned(), Action::Repair(kick))), "{calls:?}");
+    assert!(calls.contains(&("node-0".to_owned(), Action::Reboot)), "the kick took no slot: {calls:?}");
+}

@@ -45,6 +45,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 }
                 Mode::Active => {
                     self.state.slots[p.slot].running = true;
+                    self.state.slots[p.slot].running_soft = p.action.is_soft();
                     self.state.touch(p.slot);
                     let executor = Arc::clone(&self.shared.executor);
                     let limit = self.shared.config.timeout_for(p.action);
@@ -130,6 +131,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let again = self.record_outcome(c, si, now, report).await;
         let slot = &mut self.state.slots[si];
         slot.running = false;
+        slot.running_soft = false;
         // Decide the next step from a fresh evaluation, not from the
         // observation taken before the action.
         slot.deadline = Some(slot.deadline.map_or(now, |d| d.min(now)));

@@ -20,6 +20,8 @@ pub(super) struct Slot {
     pub(super) series: NodeSeries,
     /// An action of this node is running in a task.
     pub(super) running: bool,
+    /// The running action is a soft repair: it takes no `max_in_flight` slot.
+    pub(super) running_soft: bool,
     /// The record could not be loaded: the node counts as unhealthy.
     pub(super) unknown: bool,
     /// When the node left the target set (its record is kept until
@@ -53,6 +55,7 @@ impl Slot {
             errors: 0,
             series: NodeSeries::default(),
             running: false,
+            running_soft: false,
             unknown: false,
             departed_at: None,
             error_since: Vec::new(),
@@ -90,7 +93,7 @@ impl Slot {
     /// runs, or within the wait that follows it (a node held in an in-flight
     /// phase past its wait does not block others).
     pub(super) fn occupies_slot(&self, policy: &Policy, wall: Timestamp, mono: Duration) -> bool {
-        if self.running {
+        if self.running && !self.running_soft {
             return true;
         }
         // A node we cordoned stays out of service until it is verified:
@@ -134,7 +137,7 @@ impl Slot {
         Counted {
             present,
             unhealthy: present && (self.failing || self.unknown),
-            candidate: self.running
+            candidate: (self.running && !self.running_soft)
                 || self.record.phase.is_in_flight()
                 || (self.record.cordoned && self.record.phase == Phase::Verifying),
             departed: !present,
