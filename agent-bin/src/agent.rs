@@ -425,6 +425,7 @@ pub async fn run(
             config: cp.clone(),
             state_path,
             executor,
+            action: health_core::Action::Repair(repair),
             probe: Arc::new(crate::control_plane::KubeProbe {
                 client: client(probe_cfg, probe_timeout)?,
                 timeout: probe_timeout,

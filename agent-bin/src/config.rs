@@ -314,32 +314,23 @@ impl StoreEtcdSection {
                 format!("invalid value {bad:?}: expected an http:// or https:// URL such as \"https://10.0.0.5:2379\""),
             ));
         }
-        match etcd_tls_rule(&self.endpoints, &self.ca_file, &self.cert_file, &self.key_file) {
-            None => {}
-            Some(EtcdTlsRule::MixedSchemes) => {
-                return Err(ConfigError::invalid(
-                    "store.etcd.endpoints",
-                    "mixes http:// and https:// URLs: use one scheme",
-                ));
-            }
-            Some(EtcdTlsRule::HttpsWithoutCa) => {
-                return Err(ConfigError::invalid(
+        if let Some(rule) = etcd_tls_rule(&self.endpoints, &self.ca_file, &self.cert_file, &self.key_file) {
+            let (setting, message) = match rule {
+                EtcdTlsRule::MixedSchemes => {
+                    ("store.etcd.endpoints", "mixes http:// and https:// URLs: use one scheme")
+                }
+                EtcdTlsRule::HttpsWithoutCa => (
                     "store.etcd.ca_file",
                     "https:// endpoints need the CA certificate (PEM) of etcd's server certificate",
-                ));
-            }
-            Some(EtcdTlsRule::TlsFilesWithHttp) => {
-                return Err(ConfigError::invalid(
-                    "store.etcd.endpoints",
-                    "TLS files are set but the endpoints are http://: use https:// URLs",
-                ));
-            }
-            Some(EtcdTlsRule::CertWithoutKey) => {
-                return Err(ConfigError::invalid(
-                    "store.etcd.key_file",
-                    "set both store.etcd.cert_file and store.etcd.key_file, or neither",
-                ));
-            }
+                ),
+                EtcdTlsRule::TlsFilesWithHttp => {
+                    ("store.etcd.endpoints", "TLS files are set but the endpoints are http://: use https:// URLs")
+                }
+                EtcdTlsRule::CertWithoutKey => {
+                    ("store.etcd.key_file", "set both store.etcd.cert_file and store.etcd.key_file, or neither")
+                }
+            };
+            return Err(ConfigError::invalid(setting, message));
         }
         if self.prefix.len() < 3 || !self.prefix.starts_with('/') || !self.prefix.ends_with('/') {
             return Err(ConfigError::invalid(

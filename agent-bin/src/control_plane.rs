@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use health_core::{Action, Clock, Executor, Repair, Timestamp};
+use health_core::{Action, Clock, Executor, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, duration_str};
@@ -264,6 +264,8 @@ pub struct Repairer {
     pub executor: Arc<dyn Executor<Host>>,
     /// Asks the API server.
     pub probe: Arc<dyn ApiProbe>,
+    /// The action asked of the executor (`Action::Repair` named [`REPAIR_NAME`]).
+    pub action: Action,
     /// The wall clock (for the recorded times and the backoff).
     pub clock: Arc<dyn Clock>,
     /// When this process last ended a round: the backoff holds from it even
@@ -272,11 +274,6 @@ pub struct Repairer {
 }
 
 impl Repairer {
-    fn action() -> Action {
-        // A valid, non-built-in name: cannot fail.
-        Repair::new(REPAIR_NAME).map(Action::Repair).unwrap_or(Action::Reboot)
-    }
-
     /// The loop: probe every `probe_interval`; once the API has been
     /// unreachable for `grace` and the backoff allows, run a round.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
@@ -410,7 +407,7 @@ impl Repairer {
             tracing::warn!(%host, "repairing the control plane on this host");
             let target = Host(host.clone());
             let done = tokio::select! {
-                r = self.executor.execute(Self::action(), &target) => r,
+                r = self.executor.execute(self.action, &target) => r,
                 () = &mut *stop => return None,
             };
             let (result, error) = match &done {
@@ -468,7 +465,7 @@ impl Repairer {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use health_core::{ExecError, TokioClock};
+    use health_core::{ExecError, Repair, TokioClock};
     use parking_lot::Mutex;
 
     use super::*;
@@ -529,6 +526,7 @@ mod tests {
             state_path: state_path.clone(),
             executor: Arc::new(Exec(Arc::clone(&world))),
             probe: Arc::clone(&world) as Arc<dyn ApiProbe>,
+            action: Action::Repair(Repair::new(REPAIR_NAME).unwrap()),
             clock: Arc::new(TokioClock::starting_at(Timestamp::from_secs(1_800_000_000))),
             last_round: parking_lot::Mutex::new(None),
         };
