@@ -480,6 +480,7 @@ pub async fn run(
         errors_metric: errors_metric.clone(),
         server: base.cluster_url.to_string(),
         leases: leases.as_ref().map(|(h, ..)| h.clone()),
+        domain_labels: config.policy.domains.labels.clone().into(),
     };
     if let Some((_, map, stale_after)) = leases {
         tasks.spawn(crate::leases::watch_leases(

@@ -46,7 +46,9 @@ pub async fn check(config: &Config, kube_config: kube::Config) -> Result<Vec<Che
             .await
             .map_err(|_| RunError::Kube(format!("listing nodes timed out after {:?}", config.kube.call_timeout)))?
             .map_err(|e| RunError::Kube(format!("cannot list nodes: {e}")))?;
-        nodes.extend(page.items.iter().map(|n| std::sync::Arc::new(AgentNode::from_node(n))));
+        nodes.extend(
+            page.items.iter().map(|n| std::sync::Arc::new(AgentNode::from_node(n, &config.policy.domains.labels))),
+        );
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(c) => lp = lp.continue_token(&c),
             None => break,

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use health_core::observer::{ActionEvent, HoldEvent, StormEvent, TransitionEvent};
+use health_core::observer::{ActionEvent, DomainStormEvent, HoldEvent, StormEvent, TransitionEvent};
 use health_core::{Observer, Phase};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -206,6 +206,13 @@ impl Observer<NodeRef> for EventObserver {
             health_core::HoldReason::StormGuard => {
                 "too many nodes are unhealthy at once (storm guard): a cluster-wide problem is more likely than a node fault".to_owned()
             }
+            health_core::HoldReason::DomainStorm => match &e.domain {
+                Some(d) => format!(
+                    "its failure domain {}={} has {} of {} nodes unhealthy (limit {}): a shared cause is more likely than a node fault, so its nodes are not repaired one by one",
+                    d.label, d.value, d.unhealthy, d.total, d.limit
+                ),
+                None => "too many nodes of its failure domain are unhealthy".to_owned(),
+            },
             health_core::HoldReason::MaintenanceWindow => "outside the maintenance window".to_owned(),
             health_core::HoldReason::NodeDeleting => "the node is being deleted".to_owned(),
             health_core::HoldReason::TaintedForRemoval => "the node is tainted for removal or shutdown".to_owned(),
@@ -231,6 +238,36 @@ impl Observer<NodeRef> for EventObserver {
             note,
             action: camel(e.hold.action),
         });
+    }
+
+    fn on_domain_storm(&self, e: &DomainStormEvent<'_>) {
+        let d = &e.domain;
+        if e.active {
+            tracing::error!(
+                label = d.label,
+                domain = d.value,
+                unhealthy = d.unhealthy,
+                total = d.total,
+                limit = d.limit,
+                "failure domain {}={} in storm: {} of {} nodes unhealthy (limit {}); its nodes are held until it recovers",
+                d.label,
+                d.value,
+                d.unhealthy,
+                d.total,
+                d.limit
+            );
+        } else {
+            tracing::info!(
+                label = d.label,
+                domain = d.value,
+                unhealthy = d.unhealthy,
+                total = d.total,
+                limit = d.limit,
+                "failure domain {}={} storm cleared",
+                d.label,
+                d.value
+            );
+        }
     }
 
     fn on_storm_guard(&self, e: &StormEvent) {

@@ -24,13 +24,26 @@ pub struct AgentNode {
     lease: LeaseObservation,
     /// The kubelet leases, when the kubelet-lease checker is on (read at check time).
     leases: Option<crate::leases::LeaseHandle>,
+    /// The node's values of the failure-domain labels (key, value), interned.
+    labels: Box<[(Arc<str>, Arc<str>)]>,
 }
 
 impl AgentNode {
-    /// Reduces a full Node to what the agent needs.
+    /// Reduces a full Node to what the agent needs, keeping its values of
+    /// `domain_labels` (the policy's failure-domain labels).
     #[must_use]
-    pub fn from_node(full: &Node) -> Self {
-        AgentNode { view: NodeView::from_node_in(full, &POOL), lease: LeaseObservation::NotFetched, leases: None }
+    pub fn from_node(full: &Node, domain_labels: &[String]) -> Self {
+        let node_labels = full.metadata.labels.as_ref();
+        let labels = domain_labels
+            .iter()
+            .filter_map(|k| node_labels.and_then(|l| l.get(k)).map(|v| (POOL.intern(k), POOL.intern(v))))
+            .collect();
+        AgentNode {
+            view: NodeView::from_node_in(full, &POOL),
+            lease: LeaseObservation::NotFetched,
+            leases: None,
+            labels,
+        }
     }
 
     /// The node reading its kubelet lease from `leases` at check time.
@@ -62,7 +75,9 @@ impl AgentNode {
     /// An approximation of the bytes this view holds (for memory figures).
     #[must_use]
     pub fn approx_size(&self) -> usize {
-        std::mem::size_of::<Self>() - std::mem::size_of::<NodeView>() + self.view.approx_size()
+        std::mem::size_of::<Self>() - std::mem::size_of::<NodeView>()
+            + self.view.approx_size()
+            + self.labels.len() * std::mem::size_of::<(Arc<str>, Arc<str>)>()
     }
 }
 
@@ -75,6 +90,9 @@ impl Target for AgentNode {
     }
     fn facts(&self) -> NodeFacts {
         self.view.facts()
+    }
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
     }
 }
 
@@ -140,7 +158,7 @@ mod tests {
     fn trimming_keeps_what_checkers_need_and_drops_the_rest() {
         let full = node(&plan("gpu-3", 8));
         let full_size = serde_json::to_vec(&full).unwrap().len();
-        let view = AgentNode::from_node(&full);
+        let view = AgentNode::from_node(&full, &[]);
         assert!(view.approx_size() * 10 < full_size, "{} vs {full_size}", view.approx_size());
         let checkers = health_checks::CheckersConfig::default().build::<NodeRef>().unwrap();
         let on_full = health_checks::CheckersConfig::default().build::<Node>().unwrap();
@@ -162,7 +180,7 @@ mod tests {
             .annotations
             .get_or_insert_with(Default::default)
             .insert(recovery_exec::CORDONED_ANNOTATION.to_owned(), "true".to_owned());
-        let (a, b) = (AgentNode::from_node(&full), AgentNode::from_node(&cordoned));
+        let (a, b) = (AgentNode::from_node(&full, &[]), AgentNode::from_node(&cordoned, &[]));
         assert!(!a.view().cordoned_by_agent());
         assert!(b.view().cordoned_by_agent(), "the view reads recovery-exec's annotation");
         assert_eq!(
@@ -181,6 +199,6 @@ mod tests {
             c.last_heartbeat_time = None;
         }
         beat.metadata.resource_version = Some("999".into());
-        assert_eq!(AgentNode::from_node(&full), AgentNode::from_node(&beat));
+        assert_eq!(AgentNode::from_node(&full, &[]), AgentNode::from_node(&beat, &[]));
     }
 }

@@ -205,6 +205,8 @@ pub struct WatchConfig {
     pub server: String,
     /// The kubelet leases, when the kubelet-lease checker is on.
     pub leases: Option<crate::leases::LeaseHandle>,
+    /// The failure-domain labels whose values each node keeps.
+    pub domain_labels: Arc<[String]>,
 }
 
 /// Runs the watch until the task is dropped (aborted).
@@ -230,7 +232,7 @@ pub async fn watch_nodes(client: Client, config: WatchConfig, cache: Arc<NodeCac
                 None => break "the watch stream ended".to_owned(),
                 Some(Ok(Event::Init)) => buffer = Some(HashMap::new()),
                 Some(Ok(Event::InitApply(n))) => {
-                    let view = AgentNode::from_node(&n).with_leases(config.leases.clone());
+                    let view = AgentNode::from_node(&n, &config.domain_labels).with_leases(config.leases.clone());
                     buffer.get_or_insert_with(HashMap::new).insert(view.view().shared_name(), Arc::new(view));
                 }
                 Some(Ok(Event::InitDone)) => {
@@ -241,7 +243,7 @@ pub async fn watch_nodes(client: Client, config: WatchConfig, cache: Arc<NodeCac
                     backoff = config.backoff_initial;
                 }
                 Some(Ok(Event::Apply(n))) => {
-                    cache.upsert(AgentNode::from_node(&n).with_leases(config.leases.clone()));
+                    cache.upsert(AgentNode::from_node(&n, &config.domain_labels).with_leases(config.leases.clone()));
                 }
                 Some(Ok(Event::Delete(n))) => {
                     if let Some(name) = n.metadata.name.as_deref() {

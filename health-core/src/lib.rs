@@ -133,10 +133,13 @@ pub use engine::{
 };
 pub use executor::{ExecError, Executor};
 pub use fence::LeaseFence;
-pub use machine::{ActionOutcome, Budget, Check, Decision, Hold, HoldReason, Observation, PhaseChange};
+pub use machine::{ActionOutcome, Budget, Check, Decision, DomainCount, Hold, HoldReason, Observation, PhaseChange};
 pub use metrics::{MetricNames, SeriesKind, SeriesRemover};
-pub use observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
-pub use policy::{Backoff, DEFAULT_LADDER, Escalation, Gates, Ladder, Limit, Policy, PolicyError, RepairSpec, Rung};
+pub use observer::{ActionEvent, DomainStatus, DomainStormEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
+pub use policy::{
+    Backoff, DEFAULT_DOMAIN_LABELS, DEFAULT_LADDER, Domains, Escalation, Gates, Ladder, Limit, MAX_DOMAIN_LABELS,
+    Policy, PolicyError, RepairSpec, Rung,
+};
 pub use runtime::{Inspector, PassCause, Runtime, RuntimeEvent, Stopped, TargetUpdate};
 pub use store::{MemoryStore, StateStore, StoreError, Stored, TimedStore, Version};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, TokioClock};

@@ -66,7 +66,7 @@
 use std::time::Duration;
 
 use crate::domain::{Action, CheckOutcome, FailingCheck, Mode, NodeClass, NodeFacts, NodeRecord, Phase};
-use crate::policy::{Policy, Rung};
+use crate::policy::{MAX_DOMAIN_LABELS, Policy, Rung};
 use crate::time::Timestamp;
 
 /// One checker's outcome, as the machine sees it.
@@ -153,6 +153,48 @@ pub struct Budget {
     pub window_closed: bool,
     /// When a remediation was last started anywhere in the cluster.
     pub last_action_at: Option<Timestamp>,
+    /// The stepped node's failure domains, one per label of
+    /// [`Policy::domains`] (in its order; `None` where the node has no value
+    /// for that label).
+    pub domains: [Option<DomainCount>; MAX_DOMAIN_LABELS],
+}
+
+/// One failure domain as seen from a node of it (see [`crate::Domains`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DomainCount {
+    /// Present nodes of the domain.
+    pub total: u32,
+    /// Nodes of the domain failing a checker (or whose record cannot be loaded).
+    pub unhealthy: u32,
+    /// Other nodes of the domain with a remediation under way (the stepped
+    /// node not counted). Consulted only while the domain is in storm: a
+    /// driver may leave it 0 otherwise.
+    pub in_flight: u32,
+}
+
+impl DomainCount {
+    /// The most unhealthy nodes the domain tolerates.
+    #[must_use]
+    pub fn limit(&self, policy: &Policy) -> u32 {
+        policy.domains.max_unhealthy.resolve_ceil(self.total)
+    }
+
+    /// Whether more of the domain's nodes are unhealthy than it tolerates.
+    #[must_use]
+    pub fn storm(&self, policy: &Policy) -> bool {
+        self.unhealthy > self.limit(policy)
+    }
+
+    /// Whether the floor lets one more node of this domain (in storm) be
+    /// repaired: fewer than `min_repairable` others are under way, no node
+    /// outside it is unhealthy (`cluster_unhealthy` counts every node), and
+    /// the domain is not down as a whole.
+    #[must_use]
+    pub fn floor_open(&self, policy: &Policy, cluster_unhealthy: u32) -> bool {
+        self.in_flight < policy.domains.min_repairable
+            && cluster_unhealthy <= self.unhealthy
+            && self.unhealthy < self.total
+    }
 }
 
 impl Budget {
@@ -174,6 +216,14 @@ impl Budget {
     pub fn max_in_flight(&self, policy: &Policy) -> u32 {
         policy.gates.max_in_flight.resolve_floor_at_least_one(self.total)
     }
+
+    /// The first of the node's failure domains that holds its remediation
+    /// (an index into [`Policy::domains`]' labels): in storm, with its floor
+    /// closed.
+    #[must_use]
+    pub fn domain_hold(&self, policy: &Policy) -> Option<usize> {
+        self.domains.iter().position(|d| d.is_some_and(|d| d.storm(policy) && !d.floor_open(policy, self.unhealthy)))
+    }
 }
 
 /// Why an action was held back.
@@ -185,6 +235,8 @@ pub enum HoldReason {
     SourceStale,
     /// Too many nodes are unhealthy at once.
     StormGuard,
+    /// Too many nodes of one of the node's failure domains are unhealthy.
+    DomainStorm,
     /// Outside the maintenance window.
     MaintenanceWindow,
     /// The node is being deleted.
@@ -203,10 +255,11 @@ pub enum HoldReason {
 
 impl HoldReason {
     /// Every reason, in the order the gates are consulted.
-    pub const ALL: [HoldReason; 10] = [
+    pub const ALL: [HoldReason; 11] = [
         HoldReason::Paused,
         HoldReason::SourceStale,
         HoldReason::StormGuard,
+        HoldReason::DomainStorm,
         HoldReason::MaintenanceWindow,
         HoldReason::NodeDeleting,
         HoldReason::TaintedForRemoval,
@@ -223,6 +276,7 @@ impl HoldReason {
             HoldReason::Paused => "Paused",
             HoldReason::SourceStale => "SourceStale",
             HoldReason::StormGuard => "StormGuard",
+            HoldReason::DomainStorm => "DomainStorm",
             HoldReason::MaintenanceWindow => "MaintenanceWindow",
             HoldReason::NodeDeleting => "NodeDeleting",
             HoldReason::TaintedForRemoval => "TaintedForRemoval",
@@ -242,6 +296,7 @@ impl HoldReason {
             HoldReason::Paused
                 | HoldReason::SourceStale
                 | HoldReason::StormGuard
+                | HoldReason::DomainStorm
                 | HoldReason::MaintenanceWindow
                 | HoldReason::MaxInFlight
         )
@@ -263,6 +318,9 @@ pub struct Hold {
     pub reason: HoldReason,
     /// When the gate lifts by itself, if it is time-based.
     pub until: Option<Timestamp>,
+    /// For [`HoldReason::DomainStorm`]: which failure domain (an index into
+    /// [`Policy::domains`]' labels and [`Budget::domains`]).
+    pub domain: Option<u8>,
 }
 
 /// A change of phase.
@@ -406,7 +464,7 @@ fn gate(
     if !action.is_remediation() {
         return None;
     }
-    let hold = |reason, until| Some(Hold { action, reason, until });
+    let hold = |reason, until| Some(Hold { action, reason, until, domain: None });
     if budget.paused {
         return hold(HoldReason::Paused, None);
     }
@@ -415,6 +473,9 @@ fn gate(
     }
     if budget.storm(policy) {
         return hold(HoldReason::StormGuard, None);
+    }
+    if let Some(d) = budget.domain_hold(policy) {
+        return Some(Hold { action, reason: HoldReason::DomainStorm, until: None, domain: u8::try_from(d).ok() });
     }
     if budget.window_closed && action.is_disruptive() {
         return hold(HoldReason::MaintenanceWindow, None);

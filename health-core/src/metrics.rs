@@ -70,6 +70,12 @@ pub struct MetricNames {
     pub actions_held_total: String,
     /// `{prefix}_evaluation_duration_seconds` (histogram, one per pass).
     pub evaluation_duration_seconds: String,
+    /// `{prefix}_domain_nodes{label,domain}` (gauge): nodes per failure domain.
+    pub domain_nodes: String,
+    /// `{prefix}_domain_unhealthy_nodes{label,domain}` (gauge).
+    pub domain_unhealthy_nodes: String,
+    /// `{prefix}_domain_storm_active{label,domain}` (gauge, 0 or 1).
+    pub domain_storm_active: String,
     /// The names written on every evaluation of a node, shared (a key
     /// built from them copies no string).
     shared: SharedNames,
@@ -106,6 +112,9 @@ impl MetricNames {
             remediations_in_flight: n("remediations_in_flight"),
             actions_held_total: n("actions_held_total"),
             evaluation_duration_seconds: n("evaluation_duration_seconds"),
+            domain_nodes: n("domain_nodes"),
+            domain_unhealthy_nodes: n("domain_unhealthy_nodes"),
+            domain_storm_active: n("domain_storm_active"),
         }
     }
 
@@ -153,6 +162,13 @@ impl MetricNames {
                 "Nodes with a remediation under way (waiting reboot, draining, waiting replace).",
             );
             c(&self.actions_held_total, None, "Actions held back by a safety gate, by gate.");
+            g(&self.domain_nodes, None, "Nodes per failure domain (label and its value).");
+            g(&self.domain_unhealthy_nodes, None, "Nodes of each failure domain failing at least one checker.");
+            g(
+                &self.domain_storm_active,
+                None,
+                "1 while a failure domain has more unhealthy nodes than domains.max_unhealthy (its nodes are held), else 0.",
+            );
             r.describe_histogram(
                 self.evaluation_duration_seconds.clone().into(),
                 Some(Unit::Seconds),
@@ -213,6 +229,14 @@ impl MetricNames {
 
     pub(crate) fn unhealthy_key(&self, node: impl Into<SharedString>) -> Key {
         Key::from_parts(self.shared.node_unhealthy_duration_seconds.clone(), vec![Label::new("node", node)])
+    }
+
+    /// A failure domain's series of `name`.
+    pub(crate) fn domain_key(&self, name: &str, label: &str, domain: &Arc<str>) -> Key {
+        Key::from_parts(
+            name.to_owned(),
+            vec![Label::new("label", label.to_owned()), Label::new("domain", SharedString::from(Arc::clone(domain)))],
+        )
     }
 
     pub(crate) fn labelled(&self, name: &str, label: &'static str, value: &'static str) -> Key {

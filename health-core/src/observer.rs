@@ -55,6 +55,36 @@ pub struct HoldEvent<'a> {
     pub hold: &'a Hold,
     /// When.
     pub at: Timestamp,
+    /// For a [`crate::HoldReason::DomainStorm`] hold: the failure domain.
+    pub domain: Option<DomainStatus<'a>>,
+}
+
+/// A failure domain's state (see [`crate::Domains`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DomainStatus<'a> {
+    /// The label that defines it (`topology.kubernetes.io/zone`).
+    pub label: &'a str,
+    /// Its value (`lon1-a`).
+    pub value: &'a str,
+    /// Present nodes of the domain.
+    pub total: u32,
+    /// Unhealthy nodes of the domain.
+    pub unhealthy: u32,
+    /// The resolved `domains.max_unhealthy` for the domain.
+    pub limit: u32,
+}
+
+/// A failure domain entered or left its storm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DomainStormEvent<'a> {
+    /// Whether the domain now has more unhealthy nodes than it tolerates.
+    pub active: bool,
+    /// The domain.
+    pub domain: DomainStatus<'a>,
+    /// When.
+    pub at: Timestamp,
 }
 
 /// The storm guard tripped or cleared.
@@ -86,6 +116,8 @@ pub trait Observer<T: ?Sized>: Send + Sync {
     fn on_hold(&self, _target: &T, _event: &HoldEvent<'_>) {}
     /// The storm guard changed state.
     fn on_storm_guard(&self, _event: &StormEvent) {}
+    /// A failure domain entered or left its storm.
+    fn on_domain_storm(&self, _event: &DomainStormEvent<'_>) {}
 }
 
 impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Arc<O> {
@@ -101,6 +133,9 @@ impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Arc<O> {
     fn on_storm_guard(&self, event: &StormEvent) {
         (**self).on_storm_guard(event);
     }
+    fn on_domain_storm(&self, event: &DomainStormEvent<'_>) {
+        (**self).on_domain_storm(event);
+    }
 }
 
 impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Box<O> {
@@ -115,5 +150,8 @@ impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Box<O> {
     }
     fn on_storm_guard(&self, event: &StormEvent) {
         (**self).on_storm_guard(event);
+    }
+    fn on_domain_storm(&self, event: &DomainStormEvent<'_>) {
+        (**self).on_domain_storm(event);
     }
 }

@@ -78,6 +78,14 @@ pub enum PolicyError {
         /// The largest accepted value, in days.
         max_days: u64,
     },
+    /// A failure-domain setting that cannot be used.
+    #[error("{field}: {message}")]
+    Domains {
+        /// Where: `domains.labels[1]`, `domains.min_repairable`.
+        field: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
     /// A repair ladder or repair setting that cannot be used.
     #[error("{field}: {message}")]
     Ladder {
@@ -335,6 +343,133 @@ impl Default for Gates {
     }
 }
 
+/// The node labels that group nodes into failure domains by default: the
+/// Civo node pool and the zone.
+pub const DEFAULT_DOMAIN_LABELS: [&str; 2] = ["kubernetes.civo.com/civo-node-pool", "topology.kubernetes.io/zone"];
+
+/// The most labels that may define failure domains.
+pub const MAX_DOMAIN_LABELS: usize = 4;
+
+/// The most nodes a domain's floor may let under repair at once.
+pub const MAX_MIN_REPAIRABLE: u32 = 100;
+
+/// Failure domains: a storm guard per group of nodes that fail together.
+///
+/// Each label defines one grouping: the nodes with the same value of it are
+/// one domain (a node without the label is in no domain of it). A node's
+/// remediation is held while any of its domains has more than
+/// `max_unhealthy` of its own nodes unhealthy ([`HoldReason::DomainStorm`](crate::HoldReason::DomainStorm)):
+/// a zone, a pool or a hypervisor failing as a whole is not repaired node
+/// by node, and it does not use up the cluster's budget meanwhile. The
+/// cluster-wide `gates.max_unhealthy` still applies on top.
+///
+/// The floor, `min_repairable`, keeps small domains repairable: a domain in
+/// storm may still have this many nodes under repair at once while every
+/// node outside it is healthy and at least one of its own is (a domain that
+/// is down as a whole is a shared cause, never repaired node by node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Domains {
+    /// The labels, at most [`MAX_DOMAIN_LABELS`]; empty turns domains off.
+    /// Default [`DEFAULT_DOMAIN_LABELS`].
+    pub labels: Vec<String>,
+    /// Unhealthy nodes a domain tolerates before it holds its own nodes
+    /// (percentages round up, of the domain's nodes). Default `20%`.
+    pub max_unhealthy: Limit,
+    /// Nodes of a domain in storm that may be under repair at once while the
+    /// rest of the cluster is healthy (0: none). Default 1.
+    pub min_repairable: u32,
+}
+
+impl Default for Domains {
+    fn default() -> Self {
+        Domains {
+            labels: DEFAULT_DOMAIN_LABELS.iter().map(|&l| l.to_owned()).collect(),
+            max_unhealthy: Limit::percent(20),
+            min_repairable: 1,
+        }
+    }
+}
+
+impl Domains {
+    /// No failure domains (the cluster-wide guard only).
+    #[must_use]
+    pub fn off() -> Self {
+        Domains { labels: Vec::new(), ..Domains::default() }
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        let err = |field: String, message: String| Err(PolicyError::Domains { field, message });
+        if self.labels.len() > MAX_DOMAIN_LABELS {
+            return err(
+                "domains.labels".into(),
+                format!("at most {MAX_DOMAIN_LABELS} labels, got {}", self.labels.len()),
+            );
+        }
+        for (i, label) in self.labels.iter().enumerate() {
+            if let Err(why) = label_key_problem(label) {
+                return err(format!("domains.labels[{i}]"), format!("{label:?} is not a label key: {why}"));
+            }
+            if self.labels[..i].contains(label) {
+                return err(format!("domains.labels[{i}]"), format!("{label:?} is listed twice"));
+            }
+        }
+        if let Limit::BasisPoints(bp) = self.max_unhealthy
+            && bp > 10_000
+        {
+            return Err(PolicyError::InvalidLimit {
+                field: "domains.max_unhealthy",
+                value: self.max_unhealthy.to_string(),
+            });
+        }
+        if matches!(self.max_unhealthy, Limit::Count(0) | Limit::BasisPoints(0)) {
+            return Err(PolicyError::ZeroLimit { field: "domains.max_unhealthy" });
+        }
+        if self.min_repairable > MAX_MIN_REPAIRABLE {
+            return Err(PolicyError::TooLarge {
+                field: "domains.min_repairable",
+                value: u64::from(self.min_repairable),
+                max: u64::from(MAX_MIN_REPAIRABLE),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why `key` is not a Kubernetes label key (`[prefix/]name`: a DNS
+/// subdomain prefix and a name of 1 to 63 alphanumerics, `-`, `_` or `.`
+/// that starts and ends alphanumeric).
+fn label_key_problem(key: &str) -> Result<(), &'static str> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if p.is_empty() || p.len() > 253 || !p.split('.').all(label_ok) {
+            return Err("the prefix must be a DNS subdomain such as topology.kubernetes.io");
+        }
+    }
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    if name.is_empty()
+        || name.len() > 63
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        || !edge(name.bytes().next())
+        || !edge(name.bytes().last())
+    {
+        return Err(
+            "the name must be 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+        );
+    }
+    Ok(())
+}
+
 /// How a soft repair is used: how often it is tried in a node's history and
 /// how long each try is given to take effect before the ladder moves on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,6 +568,8 @@ pub struct Policy {
     pub escalation: Escalation,
     /// Safety gates.
     pub gates: Gates,
+    /// Failure domains: a storm guard per zone, pool or other label.
+    pub domains: Domains,
     /// After an action of ours, a node whose checkers pass again is
     /// `Verifying` and counts as recovered (and is uncordoned) only once
     /// they have passed continuously this long. Zero: at once. Default 2m.
@@ -463,6 +600,7 @@ impl Default for Policy {
             history_reset_after: Duration::from_secs(30 * 60),
             escalation: Escalation::default(),
             gates: Gates::default(),
+            domains: Domains::default(),
             verify_for: Duration::from_secs(2 * 60),
             repairs: Vec::new(),
             ladders: Vec::new(),
@@ -550,6 +688,7 @@ impl Policy {
                 return Err(PolicyError::ZeroLimit { field });
             }
         }
+        self.domains.validate()?;
         self.validate_ladders()
     }
 
@@ -716,6 +855,13 @@ impl Policy {
     #[must_use]
     pub fn with_gates(mut self, gates: Gates) -> Self {
         self.gates = gates;
+        self
+    }
+
+    /// Replaces the failure domains.
+    #[must_use]
+    pub fn with_domains(mut self, domains: Domains) -> Self {
+        self.domains = domains;
         self
     }
 

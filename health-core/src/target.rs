@@ -17,6 +17,12 @@ pub trait Target: Send + Sync {
     }
     /// Facts for the safety gates.
     fn facts(&self) -> NodeFacts;
+    /// The value of the label `key`, for failure domains
+    /// ([`crate::Domains`]): the engine asks only for the configured
+    /// domain labels. Default: no labels (the node is in no domain).
+    fn label(&self, _key: &str) -> Option<&str> {
+        None
+    }
 }
 
 impl<T: Target + ?Sized> Target for Arc<T> {
@@ -28,5 +34,8 @@ impl<T: Target + ?Sized> Target for Arc<T> {
     }
     fn facts(&self) -> NodeFacts {
         (**self).facts()
+    }
+    fn label(&self, key: &str) -> Option<&str> {
+        (**self).label(key)
     }
 }

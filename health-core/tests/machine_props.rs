@@ -35,7 +35,7 @@ fn tick() -> impl Strategy<Value = Tick> {
         prop_oneof![0u64..=90, 0u64..=900, 0u64..=3600],
         any::<[bool; 2]>(),
         prop::bool::weighted(0.7),
-        prop::option::weighted(0.2, 0u8..8),
+        prop::option::weighted(0.2, 0u8..9),
     )
         .prop_map(|(advance, fails, exec_ok, gate)| Tick { advance, fails, exec_ok, gate })
 }
@@ -77,13 +77,24 @@ fn facts(s: &Scenario, gate: Option<u8>) -> NodeFacts {
 
 fn budget(gate: Option<u8>, now: Timestamp) -> Budget {
     Budget {
-        total: 10,
-        unhealthy: if gate == Some(2) { 5 } else { 1 },
+        total: if gate == Some(8) { 20 } else { 10 },
+        unhealthy: match gate {
+            Some(2) => 5,
+            Some(8) => 4,
+            _ => 1,
+        },
         in_flight: if gate == Some(7) { 1 } else { 0 },
         paused: gate == Some(0),
         source_stale: gate == Some(1),
         window_closed: gate == Some(3),
         last_action_at: Some(now - Duration::from_secs(3600)),
+        // Gate 8: the node's zone is down as a whole (its floor is closed).
+        domains: [
+            Some(DomainCount { total: 4, unhealthy: if gate == Some(8) { 4 } else { 1 }, in_flight: 0 }),
+            None,
+            None,
+            None,
+        ],
     }
 }
 

@@ -90,6 +90,14 @@ impl<T: Target + Clone + 'static> Engine<T> {
                     }
                 }
             };
+            // The node's failure domains (the unknown count against theirs too).
+            if let Some(i) = idx.or_else(|| self.state.index.get(name).copied()) {
+                let ids = self.state.domains.ids(&self.shared.policy.domains.labels, t, &mut self.state.tally);
+                if self.state.slots[i].domains != ids {
+                    self.state.slots[i].domains = ids;
+                    self.state.touch(i);
+                }
+            }
             if let Some(i) = idx {
                 let slot = &mut self.state.slots[i];
                 slot.seen = pass;
@@ -207,6 +215,9 @@ impl<T: Target + Clone + 'static> Engine<T> {
             };
             notify(&self.shared.observers, "storm_guard", |o| o.on_storm_guard(&event));
         }
+        if self.report_domains(now) {
+            self.state.domain_moved = true;
+        }
 
         // Round 1 decides every target. Actions in active mode run in tasks
         // and are decided again after they finish (from a new evaluation);
@@ -320,12 +331,17 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let last_mono = self.state.last_action_mono;
         let policy = &shared.policy;
         let b0 = *budget;
+        let domains = if policy.domains.labels.is_empty() {
+            b0.domains
+        } else {
+            self.state.domain_budget(policy, si, wall, mono)
+        };
         let written = Self::write_cas(shared, &mut self.state, si, now, report, |slot| {
             slot.anchor(wall, mono);
             let local = slot.local_now(wall, mono);
             let was_in_flight = slot.occupies_slot(policy, wall, mono);
             // The cluster-wide last action, in this node's frame.
-            let mut b = b0;
+            let mut b = Budget { domains, ..b0 };
             // The machine counts a node in an in-flight phase as under way;
             // past its wait the engine does not (it blocks nobody while held
             // there), so add it back: its retry then needs a free slot.
@@ -363,6 +379,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
             }
         };
 
+        let domain_hold = decision
+            .hold
+            .and_then(|h| h.domain)
+            .and_then(|k| self.state.domain_of(si, usize::from(k)).map(|(v, t)| (usize::from(k), v, t)));
         let slot = &mut self.state.slots[si];
         // The machine's deadline is in the node's frame; the driver sleeps on the wall clock.
         let next = decision
@@ -393,7 +413,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
             if slot.hold != new_hold {
                 let names = &shared.names;
                 names.counter(&names.labelled(&names.actions_held_total, "reason", h.reason.as_str())).increment(1);
-                let event = HoldEvent { node: &slot.name, hold: h, at: now };
+                let domain = domain_hold.as_ref().map(|(k, v, t)| domains::status_of(&shared.policy, *k, v, t));
+                let event = HoldEvent { node: &slot.name, hold: h, at: now, domain };
                 notify(&shared.observers, "hold", |o| o.on_hold(target, &event));
             }
         }

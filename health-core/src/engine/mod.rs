@@ -44,6 +44,7 @@ mod checks;
 mod config;
 mod contain;
 mod controls;
+mod domains;
 mod evaluate;
 mod persist;
 mod report;
@@ -56,6 +57,7 @@ pub use report::{ActionRecord, NodeError, PassReport};
 
 use actions::Completion;
 use contain::{notify, panic_message, panicked};
+use domains::{DomainIds, DomainTable, DomainTally, NO_DOMAIN, NO_DOMAINS};
 use persist::{Plan, Written};
 use state::{Globals, Slot, State, Tally, clamp_future};
 
@@ -218,6 +220,9 @@ impl<T: Target + Clone + 'static> EngineBuilder<T> {
                 due_streak: 0,
                 next_deadline: None,
                 tally: Tally::default(),
+                domains: DomainTable::default(),
+                domain_moved: false,
+                last_counts: (0, 0),
                 listed: false,
             },
             running: JoinSet::new(),
@@ -589,23 +594,31 @@ impl<T: Target + Clone + 'static> Engine<T> {
             source_stale: c.source_stale(),
             window_closed: c.window_closed(),
             last_action_at: s.last_action_at,
+            domains: [None; crate::policy::MAX_DOMAIN_LABELS],
         }
     }
 
     fn finish_pass(&mut self, report: &mut PassReport) {
         let now = self.shared.clock.now();
         let budget = self.budget(now);
-        let policy = &self.shared.policy;
-        let max_in_flight = budget.max_in_flight(policy);
+        let max_in_flight = budget.max_in_flight(&self.shared.policy);
         let g = &self.state.globals;
         g.selected.set(f64::from(budget.total));
         g.unhealthy.set(f64::from(budget.unhealthy));
         g.in_flight.set(f64::from(budget.in_flight));
+        // A node held by its failure domain is looked at again once a
+        // domain's counts or the cluster's moved (its floor may have opened).
+        let moved = self.report_domains(now)
+            || std::mem::take(&mut self.state.domain_moved)
+            || self.state.last_counts != (budget.unhealthy, budget.in_flight);
+        self.state.last_counts = (budget.unhealthy, budget.in_flight);
         // A node held by a gate that has since lifted must be looked at again.
         let t = &self.state.tally;
+        let policy = &self.shared.policy;
         self.state.recheck = (t.holds(HoldReason::Paused) && !budget.paused)
             || (t.holds(HoldReason::SourceStale) && !budget.source_stale)
             || (t.holds(HoldReason::StormGuard) && !budget.storm(policy))
+            || (t.holds(HoldReason::DomainStorm) && moved)
             || (t.holds(HoldReason::MaintenanceWindow) && !budget.window_closed)
             || (t.holds(HoldReason::MaxInFlight) && budget.in_flight < max_in_flight);
         report.next_deadline = self.refresh_deadline();

@@ -39,6 +39,8 @@ pub(super) struct Slot {
     pub(super) frame: Option<(Timestamp, Duration)>,
     /// What the slot adds to the engine's [`Tally`], as last accounted.
     pub(super) counted: Counted,
+    /// The node's failure domains.
+    pub(super) domains: DomainIds,
 }
 
 impl Slot {
@@ -62,6 +64,7 @@ impl Slot {
             grace_until: None,
             frame: None,
             counted: Counted::default(),
+            domains: NO_DOMAINS,
         }
     }
 
@@ -118,7 +121,7 @@ impl Slot {
 }
 
 /// What one slot adds to the engine's [`Tally`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Counted {
     /// Present (not departed): counts toward the budget's total.
     present: bool,
@@ -129,6 +132,21 @@ pub(super) struct Counted {
     departed: bool,
     deadline: Option<Timestamp>,
     hold: Option<HoldReason>,
+    domains: DomainIds,
+}
+
+impl Default for Counted {
+    fn default() -> Self {
+        Counted {
+            present: false,
+            unhealthy: false,
+            candidate: false,
+            departed: false,
+            deadline: None,
+            hold: None,
+            domains: NO_DOMAINS,
+        }
+    }
 }
 
 impl Slot {
@@ -143,6 +161,7 @@ impl Slot {
             departed: !present,
             deadline: self.deadline,
             hold: self.hold,
+            domains: self.domains,
         }
     }
 }
@@ -166,6 +185,10 @@ pub(super) struct Tally {
     pub(super) holds: [u32; HoldReason::ALL.len()],
     /// Departed slots, waiting for `forget_after`.
     pub(super) departed: BTreeSet<usize>,
+    /// Per failure domain (indexed by id).
+    pub(super) domains: Vec<DomainTally>,
+    /// Domains whose counts changed since they were last reported.
+    pub(super) dirty_domains: Vec<u32>,
 }
 
 impl Tally {
@@ -191,6 +214,17 @@ impl Tally {
         set(&mut self.held, c.hold.is_some());
         if let Some(h) = c.hold {
             n(&mut self.holds[h as usize], true);
+        }
+        if c.present || c.unhealthy {
+            for &id in c.domains.iter().filter(|&&id| id != NO_DOMAIN) {
+                let Some(d) = self.domains.get_mut(id as usize) else { continue };
+                n(&mut d.present, c.present);
+                n(&mut d.unhealthy, c.unhealthy);
+                if !d.dirty {
+                    d.dirty = true;
+                    self.dirty_domains.push(id);
+                }
+            }
         }
         if let Some(d) = c.deadline {
             if add {
@@ -232,6 +266,13 @@ pub(super) struct State {
     /// Per outcome: the checker erred (rather than found the node unhealthy).
     pub(super) errs: Vec<bool>,
     pub(super) globals: Globals,
+    /// Every failure domain seen.
+    pub(super) domains: DomainTable,
+    /// Since the last pass ended: whether a domain's counts changed, and the
+    /// cluster's (unhealthy, in flight) then. A node held by its domain is
+    /// looked at again only after one of them moved.
+    pub(super) domain_moved: bool,
+    pub(super) last_counts: (u32, u32),
     /// The deadline handed out last, and whether it was already due then
     /// (two due deadlines in a row back off instead of spinning).
     pub(super) due_streak: u32,
@@ -288,11 +329,19 @@ impl State {
     /// fleets): a slot changed without [`State::touch`] is a bug.
     pub(super) fn debug_check_tally(&self) {
         if cfg!(debug_assertions) && self.slots.len() <= 2048 {
-            let mut fresh = Tally::default();
+            let mut fresh =
+                Tally { domains: vec![DomainTally::default(); self.tally.domains.len()], ..Tally::default() };
             for (i, s) in self.slots.iter().enumerate() {
                 fresh.account(i, s.counts(), true);
             }
             let t = &self.tally;
+            let counts = |d: &[DomainTally]| d.iter().map(|d| (d.present, d.unhealthy)).collect::<Vec<_>>();
+            assert!(
+                counts(&fresh.domains) == counts(&t.domains),
+                "engine domain tally out of date: {:?}, expected {:?}",
+                t.domains,
+                fresh.domains
+            );
             assert!(
                 (
                     fresh.present,

@@ -17,11 +17,19 @@ pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) ready: bool,
     pub(crate) facts: NodeFacts,
+    /// Labels (for failure domains).
+    pub(crate) labels: Vec<(String, String)>,
 }
 
 impl Node {
     pub(crate) fn new(name: &str, ready: bool) -> Self {
-        Node { name: name.to_owned(), ready, facts: NodeFacts::default() }
+        Node { name: name.to_owned(), ready, facts: NodeFacts::default(), labels: Vec::new() }
+    }
+
+    /// The node with the label `key=value`.
+    pub(crate) fn with_label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.to_owned(), value.to_owned()));
+        self
     }
 }
 
@@ -31,6 +39,9 @@ impl Target for Node {
     }
     fn facts(&self) -> NodeFacts {
         self.facts
+    }
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
