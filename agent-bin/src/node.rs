@@ -151,6 +151,7 @@ mod tests {
             gpus,
             index: 3,
             region: "LON1".into(),
+            zone: None,
         }
     }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use cluster_sim::{CivoFault, Fault, RebootBehaviour};
+use cluster_sim::{CivoFault, ClusterConfig, Fault, RebootBehaviour, SimServer};
 use common::*;
 
 fn unfixable(sim: &cluster_sim::SimServer, node: &str) {
@@ -585,5 +585,82 @@ async fn a_stale_kubelet_lease_fails_the_node_and_a_renewal_heals_it() {
     agent.transition(&node, "Healthy").await;
     let (_, body) = agent.get("/components/kube-lease-watch").await;
     assert!(body.contains("healthy") && body.contains("3 leases"), "{body}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_outage_is_held_while_a_node_in_a_healthy_zone_is_repaired() {
+    // 30 nodes in 6 pools, one pool per zone (lon1-a .. lon1-f).
+    let config = ClusterConfig {
+        nodes: 30,
+        pools: 6,
+        zones: 6,
+        reboot_takes: Duration::from_millis(300),
+        ..ClusterConfig::default()
+    };
+    let sim = SimServer::start(config, cluster_sim::Ports::default()).await.expect("simulator starts");
+    let zone_of = |n: &str| {
+        sim.cluster().node(n).unwrap()["metadata"]["labels"]["topology.kubernetes.io/zone"].as_str().unwrap().to_owned()
+    };
+    let names = sim.cluster().node_names();
+    let zone_a: Vec<String> = names.iter().filter(|n| zone_of(n) == "lon1-a").cloned().collect();
+    let elsewhere = names.iter().find(|n| zone_of(n) == "lon1-b").unwrap().clone();
+    assert_eq!(zone_a.len(), 5);
+    let dir = scratch("zone-outage");
+    let mut env = civo_env(&sim);
+    env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
+    let mut agent = spawn(&sim, &dir, FAST_POLICY, &env).await;
+    for n in zone_a.iter().chain([&elsewhere]) {
+        sim.cluster().inject(n, Fault::NotReady).unwrap();
+    }
+    let storm = agent
+        .wait_for("the zone's storm", |v| {
+            message(v).starts_with("failure domain topology.kubernetes.io/zone=lon1-a in storm")
+        })
+        .await;
+    assert_eq!(
+        (storm["fields"]["unhealthy"].as_u64(), storm["fields"]["total"].as_u64()),
+        (Some(5), Some(5)),
+        "{storm}"
+    );
+    // The node in the healthy zone is rebooted and recovers; every node of
+    // the broken zone is held by its domain (6 of 30 is under the cluster's 20%).
+    let held = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    agent
+        .wait_for("a DomainStorm hold of every node of lon1-a", |v| {
+            if message(v) == "action held back" && field(v, "gate") == Some("DomainStorm") {
+                held.borrow_mut().insert(field(v, "node").unwrap_or("").to_owned());
+            }
+            held.borrow().len() == zone_a.len()
+        })
+        .await;
+    assert_eq!(held.into_inner(), zone_a.iter().cloned().collect());
+    agent.action(&elsewhere, "reboot").await;
+    agent.transition(&elsewhere, "Healthy").await;
+    let calls = sim.cluster().civo_calls();
+    let rebooted: Vec<String> = calls.iter().map(|c| format!("{c:?}")).filter(|c| c.contains("hard_reboot")).collect();
+    assert_eq!(hard_reboots(&sim), 1, "only the node in the healthy zone: {rebooted:?}");
+
+    let (_, metrics) = agent.get("/metrics").await;
+    for line in [
+        "civo_node_agent_domain_storm_active{label=\"topology.kubernetes.io/zone\",domain=\"lon1-a\"} 1",
+        "civo_node_agent_domain_unhealthy_nodes{label=\"topology.kubernetes.io/zone\",domain=\"lon1-a\"} 5",
+        "civo_node_agent_domain_nodes{label=\"topology.kubernetes.io/zone\",domain=\"lon1-a\"} 5",
+        "civo_node_agent_domain_storm_active{label=\"topology.kubernetes.io/zone\",domain=\"lon1-b\"} 0",
+        "civo_node_agent_storm_guard_active 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let events = sim.cluster().events();
+    for n in &zone_a {
+        assert!(
+            events.iter().any(|e| e["involvedObject"]["name"] == n.as_str()
+                && e["reason"] == "RemediationHeld"
+                && e["message"].as_str().is_some_and(
+                    |m| m.contains("failure domain topology.kubernetes.io/zone=lon1-a has 5 of 5 nodes unhealthy")
+                )),
+            "an Event on {n} says why: {events:?}"
+        );
+    }
     sim.shutdown().await;
 }

@@ -21,6 +21,7 @@ fn bench_checks(c: &mut Criterion) {
         gpus: 8,
         index: 1,
         region: "lon1".into(),
+        zone: None,
     };
     let full: Node = fixtures::node(&plan);
     let pool = StringPool::new();

@@ -27,6 +27,11 @@ pub struct ClusterConfig {
     pub gpus_per_node: u32,
     /// Pools the standard nodes are spread over (at least 1).
     pub pools: u32,
+    /// Zones (0: nodes carry no zone label; at most 26). Pool `i` (the
+    /// standard pools in order, then the GPU pool) is in zone
+    /// `{region}-{letter i mod zones}` (`lon1-a`); a replacement node joins
+    /// its pool's zone.
+    pub zones: u32,
     /// Civo cluster id.
     pub cluster_id: String,
     /// Civo cluster name (also the node name prefix).
@@ -74,6 +79,9 @@ impl ClusterConfig {
         if self.pools == 0 {
             return Err(ConfigError::new("pools", "must be at least 1"));
         }
+        if self.zones > 26 {
+            return Err(ConfigError::new("zones", format!("must be at most 26 (one letter each), got {}", self.zones)));
+        }
         if self.civo_key.is_empty() {
             return Err(ConfigError::new("civo_key", "must not be empty"));
         }
@@ -110,6 +118,7 @@ impl std::fmt::Debug for ClusterConfig {
             gpu_nodes,
             gpus_per_node,
             pools,
+            zones,
             cluster_id,
             cluster_name,
             region,
@@ -127,6 +136,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("gpu_nodes", gpu_nodes)
             .field("gpus_per_node", gpus_per_node)
             .field("pools", pools)
+            .field("zones", zones)
             .field("cluster_id", cluster_id)
             .field("cluster_name", cluster_name)
             .field("region", region)
@@ -149,6 +159,7 @@ impl Default for ClusterConfig {
             gpu_nodes: 0,
             gpus_per_node: 8,
             pools: 1,
+            zones: 0,
             cluster_id: "b3a7c6d2-5f1e-4c9a-8d0b-7e6f5a4c3b21".into(),
             cluster_name: "sim".into(),
             region: "lon1".into(),
@@ -504,6 +515,11 @@ impl Cluster {
         let kind = if gpus > 0 { "gpu" } else { "std" };
         let short = pool.get(..4).unwrap_or(pool);
         let name = format!("k3s-{}-{kind}-{short}-node-{index:05}", cfg.cluster_name);
+        let zone = (cfg.zones > 0).then(|| {
+            let position = self.inner.civo.lock().pools.iter().position(|(id, _)| id == pool).unwrap_or(0);
+            let letter = char::from(b'a' + u8::try_from(position % cfg.zones as usize).unwrap_or(0));
+            format!("{}-{letter}", cfg.region)
+        });
         let plan = NodePlan {
             name: name.clone(),
             pool: pool.to_owned(),
@@ -511,6 +527,7 @@ impl Cluster {
             gpus,
             index,
             region: cfg.region.clone(),
+            zone,
         };
         let node = serde_json::to_value(fixtures::node(&plan)).unwrap_or(Value::Null);
         {

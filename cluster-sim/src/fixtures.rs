@@ -14,6 +14,9 @@ use serde_json::json;
 
 /// The label carrying a node's Civo pool id.
 pub const POOL_LABEL: &str = "kubernetes.civo.com/civo-node-pool";
+
+/// The zone label, on nodes of a cluster with zones.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// The label carrying a GPU node's expected GPU count.
 pub const GPU_COUNT_LABEL: &str = "nvidia.com/gpu.count";
 /// The allocatable resource of NVIDIA GPUs.
@@ -34,6 +37,8 @@ pub struct NodePlan {
     pub index: u32,
     /// Civo region.
     pub region: String,
+    /// The zone (`topology.kubernetes.io/zone`), if the cluster has zones.
+    pub zone: Option<String>,
 }
 
 fn q(s: &str) -> Quantity {
@@ -196,6 +201,9 @@ pub fn node(plan: &NodePlan) -> Node {
     .collect();
     labels.insert("kubernetes.io/hostname".into(), plan.name.clone());
     labels.insert(POOL_LABEL.into(), plan.pool.clone());
+    if let Some(zone) = &plan.zone {
+        labels.insert(ZONE_LABEL.into(), zone.clone());
+    }
     let ip = internal_ip(plan.index);
     let annotations: BTreeMap<String, String> = [
         ("alpha.kubernetes.io/provided-node-ip", ip.as_str()),
@@ -380,6 +388,7 @@ mod tests {
             gpus,
             index: 1,
             region: "lon1".into(),
+            zone: None,
         };
         for gpus in [0, 8] {
             let len = serde_json::to_vec(&node(&plan(gpus))).unwrap().len();

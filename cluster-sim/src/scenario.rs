@@ -58,6 +58,8 @@ pub struct ClusterSection {
     pub gpus_per_node: Option<u32>,
     /// Pools.
     pub pools: Option<u32>,
+    /// Zones (standard pool `i` in zone `i mod zones`).
+    pub zones: Option<u32>,
     /// Default reboot time.
     #[serde(default, deserialize_with = "opt_duration")]
     pub reboot_takes: Option<Duration>,
@@ -235,6 +237,7 @@ impl Scenario {
         c.gpu_nodes = s.gpu_nodes.unwrap_or(c.gpu_nodes);
         c.gpus_per_node = s.gpus_per_node.unwrap_or(c.gpus_per_node);
         c.pools = s.pools.unwrap_or(c.pools);
+        c.zones = s.zones.unwrap_or(c.zones);
         c.reboot_takes = s.reboot_takes.unwrap_or(c.reboot_takes);
         c.replace_takes = s.replace_takes.unwrap_or(c.replace_takes);
     }

@@ -96,6 +96,7 @@ fn real_node() -> Vec<u8> {
         gpus: 8,
         index: 1,
         region: "lon1".into(),
+        zone: None,
     };
     serde_json::to_vec(&cluster_sim::fixtures::node(&plan)).unwrap()
 }

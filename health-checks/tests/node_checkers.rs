@@ -17,6 +17,7 @@ fn base(gpus: u32) -> Value {
         gpus,
         index: 1,
         region: "lon1".into(),
+        zone: None,
     };
     serde_json::to_value(fixtures::node(&plan)).unwrap()
 }

@@ -344,8 +344,9 @@ impl Default for Gates {
 }
 
 /// The node labels that group nodes into failure domains by default: the
-/// Civo node pool and the zone.
-pub const DEFAULT_DOMAIN_LABELS: [&str; 2] = ["kubernetes.civo.com/civo-node-pool", "topology.kubernetes.io/zone"];
+/// zone and the Civo node pool.
+
+pub const DEFAULT_DOMAIN_LABELS: [&str; 2] = ["topology.kubernetes.io/zone", "kubernetes.civo.com/civo-node-pool"];
 
 /// The most labels that may define failure domains.
 pub const MAX_DOMAIN_LABELS: usize = 4;
