@@ -119,6 +119,7 @@ pub mod policy;
 pub mod process;
 pub mod runtime;
 pub mod store;
+pub mod tape;
 pub mod target;
 pub mod time;
 

@@ -106,6 +106,70 @@ pub struct StormEvent {
     pub at: Timestamp,
 }
 
+/// What the engine observed in one evaluation, before deciding: the
+/// targets, every checker's raw outcome, the time and the operator
+/// controls. With [`FoldEvent`] and [`DepartEvent`] it is everything a
+/// decision depends on, so a recording of them replays exactly
+/// ([`crate::tape`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct PassEvent<'a, T> {
+    /// The targets evaluated.
+    pub targets: &'a [T],
+    /// Whether they were passed as the complete set ([`crate::Engine::sync`]).
+    pub sync: bool,
+    /// Which targets had a slot (`false`: their record could not be loaded,
+    /// they were not decided).
+    pub loaded: &'a [bool],
+    /// The checkers' names, in order.
+    pub checkers: &'a [String],
+    /// Row-major outcomes: `outcomes[target * checkers.len() + checker]`.
+    pub outcomes: &'a [crate::CheckOutcome],
+    /// Per outcome: the checker itself erred (timed out, panicked, failed).
+    pub errors: &'a [bool],
+    /// The engine's clock when it decided.
+    pub at: Timestamp,
+    /// Its monotonic reading then.
+    pub monotonic: std::time::Duration,
+    /// Remediation paused by an operator.
+    pub paused: bool,
+    /// The node source marked stale.
+    pub source_stale: bool,
+    /// A maintenance window closed.
+    pub window_closed: bool,
+}
+
+/// A finished action's outcome about to be folded into its node's record.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FoldEvent<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// The action.
+    pub action: crate::Action,
+    /// The executor's error, if it failed.
+    pub error: Option<&'a ExecError>,
+    /// The engine's clock when it folded.
+    pub at: Timestamp,
+    /// Its monotonic reading then.
+    pub monotonic: std::time::Duration,
+}
+
+/// A node was marked departed ([`crate::Engine::depart`]) or removed
+/// ([`crate::Engine::remove`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DepartEvent<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// Removed (forgotten at once) rather than departed.
+    pub removed: bool,
+    /// The engine's clock then.
+    pub at: Timestamp,
+    /// Its monotonic reading then.
+    pub monotonic: std::time::Duration,
+}
+
 /// Receives engine events. Every method has a no-op default.
 pub trait Observer<T: ?Sized>: Send + Sync {
     /// A node changed phase.
@@ -118,6 +182,18 @@ pub trait Observer<T: ?Sized>: Send + Sync {
     fn on_storm_guard(&self, _event: &StormEvent) {}
     /// A failure domain entered or left its storm.
     fn on_domain_storm(&self, _event: &DomainStormEvent<'_>) {}
+    /// The engine loaded the stored records ([`crate::Engine::restore`]).
+    fn on_restore(&self, _records: &[(&str, &NodeRecord)], _at: Timestamp) {}
+    /// An evaluation observed its targets (before deciding).
+    fn on_pass(&self, _event: &PassEvent<'_, T>)
+    where
+        T: Sized,
+    {
+    }
+    /// A finished action is folded into its node's record.
+    fn on_fold(&self, _event: &FoldEvent<'_>) {}
+    /// A node departed or was removed.
+    fn on_depart(&self, _event: &DepartEvent<'_>) {}
 }
 
 impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Arc<O> {
@@ -136,6 +212,21 @@ impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Arc<O> {
     fn on_domain_storm(&self, event: &DomainStormEvent<'_>) {
         (**self).on_domain_storm(event);
     }
+    fn on_restore(&self, records: &[(&str, &NodeRecord)], at: Timestamp) {
+        (**self).on_restore(records, at);
+    }
+    fn on_pass(&self, event: &PassEvent<'_, T>)
+    where
+        T: Sized,
+    {
+        (**self).on_pass(event);
+    }
+    fn on_fold(&self, event: &FoldEvent<'_>) {
+        (**self).on_fold(event);
+    }
+    fn on_depart(&self, event: &DepartEvent<'_>) {
+        (**self).on_depart(event);
+    }
 }
 
 impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Box<O> {
@@ -153,5 +244,20 @@ impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Box<O> {
     }
     fn on_domain_storm(&self, event: &DomainStormEvent<'_>) {
         (**self).on_domain_storm(event);
+    }
+    fn on_restore(&self, records: &[(&str, &NodeRecord)], at: Timestamp) {
+        (**self).on_restore(records, at);
+    }
+    fn on_pass(&self, event: &PassEvent<'_, T>)
+    where
+        T: Sized,
+    {
+        (**self).on_pass(event);
+    }
+    fn on_fold(&self, event: &FoldEvent<'_>) {
+        (**self).on_fold(event);
+    }
+    fn on_depart(&self, event: &DepartEvent<'_>) {
+        (**self).on_depart(event);
     }
 }

@@ -345,7 +345,6 @@ impl Default for Gates {
 
 /// The node labels that group nodes into failure domains by default: the
 /// zone and the Civo node pool.
-
 pub const DEFAULT_DOMAIN_LABELS: [&str; 2] = ["topology.kubernetes.io/zone", "kubernetes.civo.com/civo-node-pool"];
 
 /// The most labels that may define failure domains.

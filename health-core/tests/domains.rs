@@ -70,11 +70,14 @@ impl Executor<Node> for Exec {
     }
 }
 
+/// A domain storm report: domain, active, unhealthy, total, limit.
+type Storm = (String, bool, u32, u32, u32);
+
 /// What the observers saw: holds (node, reason, domain text) and domain storms.
 #[derive(Default)]
 struct Seen {
     holds: Mutex<Vec<(String, HoldReason, Option<String>)>>,
-    storms: Mutex<Vec<(String, bool, u32, u32, u32)>>,
+    storms: Mutex<Vec<Storm>>,
 }
 
 impl Observer<Node> for Seen {
@@ -169,7 +172,7 @@ async fn two_broken_nodes_of_a_three_node_pool_are_repaired_one_at_a_time() {
     let (first, second) = if a[0].1 <= b[0].1 { (a[0].1, b[0].1) } else { (b[0].1, a[0].1) };
     // The second starts only once the first is back (a reboot takes 3 minutes).
     assert!(second >= first + 3 * MIN, "first at {first:?}, second at {second:?}");
-    let holds = seen.holds.lock();
+    let holds = seen.holds.lock().clone();
     assert!(
         holds.iter().any(|(_, r, d)| *r == HoldReason::DomainStorm
             && d.as_deref() == Some("kubernetes.civo.com/civo-node-pool=small 2/3 limit 1")),

@@ -100,6 +100,24 @@ impl<T: Target + Clone + 'static> Engine<T> {
         }
     }
 
+    /// Takes in every action that has finished, without waiting (their
+    /// outcomes are announced now and folded by the next
+    /// [`Engine::fold_completions`]). Returns how many.
+    pub fn collect_finished(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(r) = self.running.try_join_next() {
+            match r {
+                Ok(c) => {
+                    self.announce(&c);
+                    self.completions.push_back(c);
+                    n += 1;
+                }
+                Err(e) => tracing::error!(error = %e, "an action task ended without an outcome"),
+            }
+        }
+        n
+    }
+
     /// Folds every finished action into its node's record (CAS); returns the
     /// nodes to evaluate again (a fresh observation decides their next step)
     /// and what was done. A fold interrupted by cancellation is redone by
@@ -127,6 +145,16 @@ impl<T: Target + Clone + 'static> Engine<T> {
             failure: c.error.as_ref().map(ToString::to_string),
         });
         let now = self.shared.clock.now();
+        if !self.shared.observers.is_empty() {
+            let event = FoldEvent {
+                node: &c.node,
+                action: c.action,
+                error: c.error.as_deref(),
+                at: now,
+                monotonic: self.shared.clock.monotonic(),
+            };
+            notify(&self.shared.observers, "fold", |o| o.on_fold(&event));
+        }
         let si = *self.state.index.get(c.node.as_str())?;
         let again = self.record_outcome(c, si, now, report).await;
         let slot = &mut self.state.slots[si];

@@ -114,7 +114,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
 
     /// Evaluates `targets`; with `complete`, they are the whole set and
     /// known nodes not among them depart first (so they leave the budget).
-    pub(super) async fn evaluate_inner(&mut self, targets: &[T], complete: bool) -> PassReport {
+    pub(super) async fn evaluate_inner(&mut self, targets: &[T], complete: bool, sync: bool) -> PassReport {
         let started = tokio::time::Instant::now();
         self.state.pass += 1;
         let mut report = PassReport { evaluated: targets.len(), ..PassReport::default() };
@@ -162,6 +162,24 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let mut now = self.shared.clock.now();
         self.state.mono = self.shared.clock.monotonic();
         let grace = self.shared.config.error_grace;
+        if !self.shared.observers.is_empty() {
+            let loaded: Vec<bool> = slots.iter().map(Option::is_some).collect();
+            let c = &self.shared.controls;
+            let event = PassEvent {
+                targets,
+                sync,
+                loaded: &loaded,
+                checkers: &self.shared.checker_names,
+                outcomes: &outcomes[..targets.len() * nc],
+                errors: &errs[..targets.len() * nc],
+                at: now,
+                monotonic: self.state.mono,
+                paused: c.paused(),
+                source_stale: c.source_stale(),
+                window_closed: c.window_closed(),
+            };
+            notify(&self.shared.observers, "pass", |o| o.on_pass(&event));
+        }
 
         for (ti, slot) in slots.iter().enumerate() {
             let Some(si) = *slot else { continue };

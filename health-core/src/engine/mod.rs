@@ -34,7 +34,9 @@ use crate::domain::{Action, CheckOutcome, Mode, NodeRecord, Phase};
 use crate::executor::{ExecError, Executor};
 use crate::machine::{self, Budget, Check, Decision, HoldReason, Observation, PhaseChange};
 use crate::metrics::{CheckResultLabel, MetricNames, NodeSeries, SeriesRemover};
-use crate::observer::{ActionEvent, HoldEvent, Observer, StormEvent, TransitionEvent};
+use crate::observer::{
+    ActionEvent, DepartEvent, FoldEvent, HoldEvent, Observer, PassEvent, StormEvent, TransitionEvent,
+};
 use crate::policy::{Backoff, Policy, PolicyError};
 use crate::store::{StateStore, StoreError, Version};
 use crate::time::{Clock, SystemClock, Timestamp};
@@ -431,6 +433,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
             }
         }
         self.state.listed = true;
+        if !self.shared.observers.is_empty() {
+            let records: Vec<(&str, &NodeRecord)> = self.state.slots.iter().map(|s| (&*s.name, &s.record)).collect();
+            notify(&self.shared.observers, "restore", |o| o.on_restore(&records, now));
+        }
         self.refresh_deadline();
         Ok(n)
     }
@@ -477,7 +483,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// [`Engine::remove`] to forget nodes explicitly.
     pub async fn sync(&mut self, targets: &[T]) -> PassReport {
         let may_depart = !targets.is_empty() && !self.shared.controls.source_stale();
-        let mut report = self.evaluate_inner(targets, may_depart).await;
+        let mut report = self.evaluate_inner(targets, may_depart, true).await;
         self.sweep_departed(&mut report).await;
         self.finish_pass(&mut report);
         report
@@ -487,6 +493,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// series are kept for `forget_after`.
     pub fn depart(&mut self, node: &str) {
         let now = self.shared.clock.now();
+        self.notify_depart(node, false, now);
         if let Some(&i) = self.state.index.get(node) {
             let slot = &mut self.state.slots[i];
             if slot.departed_at.is_none() {
@@ -502,10 +509,17 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// other known nodes keep their state and still count in the budget.
     /// Departed nodes whose time has come are forgotten.
     pub async fn evaluate(&mut self, targets: &[T]) -> PassReport {
-        let mut report = self.evaluate_inner(targets, false).await;
+        let mut report = self.evaluate_inner(targets, false, false).await;
         self.sweep_departed(&mut report).await;
         self.finish_pass(&mut report);
         report
+    }
+
+    fn notify_depart(&self, node: &str, removed: bool, at: Timestamp) {
+        if !self.shared.observers.is_empty() {
+            let event = DepartEvent { node, removed, at, monotonic: self.shared.clock.monotonic() };
+            notify(&self.shared.observers, "depart", |o| o.on_depart(&event));
+        }
     }
 
     /// Forgets departed nodes whose `forget_after` has passed.
@@ -552,6 +566,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
 
     /// Forgets a node: deletes its record from the store and its metric series.
     pub async fn remove(&mut self, node: &str) -> Result<(), StoreError> {
+        self.notify_depart(node, true, self.shared.clock.now());
         let r = self.forget(node, None).await;
         self.refresh_deadline();
         r
