@@ -350,10 +350,15 @@ pub async fn run(
         .with_metrics_prefix(METRICS_PREFIX);
     let mut builder = Engine::builder(store, executor)
         .policy(config.policy.clone())
-        .config(engine_config)
+        .config(engine_config.clone())
         .observer(Arc::new(events))
         .observer(storm.clone())
         .series_remover(Arc::new(deps.recorder.clone()));
+    match crate::record::recorder(&config, &checkers, &engine_config) {
+        Ok(Some(r)) => builder = builder.observer(Arc::new(r)),
+        Ok(None) => {}
+        Err(e) => return Err(RunError::Engine(format!("record.path: cannot record: {e}"))),
+    }
     for c in checkers {
         builder = builder.checker_arc(c);
     }

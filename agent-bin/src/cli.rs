@@ -75,6 +75,10 @@ pub enum Command {
         /// Run one evaluation pass and exit (0: done, 1: failed).
         #[arg(long)]
         once: bool,
+        /// Record what the engine sees and decides to this file (JSON
+        /// lines, rotated at `record.max_bytes`), for `node-agent replay`.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
     },
     /// Run the real agent against a simulated cluster and Civo API.
     Simulate(SimulateArgs),
@@ -86,6 +90,10 @@ pub enum Command {
     },
     /// Load and check the configuration, print it (secrets redacted), and exit.
     ValidateConfig,
+    /// Replay a recording (`run --record`, `simulate --record`) offline:
+    /// every action and hold the engine takes over the recorded
+    /// observations, under the recorded policy or the one of `--config`.
+    Replay(ReplayArgs),
     /// Ask the running agent what it is doing (its admin API): its mode,
     /// role and pause, and a table of its nodes.
     Status {
@@ -174,6 +182,21 @@ pub enum HostCommand {
     ValidateConfig,
 }
 
+/// `node-agent replay`.
+#[derive(Debug, Args, Clone)]
+pub struct ReplayArgs {
+    /// The recording (its rotated files `FILE.1`, `FILE.2`, ... are read too).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Replay under two configurations and print where their decisions
+    /// differ (node, time, decision).
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "config")]
+    pub compare: Option<Vec<PathBuf>>,
+}
+
 /// `node-agent simulate`.
 #[derive(Debug, Args, Clone)]
 pub struct SimulateArgs {
@@ -192,4 +215,7 @@ pub struct SimulateArgs {
     /// How long the simulation runs.
     #[arg(long, default_value = "50s", value_parser = humantime::parse_duration)]
     pub duration: std::time::Duration,
+    /// Record the simulated run to this file, for `node-agent replay`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 }

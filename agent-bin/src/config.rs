@@ -563,6 +563,8 @@ pub struct Config {
     pub ladder: Vec<crate::repairs::LadderConfig>,
     /// `[control_plane]`: repair of the control plane when the API server is down.
     pub control_plane: crate::control_plane::ControlPlaneSection,
+    /// `[record]`: record what the engine sees and decides, for `replay`.
+    pub record: crate::record::RecordSection,
 }
 
 /// `[ha]`: two or more replicas, of which only the holder of a Kubernetes
@@ -803,6 +805,27 @@ const SAME_SETTING: &[(&str, &str)] = &[
 impl Config {
     /// Loads defaults < `file` (TOML) < `env` < `cli`, then validates.
     pub fn load(file: Option<&Path>, env: &EnvMap, cli: &CliOverrides) -> Result<Config, ConfigError> {
+        let mut config = Self::parse(file, env, cli)?;
+        config.resolve_ladders()?;
+        config.validate(env)?;
+        Ok(config)
+    }
+
+    /// The policy and checkers of `file` (TOML) over the defaults, for
+    /// `replay`: only the policy, its ladders and the checkers are checked
+    /// (no Civo key or cluster access is needed to replay).
+    pub fn load_policy(file: &Path) -> Result<Config, ConfigError> {
+        let mut config = Self::parse(Some(file), &EnvMap::new(), &CliOverrides::default())?;
+        config.resolve_ladders()?;
+        config.policy.validate().map_err(|e| match e {
+            health_core::PolicyError::Ladder { field, message } => ConfigError::invalid(field, message),
+            e => ConfigError::invalid("policy", e.to_string()),
+        })?;
+        Ok(config)
+    }
+
+    /// Reads defaults < `file` < `env` < `cli` without checking them.
+    fn parse(file: Option<&Path>, env: &EnvMap, cli: &CliOverrides) -> Result<Config, ConfigError> {
         for (civo, ours) in SAME_SETTING {
             if env.contains_key(*civo) && env.contains_key(*ours) {
                 return Err(ConfigError::Conflict {
@@ -835,8 +858,6 @@ impl Config {
         if let Some(f) = cli.log_format {
             config.agent.log_format = f;
         }
-        config.resolve_ladders()?;
-        config.validate(env)?;
         Ok(config)
     }
 
@@ -929,6 +950,7 @@ impl Config {
         self.validate_grpc()?;
         self.validate_addons()?;
         self.control_plane.validate()?;
+        self.record.validate()?;
         if self.control_plane.enabled {
             if self.ha.enabled {
                 return Err(ConfigError::Conflict {

@@ -57,6 +57,7 @@ pub mod host;
 pub mod http;
 pub mod leases;
 pub mod node;
+pub mod record;
 pub mod recorder;
 pub mod repairs;
 pub mod simulate;

@@ -2,13 +2,14 @@
 //! tracing and the metrics recorder, and calls the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_bin::agent::{self, Deps};
 use agent_bin::cli::{
-    AdminArgs, Cli, Command, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, GlobalArgs, HostCommand,
+    AdminArgs, Cli, Command, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, GlobalArgs, HostCommand, ReplayArgs,
 };
 use agent_bin::config::{Config, LogFormat, process_env};
 use agent_bin::grpc::{AgentState, Role};
@@ -84,6 +85,75 @@ async fn shutdown_signal(draining: Arc<AtomicBool>, state: Option<Arc<AgentState
     });
 }
 
+/// `node-agent replay`: exit 0, 1 (the recording cannot be read or
+/// replayed) or 2 (a configuration is invalid).
+async fn replay_main(config: Option<PathBuf>, args: ReplayArgs) -> i32 {
+    use agent_bin::record::{CompareReport, ReplayReport, replay_blocking, setup_of};
+    let load = |p: &std::path::Path| {
+        Config::load_policy(p).and_then(|c| setup_of(&c)).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let file = args.file.clone();
+    if let Some(pair) = args.compare {
+        let (a, b) = match (load(&pair[0]), load(&pair[1])) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("node-agent: invalid configuration: {e}");
+                return EXIT_CONFIG;
+            }
+        };
+        let run = tokio::task::spawn_blocking(move || {
+            Ok::<_, health_core::tape::TapeError>((replay_blocking(&file, Some(a))?, replay_blocking(&file, Some(b))?))
+        })
+        .await;
+        return match run {
+            Ok(Ok((ra, rb))) => {
+                let report = CompareReport::new(pair[0].display().to_string(), pair[1].display().to_string(), &ra, &rb);
+                if args.json {
+                    outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                } else {
+                    out!("{}", report.render());
+                }
+                EXIT_OK
+            }
+            Ok(Err(e)) => {
+                eprintln!("node-agent: {}: {e}", args.file.display());
+                EXIT_FAILURE
+            }
+            Err(e) => {
+                eprintln!("node-agent: the replay failed: {e}");
+                EXIT_FAILURE
+            }
+        };
+    }
+    let setup = match config.as_deref().map(load).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("node-agent: invalid configuration: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let policy = config.map_or_else(|| "recorded".to_owned(), |p| p.display().to_string());
+    match tokio::task::spawn_blocking(move || replay_blocking(&file, setup)).await {
+        Ok(Ok(r)) => {
+            let report = ReplayReport::new(policy, r);
+            if args.json {
+                outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                out!("{}", report.render());
+            }
+            EXIT_OK
+        }
+        Ok(Err(e)) => {
+            eprintln!("node-agent: {}: {e}", args.file.display());
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            eprintln!("node-agent: the replay failed: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -107,7 +177,7 @@ fn main() -> ExitCode {
 }
 
 async fn real_main(cli: Cli) -> i32 {
-    let command = cli.command.unwrap_or(Command::Run { once: false });
+    let command = cli.command.unwrap_or(Command::Run { once: false, record: None });
     if let Command::Version = command {
         outln!("node-agent {} (commit {})", env!("CARGO_PKG_VERSION"), agent_bin::grpc::COMMIT);
         return EXIT_OK;
@@ -119,6 +189,10 @@ async fn real_main(cli: Cli) -> i32 {
     }
     if let Command::Host(h) = command {
         return host_main(cli.global, h, recorder).await;
+    }
+    if let Command::Replay(args) = command {
+        init_tracing(cli.global.log_format.unwrap_or_default(), "warn");
+        return replay_main(cli.global.config, args).await;
     }
     if let Command::Simulate(args) = &command {
         let scenario = match &args.scenario {
@@ -141,6 +215,7 @@ async fn real_main(cli: Cli) -> i32 {
             duration: args.duration,
             live: !args.json,
             metrics_port: args.metrics_port,
+            record: args.record.clone(),
         };
         return match simulate::simulate(opts, recorder).await {
             Ok(summary) => {
@@ -231,7 +306,11 @@ async fn real_main(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Run { once } => {
+        Command::Run { once, record } => {
+            let mut config = config;
+            if record.is_some() {
+                config.record.path = record;
+            }
             let health = Arc::new(HealthManager::new());
             let draining = Arc::new(AtomicBool::new(false));
             let ip = config.agent.metrics_address.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
@@ -396,7 +475,7 @@ async fn real_main(cli: Cli) -> i32 {
         }
         Command::Pause { reason, admin } => pause_cmd(&config, &admin, Some(&reason)).await,
         Command::Resume { admin } => pause_cmd(&config, &admin, None).await,
-        Command::Simulate(_) | Command::Host(_) | Command::Version => EXIT_OK,
+        Command::Simulate(_) | Command::Host(_) | Command::Replay(_) | Command::Version => EXIT_OK,
     }
 }
 

@@ -16,7 +16,7 @@ macro_rules! say {
 }
 
 use cluster_sim::{ClusterConfig, Ports, Scenario, SimServer};
-use health_core::observer::{ActionEvent, HoldEvent, StormEvent, TransitionEvent};
+use health_core::observer::{ActionEvent, DomainStormEvent, HoldEvent, StormEvent, TransitionEvent};
 use health_core::{Action, HealthManager, Mode, Observer, Phase, Policy};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -58,6 +58,8 @@ pub struct SimulateOptions {
     pub live: bool,
     /// Serve /metrics on this port.
     pub metrics_port: Option<u16>,
+    /// Record the run to this file.
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// One node in the summary.
@@ -188,6 +190,18 @@ impl Observer<NodeRef> for Printer {
         self.line(&format!("{:<28} {} held back: {}", e.node, e.hold.action, e.hold.reason));
     }
 
+    fn on_domain_storm(&self, e: &DomainStormEvent<'_>) {
+        let d = &e.domain;
+        if e.active {
+            self.line(&format!(
+                "DOMAIN STORM: {}={}: {} of {} nodes unhealthy (limit {}): its nodes are held",
+                d.label, d.value, d.unhealthy, d.total, d.limit
+            ));
+        } else {
+            self.line(&format!("domain storm cleared: {}={}", d.label, d.value));
+        }
+    }
+
     fn on_storm_guard(&self, e: &StormEvent) {
         if e.active {
             self.line(&format!(
@@ -297,7 +311,8 @@ pub async fn simulate(opts: SimulateOptions, recorder: AgentRecorder) -> Result<
     let mut cc = ClusterConfig::default();
     scenario.apply_config(&mut cc);
     let sim = SimServer::start(cc, Ports::default()).await.map_err(|e| SimulateError::Sim(e.to_string()))?;
-    let config = config_for(&sim, opts.speed);
+    let mut config = config_for(&sim, opts.speed);
+    config.record.path.clone_from(&opts.record);
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&sim.kubeconfig())
         .map_err(|e| SimulateError::Sim(format!("kubeconfig: {e}")))?;
     let kube_config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())

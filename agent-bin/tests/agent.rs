@@ -402,10 +402,29 @@ fn the_annotated_example_configs_are_valid() {
 #[test]
 fn simulate_runs_the_built_in_scenario_and_reports_json() {
     let started = std::time::Instant::now();
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_node-agent")).args(["simulate", "--json"]).output().unwrap();
+    let dir = scratch("simulate-record");
+    let tape = dir.join("sim.tape");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["simulate", "--json", "--record"])
+        .arg(&tape)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The recording replays to exactly the decisions the agent took.
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["replay", "--json"])
+        .arg(&tape)
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(r["identical_to_recording"], true, "{r}");
+    assert_eq!(r["policy"], "recorded");
+    let decisions = r["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), r["recorded_decisions"].as_u64().unwrap() as usize);
+    let reboots = decisions.iter().filter(|d| d["k"] == "action" && d["a"] == "reboot").count() as u64;
+    assert_eq!(reboots, s["civo_calls"]["hard_reboots"].as_u64().unwrap(), "every hard reboot replayed: {r}");
     let nodes = s["nodes"].as_array().unwrap();
     assert!(nodes.len() >= 12, "{s}");
     for key in ["name", "class", "phase", "repairs", "reboots", "replaces", "failures"] {

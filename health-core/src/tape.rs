@@ -245,6 +245,9 @@ impl std::fmt::Display for Decided {
 enum Line {
     Start {
         v: u32,
+        /// When the recording began (it tells recordings apart).
+        #[serde(default)]
+        at: u64,
         policy: Box<Policy>,
         #[serde(default)]
         repairs: Vec<RepairLine>,
@@ -329,6 +332,7 @@ impl TapeRecorder {
     ) -> Self {
         let start = Line::Start {
             v: TAPE_VERSION,
+            at: Timestamp::from_system_time(std::time::SystemTime::now()).as_millis(),
             policy: Box::new(policy.clone()),
             repairs: policy
                 .repairs
@@ -715,6 +719,11 @@ fn exec_result(action: Action, err: Option<&str>) -> Result<(), ExecError> {
     }
 }
 
+/// An action by its recorded name: a built-in one or a soft repair.
+fn action_named(name: &str) -> Option<Action> {
+    name.parse().ok().or_else(|| Repair::new(name).ok().map(Action::Repair))
+}
+
 fn parse_line(line: usize, text: &str) -> Result<Line, TapeError> {
     serde_json::from_str(text).map_err(|e| TapeError::Line { line, message: e.to_string() })
 }
@@ -768,9 +777,9 @@ pub async fn replay(source: &dyn TapeSource, setup: Option<Setup>) -> Result<Rep
     }
 
     let mut lines = source.open()?.lines().enumerate();
-    let first = lines.next().ok_or_else(|| TapeError::Start("the recording is empty".into()))?;
-    let (recorded_setup, forget_after, error_grace) = match parse_line(1, &first.1?)? {
-        Line::Start { v, policy, repairs, ladders, checkers, forget_after, error_grace } => {
+    let first = lines.next().ok_or_else(|| TapeError::Start("the recording is empty".into()))?.1?;
+    let (recorded_setup, forget_after, error_grace) = match parse_line(1, &first)? {
+        Line::Start { v, policy, repairs, ladders, checkers, forget_after, error_grace, .. } => {
             if v != TAPE_VERSION {
                 return Err(TapeError::Start(format!(
                     "recording format version {v}; this build reads version {TAPE_VERSION}"
@@ -807,7 +816,8 @@ pub async fn replay(source: &dyn TapeSource, setup: Option<Setup>) -> Result<Rep
     };
     for (i, text) in lines {
         let text = text?;
-        if text.is_empty() {
+        // Every rotated file of a recording begins with its start line.
+        if text.is_empty() || text == first {
             continue;
         }
         let line = parse_line(i + 1, &text)?;
@@ -885,7 +895,7 @@ pub async fn replay(source: &dyn TapeSource, setup: Option<Setup>) -> Result<Rep
                     if let Some(left) = outcomes.get_mut(&(n.clone(), a.clone())) {
                         *left = left.saturating_sub(1);
                     }
-                    if let Ok(action) = a.parse::<Action>()
+                    if let Some(action) = action_named(a)
                         && exec.release(n, action, exec_result(action, err.as_deref()))
                     {
                         clock.set(*at, None);
@@ -942,7 +952,8 @@ async fn finish_settled(engine: &mut Engine<Node>, released: usize) {
 pub type Difference = (String, Timestamp, Option<Decided>, Option<Decided>);
 
 /// The decisions only one of `a` and `b` took, matched by node, time and
-/// decision, in time order.
+/// decision, in time order; where both took a different one for the same
+/// node at the same time, they share a row.
 #[must_use]
 pub fn differences(a: &[Decided], b: &[Decided]) -> Vec<Difference> {
     let mut left: Vec<Option<&Decided>> = a.iter().map(Some).collect();
@@ -954,8 +965,16 @@ pub fn differences(a: &[Decided], b: &[Decided]) -> Vec<Difference> {
         }
     }
     out.extend(left.into_iter().flatten().map(|d| (d.node().to_owned(), d.at(), Some(d.clone()), None)));
-    out.sort_by(|x, y| (x.1, &x.0).cmp(&(y.1, &y.0)));
-    out
+    out.sort_by(|x, y| (x.1, &x.0, x.2.is_none()).cmp(&(y.1, &y.0, y.2.is_none())));
+    // What each took instead, side by side: one row per (time, node) pair.
+    let mut merged: Vec<Difference> = Vec::with_capacity(out.len());
+    for d in out {
+        match merged.last_mut() {
+            Some(last) if last.0 == d.0 && last.1 == d.1 && last.3.is_none() && d.2.is_none() => last.3 = d.3,
+            _ => merged.push(d),
+        }
+    }
+    merged
 }
 
 /// The decisions replayed under `setup`'s policy for each of the two, and

@@ -113,7 +113,7 @@ async fn another_policy_shows_where_it_would_have_acted() {
     let rebooted: Vec<&str> = diff
         .iter()
         .filter_map(|(n, _, only_a, only_b)| match (only_a, only_b) {
-            (None, Some(tape::Decided::Action { a, .. })) if a == "reboot" => Some(n.as_str()),
+            (_, Some(tape::Decided::Action { a, .. })) if a == "reboot" => Some(n.as_str()),
             _ => None,
         })
         .collect();
