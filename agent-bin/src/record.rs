@@ -156,6 +156,58 @@ impl LineSink for RotatingFile {
     }
 }
 
+/// Lines written by a thread of their own, so that the engine (which calls
+/// its observers synchronously) never waits for the disk unless 4,096 lines
+/// are queued. Dropping it writes out the queue and waits for the thread.
+pub struct WriterThread {
+    tx: Option<std::sync::mpsc::SyncSender<String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WriterThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterThread").finish_non_exhaustive()
+    }
+}
+
+impl WriterThread {
+    /// Starts the thread writing to `sink`.
+    pub fn spawn(mut sink: impl LineSink + 'static) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(4096);
+        let thread = std::thread::Builder::new().name("node-agent-record".into()).spawn(move || {
+            let mut failing = false;
+            for line in rx {
+                match sink.line(&line) {
+                    Ok(()) => failing = false,
+                    Err(e) => {
+                        if !failing {
+                            tracing::error!(error = %e, "recording: a line could not be written (further failures are not logged until a write succeeds)");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+        })?;
+        Ok(WriterThread { tx: Some(tx), thread: Some(thread) })
+    }
+}
+
+impl LineSink for WriterThread {
+    fn line(&mut self, text: &str) -> std::io::Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(|| std::io::Error::other("the recording was closed"))?;
+        tx.send(text.to_owned()).map_err(|_| std::io::Error::other("the recording's writer thread stopped"))
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The recorder `[record]` asks for, if any (the agent adds it to its
 /// engine's observers).
 pub fn recorder(
@@ -164,7 +216,7 @@ pub fn recorder(
     engine: &EngineConfig,
 ) -> std::io::Result<Option<TapeRecorder>> {
     let Some(path) = &config.record.path else { return Ok(None) };
-    let file = RotatingFile::create(path, config.record.max_bytes, config.record.keep)?;
+    let file = WriterThread::spawn(RotatingFile::create(path, config.record.max_bytes, config.record.keep)?)?;
     tracing::info!(
         path = %path.display(),
         max_bytes = config.record.max_bytes,

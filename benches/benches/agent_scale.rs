@@ -32,6 +32,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User plus system CPU seconds of `pid` (from /proc, at 100 ticks a second).
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The fields after the command name (which may hold spaces).
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (u, k): (u64, u64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+            Some((u + k) as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// `MALLOC_ARENA_MAX` for the agent: 1 (as deployed) unless
 /// `AGENT_SCALE_MALLOC_ARENA_MAX` says otherwise (empty: unset).
 fn arena_max() -> Option<(&'static str, String)> {
@@ -67,10 +81,17 @@ async fn run(nodes: u32, burst: usize) {
     println!("agent_scale/{nodes}: simulator up in {:.1?}", t0.elapsed());
 
     let t1 = Instant::now();
+    // AGENT_SCALE_RECORD=1: the agent records (`run --record`), to measure
+    // what recording costs.
+    let tape = dir.join("agent.tape");
+    let recording = std::env::var("AGENT_SCALE_RECORD").is_ok_and(|v| v == "1");
+    let record_args: Vec<std::ffi::OsString> =
+        if recording { vec!["--record".into(), tape.clone().into_os_string()] } else { Vec::new() };
     let mut agent = Command::new(bin("node-agent"))
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["--log-format", "json", "run"])
+        .args(&record_args)
         .env_clear()
         .env("RUST_LOG", "info")
         .env("NODE_AGENT_AGENT__METRICS_PORT", "0")
@@ -187,6 +208,18 @@ async fn run(nodes: u32, burst: usize) {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!("agent_scale/{nodes}: RSS after the burst {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
+    println!(
+        "agent_scale/{nodes}: CPU time since start {:.2} s{}",
+        cpu_secs(pid),
+        if recording {
+            format!(
+                " (recording: {:.1} MiB written)",
+                std::fs::metadata(&tape).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0)
+            )
+        } else {
+            " (not recording)".to_owned()
+        }
+    );
     let _ = agent.kill().await;
     let _ = sim.kill().await;
     let _ = std::fs::remove_dir_all(&dir);

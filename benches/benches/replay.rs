@@ -110,9 +110,10 @@ impl Drop for File {
 }
 
 fn checkers() -> Vec<Arc<dyn HealthChecker<Node>>> {
-    let ready: Arc<dyn HealthChecker<Node>> = Arc::new(FnChecker::new("NodeReady", Duration::from_secs(300), |n: &Node| {
-        if n.ready { CheckOutcome::Pass } else { CheckOutcome::fail("KubeletNotReady") }
-    }));
+    let ready: Arc<dyn HealthChecker<Node>> =
+        Arc::new(FnChecker::new("NodeReady", Duration::from_secs(300), |n: &Node| {
+            if n.ready { CheckOutcome::Pass } else { CheckOutcome::fail("KubeletNotReady") }
+        }));
     let mut all = vec![ready];
     for (name, secs) in [("GPU", 300), ("DiskPressure", 1800), ("Cilium", 300)] {
         all.push(Arc::new(FnChecker::new(name, Duration::from_secs(secs), |_: &Node| CheckOutcome::Pass)));
@@ -243,11 +244,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
     let t = Instant::now();
     let bytes = rt.block_on(record(n, hours, &path));
-    println!(
-        "replay/{n}x{hours}h: recorded in {:.1?}: {:.1} MiB",
-        t.elapsed(),
-        bytes as f64 / (1024.0 * 1024.0)
-    );
+    println!("replay/{n}x{hours}h: recorded in {:.1?}: {:.1} MiB", t.elapsed(), bytes as f64 / (1024.0 * 1024.0));
 
     // The replay as `node-agent replay` runs it: one thread.
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();

@@ -120,9 +120,9 @@ ETCD_SCENARIO = {
 SET_ELSEWHERE = SET_BY_ENV | SET_IN_FILE
 # Keys commented out in examples/config.toml that values.yaml only documents.
 DOCUMENTED_ONLY = {"admin.pause_file", "control_plane.repair.kind", "control_plane.repair.command",
-                   "control_plane.repair.timeout"}
+                   "control_plane.repair.timeout", "record.path", "record.max_bytes", "record.keep"}
 CONFIG_SECTIONS = {"civo", "agent", "kube", "store", "executor", "engine", "ha", "policy", "admin", "heartbeat",
-                   "control_plane"}
+                   "control_plane", "record"}
 # Lists and maps of entries (not settings of a section).
 CONFIG_ENTRIES = {"checkers", "addons", "windows", "repairs", "ladder"}
 # Where the chart mounts the token and CA files: (values block, kind) -> (volume, file, config key).

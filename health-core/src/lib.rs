@@ -11,7 +11,8 @@
 //!   Failed, with per-checker thresholds, reboot waits per node class,
 //!   retry and failure limits with back-off, and safety gates (storm guard,
 //!   in-flight limit, start-up grace, deletion, opt-out, pause, minimum
-//!   interval) that hold actions back without touching counters;
+//!   interval, failure domains) that hold actions back without touching
+//!   counters;
 //! * the async [`Engine`] that runs checkers with bounded concurrency and
 //!   timeouts, persists decisions with compare-and-swap before acting,
 //!   performs actions, notifies observers and emits metrics;
@@ -32,6 +33,7 @@
 //! | [`metrics`] | metric names and series removal |
 //! | [`component`] | component health |
 //! | [`time`] | timestamps and clocks |
+//! | [`tape`] | recording what the engine sees and decides, and replaying it under another policy |
 //! | `process` (feature `process`) | the program runner of the command checker and executor: process groups killed whole at the timeout, capped output, a clean environment |
 //!
 //! # Runtime needs and panics
