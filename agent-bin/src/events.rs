@@ -236,7 +236,11 @@ impl Observer<NodeRef> for EventObserver {
             warning: true,
             reason: "RemediationHeld".into(),
             note,
-            action: camel(e.hold.action),
+            // Events are aggregated by reason and action: with the held
+            // action and the gate in the action, a hold by another gate is
+            // an Event of its own (with its own message), not a count on
+            // the old one.
+            action: format!("{}HeldBy{}", camel(e.hold.action), e.hold.reason),
         });
     }
 

@@ -26,6 +26,9 @@ enum Command {
         /// Pools the standard nodes are spread over.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         pools: u32,
+        /// Zones (`topology.kubernetes.io/zone`, one per pool in turn: `lon1-a`, ...; 0: no zone label).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=26))]
+        zones: u32,
         /// A scenario file (TOML); its cluster section overrides the size flags.
         #[arg(long)]
         scenario: Option<PathBuf>,
@@ -102,6 +105,7 @@ async fn serve(cmd: Command) -> Result<(), String> {
         nodes,
         gpu_nodes,
         pools,
+        zones,
         scenario,
         kubeconfig_out,
         civo_key: civo_key_flag,
@@ -119,7 +123,7 @@ async fn serve(cmd: Command) -> Result<(), String> {
         Some(path) => Some(Scenario::load(&path).map_err(|e| e.to_string())?),
         None => None,
     };
-    let mut config = ClusterConfig { nodes, gpu_nodes, pools, civo_key, ..ClusterConfig::default() };
+    let mut config = ClusterConfig { nodes, gpu_nodes, pools, zones, civo_key, ..ClusterConfig::default() };
     if let Some(s) = &scenario {
         s.apply_config(&mut config);
     }
