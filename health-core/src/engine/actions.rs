@@ -22,6 +22,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         &mut self,
         targets: &[T],
         planned: Vec<Planned>,
+        now: Timestamp,
         report: &mut PassReport,
     ) -> Vec<usize> {
         let mut again = Vec::new();
@@ -38,8 +39,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
                         target,
                         error: None,
                     };
-                    self.announce(&c);
-                    if self.fold(&c, report).await.is_some() {
+                    // Recorded at the decision's time (not a later clock
+                    // reading): a replay of the pass reproduces it.
+                    self.announce_at(&c, now);
+                    if self.fold_at(&c, report, now, self.state.mono).await.is_some() {
                         again.push(p.target);
                     }
                 }
@@ -72,8 +75,12 @@ impl<T: Target + Clone + 'static> Engine<T> {
 
     /// Counts a finished action and tells the observers (once per action).
     pub(super) fn announce(&self, c: &Completion<T>) {
+        self.announce_at(c, self.shared.clock.now());
+    }
+
+    /// [`Self::announce`] at `now`.
+    fn announce_at(&self, c: &Completion<T>, now: Timestamp) {
         let names = &self.shared.names;
-        let now = self.shared.clock.now();
         names.counter(&names.action_key(&c.node, c.action, c.mode)).increment(1);
         if c.error.is_some() {
             names.counter(&names.failure_key(&c.node, c.action)).increment(1);
@@ -138,25 +145,31 @@ impl<T: Target + Clone + 'static> Engine<T> {
     /// Folds one finished action; returns the node when it is to be decided
     /// again.
     pub(super) async fn fold(&mut self, c: &Completion<T>, report: &mut PassReport) -> Option<String> {
+        let (now, mono) = (self.shared.clock.now(), self.shared.clock.monotonic());
+        self.fold_at(c, report, now, mono).await
+    }
+
+    /// [`Self::fold`] at the wall and monotonic time given.
+    async fn fold_at(
+        &mut self,
+        c: &Completion<T>,
+        report: &mut PassReport,
+        now: Timestamp,
+        mono: Duration,
+    ) -> Option<String> {
         report.actions.push(ActionRecord {
             node: c.node.clone(),
             action: c.action,
             mode: c.mode,
             failure: c.error.as_ref().map(ToString::to_string),
         });
-        let now = self.shared.clock.now();
         if !self.shared.observers.is_empty() {
-            let event = FoldEvent {
-                node: &c.node,
-                action: c.action,
-                error: c.error.as_deref(),
-                at: now,
-                monotonic: self.shared.clock.monotonic(),
-            };
+            let event =
+                FoldEvent { node: &c.node, action: c.action, error: c.error.as_deref(), at: now, monotonic: mono };
             notify(&self.shared.observers, "fold", |o| o.on_fold(&event));
         }
         let si = *self.state.index.get(c.node.as_str())?;
-        let again = self.record_outcome(c, si, now, report).await;
+        let again = self.record_outcome(c, si, now, mono, report).await;
         let slot = &mut self.state.slots[si];
         slot.running = false;
         slot.running_soft = false;
@@ -175,10 +188,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
         c: &Completion<T>,
         si: usize,
         now: Timestamp,
+        mono: Duration,
         report: &mut PassReport,
     ) -> bool {
         let shared = &self.shared;
-        let mono = shared.clock.monotonic();
         let outcome = match c.error.as_deref() {
             None => machine::ActionOutcome::Succeeded,
             Some(ExecError::Unsupported { .. }) => machine::ActionOutcome::Unsupported,

@@ -297,7 +297,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 }
             }
             first = false;
-            round = self.perform(targets, planned, &mut report).await;
+            round = self.perform(targets, planned, now, &mut report).await;
         }
         for &ti in &round {
             // Still chaining after MAX_ROUNDS: look at these nodes again soon.
