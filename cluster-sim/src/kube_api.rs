@@ -264,7 +264,7 @@ async fn serve(
                 return Ok(value_response(StatusCode::OK, &crate::table::table(kind, &[obj], meta, include)));
             }
             if sub.is_none() && crate::table::wants_metadata(accept) {
-                return Ok(value_response(StatusCode::OK, &crate::table::partial(&obj)));
+                return Ok(json_response(StatusCode::OK, crate::table::partial(&obj), &[]));
             }
             Ok(obj_response(StatusCode::OK, &obj, &[]))
         }
@@ -363,9 +363,18 @@ fn list(
         return Ok(value_response(StatusCode::OK, &crate::table::table(kind, &page.items, meta, include_object)));
     }
     if metadata_only {
-        let items: Vec<Value> = page.items.iter().map(|o| crate::table::partial(o)).collect();
-        let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
-        return Ok(value_response(StatusCode::OK, &list));
+        let head = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta});
+        let mut out = head.to_string().into_bytes();
+        out.pop(); // the closing brace
+        out.extend_from_slice(b",\"items\":[");
+        for (i, o) in page.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&crate::table::partial(o));
+        }
+        out.extend_from_slice(b"]}");
+        return Ok(json_response(StatusCode::OK, out, &[]));
     }
     let head = json!({"kind": format!("{}List", def.kind_name), "apiVersion": kind.api_version(), "metadata": meta});
     let mut out = head.to_string().into_bytes();

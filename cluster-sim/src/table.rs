@@ -14,11 +14,22 @@ pub(crate) fn wants_metadata(accept: &str) -> bool {
     accept.split(',').next().is_some_and(|first| first.contains("as=PartialObjectMetadata"))
 }
 
-/// An object reduced to a `meta.k8s.io/v1` PartialObjectMetadata.
-pub(crate) fn partial(obj: &Obj) -> Value {
-    let mut v = obj.value();
-    let metadata = v.get_mut("metadata").map(Value::take).unwrap_or_else(|| json!({}));
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata})
+/// An object reduced to a `meta.k8s.io/v1` PartialObjectMetadata, as
+/// JSON. Its stored text is scanned for `metadata` and copied, not parsed
+/// into a tree (a metadata-only list of 65,536 Nodes is 132 pages).
+pub(crate) fn partial(obj: &Obj) -> Vec<u8> {
+    #[derive(serde::Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow)]
+        metadata: Option<&'a serde_json::value::RawValue>,
+    }
+    let metadata =
+        serde_json::from_slice::<Meta<'_>>(&obj.json).ok().and_then(|m| m.metadata).map_or("{}", |m| m.get());
+    let mut out = Vec::with_capacity(metadata.len() + 80);
+    out.extend_from_slice(br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#);
+    out.extend_from_slice(metadata.as_bytes());
+    out.push(b'}');
+    out
 }
 
 /// Whether the request asks for a Table.
