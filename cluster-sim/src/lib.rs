@@ -72,6 +72,8 @@
 //! The `cluster-sim serve` binary does the same from a shell and prints one
 //! JSON line with both URLs and the kubeconfig path.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod civo;
 pub mod cluster;
 pub mod error;

@@ -63,6 +63,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[cfg(feature = "command")]
 mod command;
 mod config;

@@ -107,6 +107,8 @@
 //! series disappear, and serves [`HealthManager`] reports on `/healthz` and
 //! `/readyz`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod checker;
 pub mod component;
 pub mod domain;

@@ -25,6 +25,8 @@
 //! assert_eq!(Action::Reboot.as_str_name(), "ACTION_REBOOT");
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 /// `nodeagent.v1`: the first stable version of the API.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, rust_2018_idioms)]
 pub mod v1 {

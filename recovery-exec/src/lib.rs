@@ -46,6 +46,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[cfg(feature = "civo")]
 mod civo;
 #[cfg(feature = "command")]

@@ -48,6 +48,8 @@
 //! # }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod conformance;
 #[cfg(feature = "etcd")]
 mod etcd;
