@@ -343,6 +343,11 @@ pub(crate) struct Inner {
     /// An API server outage: `Some(host)` while the API answers 503; a
     /// restart of k3s on `host` ends it. Open watches end when it starts.
     pub(crate) outage: tokio::sync::watch::Sender<Option<String>>,
+    /// (verb, resource) pairs answered 403, as RBAC would ([`Cluster::forbid`]).
+    forbidden: Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Tasks the cluster started (reboots, replacements, scenario faults);
+    /// [`crate::SimServer::shutdown`] stops them.
+    pub(crate) tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// Distinct request kinds counted before new clients fold into `other`.
@@ -403,6 +408,8 @@ impl Cluster {
                 config: config.clone(),
                 next_index: Mutex::new(0),
                 requests: Mutex::new(std::collections::BTreeMap::new()),
+                forbidden: Mutex::new(std::collections::BTreeSet::new()),
+                tasks: Mutex::new(tokio::task::JoinSet::new()),
                 outage: tokio::sync::watch::Sender::new(None),
             }),
         };
@@ -801,7 +808,7 @@ impl Cluster {
         let _ = self.render_with(&host, &faults, true);
         let me = self.clone();
         let id = id.to_owned();
-        tokio::spawn(async move {
+        self.spawn(async move {
             tokio::time::sleep(b.takes).await;
             let cleared = {
                 let mut st = me.inner.nodes.lock();
@@ -965,7 +972,7 @@ impl Cluster {
         let me = self.clone();
         let (pool, gpus) = (inst.pool.clone(), inst.gpus);
         let takes = self.inner.config.replace_takes;
-        tokio::spawn(async move {
+        self.spawn(async move {
             tokio::time::sleep(takes).await;
             me.add_node(&pool, gpus);
         });
@@ -987,6 +994,41 @@ impl Cluster {
             "other".clone_into(&mut request.client);
         }
         *counts.entry(request).or_default() += 1;
+    }
+
+    /// Answers `verb` on `resource` (`patch` on `nodes`, `create` on
+    /// `pods/eviction`: the verbs and resources of [`KubeRequest`]) with 403
+    /// Forbidden from now on, as the API server does for a verb the
+    /// client's RBAC role lacks.
+    pub fn forbid(&self, verb: &str, resource: &str) {
+        self.inner.forbidden.lock().insert((verb.to_owned(), resource.to_owned()));
+    }
+
+    /// Allows every verb again.
+    pub fn allow_all(&self) {
+        self.inner.forbidden.lock().clear();
+    }
+
+    pub(crate) fn forbidden(&self, verb: &str, resource: &str) -> bool {
+        let f = self.inner.forbidden.lock();
+        !f.is_empty() && f.contains(&(verb.to_owned(), resource.to_owned()))
+    }
+
+    /// Tasks still pending (reboots and replacements under way, scenario
+    /// faults not yet due).
+    #[must_use]
+    pub fn pending_tasks(&self) -> usize {
+        let mut tasks = self.inner.tasks.lock();
+        while tasks.try_join_next().is_some() {}
+        tasks.len()
+    }
+
+    /// Runs `task` on the current runtime until it ends or the server shuts down.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.inner.tasks.lock();
+        // Finished tasks are dropped as new ones come.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
     }
 
     /// How many Kubernetes API requests of each kind were served so far

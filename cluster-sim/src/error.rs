@@ -63,6 +63,35 @@ impl ApiError {
         .named(plural, name)
     }
 
+    /// 409 Conflict of a server-side apply (fields owned by another manager).
+    #[must_use]
+    pub fn apply_conflict(message: &str) -> Self {
+        Self::new(409, "Conflict", message.to_owned())
+    }
+
+    /// 403 Forbidden, worded like the API server's RBAC denial.
+    #[must_use]
+    pub fn forbidden(user: &str, verb: &str, resource: &str, name: Option<&str>, namespace: Option<&str>) -> Self {
+        let what = match name {
+            Some(n) => format!("{resource} \"{n}\""),
+            None => resource.to_owned(),
+        };
+        let scope = match namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_owned(),
+        };
+        let mut e = Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{what} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"\" {scope}"
+            ),
+        );
+        e.name = name.map(str::to_owned);
+        e.kind = Some(resource.to_owned());
+        e
+    }
+
     /// 400 BadRequest.
     #[must_use]
     pub fn bad_request(message: &str) -> Self {

@@ -79,7 +79,12 @@ fn parse_target(segs: &[&str]) -> Option<Target> {
 /// most `max_request_body_bytes` of a body.
 pub(crate) fn router(cluster: Cluster) -> axum::Router {
     let body_limit = cluster.config().limits.max_request_body_bytes;
-    axum::Router::new().fallback(handle).layer(DefaultBodyLimit::max(body_limit)).with_state(cluster)
+    axum::Router::new()
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(body_limit))
+        // One span and one DEBUG line per request (RUST_LOG=tower_http=debug).
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(cluster)
 }
 
 /// The fallback handler serving every Kubernetes path.
@@ -152,7 +157,7 @@ async fn handle(
     let Some(t) = parse_target(&segs) else {
         return ApiError::no_route(uri.path()).into_response();
     };
-    cluster.count_request(crate::cluster::KubeRequest {
+    let request = crate::cluster::KubeRequest {
         client: headers
             .get(axum::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -175,7 +180,15 @@ async fn handle(
             Some(sub) => format!("{}/{sub}", t.def.plural),
             None => t.def.plural.to_owned(),
         },
-    });
+    };
+    // RBAC as a test asked for it (`Cluster::forbid`): 403, as the API server words it.
+    if cluster.forbidden(request.verb, &request.resource) {
+        let user = "system:serviceaccount:kube-system:node-agent";
+        let e = ApiError::forbidden(user, request.verb, &request.resource, t.name.as_deref(), t.namespace.as_deref());
+        cluster.count_request(request);
+        return e.into_response();
+    }
+    cluster.count_request(request);
     match serve(&cluster, &method, t, &params, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -280,6 +293,9 @@ async fn serve(
             let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
             let pk = PatchKind::from_content_type(ct)?;
             let p = parse_body(body)?;
+            if pk == PatchKind::Apply {
+                return server_side_apply(cluster, t.def, kind, ns, name, sub, &p, params);
+            }
             let keep = keep_for(t.def, sub);
             let mut store = cluster.inner.store.lock();
             let current =
@@ -304,6 +320,54 @@ async fn serve(
         ("POST", Some(name), Some("eviction")) => evict(cluster, ns.unwrap_or(""), name, body),
         _ => Err(ApiError::method_not_allowed(&format!("{method} {}", t.def.plural))),
     }
+}
+
+/// `PATCH` with `application/apply-patch+yaml`: creates or updates the
+/// object from the applied configuration as its field manager.
+#[allow(clippy::too_many_arguments)]
+fn server_side_apply(
+    cluster: &Cluster,
+    def: &ResourceDef,
+    kind: Kind,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    config: &Value,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let manager = params.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
+        ApiError::invalid_field(
+            def.kind_name,
+            name,
+            "metadata.managedFields.fieldManager",
+            "is required for apply patch",
+        )
+    })?;
+    let force = query_bool(params, "force")?;
+    check_type(config, def)?;
+    if config["metadata"]["name"].as_str() != Some(name) {
+        return Err(ApiError::invalid_field(
+            def.kind_name,
+            name,
+            "metadata.name",
+            "the applied configuration must name the object of the URL",
+        ));
+    }
+    let api_version =
+        if def.group.is_empty() { def.version.to_owned() } else { format!("{}/{}", def.group, def.version) };
+    let mut store = cluster.inner.store.lock();
+    let current = store.get(kind, ns.unwrap_or(""), name).map(|o| o.value());
+    let created = current.is_none();
+    let mut v = crate::apply::apply(current, config, manager, force, &api_version, &crate::objects::now_rfc3339())?;
+    if created {
+        if let Some(ns) = ns {
+            v["metadata"]["namespace"] = Value::String(ns.to_owned());
+        }
+        let (obj, unknown) = store.create(kind, v, strict(params))?;
+        return Ok(obj_response(StatusCode::CREATED, &obj, &unknown));
+    }
+    let (obj, unknown) = store.update(kind, ns.unwrap_or(""), name, v, keep_for(def, sub), strict(params))?;
+    Ok(obj_response(StatusCode::OK, &obj, &unknown))
 }
 
 fn keep_for(def: &ResourceDef, sub: Option<&str>) -> Keep {

@@ -74,6 +74,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod apply;
 mod civo;
 pub mod cluster;
 pub mod error;

@@ -16,6 +16,8 @@ pub enum PatchKind {
     Json,
     /// Kubernetes `application/strategic-merge-patch+json`.
     Strategic,
+    /// Server-side apply, `application/apply-patch+yaml` (JSON bodies).
+    Apply,
 }
 
 impl PatchKind {
@@ -26,6 +28,7 @@ impl PatchKind {
             "application/merge-patch+json" => Ok(PatchKind::Merge),
             "application/json-patch+json" => Ok(PatchKind::Json),
             "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
+            "application/apply-patch+yaml" => Ok(PatchKind::Apply),
             _ => Err(ApiError::unsupported_media_type(ct)),
         }
     }
@@ -59,6 +62,7 @@ pub fn apply(kind: PatchKind, target: &mut Value, patch: &Value, limits: &Limits
             }
             json(target, &ops.0, limits.max_object_bytes)
         }
+        PatchKind::Apply => Err(ApiError::bad_request("an apply patch is applied by its field manager")),
         PatchKind::Strategic => {
             let p = patch
                 .as_object()
@@ -373,6 +377,7 @@ mod tests {
     #[test]
     fn content_types() {
         assert_eq!(PatchKind::from_content_type("application/merge-patch+json; charset=utf-8"), Ok(PatchKind::Merge));
-        assert_eq!(PatchKind::from_content_type("application/apply-patch+yaml").unwrap_err().code, 415);
+        assert_eq!(PatchKind::from_content_type("application/apply-patch+yaml"), Ok(PatchKind::Apply));
+        assert_eq!(PatchKind::from_content_type("application/yaml").unwrap_err().code, 415);
     }
 }

@@ -243,7 +243,8 @@ impl Scenario {
     }
 
     /// Resolves node references and schedules every fault on `cluster`
-    /// (tasks on the current tokio runtime).
+    /// (tasks on the current tokio runtime, stopped by the server's
+    /// `shutdown`).
     pub fn spawn(&self, cluster: Cluster) -> Result<(), ScenarioError> {
         let names = cluster.node_names();
         let gpu_hosts: Vec<String> =
@@ -268,7 +269,7 @@ impl Scenario {
             let c = cluster.clone();
             let takes = f.reboot_takes.unwrap_or(c.config().reboot_takes);
             c.set_reboot(&node, RebootBehaviour { fixes: f.reboot_fixes, takes, relapse_after: f.relapse_after });
-            tokio::spawn(async move {
+            cluster.spawn(async move {
                 tokio::time::sleep(f.at).await;
                 let _ = c.inject(&node, f.kind);
                 if let Some(lasts) = f.lasts {
@@ -279,7 +280,7 @@ impl Scenario {
         }
         for f in self.civo_faults.clone() {
             let c = cluster.clone();
-            tokio::spawn(async move {
+            cluster.spawn(async move {
                 tokio::time::sleep(f.at).await;
                 c.civo_fail_next(CivoFault { skip: 0, status: f.status, delay: f.delay, calls: f.calls });
             });

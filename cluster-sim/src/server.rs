@@ -222,6 +222,9 @@ impl SimServer {
         let _ = self.stop.send(true);
         // Long-lived watch responses would hold graceful shutdown open.
         self.cluster.inner.store.lock().close_watches();
+        // Reboots, replacements and scenario faults still pending stop here.
+        let mut pending = std::mem::take(&mut *self.cluster.inner.tasks.lock());
+        pending.shutdown().await;
         for t in self.tasks {
             let _ = t.await;
         }

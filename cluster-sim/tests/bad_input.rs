@@ -75,14 +75,15 @@ async fn kubernetes_bad_input_is_rejected_with_status_objects() {
             400,
             "BadRequest",
         ),
+        ("an unsupported patch type", "PATCH", np.clone(), "application/yaml", "{}", 415, "UnsupportedMediaType"),
         (
-            "an unsupported patch type",
+            "an apply patch without a field manager",
             "PATCH",
             np.clone(),
             "application/apply-patch+yaml",
             "{}",
-            415,
-            "UnsupportedMediaType",
+            422,
+            "Invalid",
         ),
         (
             "unknown fields with strict validation",

@@ -266,3 +266,159 @@ async fn leases_are_taken_with_optimistic_concurrency() {
     assert_eq!(node_leases.list(&ListParams::default()).await.unwrap().items.len(), 1);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_owns_fields_by_manager() {
+    let sim = start(2, 0).await;
+    let nodes: Api<Node> = Api::all(client(&sim));
+    let name = sim.cluster().node_names()[0].clone();
+    let apply = |labels: serde_json::Value| {
+        Patch::Apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}))
+    };
+    let pp = PatchParams::apply("team-a");
+    let n = nodes.patch(&name, &pp, &apply(json!({"team": "a", "tier": "gold"}))).await.unwrap();
+    let labels = n.metadata.labels.clone().unwrap();
+    assert_eq!((labels["team"].as_str(), labels["tier"].as_str()), ("a", "gold"));
+    let entry = n
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .find(|m| m.manager.as_deref() == Some("team-a"))
+        .expect("team-a's entry");
+    assert_eq!(entry.operation.as_deref(), Some("Apply"));
+    // Applying again without `tier` gives the field up: it goes.
+    let n = nodes.patch(&name, &pp, &apply(json!({"team": "a"}))).await.unwrap();
+    assert!(!n.metadata.labels.unwrap().contains_key("tier"));
+    // A field another manager owns (the pool label, set by the cloud
+    // controller) with another value is a conflict, unless forced.
+    let pool = "kubernetes.civo.com/civo-node-pool";
+    let err = nodes.patch(&name, &PatchParams::apply("team-b"), &apply(json!({pool: "elsewhere"}))).await.unwrap_err();
+    assert_eq!(api_code(&err), Some(409), "{err}");
+    assert!(err.to_string().contains("conflict with \"civo-cloud-controller-manager\""), "{err}");
+    let n =
+        nodes.patch(&name, &PatchParams::apply("team-b").force(), &apply(json!({pool: "elsewhere"}))).await.unwrap();
+    assert_eq!(n.metadata.labels.unwrap()[pool], "elsewhere");
+    // Without a field manager the API server refuses an apply.
+    let err = nodes.patch(&name, &PatchParams::default(), &apply(json!({}))).await.unwrap_err();
+    assert_eq!(api_code(&err), Some(422), "{err}");
+    // An apply of an object that does not exist creates it.
+    let leases: Api<Lease> = Api::namespaced(client(&sim), "default");
+    let lease = leases
+        .patch(
+            "applied",
+            &PatchParams::apply("team-a"),
+            &Patch::Apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                 "metadata": {"name": "applied"}, "spec": {"holderIdentity": "me"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("me"));
+    assert_eq!(lease.metadata.namespace.as_deref(), Some("default"));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_reads_carry_no_spec_or_status() {
+    let sim = start(3, 0).await;
+    let nodes: Api<Node> = Api::all(client(&sim));
+    let name = sim.cluster().node_names()[1].clone();
+    let one = nodes.get_metadata(&name).await.unwrap();
+    assert_eq!(one.metadata.name.as_deref(), Some(name.as_str()));
+    assert!(one.metadata.labels.unwrap().contains_key("kubernetes.io/hostname"));
+    let list = nodes.list_metadata(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(list.items.len(), 2);
+    assert!(list.metadata.continue_.is_some());
+    // `Api<PartialObjectMeta<Node>>`: every request is metadata-only, the
+    // watcher too (what kube-rs controllers use to follow many objects cheaply).
+    let meta: Api<kube::core::PartialObjectMeta<Node>> = Api::all(client(&sim));
+    let got = meta.get(&name).await.unwrap();
+    assert_eq!(got.metadata.name.as_deref(), Some(name.as_str()));
+    assert_eq!(meta.list(&ListParams::default()).await.unwrap().items.len(), 3);
+    drop(nodes);
+    let mut w = watcher::watcher(meta, watcher::Config::default()).boxed();
+    let mut seen = 0;
+    while let Some(ev) = within("the metadata watcher's initial list", w.next()).await {
+        match ev.unwrap() {
+            Event::InitApply(m) => {
+                assert!(m.metadata.name.is_some());
+                seen += 1;
+            }
+            Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(seen, 3);
+    // On the wire: PartialObjectMetadata items, without spec or status.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let raw: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/nodes", sim.kube_url()))
+        .header("accept", "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(raw["kind"], "PartialObjectMetadataList");
+    assert!(raw["items"].as_array().unwrap().iter().all(|i| i.get("status").is_none() && i.get("spec").is_none()));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_verb_is_a_403_as_rbac_words_it() {
+    let sim = start(2, 0).await;
+    let nodes: Api<Node> = Api::all(client(&sim));
+    let name = sim.cluster().node_names()[0].clone();
+    sim.cluster().forbid("patch", "nodes");
+    let err = nodes
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": true}})))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some(403), "{err}");
+    assert!(err.to_string().contains("cannot patch resource \"nodes\""), "{err}");
+    // Other verbs still work; allowing again lifts it.
+    assert!(nodes.get(&name).await.is_ok());
+    sim.cluster().allow_all();
+    assert!(
+        nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": true}})))
+            .await
+            .is_ok()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_watches_and_pending_faults() {
+    let sim = start(2, 0).await;
+    let nodes: Api<Node> = Api::all(client(&sim));
+    let name = sim.cluster().node_names()[0].clone();
+    // A fault due in an hour is pending when the server stops.
+    let scenario = cluster_sim::Scenario::parse(
+        "test",
+        &format!("[[fault]]\nnode = \"{name}\"\nkind = \"not-ready\"\nat = \"1h\"\n"),
+    )
+    .unwrap();
+    scenario.spawn(sim.cluster().clone()).unwrap();
+    assert_eq!(sim.cluster().pending_tasks(), 1);
+    let cluster = sim.cluster().clone();
+    let watch = tokio::spawn(async move {
+        let mut s = nodes.watch(&kube::api::WatchParams::default().timeout(290), "0").await.unwrap().boxed();
+        while let Some(ev) = s.next().await {
+            if ev.is_err() {
+                break;
+            }
+        }
+    });
+    within("the watch to open", async {
+        while sim.cluster().kube_requests().iter().all(|(r, _)| r.verb != "watch") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), sim.shutdown()).await;
+    assert!(stopped.is_ok(), "shutdown does not wait for an open watch or a pending fault");
+    within("the watch to end", watch).await.unwrap();
+    assert_eq!(cluster.pending_tasks(), 0, "the pending fault was stopped");
+}
