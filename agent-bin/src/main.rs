@@ -93,7 +93,7 @@ async fn replay_main(config: Option<PathBuf>, args: ReplayArgs) -> i32 {
         Config::load_policy(p).and_then(|c| setup_of(&c)).map_err(|e| format!("{}: {e}", p.display()))
     };
     let file = args.file.clone();
-    if let Some(pair) = args.compare {
+    if let Some(pair) = args.compare.clone() {
         let (a, b) = match (load(&pair[0]), load(&pair[1])) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
@@ -105,25 +105,8 @@ async fn replay_main(config: Option<PathBuf>, args: ReplayArgs) -> i32 {
             Ok::<_, health_core::tape::TapeError>((replay_blocking(&file, Some(a))?, replay_blocking(&file, Some(b))?))
         })
         .await;
-        return match run {
-            Ok(Ok((ra, rb))) => {
-                let report = CompareReport::new(pair[0].display().to_string(), pair[1].display().to_string(), &ra, &rb);
-                if args.json {
-                    outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-                } else {
-                    out!("{}", report.render());
-                }
-                EXIT_OK
-            }
-            Ok(Err(e)) => {
-                eprintln!("node-agent: {}: {e}", args.file.display());
-                EXIT_FAILURE
-            }
-            Err(e) => {
-                eprintln!("node-agent: the replay failed: {e}");
-                EXIT_FAILURE
-            }
-        };
+        let (a, b) = (pair[0].display().to_string(), pair[1].display().to_string());
+        return report(&args, run, |(ra, rb)| CompareReport::new(a, b, &ra, &rb), CompareReport::render);
     }
     let setup = match config.as_deref().map(load).transpose() {
         Ok(s) => s,
@@ -133,13 +116,24 @@ async fn replay_main(config: Option<PathBuf>, args: ReplayArgs) -> i32 {
         }
     };
     let policy = config.map_or_else(|| "recorded".to_owned(), |p| p.display().to_string());
-    match tokio::task::spawn_blocking(move || replay_blocking(&file, setup)).await {
-        Ok(Ok(r)) => {
-            let report = ReplayReport::new(policy, r);
+    let run = tokio::task::spawn_blocking(move || replay_blocking(&file, setup)).await;
+    report(&args, run, |r| ReplayReport::new(policy, r), ReplayReport::render)
+}
+
+/// Prints a replay's report (JSON with `--json`), or why it failed.
+fn report<T, R: serde::Serialize>(
+    args: &ReplayArgs,
+    run: Result<Result<T, health_core::tape::TapeError>, tokio::task::JoinError>,
+    make: impl FnOnce(T) -> R,
+    render: fn(&R) -> String,
+) -> i32 {
+    match run {
+        Ok(Ok(t)) => {
+            let r = make(t);
             if args.json {
-                outln!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
-                out!("{}", report.render());
+                out!("{}", render(&r));
             }
             EXIT_OK
         }

@@ -428,30 +428,29 @@ fn list(
     }
     if metadata_only {
         let head = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta});
-        let mut out = head.to_string().into_bytes();
-        out.pop(); // the closing brace
-        out.extend_from_slice(b",\"items\":[");
-        for (i, o) in page.items.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&crate::table::partial(o));
-        }
-        out.extend_from_slice(b"]}");
+        let out = list_bytes(&head, page.items.iter().map(|o| crate::table::partial(o)));
         return Ok(json_response(StatusCode::OK, out, &[]));
     }
     let head = json!({"kind": format!("{}List", def.kind_name), "apiVersion": kind.api_version(), "metadata": meta});
+    let out = list_bytes(&head, page.items.iter().map(|o| &o.json[..]));
+    Ok(json_response(StatusCode::OK, out, &[]))
+}
+
+/// A list as JSON: `head` (kind, apiVersion, metadata) with `items` written
+/// in as they are (already JSON), so a page of stored objects is copied,
+/// not parsed.
+fn list_bytes<I: AsRef<[u8]>>(head: &Value, items: impl Iterator<Item = I>) -> Vec<u8> {
     let mut out = head.to_string().into_bytes();
     out.pop(); // the closing brace
     out.extend_from_slice(b",\"items\":[");
-    for (i, o) in page.items.iter().enumerate() {
+    for (i, item) in items.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&o.json);
+        out.extend_from_slice(item.as_ref());
     }
     out.extend_from_slice(b"]}");
-    Ok(json_response(StatusCode::OK, out, &[]))
+    out
 }
 
 /// The longest watch the simulator grants (longer requests are capped).
