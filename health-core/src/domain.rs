@@ -167,6 +167,17 @@ pub enum RepairNameError {
 
 // A thin pointer to the interned name keeps `Option<Action>` at 16 bytes
 // (and a record within 128).
+/// Whether `s` is a DNS label (RFC 1123): 1 to 63 lowercase letters, digits
+/// or `-`, not starting or ending with `-`.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
 static REPAIR_NAMES: parking_lot::Mutex<Vec<&'static &'static str>> = parking_lot::Mutex::new(Vec::new());
 
 impl Repair {
@@ -175,14 +186,7 @@ impl Repair {
 
     /// The repair called `name`, checked and interned.
     pub fn new(name: &str) -> Result<Self, RepairNameError> {
-        let bytes = name.as_bytes();
-        let ok_char = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
-        let valid = !bytes.is_empty()
-            && bytes.len() <= 63
-            && bytes.iter().all(ok_char)
-            && bytes[0] != b'-'
-            && bytes[bytes.len() - 1] != b'-';
-        if !valid {
+        if !is_dns_label(name) {
             return Err(RepairNameError::Invalid(name.to_owned()));
         }
         if Action::ALL.iter().any(|a| a.as_str() == name) || name == "drain-reboot" {

@@ -196,68 +196,43 @@ pub trait Observer<T: ?Sized>: Send + Sync {
     fn on_depart(&self, _event: &DepartEvent<'_>) {}
 }
 
-impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Arc<O> {
-    fn on_transition(&self, target: &T, event: &TransitionEvent<'_>) {
-        (**self).on_transition(target, event);
-    }
-    fn on_action(&self, target: &T, event: &ActionEvent<'_>) {
-        (**self).on_action(target, event);
-    }
-    fn on_hold(&self, target: &T, event: &HoldEvent<'_>) {
-        (**self).on_hold(target, event);
-    }
-    fn on_storm_guard(&self, event: &StormEvent) {
-        (**self).on_storm_guard(event);
-    }
-    fn on_domain_storm(&self, event: &DomainStormEvent<'_>) {
-        (**self).on_domain_storm(event);
-    }
-    fn on_restore(&self, records: &[(&str, &NodeRecord)], at: Timestamp) {
-        (**self).on_restore(records, at);
-    }
-    fn on_pass(&self, event: &PassEvent<'_, T>)
-    where
-        T: Sized,
-    {
-        (**self).on_pass(event);
-    }
-    fn on_fold(&self, event: &FoldEvent<'_>) {
-        (**self).on_fold(event);
-    }
-    fn on_depart(&self, event: &DepartEvent<'_>) {
-        (**self).on_depart(event);
-    }
+/// An observer behind a pointer observes as the observer itself.
+macro_rules! forward_observer {
+    ($ptr:ident) => {
+        impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for $ptr<O> {
+            fn on_transition(&self, target: &T, event: &TransitionEvent<'_>) {
+                (**self).on_transition(target, event);
+            }
+            fn on_action(&self, target: &T, event: &ActionEvent<'_>) {
+                (**self).on_action(target, event);
+            }
+            fn on_hold(&self, target: &T, event: &HoldEvent<'_>) {
+                (**self).on_hold(target, event);
+            }
+            fn on_storm_guard(&self, event: &StormEvent) {
+                (**self).on_storm_guard(event);
+            }
+            fn on_domain_storm(&self, event: &DomainStormEvent<'_>) {
+                (**self).on_domain_storm(event);
+            }
+            fn on_restore(&self, records: &[(&str, &NodeRecord)], at: Timestamp) {
+                (**self).on_restore(records, at);
+            }
+            fn on_pass(&self, event: &PassEvent<'_, T>)
+            where
+                T: Sized,
+            {
+                (**self).on_pass(event);
+            }
+            fn on_fold(&self, event: &FoldEvent<'_>) {
+                (**self).on_fold(event);
+            }
+            fn on_depart(&self, event: &DepartEvent<'_>) {
+                (**self).on_depart(event);
+            }
+        }
+    };
 }
 
-impl<T: ?Sized, O: Observer<T> + ?Sized> Observer<T> for Box<O> {
-    fn on_transition(&self, target: &T, event: &TransitionEvent<'_>) {
-        (**self).on_transition(target, event);
-    }
-    fn on_action(&self, target: &T, event: &ActionEvent<'_>) {
-        (**self).on_action(target, event);
-    }
-    fn on_hold(&self, target: &T, event: &HoldEvent<'_>) {
-        (**self).on_hold(target, event);
-    }
-    fn on_storm_guard(&self, event: &StormEvent) {
-        (**self).on_storm_guard(event);
-    }
-    fn on_domain_storm(&self, event: &DomainStormEvent<'_>) {
-        (**self).on_domain_storm(event);
-    }
-    fn on_restore(&self, records: &[(&str, &NodeRecord)], at: Timestamp) {
-        (**self).on_restore(records, at);
-    }
-    fn on_pass(&self, event: &PassEvent<'_, T>)
-    where
-        T: Sized,
-    {
-        (**self).on_pass(event);
-    }
-    fn on_fold(&self, event: &FoldEvent<'_>) {
-        (**self).on_fold(event);
-    }
-    fn on_depart(&self, event: &DepartEvent<'_>) {
-        (**self).on_depart(event);
-    }
-}
+forward_observer!(Arc);
+forward_observer!(Box);

@@ -444,17 +444,10 @@ fn label_key_problem(key: &str) -> Result<(), &'static str> {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    if let Some(p) = prefix {
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
-        if p.is_empty() || p.len() > 253 || !p.split('.').all(label_ok) {
-            return Err("the prefix must be a DNS subdomain such as topology.kubernetes.io");
-        }
+    if let Some(p) = prefix
+        && (p.is_empty() || p.len() > 253 || !p.split('.').all(crate::domain::is_dns_label))
+    {
+        return Err("the prefix must be a DNS subdomain such as topology.kubernetes.io");
     }
     let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
     if name.is_empty()

@@ -70,7 +70,7 @@ use crate::executor::{ExecError, Executor};
 use crate::observer::{ActionEvent, DepartEvent, FoldEvent, HoldEvent, Observer, PassEvent, TransitionEvent};
 use crate::policy::{Ladder, Policy, RepairSpec, Rung};
 use crate::store::MemoryStore;
-use crate::time::{Clock, Timestamp};
+use crate::time::{Clock, Timestamp, duration_millis};
 
 /// The tape format's version (the `v` of the `start` line).
 pub const TAPE_VERSION: u32 = 1;
@@ -294,10 +294,6 @@ enum Line {
     Decided(Decided),
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn err_kind(e: &ExecError) -> &'static str {
     match e {
         ExecError::Failed { .. } => "failed",
@@ -426,7 +422,7 @@ impl<T: Target> Observer<T> for TapeRecorder {
             .collect();
         self.write(&Line::Pass {
             at: e.at.as_millis(),
-            mono: millis(e.monotonic),
+            mono: duration_millis(e.monotonic),
             sync: e.sync,
             paused: e.paused,
             stale: e.source_stale,
@@ -438,7 +434,7 @@ impl<T: Target> Observer<T> for TapeRecorder {
     fn on_fold(&self, e: &FoldEvent<'_>) {
         self.write(&Line::Fold {
             at: e.at.as_millis(),
-            mono: millis(e.monotonic),
+            mono: duration_millis(e.monotonic),
             n: e.node.to_owned(),
             a: e.action.as_str().to_owned(),
             err: e.error.map(|e| err_kind(e).to_owned()),
@@ -448,7 +444,7 @@ impl<T: Target> Observer<T> for TapeRecorder {
     fn on_depart(&self, e: &DepartEvent<'_>) {
         self.write(&Line::Depart {
             at: e.at.as_millis(),
-            mono: millis(e.monotonic),
+            mono: duration_millis(e.monotonic),
             n: e.node.to_owned(),
             removed: e.removed,
         });
@@ -709,14 +705,16 @@ impl Observer<Node> for Collect {
     }
 }
 
-fn exec_result(action: Action, err: Option<&str>) -> Result<(), ExecError> {
-    match err {
+/// The recorded outcome of `action` (`None`: an error kind this build does not know).
+fn exec_result(action: Action, err: Option<&str>) -> Option<Result<(), ExecError>> {
+    Some(match err {
         None => Ok(()),
+        Some("failed") => Err(ExecError::failed(action, "as recorded")),
         Some("unknown") => Err(ExecError::Unknown { action, message: "as recorded".into() }),
         Some("timeout") => Err(ExecError::Timeout { action, after: Duration::ZERO }),
         Some("unsupported") => Err(ExecError::Unsupported { action }),
-        Some(_) => Err(ExecError::failed(action, "as recorded")),
-    }
+        Some(_) => return None,
+    })
 }
 
 /// An action by its recorded name: a built-in one or a soft repair.
@@ -895,9 +893,15 @@ pub async fn replay(source: &dyn TapeSource, setup: Option<Setup>) -> Result<Rep
                     if let Some(left) = outcomes.get_mut(&(n.clone(), a.clone())) {
                         *left = left.saturating_sub(1);
                     }
-                    if let Some(action) = action_named(a)
-                        && exec.release(n, action, exec_result(action, err.as_deref()))
-                    {
+                    let action = action_named(a)
+                        .ok_or_else(|| TapeError::Line { line: i + 1, message: format!("unknown action {a:?}") })?;
+                    let result = exec_result(action, err.as_deref()).ok_or_else(|| TapeError::Line {
+                        line: i + 1,
+                        message: format!(
+                            "unknown error kind {err:?}: expected failed, unknown, timeout or unsupported"
+                        ),
+                    })?;
+                    if exec.release(n, action, result) {
                         clock.set(*at, None);
                         finished(&mut engine, 1).await;
                     }

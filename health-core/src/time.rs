@@ -136,7 +136,8 @@ impl Timestamp {
     }
 }
 
-fn duration_millis(d: Duration) -> u64 {
+/// `d` in whole milliseconds, saturating.
+pub(crate) fn duration_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -136,5 +136,10 @@ fn a_bad_tape_is_refused_with_its_line() {
     assert_eq!(err(start), "recording format version 9; this build reads version 1");
     let start = start.replace("\"v\":9", "\"v\":1");
     assert!(err(&format!("{start}\n{{\"k\":\"nonsense\"}}")).starts_with("line 2: not a recording line"));
+    let action = r#"{"k":"action","at":1,"n":"a","a":"reboot","mode":"active","err":"exploded"}"#;
+    assert_eq!(
+        err(&format!("{start}\n{action}")),
+        "line 2: not a recording line: unknown error kind Some(\"exploded\"): expected failed, unknown, timeout or unsupported"
+    );
     let _ = Duration::ZERO;
 }
