@@ -70,10 +70,10 @@ use crate::executor::{ExecError, Executor};
 use crate::observer::{ActionEvent, DepartEvent, FoldEvent, HoldEvent, Observer, PassEvent, TransitionEvent};
 use crate::policy::{Ladder, Policy, RepairSpec, Rung};
 use crate::store::MemoryStore;
-use crate::time::{Clock, Timestamp, duration_millis};
+use crate::time::{Clock, Timestamp};
 
 /// The tape format's version (the `v` of the `start` line).
-pub const TAPE_VERSION: u32 = 1;
+pub const TAPE_VERSION: u32 = 2;
 
 /// Where a recorder writes its lines (one JSON object each, no newline).
 pub trait LineSink: Send {
@@ -265,6 +265,7 @@ enum Line {
     },
     Pass {
         at: u64,
+        /// The monotonic clock, in nanoseconds (milliseconds in version 1).
         mono: u64,
         sync: bool,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -277,6 +278,7 @@ enum Line {
     },
     Fold {
         at: u64,
+        /// The monotonic clock, in nanoseconds (milliseconds in version 1).
         mono: u64,
         n: String,
         a: String,
@@ -285,6 +287,7 @@ enum Line {
     },
     Depart {
         at: u64,
+        /// The monotonic clock, in nanoseconds (milliseconds in version 1).
         mono: u64,
         n: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -292,6 +295,12 @@ enum Line {
     },
     #[serde(untagged)]
     Decided(Decided),
+}
+
+/// A monotonic reading as written on tape: whole nanoseconds (a wait
+/// computed from it ends on the same millisecond as it did live).
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn err_kind(e: &ExecError) -> &'static str {
@@ -422,7 +431,7 @@ impl<T: Target> Observer<T> for TapeRecorder {
             .collect();
         self.write(&Line::Pass {
             at: e.at.as_millis(),
-            mono: duration_millis(e.monotonic),
+            mono: duration_nanos(e.monotonic),
             sync: e.sync,
             paused: e.paused,
             stale: e.source_stale,
@@ -434,7 +443,7 @@ impl<T: Target> Observer<T> for TapeRecorder {
     fn on_fold(&self, e: &FoldEvent<'_>) {
         self.write(&Line::Fold {
             at: e.at.as_millis(),
-            mono: duration_millis(e.monotonic),
+            mono: duration_nanos(e.monotonic),
             n: e.node.to_owned(),
             a: e.action.as_str().to_owned(),
             err: e.error.map(|e| err_kind(e).to_owned()),
@@ -444,7 +453,7 @@ impl<T: Target> Observer<T> for TapeRecorder {
     fn on_depart(&self, e: &DepartEvent<'_>) {
         self.write(&Line::Depart {
             at: e.at.as_millis(),
-            mono: duration_millis(e.monotonic),
+            mono: duration_nanos(e.monotonic),
             n: e.node.to_owned(),
             removed: e.removed,
         });
@@ -685,7 +694,7 @@ impl Clock for TapeClock {
         Timestamp::from_millis(self.wall.load(Ordering::SeqCst))
     }
     fn monotonic(&self) -> Duration {
-        Duration::from_millis(self.mono.load(Ordering::SeqCst))
+        Duration::from_nanos(self.mono.load(Ordering::SeqCst))
     }
 }
 
@@ -776,14 +785,25 @@ pub async fn replay(source: &dyn TapeSource, setup: Option<Setup>) -> Result<Rep
 
     let mut lines = source.open()?.lines().enumerate();
     let first = lines.next().ok_or_else(|| TapeError::Start("the recording is empty".into()))?.1?;
-    let (recorded_setup, forget_after, error_grace) = match parse_line(1, &first)? {
+    let (recorded_setup, forget_after, error_grace, mono_unit) = match parse_line(1, &first)? {
         Line::Start { v, policy, repairs, ladders, checkers, forget_after, error_grace, .. } => {
-            if v != TAPE_VERSION {
-                return Err(TapeError::Start(format!(
-                    "recording format version {v}; this build reads version {TAPE_VERSION}"
-                )));
-            }
-            (Setup { policy: recorded_policy(*policy, repairs, ladders)?, checkers }, forget_after, error_grace)
+            // Version 1 wrote the monotonic clock in milliseconds; its
+            // replays may differ where a wait ends within a millisecond.
+            let mono_unit = match v {
+                1 => 1_000_000,
+                TAPE_VERSION => 1,
+                _ => {
+                    return Err(TapeError::Start(format!(
+                        "recording format version {v}; this build reads versions 1 to {TAPE_VERSION}"
+                    )));
+                }
+            };
+            (
+                Setup { policy: recorded_policy(*policy, repairs, ladders)?, checkers },
+                forget_after,
+                error_grace,
+                mono_unit,
+            )
         }
         _ => return Err(TapeError::Start("line 1 is not the recording's start line".into())),
     };
@@ -835,6 +855,7 @@ pub async fn replay(source: &dyn TapeSource, setup: Option<Setup>) -> Result<Rep
                 restored = true;
             }
             Line::Pass { at, mono, sync, paused, stale, window, nodes } => {
+                let mono = mono.saturating_mul(mono_unit);
                 span(at, &mut out);
                 let released = settle(&exec, &outcomes, &clock, at, mono);
                 finish_settled(&mut engine, released).await;
@@ -870,11 +891,13 @@ pub async fn replay(source: &dyn TapeSource, setup: Option<Setup>) -> Result<Rep
                 }
             }
             Line::Fold { at, mono, .. } => {
+                let mono = mono.saturating_mul(mono_unit);
                 span(at, &mut out);
                 clock.set(at, Some(mono));
                 let _ = engine.fold_completions().await;
             }
             Line::Depart { at, mono, n, removed } => {
+                let mono = mono.saturating_mul(mono_unit);
                 span(at, &mut out);
                 clock.set(at, Some(mono));
                 if removed {

@@ -133,7 +133,7 @@ fn a_bad_tape_is_refused_with_its_line() {
         "line 1 is not the recording's start line"
     );
     let start = r#"{"k":"start","v":9,"policy":{},"checkers":[],"forget_after":"1h","error_grace":"1m"}"#;
-    assert_eq!(err(start), "recording format version 9; this build reads version 1");
+    assert_eq!(err(start), "recording format version 9; this build reads versions 1 to 2");
     let start = start.replace("\"v\":9", "\"v\":1");
     assert!(err(&format!("{start}\n{{\"k\":\"nonsense\"}}")).starts_with("line 2: not a recording line"));
     let action = r#"{"k":"action","at":1,"n":"a","a":"reboot","mode":"active","err":"exploded"}"#;
@@ -142,4 +142,112 @@ fn a_bad_tape_is_refused_with_its_line() {
         "line 2: not a recording line: unknown error kind Some(\"exploded\"): expected failed, unknown, timeout or unsupported"
     );
     let _ = Duration::ZERO;
+}
+
+/// A clock whose wall (milliseconds) and monotonic (nanoseconds) readings
+/// are set apart, as a real machine's are: the monotonic clock has
+/// sub-millisecond fractions the wall clock does not show.
+#[derive(Default)]
+struct SplitClock {
+    wall_ms: std::sync::atomic::AtomicU64,
+    mono_ns: std::sync::atomic::AtomicU64,
+}
+
+impl SplitClock {
+    fn set(&self, wall_ms: u64, mono_ns: u64) {
+        self.wall_ms.store(wall_ms, std::sync::atomic::Ordering::SeqCst);
+        self.mono_ns.store(mono_ns, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for SplitClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.wall_ms.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    fn monotonic(&self) -> Duration {
+        Duration::from_nanos(self.mono_ns.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+struct Succeed;
+
+#[async_trait]
+impl Executor<Node> for Succeed {
+    async fn execute(&self, _: Action, _: &Node) -> Result<(), ExecError> {
+        Ok(())
+    }
+}
+
+/// The gap seen under CI load: a reboot wait that ends within a millisecond
+/// of a pass. The node's time is its frame advanced by the monotonic clock;
+/// a recording that kept whole milliseconds of that clock replayed the pass
+/// on the other side of the deadline.
+#[tokio::test]
+async fn a_wait_ending_within_a_millisecond_replays_as_recorded() {
+    const MS: u64 = 1_000_000;
+    let policy = Policy::default()
+        .with_monitor_only(false)
+        .with_domains(Domains::off())
+        .with_gates(Gates { startup_grace: Duration::ZERO, ..Gates::default() });
+    let wait = policy.reboot_wait;
+    let checker: Arc<dyn HealthChecker<Node>> = Arc::new(FnChecker::new("NodeReady", Duration::ZERO, |n: &Node| {
+        if n.ready { CheckOutcome::Pass } else { CheckOutcome::fail("KubeletNotReady") }
+    }));
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let recorder =
+        TapeRecorder::new(Box::new(Arc::clone(&lines)), &policy, &[Arc::clone(&checker)], &EngineConfig::default());
+    let clock = Arc::new(SplitClock::default());
+    let mut e = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(Succeed))
+        .policy(policy)
+        .checker_arc(checker)
+        .observer(Arc::new(recorder))
+        .clock(Arc::clone(&clock) as Arc<dyn Clock>)
+        .build()
+        .expect("valid engine");
+    let w0 = T0 * 1000;
+    let fleet = |down: bool| common::nodes(10, if down { &[0] } else { &[] });
+    clock.set(w0, MS / 5);
+    let _ = e.restore().await;
+    let _ = e.run_pass(&fleet(false)).await;
+    // node-0 fails: its frame is anchored on this pass (monotonic 1000.5 ms)
+    // and it is rebooted at once (threshold zero).
+    clock.set(w0 + 1000, 1000 * MS + MS / 2);
+    let _ = e.run_pass(&fleet(true)).await;
+    // 599,999.7 ms of the node's time later: the wait has not ended (its
+    // frame counts whole milliseconds from the anchor). Whole milliseconds
+    // of each reading would have made it 600,000 ms.
+    let at = 1000 * MS + MS / 2 + u64::try_from(wait.as_nanos()).unwrap() - 3 * MS / 10;
+    clock.set(w0 + 1000 + u64::try_from(wait.as_millis()).unwrap(), at);
+    let _ = e.run_pass(&fleet(true)).await;
+    // A second later node-0 is back (a reboot decided in the last pass
+    // would show now: a replayed action ends at the next recorded line).
+    clock.set(w0 + 2000 + u64::try_from(wait.as_millis()).unwrap(), at + 1000 * MS);
+    let _ = e.run_pass(&fleet(false)).await;
+    drop(e);
+    let text = lines.lock().join("\n");
+
+    let r = tape::replay(&tape::Text(text.clone()), None).await.expect("replays");
+    let reboots = |d: &[tape::Decided]| {
+        d.iter().filter(|d| matches!(d, tape::Decided::Action { a, .. } if a == "reboot")).count()
+    };
+    assert_eq!(reboots(&r.recorded), 1, "not yet due live: {:?}", r.recorded);
+    assert_eq!(r.decisions, r.recorded);
+
+    // The same recording with the monotonic clock in whole milliseconds
+    // (format version 1, still read) replays the third pass as due.
+    let v1: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if let Some(m) = v.get_mut("mono") {
+                *m = (m.as_u64().unwrap() / MS).into();
+            }
+            if v["k"] == "start" {
+                v["v"] = 1.into();
+            }
+            v.to_string()
+        })
+        .collect();
+    let old = tape::replay(&tape::Text(v1.join("\n")), None).await.expect("a version 1 recording replays");
+    assert_eq!(reboots(&old.decisions), 2, "{:?}", old.decisions);
 }

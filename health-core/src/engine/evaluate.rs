@@ -159,7 +159,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         };
         Self::run_checks(&self.shared, targets, &slots, &verifying, &mut outcomes, &mut errs).await;
         let nc = self.shared.checkers.len();
-        let mut now = self.shared.clock.now();
+        let now = self.shared.clock.now();
         self.state.mono = self.shared.clock.monotonic();
         let grace = self.shared.config.error_grace;
         if !self.shared.observers.is_empty() {
@@ -240,8 +240,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
         // Round 1 decides every target. Actions in active mode run in tasks
         // and are decided again after they finish (from a new evaluation);
         // monitor-mode actions are recorded at once, and later rounds
-        // re-decide those nodes. The machine never chains more than three
-        // actions; the bound only guards against a bug.
+        // re-decide those nodes. Every round decides on the pass's one
+        // reading of the clock and the controls (the readings a recording
+        // holds, so a replay decides the same). The machine never chains
+        // more than three actions; the bound only guards against a bug.
         // One target's checks as the machine sees them, in a buffer reused
         // for every target (no allocation per node).
         let names = Arc::clone(&self.shared.checker_names);
@@ -253,14 +255,6 @@ impl<T: Target + Clone + 'static> Engine<T> {
         for _ in 0..MAX_ROUNDS {
             if round.is_empty() {
                 break;
-            }
-            if !first {
-                now = self.shared.clock.now();
-                self.state.mono = self.shared.clock.monotonic();
-                let c = &self.shared.controls;
-                budget.paused = c.paused();
-                budget.source_stale = c.source_stale();
-                budget.window_closed = c.window_closed();
             }
             let mut planned = Vec::new();
             for &ti in &round {
