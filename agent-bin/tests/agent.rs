@@ -86,7 +86,13 @@ async fn civo_api_failures_past_the_limit_send_the_node_to_failed() {
     let sim = sim(3, 0, 1).await;
     let dir = scratch("civo-fail");
     let node = sim.cluster().node_names()[2].clone();
-    sim.cluster().civo_fail_next(CivoFault { skip: 0, status: 500, delay: Duration::ZERO, calls: 1000 });
+    sim.cluster().civo_fail_next(CivoFault {
+        skip: 0,
+        status: 500,
+        delay: Duration::ZERO,
+        calls: 1000,
+        retry_after: None,
+    });
     let mut env = civo_env(&sim);
     env.push(("CIVO_NODE_AGENT_MONITOR_ONLY".into(), "false".into()));
     let mut agent = spawn(&sim, &dir, FAST_POLICY, &env).await;

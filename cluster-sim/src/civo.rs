@@ -65,7 +65,11 @@ async fn gate(cluster: &Cluster, headers: &HeaderMap, query: &HashMap<String, St
                 }
                 _ => ("internal_server_error", "An unexpected error occurred"),
             };
-            return Err(civo_error(status, code, reason));
+            let mut answer = civo_error(status, code, reason);
+            if let Some(secs) = f.retry_after {
+                answer.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+            }
+            return Err(answer);
         }
     }
     check_region(cluster, query)

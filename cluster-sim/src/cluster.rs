@@ -277,6 +277,8 @@ pub struct CivoFault {
     pub delay: Duration,
     /// How many calls it affects.
     pub calls: u32,
+    /// A `Retry-After` header (seconds) on the fault's answers.
+    pub retry_after: Option<u32>,
 }
 
 /// One call the simulated Civo API received.

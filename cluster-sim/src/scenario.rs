@@ -24,6 +24,7 @@
 //! calls = 2
 //! delay = "0s"
 //! at = "0s"
+//! retry_after = 2    # a Retry-After header (seconds) on those answers
 //! ```
 
 use std::path::Path;
@@ -113,6 +114,9 @@ pub struct CivoFaultSpec {
     /// When, after start.
     #[serde(default, deserialize_with = "duration")]
     pub at: Duration,
+    /// A `Retry-After` header (seconds) on the fault's answers.
+    #[serde(default)]
+    pub retry_after: Option<u32>,
 }
 
 /// A whole scenario.
@@ -282,7 +286,13 @@ impl Scenario {
             let c = cluster.clone();
             cluster.spawn(async move {
                 tokio::time::sleep(f.at).await;
-                c.civo_fail_next(CivoFault { skip: 0, status: f.status, delay: f.delay, calls: f.calls });
+                c.civo_fail_next(CivoFault {
+                    skip: 0,
+                    status: f.status,
+                    delay: f.delay,
+                    calls: f.calls,
+                    retry_after: f.retry_after,
+                });
             });
         }
         Ok(())

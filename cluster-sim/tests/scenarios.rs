@@ -170,8 +170,8 @@ async fn a_replaced_instance_comes_back_as_a_new_node_in_its_pool() {
 async fn civo_faults_affect_exactly_the_next_calls() {
     let sim = start(1, 0).await;
     let c = sim.cluster().clone();
-    c.civo_fail_next(CivoFault { skip: 0, status: 500, delay: Duration::ZERO, calls: 2 });
-    c.civo_fail_next(CivoFault { skip: 0, status: 429, delay: Duration::ZERO, calls: 1 });
+    c.civo_fail_next(CivoFault { skip: 0, status: 500, delay: Duration::ZERO, calls: 2, retry_after: None });
+    c.civo_fail_next(CivoFault { skip: 0, status: 429, delay: Duration::ZERO, calls: 1, retry_after: None });
     let url = format!("{}/v2/kubernetes/clusters/{}?region=lon1", sim.civo_url(), c.config().cluster_id);
     let http = common::http();
     let mut codes = Vec::new();

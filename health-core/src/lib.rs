@@ -34,6 +34,7 @@
 //! | [`component`] | component health |
 //! | [`time`] | timestamps and clocks |
 //! | [`tape`] | recording what the engine sees and decides, and replaying it under another policy |
+//! | [`retry`] | repeating a call after a transient failure: exponential delays with a maximum, jitter, a total limit, `Retry-After` |
 //! | `process` (feature `process`) | the program runner of the command checker and executor: process groups killed whole at the timeout, capped output, a clean environment |
 //!
 //! # Runtime needs and panics
@@ -121,6 +122,7 @@ pub mod observer;
 pub mod policy;
 #[cfg(feature = "process")]
 pub mod process;
+pub mod retry;
 pub mod runtime;
 pub mod store;
 pub mod tape;

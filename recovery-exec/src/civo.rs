@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use health_core::retry::{Backoff, RetryAfter, retry};
 use health_core::{Action, ExecError, Executor};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -72,6 +73,10 @@ pub struct CivoConfig {
     pub max_retries: u32,
     /// First retry delay (doubling, with jitter).
     pub retry_base: Duration,
+    /// The longest retry delay (default 10s). A `Retry-After` from Civo
+    /// longer than this ends the retries: the error goes back to the engine,
+    /// whose own back-off then spaces the next attempt.
+    pub retry_max_delay: Duration,
     /// The agent's name and version for the User-Agent, e.g. `node-agent/0.1.0`.
     pub agent: String,
     /// The largest answer read from Civo (default 4 MiB); a larger one is an
@@ -111,7 +116,8 @@ fn is_civo_id(id: &str) -> bool {
 }
 
 impl CivoConfig {
-    /// A configuration with defaults: 10s per call, 3 retries from 500ms.
+    /// A configuration with defaults: 10s per call, 3 retries from 500ms
+    /// (at most 10s apart).
     pub fn new(
         api_url: impl Into<String>,
         api_key: ApiKey,
@@ -126,6 +132,7 @@ impl CivoConfig {
             call_timeout: Duration::from_secs(10),
             max_retries: 3,
             retry_base: Duration::from_millis(500),
+            retry_max_delay: Duration::from_secs(10),
             agent: format!("node-health-recovery-exec/{}", env!("CARGO_PKG_VERSION")),
             max_body_bytes: 4 << 20,
             allow_insecure_http: false,
@@ -175,6 +182,12 @@ impl CivoConfig {
         if self.max_retries > 10 {
             return bad("max_retries", "must be at most 10");
         }
+        if self.retry_base.is_zero() {
+            return bad("retry_base", "must be a positive duration");
+        }
+        if self.retry_max_delay < self.retry_base {
+            return bad("retry_max_delay", "must be at least retry_base");
+        }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes", "must be at least 1024");
         }
@@ -212,13 +225,18 @@ pub enum CivoError {
         reason: String,
     },
     /// Too many requests.
-    #[error("Civo rate-limited the request (429)")]
-    RateLimited,
+    #[error("Civo rate-limited the request (429{})", after_text(*retry_after))]
+    RateLimited {
+        /// The wait Civo asked for (`Retry-After` in seconds), if any.
+        retry_after: Option<Duration>,
+    },
     /// Civo failed.
-    #[error("Civo server error {status} ({code}): {reason}")]
+    #[error("Civo server error {status} ({code}{}): {reason}", after_text(*retry_after))]
     Server {
         /// HTTP status.
         status: u16,
+        /// The wait Civo asked for (`Retry-After` in seconds), if any.
+        retry_after: Option<Duration>,
         /// Civo's error code.
         code: String,
         /// Civo's reason.
@@ -298,9 +316,33 @@ impl CivoError {
     fn retryable(&self) -> bool {
         matches!(
             self,
-            CivoError::RateLimited | CivoError::Server { .. } | CivoError::Timeout { .. } | CivoError::Transport { .. }
+            CivoError::RateLimited { .. }
+                | CivoError::Server { .. }
+                | CivoError::Timeout { .. }
+                | CivoError::Transport { .. }
         )
     }
+}
+
+impl RetryAfter for CivoError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CivoError::RateLimited { retry_after } | CivoError::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// `; retry after 30s` for an error's text, or nothing.
+fn after_text(after: Option<Duration>) -> String {
+    after.map(|d| format!("; retry after {}s", d.as_secs())).unwrap_or_default()
+}
+
+/// A `Retry-After` header in its seconds form (at most a day). The HTTP-date
+/// form is not read: the back-off's own delay applies.
+fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(86_400)))
 }
 
 #[derive(Deserialize)]
@@ -317,8 +359,9 @@ struct Instance {
     hostname: String,
 }
 
-/// The typed error for a Civo answer with a failure `status` and `body`.
-fn error_from(status: u16, body: &[u8]) -> CivoError {
+/// The typed error for a Civo answer with a failure `status` and `body`
+/// (and the wait it asked for).
+fn error_from(status: u16, body: &[u8], retry_after: Option<Duration>) -> CivoError {
     let body: Option<CivoErrorBody> = serde_json::from_slice(body).ok();
     let (code, reason) = body.map(|b| (b.code, b.reason)).unwrap_or_default();
     let (code, reason) = (truncated(&code, 64), truncated(&reason, MAX_REASON_CHARS));
@@ -327,8 +370,8 @@ fn error_from(status: u16, body: &[u8]) -> CivoError {
         401 | 403 => CivoError::Auth { status, code },
         404 if auth_code => CivoError::Auth { status: 404, code },
         404 => CivoError::NotFound { code, reason },
-        429 => CivoError::RateLimited,
-        s if s >= 500 => CivoError::Server { status: s, code, reason },
+        429 => CivoError::RateLimited { retry_after },
+        s if s >= 500 => CivoError::Server { status: s, retry_after, code, reason },
         s => CivoError::Rejected { status: s, code, reason },
     }
 }
@@ -433,11 +476,12 @@ impl CivoExecutor {
             }
         })?;
         let status = resp.status();
+        let retry_after = retry_after_header(resp.headers());
         let bytes = self.read_body(resp, what, status.is_success()).await?;
         if status.is_success() {
             return Ok((status, bytes));
         }
-        Err(error_from(status.as_u16(), &bytes))
+        Err(error_from(status.as_u16(), &bytes, retry_after))
     }
 
     /// Reads an answer of at most `max_body_bytes`. A larger success is an
@@ -484,30 +528,28 @@ impl CivoExecutor {
         what: &str,
         repeat: Repeat,
     ) -> Result<Vec<u8>, CivoError> {
-        let mut attempt = 0u32;
-        loop {
-            let result = self.call_once(&method, path, body.as_ref(), what).await;
-            let err = match result {
-                Ok((_, bytes)) => return Ok(bytes),
-                Err(CivoError::NotFound { .. }) if repeat == Repeat::Delete && attempt > 0 => {
-                    // An earlier attempt whose answer was lost did the deletion.
-                    return Ok(Vec::new());
+        let backoff = Backoff::new(self.config.retry_base, self.config.retry_max_delay, self.config.max_retries);
+        let body = body.as_ref();
+        retry(
+            &backoff,
+            what,
+            |attempt| {
+                let method = &method;
+                async move {
+                    match self.call_once(method, path, body, what).await {
+                        Ok((_, bytes)) => Ok(bytes),
+                        // An earlier attempt whose answer was lost did the deletion.
+                        Err(CivoError::NotFound { .. }) if repeat == Repeat::Delete && attempt > 0 => Ok(Vec::new()),
+                        Err(e) => Err(e),
+                    }
                 }
-                Err(e) => e,
-            };
-            let may_repeat = match repeat {
+            },
+            |err| match repeat {
                 Repeat::Safe | Repeat::Delete => err.retryable(),
                 Repeat::OnlyIfNotSent => matches!(err, CivoError::Transport { not_sent: true, .. }),
-            };
-            if !may_repeat || attempt >= self.config.max_retries {
-                return Err(err);
-            }
-            attempt += 1;
-            let base = self.config.retry_base.saturating_mul(1 << attempt.min(16));
-            let jitter = base.mul_f64(fastrand::f64() * 0.5);
-            tracing::warn!(what, attempt, error = %err, "Civo call failed; retrying");
-            tokio::time::sleep(base / 2 + jitter).await;
-        }
+            },
+        )
+        .await
     }
 
     /// The id of the instance whose hostname is `node` (case-insensitive, exact).
@@ -621,9 +663,27 @@ mod tests {
 
         #[test]
         fn error_answers_never_panic_and_stay_short(status in 400u16..600, body in error_body()) {
-            let e = error_from(status, &body).to_string();
+            let e = error_from(status, &body, Some(Duration::from_secs(86_400))).to_string();
             prop_assert!(e.len() < 1024, "{} bytes", e.len());
         }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_its_seconds_form() {
+        let header = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from_str(v).unwrap());
+            retry_after_header(&h)
+        };
+        assert_eq!(header("30"), Some(Duration::from_secs(30)));
+        assert_eq!(header(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(header("99999999"), Some(Duration::from_secs(86_400)), "at most a day");
+        assert_eq!(header("Wed, 21 Oct 2015 07:28:00 GMT"), None, "the date form: the back-off's own delay");
+        assert_eq!(header("-1"), None);
+        assert_eq!(retry_after_header(&reqwest::header::HeaderMap::new()), None);
+        let e = error_from(503, b"{}", Some(Duration::from_secs(5)));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
+        assert_eq!(e.to_string(), "Civo server error 503 (; retry after 5s): ");
     }
 
     #[test]

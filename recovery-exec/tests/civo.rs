@@ -94,13 +94,13 @@ async fn api_errors_are_typed_and_retried_only_when_safe() {
     assert_eq!(calls(&sim).len(), 2);
 
     // 429 on listing: retried (safe), 1 + 2 calls, then RateLimited.
-    c.civo_fail_next(CivoFault { skip: 0, status: 429, delay: Duration::ZERO, calls: 3 });
+    c.civo_fail_next(CivoFault { skip: 0, status: 429, delay: Duration::ZERO, calls: 3, retry_after: None });
     let err = executor(&sim, KEY, None).reboot(&node).await.unwrap_err();
-    assert!(matches!(err, CivoError::RateLimited), "{err}");
+    assert!(matches!(err, CivoError::RateLimited { .. }), "{err}");
     assert_eq!(calls(&sim).len(), 5);
 
     // 500 on the reboot itself: never repeated, and reported as possibly done.
-    c.civo_fail_next(CivoFault { skip: 1, status: 500, delay: Duration::ZERO, calls: 1 });
+    c.civo_fail_next(CivoFault { skip: 1, status: 500, delay: Duration::ZERO, calls: 1, retry_after: None });
     let exec = executor(&sim, KEY, None);
     let err = Executor::<k8s_openapi::api::core::v1::Node>::execute(&exec, Action::Reboot, &node_obj(&sim, &node))
         .await
@@ -111,7 +111,7 @@ async fn api_errors_are_typed_and_retried_only_when_safe() {
 
     // A reboot that hangs past the timeout: reported as timed out (outcome
     // unknown), never repeated.
-    c.civo_fail_next(CivoFault { skip: 1, status: 0, delay: Duration::from_secs(3), calls: 1 });
+    c.civo_fail_next(CivoFault { skip: 1, status: 0, delay: Duration::from_secs(3), calls: 1, retry_after: None });
     let err = Executor::<k8s_openapi::api::core::v1::Node>::execute(&exec, Action::Reboot, &node_obj(&sim, &node))
         .await
         .unwrap_err();
@@ -120,7 +120,7 @@ async fn api_errors_are_typed_and_retried_only_when_safe() {
     assert_eq!(posts, 2, "one POST per attempted reboot");
 
     // A listing that hangs: retried, then Timeout.
-    c.civo_fail_next(CivoFault { skip: 0, status: 0, delay: Duration::from_secs(3), calls: 3 });
+    c.civo_fail_next(CivoFault { skip: 0, status: 0, delay: Duration::from_secs(3), calls: 3, retry_after: None });
     let before = calls(&sim).len();
     let err = exec.find_instance(&node).await.unwrap_err();
     assert!(matches!(err, CivoError::Timeout { .. }), "{err}");
@@ -221,9 +221,21 @@ async fn the_api_key_never_leaks() {
     let good = executor(&sim, KEY, None);
     texts.push(format!("{good:?}"));
     // Failing calls of every kind.
-    sim.cluster().civo_fail_next(CivoFault { skip: 0, status: 500, delay: Duration::ZERO, calls: 3 });
+    sim.cluster().civo_fail_next(CivoFault {
+        skip: 0,
+        status: 500,
+        delay: Duration::ZERO,
+        calls: 3,
+        retry_after: None,
+    });
     texts.push(format!("{:?}", good.reboot(&node).await.unwrap_err()));
-    sim.cluster().civo_fail_next(CivoFault { skip: 1, status: 0, delay: Duration::from_secs(2), calls: 1 });
+    sim.cluster().civo_fail_next(CivoFault {
+        skip: 1,
+        status: 0,
+        delay: Duration::from_secs(2),
+        calls: 1,
+        retry_after: None,
+    });
     let e = good.reboot(&node).await.unwrap_err();
     texts.push(format!("{e} {e:?}"));
     let wrong = executor(&sim, &format!("{KEY}-wrong"), None);
@@ -240,7 +252,7 @@ async fn the_api_key_never_leaks() {
     sim.shutdown().await;
 
     let logs = String::from_utf8_lossy(&capture.0.lock()).into_owned();
-    assert!(logs.contains("retrying"), "the failing calls were logged: {logs}");
+    assert!(logs.contains("call failed; repeating it"), "the failing calls were logged: {logs}");
     for t in texts.iter().chain(std::iter::once(&logs)) {
         assert!(!t.contains(KEY), "the API key leaked into: {t}");
     }
@@ -342,4 +354,45 @@ async fn an_id_that_is_not_an_id_never_reaches_a_url() {
     assert!(err.contains("is not a Civo pool id"), "{err}");
     assert_eq!(calls(&sim).len(), before);
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_longer_than_the_maximum_delay_ends_the_retries() {
+    let sim = sim(2).await;
+    let node = sim.cluster().node_names()[0].clone();
+    // Civo asks for an hour: beyond retry_max_delay, so the listing is not
+    // repeated and the wait is in the error for the operator.
+    sim.cluster().civo_fail_next(CivoFault {
+        skip: 0,
+        status: 429,
+        delay: Duration::ZERO,
+        calls: 1,
+        retry_after: Some(3600),
+    });
+    let err = executor(&sim, KEY, None).find_instance(&node).await.unwrap_err();
+    assert!(matches!(err, CivoError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3600)), "{err}");
+    assert_eq!(err.to_string(), "Civo rate-limited the request (429; retry after 3600s)");
+    assert_eq!(calls(&sim).len(), 1, "asked for a longer wait than retry_max_delay: not repeated");
+    // A 503 asking for less than the maximum delay is waited out and repeated.
+    sim.cluster().civo_fail_next(CivoFault {
+        skip: 0,
+        status: 503,
+        delay: Duration::ZERO,
+        calls: 1,
+        retry_after: Some(0),
+    });
+    let id = executor(&sim, KEY, None).find_instance(&node).await.unwrap();
+    assert!(!id.is_empty());
+    assert_eq!(calls(&sim).iter().map(|c| c.2).collect::<Vec<_>>(), [429, 503, 200]);
+    sim.shutdown().await;
+}
+
+#[test]
+fn retry_settings_are_checked() {
+    let mut c = CivoConfig::new("https://api.civo.com", ApiKey::new("k"), "c-1", "LON1");
+    c.retry_max_delay = Duration::from_millis(100);
+    let err = c.validate().unwrap_err().to_string();
+    assert_eq!(err, "invalid Civo configuration: retry_max_delay must be at least retry_base");
+    c.retry_base = Duration::ZERO;
+    assert!(c.validate().unwrap_err().to_string().contains("retry_base must be a positive duration"));
 }
