@@ -9,6 +9,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use health_core::retry::{Backoff, RetryAfter, retry};
 use health_core::{Action, ExecError, Executor};
 use node_agent_proto::v1::recovery_executor_client::RecoveryExecutorClient;
 use node_agent_proto::v1::{self as pb, ExecuteRequest};
@@ -26,7 +27,7 @@ pub struct GrpcExecutorConfig {
     pub client: ClientSettings,
     /// Calls per action, the first included (a lost answer is retried with the same key).
     pub attempts: u32,
-    /// Wait before the first retry (doubled per retry, with jitter).
+    /// Wait before the first retry (doubled per retry up to 30s, with jitter).
     pub backoff: Duration,
 }
 
@@ -113,69 +114,66 @@ impl<T: ExecTarget + ?Sized> Executor<T> for GrpcExecutor {
                 _ => String::new(),
             },
         };
-        let mut wait = self.config.backoff;
-        let mut last: Option<tonic::Status> = None;
-        for attempt in 1..=self.config.attempts {
-            let mut req = tonic::Request::new(request.clone());
-            req.set_timeout(timeout);
-            match self.client.clone().execute(req).await {
-                Ok(resp) => {
-                    let resp = resp.into_inner();
-                    tracing::info!(
-                        node,
-                        %action,
-                        key = %key,
-                        attempt,
-                        replayed = resp.replayed,
-                        answer = %resp.message,
-                        "remote executor performed the action"
-                    );
-                    return Ok(());
-                }
-                Err(status) => {
-                    let code = status.code();
-                    if code == Code::Unimplemented {
-                        return Err(ExecError::Unsupported { action });
-                    }
-                    // Anything else (Unavailable, a client-side timeout seen as
-                    // Cancelled, an h2 reset seen as Internal...) may come after
-                    // the server acted: retried with the same key, and unknown
-                    // in the end, never "failed".
-                    if refused(code) {
-                        return Err(ExecError::failed(
-                            action,
-                            format!("remote executor refused ({code:?}): {}", status.message()),
-                        ));
-                    }
-                    tracing::warn!(
-                        node,
-                        %action,
-                        key = %key,
-                        attempt,
-                        attempts = self.config.attempts,
-                        code = ?code,
-                        error = %status.message(),
-                        "remote executor call failed; retrying with the same idempotency key"
-                    );
-                    last = Some(status);
-                    if attempt < self.config.attempts {
-                        let jitter = wait.mul_f64(fastrand::f64() * 0.2);
-                        tokio::time::sleep(wait + jitter).await;
-                        wait = wait.saturating_mul(2);
-                    }
-                }
+        let attempts = self.config.attempts;
+        let first = self.config.backoff.max(Duration::from_millis(1));
+        let backoff = Backoff::new(first, first.max(Duration::from_secs(30)), attempts.saturating_sub(1));
+        let what = format!("{action} of node {node} through the remote executor (key {key})");
+        let answer = retry(
+            &backoff,
+            &what,
+            |attempt| {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(timeout);
+                let mut client = self.client.clone();
+                async move { client.execute(req).await.map(|r| (attempt + 1, r.into_inner())).map_err(Unanswered) }
+            },
+            // Anything but a refusal (Unavailable, a client-side timeout
+            // seen as Cancelled, an h2 reset seen as Internal...) may come
+            // after the server acted: repeated with the same key, and
+            // unknown in the end, never "failed".
+            |Unanswered(status)| status.code() != Code::Unimplemented && !refused(status.code()),
+        )
+        .await;
+        match answer {
+            Ok((attempt, resp)) => {
+                tracing::info!(
+                    node,
+                    %action,
+                    key = %key,
+                    attempt,
+                    replayed = resp.replayed,
+                    answer = %resp.message,
+                    "remote executor performed the action"
+                );
+                Ok(())
             }
+            Err(Unanswered(status)) if status.code() == Code::Unimplemented => Err(ExecError::Unsupported { action }),
+            Err(Unanswered(status)) if refused(status.code()) => Err(ExecError::failed(
+                action,
+                format!("remote executor refused ({:?}): {}", status.code(), status.message()),
+            )),
+            Err(Unanswered(status)) => Err(ExecError::Unknown {
+                action,
+                message: format!(
+                    "no answer from the remote executor after {attempts} attempts (last: {:?}: {}); key {key}",
+                    status.code(),
+                    status.message()
+                ),
+            }),
         }
-        let status = last.map_or_else(|| "no answer".to_owned(), |s| format!("{:?}: {}", s.code(), s.message()));
-        Err(ExecError::Unknown {
-            action,
-            message: format!(
-                "no answer from the remote executor after {} attempts (last: {status}); key {key}",
-                self.config.attempts
-            ),
-        })
     }
 }
+
+/// A call the server did not answer with success.
+struct Unanswered(tonic::Status);
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.0.code(), self.0.message())
+    }
+}
+
+impl RetryAfter for Unanswered {}
 
 fn pb_duration(d: Duration) -> node_agent_proto::Duration {
     node_agent_proto::Duration {

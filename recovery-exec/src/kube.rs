@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use health_core::retry::{Backoff, RetryAfter, retry};
 use health_core::{Action, ExecError, Executor};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
@@ -18,7 +19,10 @@ pub const CORDONED_ANNOTATION: &str = "node-agent.civo.com/cordoned";
 pub struct DrainConfig {
     /// Give up (naming the pods left) after this long.
     pub timeout: Duration,
-    /// Wait between rounds of evictions refused by disruption budgets.
+    /// The first wait before repeating an eviction refused by a disruption
+    /// budget (doubling, with jitter, up to 30s or this, whichever is
+    /// longer; a `retryAfterSeconds` from the API server is honoured), and
+    /// the wait between looks at pods still terminating.
     pub retry_interval: Duration,
     /// Grace period for evicted pods (None: each pod's own).
     pub grace_period: Option<u32>,
@@ -363,19 +367,20 @@ impl KubeExecutor {
             // Pods that arrived since the check are held to the same rules.
             let arrived: Vec<Pod> = evictable.iter().map(|p| (*p).clone()).collect();
             self.check_drainable(node, &arrived)?;
-            for p in &evictable {
+            // Every pod is evicted at once, each repeating its own refusals
+            // (like kubectl drain): one pod held by its budget does not hold
+            // back the others.
+            let evictions = evictable.iter().filter_map(|p| {
                 let (Some(ns), Some(name)) = (p.metadata.namespace.as_deref(), p.metadata.name.as_deref()) else {
-                    continue;
+                    return None;
                 };
-                let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-                match self.call(node, "evict", Some(deadline), api.evict(name, &params)).await {
-                    Ok(Ok(_)) => tracing::info!(node, pod = %pod_key(p), "evicted"),
-                    Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
-                    Ok(Err(kube::Error::Api(s))) if s.code == 429 => {
-                        tracing::info!(node, pod = %pod_key(p), "eviction refused by a disruption budget; will retry");
-                    }
-                    Ok(Err(e)) => return Err(Self::api_err(node, "evict")(e)),
-                    // The deadline passed inside the call: name what is left.
+                Some(self.evict(node, ns, name, &params, deadline))
+            });
+            let results = futures_util::future::join_all(evictions).await;
+            for r in results {
+                match r {
+                    Ok(()) => {}
+                    // The deadline passed inside a call: name what is left.
                     Err(KubeExecError::DrainTimeout { .. }) => break,
                     Err(e) => return Err(e),
                 }
@@ -392,11 +397,87 @@ impl KubeExecutor {
         }
     }
 
+    /// Evicts one pod, repeating the eviction while a disruption budget
+    /// refuses it (429) until `deadline`; a pod already gone counts as
+    /// evicted, and one still refused at the deadline is left to the drain
+    /// (which names it).
+    async fn evict(
+        &self,
+        node: &str,
+        ns: &str,
+        name: &str,
+        params: &EvictParams,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), KubeExecError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let key = format!("{ns}/{name}");
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let first = self.drain.retry_interval.max(Duration::from_millis(1));
+        let backoff = Backoff::new(first, first.max(Duration::from_secs(30)), u32::MAX).with_total(left);
+        let what = format!("evict {key} from node {node}");
+        let outcome = retry(
+            &backoff,
+            &what,
+            |_| async {
+                match self.call(node, "evict", Some(deadline), api.evict(name, params)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+                    Ok(Err(kube::Error::Api(s))) if s.code == 429 => Err(Eviction::Refused(s)),
+                    Ok(Err(e)) => Err(Eviction::Failed(Self::api_err(node, "evict")(e))),
+                    Err(e) => Err(Eviction::Failed(e)),
+                }
+            },
+            |e| matches!(e, Eviction::Refused(_)),
+        )
+        .await;
+        match outcome {
+            Ok(()) => {
+                tracing::info!(node, pod = %key, "evicted");
+                Ok(())
+            }
+            Err(Eviction::Refused(s)) => {
+                tracing::warn!(node, pod = %key, reason = %s.message, "eviction still refused by a disruption budget at the drain's deadline");
+                Ok(())
+            }
+            Err(Eviction::Failed(e)) => Err(e),
+        }
+    }
+
     /// The pods the drain still had to evict (looked up with the call
     /// timeout, past the drain's own deadline).
     async fn pods_left(&self, node: &str) -> Result<Vec<String>, KubeExecError> {
         let left = self.pods_on(node, None).await?;
         Ok(left.iter().filter(|p| must_evict(p, self.drain.skip_terminating_after)).map(pod_key).collect())
+    }
+}
+
+/// An eviction that did not happen: refused by a disruption budget (to be
+/// repeated), or failed.
+enum Eviction {
+    Refused(Box<kube::core::Status>),
+    Failed(KubeExecError),
+}
+
+impl std::fmt::Display for Eviction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Eviction::Refused(s) => write!(f, "refused (429): {}", s.message),
+            Eviction::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl RetryAfter for Eviction {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Eviction::Refused(s) => s
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|&secs| secs > 0)
+                .map(|secs| Duration::from_secs(u64::from(secs))),
+            Eviction::Failed(_) => None,
+        }
     }
 }
 
@@ -493,5 +574,31 @@ impl<T: ExecTarget + ?Sized> Executor<T> for KubeExecutor {
             Action::Reboot | Action::Replace | Action::Repair(_) => return Err(ExecError::Unsupported { action }),
         };
         result.map_err(|e| ExecError::Failed { action, message: e.to_string(), source: Some(Box::new(e)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(details: serde_json::Value) -> Eviction {
+        let status: kube::core::Status = serde_json::from_value(json!({
+            "status": "Failure", "code": 429, "reason": "TooManyRequests",
+            "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+            "details": details,
+        }))
+        .unwrap();
+        Eviction::Refused(Box::new(status))
+    }
+
+    #[test]
+    fn an_evictions_retry_after_comes_from_the_status_details() {
+        // The API server asks for 10s while a budget is not yet observed.
+        assert_eq!(refused(json!({"retryAfterSeconds": 10})).retry_after(), Some(Duration::from_secs(10)));
+        // A budget with no disruptions allowed sends none (or 0): the back-off's own delay.
+        assert_eq!(refused(json!({"retryAfterSeconds": 0})).retry_after(), None);
+        assert_eq!(refused(json!({"causes": []})).retry_after(), None);
+        let e = refused(json!({}));
+        assert_eq!(e.to_string(), "refused (429): Cannot evict pod as it would violate the pod's disruption budget.");
     }
 }

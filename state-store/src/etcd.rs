@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use health_core::retry::{Backoff, RetryAfter, retry};
 use health_core::{LeaseFence, NodeRecord, StateStore, StoreError, Stored, Version};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -448,36 +449,45 @@ impl Drop for LockGuard {
     }
 }
 
-/// One renewal attempt's result.
-enum Renewal {
-    /// Confirmed; the request was sent at this instant.
-    Confirmed(Instant),
+/// Why a renewal attempt was not confirmed.
+enum Unrenewed {
     /// etcd says the lease no longer exists.
     Gone,
-    /// No confirmation (error, timeout, stream ended); retry.
+    /// No confirmation (error, timeout, stream ended); to be repeated.
     Failed(String),
 }
 
+impl std::fmt::Display for Unrenewed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unrenewed::Gone => f.write_str("etcd reports the lease expired or revoked"),
+            Unrenewed::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl RetryAfter for Unrenewed {}
+
 type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
-/// Waits `wait`, then sends one keep-alive (reopening the stream if needed)
-/// and waits up to `timeout` for its answer.
+/// Sends one keep-alive (reopening the stream if needed) and waits up to
+/// `timeout` for its answer; confirmed, it returns when it was sent.
 async fn renew(
     c: &mut Client,
     stream: &mut Option<KeepAlive>,
     lease: i64,
-    wait: Duration,
     timeout: Duration,
-) -> Renewal {
-    tokio::time::sleep(wait).await;
+) -> Result<Instant, Unrenewed> {
     if stream.is_none() {
         match tokio::time::timeout(timeout, c.lease_keep_alive(lease)).await {
             Ok(Ok(s)) => *stream = Some(s),
-            Ok(Err(e)) => return Renewal::Failed(e.to_string()),
-            Err(_) => return Renewal::Failed(format!("no keep-alive stream within {timeout:?}")),
+            Ok(Err(e)) => return Err(Unrenewed::Failed(e.to_string())),
+            Err(_) => return Err(Unrenewed::Failed(format!("no keep-alive stream within {timeout:?}"))),
         }
     }
-    let Some((keeper, responses)) = stream.as_mut() else { return Renewal::Failed("no keep-alive stream".into()) };
+    let Some((keeper, responses)) = stream.as_mut() else {
+        return Err(Unrenewed::Failed("no keep-alive stream".into()));
+    };
     let sent = Instant::now();
     let answer = tokio::time::timeout(timeout, async {
         keeper.keep_alive().await?;
@@ -485,15 +495,15 @@ async fn renew(
     })
     .await;
     let failed = match answer {
-        Ok(Ok(Some(r))) if r.ttl() > 0 => return Renewal::Confirmed(sent),
-        Ok(Ok(Some(_))) => return Renewal::Gone,
+        Ok(Ok(Some(r))) if r.ttl() > 0 => return Ok(sent),
+        Ok(Ok(Some(_))) => return Err(Unrenewed::Gone),
         Ok(Ok(None)) => "the keep-alive stream ended".to_owned(),
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no answer within {timeout:?}"),
     };
     // A later answer on this stream could belong to this request: start anew.
     *stream = None;
-    Renewal::Failed(failed)
+    Err(Unrenewed::Failed(failed))
 }
 
 impl RemediationLock {
@@ -576,7 +586,7 @@ impl RemediationLock {
         lease: i64,
         fence: LeaseFence,
     ) -> (JoinHandle<()>, Arc<Mutex<LeaseFence>>, tokio::sync::watch::Receiver<bool>) {
-        let mut c = self.client.clone();
+        let c = self.client.clone();
         let every = (self.ttl / 3).max(Duration::from_millis(500));
         let timeout = self.rpc_timeout;
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -584,23 +594,38 @@ impl RemediationLock {
         let fence = Arc::clone(&shared);
         let name = self.name.clone();
         let handle = tokio::spawn(async move {
-            let mut stream = None;
-            let mut wait = every;
+            let stream = tokio::sync::Mutex::new(None);
+            let what = format!("renew the lease {lease} of lock {name}");
             let why = loop {
                 let Some(until) = fence_of(&fence).valid_until() else { break "never renewed".to_owned() };
+                // A failed renewal is repeated sooner (the first repeat
+                // within TTL/12, then at most TTL/6 apart, with jitter) until
+                // one is confirmed or the fence runs out.
+                let backoff = Backoff::new(every / 4, every / 2, u32::MAX)
+                    .with_total(until.saturating_duration_since(Instant::now()));
+                let renewal = async {
+                    tokio::time::sleep(every).await;
+                    retry(
+                        &backoff,
+                        &what,
+                        |_| {
+                            let (mut c, stream) = (c.clone(), &stream);
+                            async move { renew(&mut c, &mut *stream.lock().await, lease, timeout).await }
+                        },
+                        |e| matches!(e, Unrenewed::Failed(_)),
+                    )
+                    .await
+                };
                 tokio::select! {
                     () = tokio::time::sleep_until(until) => {
                         break "no renewal was confirmed for the TTL minus the safety margin".to_owned();
                     }
-                    r = renew(&mut c, &mut stream, lease, wait, timeout) => match r {
-                        Renewal::Confirmed(sent) => {
-                            fence.lock().unwrap_or_else(PoisonError::into_inner).renewed(sent);
-                            wait = every;
-                        }
-                        Renewal::Gone => break "etcd reports the lease expired or revoked".to_owned(),
-                        Renewal::Failed(e) => {
-                            tracing::warn!(lock = %name, lease, error = %e, "cannot renew the lock lease; retrying");
-                            wait = every / 4;
+                    r = renewal => match r {
+                        Ok(sent) => fence.lock().unwrap_or_else(PoisonError::into_inner).renewed(sent),
+                        Err(Unrenewed::Gone) => break Unrenewed::Gone.to_string(),
+                        // Out of time to repeat: the fence runs out next.
+                        Err(Unrenewed::Failed(e)) => {
+                            tracing::warn!(lock = %name, lease, error = %e, "cannot renew the lock lease");
                         }
                     }
                 }
