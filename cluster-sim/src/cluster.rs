@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::fixtures::{self, NodePlan, PodOwner};
 use crate::limits::Limits;
-use crate::objects::{Keep, Kind, Store};
+use crate::resource::Kind;
+use crate::selector::Selectors;
+use crate::store::{Keep, Store};
 
 /// How big the simulated cluster is and how it behaves.
 ///
@@ -509,7 +511,7 @@ impl Cluster {
         if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             meta.remove("resourceVersion");
         }
-        store.update(k, namespace, name, v, crate::objects::Keep::Nothing, false).map(|_| ())
+        store.update(k, namespace, name, v, Keep::Nothing, false).map(|_| ())
     }
 
     /// Adds a node (and its Civo instance, kubelet lease and pods) to `pool`.
@@ -693,7 +695,7 @@ impl Cluster {
     }
 
     fn render_with(&self, node: &str, faults: &[Fault], rebooting: bool) -> Result<(), ApiError> {
-        let now = crate::objects::now_rfc3339();
+        let now = crate::store::now_rfc3339();
         self.update_node(node, |v| {
             let mut conds = fixtures::healthy_conditions();
             for c in &mut conds {
@@ -962,12 +964,8 @@ impl Cluster {
             let mut store = self.inner.store.lock();
             let _ = store.delete(Kind::Node, "", &inst.hostname, None);
             let _ = store.delete(Kind::Lease, "kube-node-lease", &inst.hostname, None);
-            let sel =
-                crate::selector::Selectors::parse(Kind::Pod, None, Some(&format!("spec.nodeName={}", inst.hostname)));
-            if let Ok(sel) = sel {
-                for p in store.matching(Kind::Pod, None, &sel) {
-                    let _ = store.delete(Kind::Pod, &p.namespace.clone(), &p.name.clone(), None);
-                }
+            for p in store.matching(Kind::Pod, None, &Selectors::on_node(&inst.hostname)) {
+                let _ = store.delete(Kind::Pod, &p.namespace.clone(), &p.name.clone(), None);
             }
         }
         self.inner.nodes.lock().faults.remove(&inst.hostname);
@@ -1088,12 +1086,11 @@ impl Cluster {
     #[must_use]
     pub fn pods_on(&self, node: &str) -> Vec<String> {
         let store = self.inner.store.lock();
-        match crate::selector::Selectors::parse(Kind::Pod, None, Some(&format!("spec.nodeName={node}"))) {
-            Ok(sel) => {
-                store.matching(Kind::Pod, None, &sel).iter().map(|o| format!("{}/{}", o.namespace, o.name)).collect()
-            }
-            Err(_) => Vec::new(),
-        }
+        store
+            .matching(Kind::Pod, None, &Selectors::on_node(node))
+            .iter()
+            .map(|o| format!("{}/{}", o.namespace, o.name))
+            .collect()
     }
 }
 

@@ -15,9 +15,10 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::cluster::Cluster;
 use crate::error::ApiError;
-use crate::objects::{Event, Keep, Kind, Obj, RESOURCES, ResourceDef};
 use crate::patch::{self, PatchKind};
+use crate::resource::{Kind, RESOURCES, ResourceDef};
 use crate::selector::Selectors;
+use crate::store::{Event, Keep, Obj};
 
 type Params = HashMap<String, String>;
 
@@ -358,7 +359,7 @@ fn server_side_apply(
     let mut store = cluster.inner.store.lock();
     let current = store.get(kind, ns.unwrap_or(""), name).map(|o| o.value());
     let created = current.is_none();
-    let mut v = crate::apply::apply(current, config, manager, force, &api_version, &crate::objects::now_rfc3339())?;
+    let mut v = crate::apply::apply(current, config, manager, force, &api_version, &crate::store::now_rfc3339())?;
     if created {
         if let Some(ns) = ns {
             v["metadata"]["namespace"] = Value::String(ns.to_owned());
@@ -499,8 +500,8 @@ fn reported_type(kind: Kind, namespace: Option<&str>, sel: &Selectors, e: &Event
     if e.kind != kind || namespace.is_some_and(|ns| ns != e.obj.namespace) {
         return None;
     }
-    let now = sel.matches(&e.obj);
-    let before = e.prev.as_ref().map(|p| sel.matches(p));
+    let now = sel.matches(e.obj.as_ref());
+    let before = e.prev.as_ref().map(|p| sel.matches(p.as_ref()));
     match (e.event_type, before, now) {
         ("MODIFIED", Some(false), true) => Some("ADDED"),
         ("MODIFIED", Some(true), false) => Some("DELETED"),
@@ -647,28 +648,6 @@ fn int_or_percent(v: &Value, total: i128) -> Option<i128> {
     }
 }
 
-/// The label selector of a PDB as selector text (`None`: matches nothing).
-fn pdb_selector(v: &Value) -> Option<String> {
-    let sel = v["spec"].get("selector").filter(|s| !s.is_null())?;
-    let mut parts: Vec<String> = sel["matchLabels"]
-        .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?))).collect())
-        .unwrap_or_default();
-    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let key = e["key"].as_str()?;
-        let values: Vec<&str> =
-            e["values"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        parts.push(match e["operator"].as_str()? {
-            "In" => format!("{key} in ({})", values.join(",")),
-            "NotIn" => format!("{key} notin ({})", values.join(",")),
-            "Exists" => key.to_owned(),
-            "DoesNotExist" => format!("!{key}"),
-            _ => return None,
-        });
-    }
-    Some(parts.join(","))
-}
-
 fn is_ready(pod: &Value) -> bool {
     pod["status"]["conditions"]
         .as_array()
@@ -685,10 +664,9 @@ fn evict(cluster: &Cluster, ns: &str, name: &str, body: &[u8]) -> Result<Respons
     let pod_ready = is_ready(&pod.value());
     for pdb in store.matching(Kind::PodDisruptionBudget, Some(ns), &Selectors::default()) {
         let v = pdb.value();
-        let Some(text) = pdb_selector(&v) else { continue };
-        // An empty selector selects every pod of the namespace.
-        let sel = Selectors::parse(Kind::Pod, Some(&text), None)?;
-        if !sel.matches_labels(&pod.labels) {
+        // No selector selects no pod; an empty one every pod of the namespace.
+        let Some(sel) = Selectors::from_label_selector(v["spec"].get("selector"))? else { continue };
+        if !sel.matches(&pod.labels) {
             continue;
         }
         let matching = store.matching(Kind::Pod, Some(ns), &sel);

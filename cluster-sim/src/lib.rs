@@ -81,11 +81,12 @@ pub mod error;
 pub mod fixtures;
 mod kube_api;
 pub mod limits;
-pub mod objects;
 pub mod patch;
+mod resource;
 pub mod scenario;
 pub mod selector;
 pub mod server;
+mod store;
 mod table;
 
 pub use cluster::{
@@ -94,6 +95,6 @@ pub use cluster::{
 };
 pub use error::ApiError;
 pub use limits::Limits;
-pub use objects::Kind;
+pub use resource::Kind;
 pub use scenario::{Scenario, ScenarioError};
 pub use server::{Ports, SimError, SimServer};

@@ -1,7 +1,33 @@
 //! Label and field selectors (`app=web,tier!=db,env in (a,b),!legacy`).
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
 use crate::error::ApiError;
-use crate::objects::{Kind, Obj};
+use crate::resource::Kind;
+
+/// What a selector reads of an object: its labels and, for field
+/// selectors, a field by its dotted path.
+pub(crate) trait Fields {
+    /// The object's labels.
+    fn labels(&self) -> &BTreeMap<String, String>;
+    /// The field at a dotted path (`spec.nodeName`), `""` when absent (as
+    /// the API server reads a missing field).
+    fn field(&self, path: &str) -> Cow<'_, str>;
+}
+
+/// A bare label set (a pod's labels against a disruption budget's
+/// selector) has no fields.
+impl Fields for BTreeMap<String, String> {
+    fn labels(&self) -> &BTreeMap<String, String> {
+        self
+    }
+    fn field(&self, _path: &str) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Req {
@@ -146,65 +172,97 @@ impl Selectors {
         Ok(out)
     }
 
-    /// Whether an object matches.
-    pub(crate) fn matches(&self, o: &Obj) -> bool {
-        let labels_ok = self.labels.iter().all(|r| match r {
-            Req::Eq(k, v) => o.labels.get(k) == Some(v),
-            Req::NotEq(k, v) => o.labels.get(k) != Some(v),
-            Req::In(k, vs) => o.labels.get(k).is_some_and(|x| vs.contains(x)),
-            Req::NotIn(k, vs) => o.labels.get(k).is_none_or(|x| !vs.contains(x)),
-            Req::Exists(k) => o.labels.contains_key(k),
-            Req::NotExists(k) => !o.labels.contains_key(k),
-        });
-        // Event fields are read from the object itself (events are few).
-        let mut parsed: Option<serde_json::Value> = None;
-        labels_ok
-            && self.fields.iter().all(|(k, v, neg)| {
-                let actual = match k.as_str() {
-                    "metadata.name" => o.name.as_str(),
-                    "metadata.namespace" => o.namespace.as_str(),
-                    "spec.nodeName" => o.node_name.as_deref().unwrap_or(""),
-                    "status.phase" => o.phase.as_deref().unwrap_or(""),
-                    path => {
-                        let doc = parsed.get_or_insert_with(|| serde_json::from_slice(&o.json).unwrap_or_default());
-                        let found = path.split('.').try_fold(&*doc, |d, seg| d.get(seg));
-                        // An absent field reads as "" (a Node's events have no namespace).
-                        return (found.and_then(serde_json::Value::as_str).unwrap_or("") == v) != *neg;
-                    }
-                };
-                (actual == v) != *neg
-            })
+    /// Pods on `node` (`spec.nodeName=node`).
+    pub(crate) fn on_node(node: &str) -> Self {
+        Selectors { labels: Vec::new(), fields: vec![("spec.nodeName".to_owned(), node.to_owned(), false)] }
     }
 
-    /// Matches a plain label map (for PodDisruptionBudget selectors).
-    pub(crate) fn matches_labels(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
-        let probe = Obj {
-            namespace: String::new(),
-            name: String::new(),
-            rv: 0,
-            labels: labels.clone(),
-            node_name: None,
-            phase: None,
-            json: bytes::Bytes::new(),
-        };
-        self.matches(&probe)
+    /// A `metav1.LabelSelector` (`matchLabels`, `matchExpressions`), as a
+    /// PodDisruptionBudget holds it. `Ok(None)`: an absent selector, which
+    /// selects nothing; an empty one selects everything.
+    pub(crate) fn from_label_selector(sel: Option<&Value>) -> Result<Option<Self>, ApiError> {
+        let Some(sel) = sel.filter(|s| !s.is_null()) else { return Ok(None) };
+        let bad = |why: String| ApiError::bad_request(&format!("invalid label selector {sel}: {why}"));
+        let mut labels = Vec::new();
+        for (k, v) in sel.get("matchLabels").and_then(Value::as_object).into_iter().flatten() {
+            let v = v.as_str().ok_or_else(|| bad(format!("matchLabels.{k} is not a string")))?;
+            labels.push(Req::Eq(k.clone(), v.to_owned()));
+        }
+        for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+            let key = e.get("key").and_then(Value::as_str).ok_or_else(|| bad("an expression has no key".into()))?;
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default();
+            let key = key.to_owned();
+            labels.push(match e.get("operator").and_then(Value::as_str) {
+                Some("In") => Req::In(key, values),
+                Some("NotIn") => Req::NotIn(key, values),
+                Some("Exists") => Req::Exists(key),
+                Some("DoesNotExist") => Req::NotExists(key),
+                other => return Err(bad(format!("operator {other:?}: expected In, NotIn, Exists or DoesNotExist"))),
+            });
+        }
+        for r in &labels {
+            let (Req::Eq(k, _)
+            | Req::NotEq(k, _)
+            | Req::In(k, _)
+            | Req::NotIn(k, _)
+            | Req::Exists(k)
+            | Req::NotExists(k)) = r;
+            if !valid_key(k) {
+                return Err(bad(format!("{k:?} is not a valid label key")));
+            }
+        }
+        Ok(Some(Selectors { labels, fields: Vec::new() }))
+    }
+
+    /// Whether an object matches.
+    pub(crate) fn matches(&self, o: &impl Fields) -> bool {
+        let l = o.labels();
+        let labels_ok = self.labels.iter().all(|r| match r {
+            Req::Eq(k, v) => l.get(k) == Some(v),
+            Req::NotEq(k, v) => l.get(k) != Some(v),
+            Req::In(k, vs) => l.get(k).is_some_and(|x| vs.contains(x)),
+            Req::NotIn(k, vs) => l.get(k).is_none_or(|x| !vs.contains(x)),
+            Req::Exists(k) => l.contains_key(k),
+            Req::NotExists(k) => !l.contains_key(k),
+        });
+        labels_ok && self.fields.iter().all(|(k, v, neg)| (o.field(k) == v.as_str()) != *neg)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
-    fn obj(labels: &[(&str, &str)], node: Option<&str>) -> Obj {
-        Obj {
-            namespace: "default".into(),
-            name: "x".into(),
-            rv: 1,
-            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
-            node_name: node.map(str::to_owned),
+    struct Probe {
+        labels: BTreeMap<String, String>,
+        node: Option<String>,
+        phase: Option<String>,
+    }
+
+    impl Fields for Probe {
+        fn labels(&self) -> &BTreeMap<String, String> {
+            &self.labels
+        }
+        fn field(&self, path: &str) -> Cow<'_, str> {
+            match path {
+                "metadata.name" => Cow::Borrowed("x"),
+                "metadata.namespace" => Cow::Borrowed("default"),
+                "spec.nodeName" => Cow::Borrowed(self.node.as_deref().unwrap_or("")),
+                "status.phase" => Cow::Borrowed(self.phase.as_deref().unwrap_or("")),
+                _ => Cow::Borrowed(""),
+            }
+        }
+    }
+
+    fn obj(labels: &[(&str, &str)], node: Option<&str>) -> Probe {
+        Probe {
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            node: node.map(str::to_owned),
             phase: Some("Running".into()),
-            json: bytes::Bytes::new(),
         }
     }
 
@@ -264,5 +322,30 @@ mod tests {
         assert!(!s.matches(&o));
         let s = Selectors::parse(Kind::Node, None, Some("metadata.name=x")).unwrap();
         assert!(s.matches(&o));
+    }
+
+    #[test]
+    fn label_selectors_of_disruption_budgets() {
+        let sel = |v: Value| Selectors::from_label_selector(Some(&v));
+        let s = sel(serde_json::json!({
+            "matchLabels": {"app": "db"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "legacy", "operator": "DoesNotExist"},
+            ]
+        }))
+        .unwrap()
+        .unwrap();
+        let labels =
+            |l: &[(&str, &str)]| l.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>();
+        assert!(s.matches(&labels(&[("app", "db"), ("tier", "a")])));
+        assert!(!s.matches(&labels(&[("app", "db"), ("tier", "c")])));
+        assert!(!s.matches(&labels(&[("app", "db"), ("tier", "a"), ("legacy", "1")])));
+        assert!(sel(serde_json::json!({})).unwrap().unwrap().matches(&labels(&[])), "empty: everything");
+        assert_eq!(Selectors::from_label_selector(None).unwrap(), None, "absent: nothing");
+        assert_eq!(Selectors::from_label_selector(Some(&Value::Null)).unwrap(), None);
+        let e = sel(serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Near"}]})).unwrap_err();
+        assert!(e.message.contains("expected In, NotIn, Exists or DoesNotExist"), "{}", e.message);
+        assert_eq!(sel(serde_json::json!({"matchLabels": {"app": 1}})).unwrap_err().code, 400);
     }
 }

@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use crate::objects::{Kind, Obj};
+use crate::resource::Kind;
+use crate::store::Obj;
 
 /// Whether the request asks for metadata only (`as=PartialObjectMetadata`
 /// or `as=PartialObjectMetadataList`, what kube's `get_metadata` and
