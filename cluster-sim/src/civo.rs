@@ -19,7 +19,7 @@ fn civo_error(status: StatusCode, code: &str, reason: &str) -> Response {
 /// `Err` carries the response to send instead of serving the request.
 async fn gate(cluster: &Cluster, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Response> {
     let key = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let expected = &cluster.inner.config.civo_key;
+    let expected = &cluster.config().civo_key;
     let ok_key = key.split_once(' ').is_some_and(|(scheme, k)| scheme.eq_ignore_ascii_case("bearer") && k == expected);
     if !ok_key {
         return Err(civo_error(
@@ -28,27 +28,7 @@ async fn gate(cluster: &Cluster, headers: &HeaderMap, query: &HashMap<String, St
             "Authentication failed: supply a valid API key as \"Authorization: bearer KEY\"",
         ));
     }
-    let fault = {
-        let mut civo = cluster.inner.civo.lock();
-        civo.faults.retain(|f| f.calls > 0);
-        if let Some(f) = civo.faults.first_mut()
-            && f.skip > 0
-        {
-            f.skip -= 1;
-            return check_region(cluster, query);
-        }
-        match civo.faults.first_mut() {
-            Some(f) => {
-                let out = *f;
-                f.calls = f.calls.saturating_sub(1);
-                if f.calls == 0 {
-                    civo.faults.remove(0);
-                }
-                Some(out)
-            }
-            None => None,
-        }
-    };
+    let fault = cluster.take_civo_fault();
     if let Some(f) = fault {
         if !f.delay.is_zero() {
             tokio::time::sleep(f.delay).await;
@@ -81,7 +61,7 @@ fn check_region(cluster: &Cluster, query: &HashMap<String, String>) -> Result<()
     if query.get("region").is_none_or(String::is_empty) {
         return Err(civo_error(StatusCode::BAD_REQUEST, "region_missing", "The region query parameter is required"));
     }
-    if query.get("region") != Some(&cluster.inner.config.region) {
+    if query.get("region") != Some(&cluster.config().region) {
         return Err(civo_error(StatusCode::NOT_FOUND, "region_unavailable", "The region is not available"));
     }
     Ok(())
@@ -114,16 +94,16 @@ async fn get_cluster(
     if let Err(r) = gate(&c, &headers, &q).await {
         return r;
     }
-    let cfg = &c.inner.config;
+    let cfg = c.config();
     if id != cfg.cluster_id {
         return cluster_not_found();
     }
-    let civo = c.inner.civo.lock();
-    let pools: Vec<Value> = civo
-        .pools
+    let all = c.instances();
+    let pools: Vec<Value> = c
+        .civo_pools()
         .iter()
         .map(|(pid, size)| {
-            let members: Vec<&Instance> = civo.instances.values().filter(|i| &i.pool == pid).collect();
+            let members: Vec<&Instance> = all.iter().filter(|i| &i.pool == pid).collect();
             json!({
                 "id": pid, "count": members.len(), "size": size,
                 "instance_names": members.iter().map(|i| i.hostname.clone()).collect::<Vec<_>>(),
@@ -131,7 +111,7 @@ async fn get_cluster(
             })
         })
         .collect();
-    let instances: Vec<Value> = civo.instances.values().map(|i| instance_json(i, &cfg.region)).collect();
+    let instances: Vec<Value> = all.iter().map(|i| instance_json(i, &cfg.region)).collect();
     Json(json!({
         "id": cfg.cluster_id, "name": cfg.cluster_name, "version": "1.33.1-k3s1", "status": "ACTIVE", "ready": true,
         "cluster_type": "k3s", "num_target_nodes": instances.len(), "target_nodes_size": "g4s.kube.medium",
@@ -150,11 +130,11 @@ async fn list_instances(
     if let Err(r) = gate(&c, &headers, &q).await {
         return r;
     }
-    if id != c.inner.config.cluster_id {
+    if id != c.config().cluster_id {
         return cluster_not_found();
     }
-    let region = &c.inner.config.region;
-    let list: Vec<Value> = c.inner.civo.lock().instances.values().map(|i| instance_json(i, region)).collect();
+    let region = &c.config().region;
+    let list: Vec<Value> = c.instances().iter().map(|i| instance_json(i, region)).collect();
     Json(Value::Array(list)).into_response()
 }
 
@@ -190,8 +170,7 @@ async fn delete_pool_instance(
     if let Err(r) = gate(&c, &headers, &q).await {
         return r;
     }
-    let in_pool =
-        cid == c.inner.config.cluster_id && c.inner.civo.lock().instances.get(&id).is_some_and(|i| i.pool == pool);
+    let in_pool = cid == c.config().cluster_id && c.instance_in_pool(&id, &pool);
     if !in_pool {
         return civo_error(
             StatusCode::NOT_FOUND,
@@ -220,15 +199,9 @@ async fn log_calls(State(c): State<Cluster>, req: axum::extract::Request, next: 
     let path = req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), ToString::to_string);
     // Logged on arrival (status 0 until answered), so a call whose client
     // gave up before the answer still counts.
-    let index = {
-        let mut civo = c.inner.civo.lock();
-        civo.calls.push(CivoCall { method, path, status: 0 });
-        civo.calls.len() - 1
-    };
+    let index = c.log_civo_call(CivoCall { method, path, status: 0 });
     let response = next.run(req).await;
-    if let Some(call) = c.inner.civo.lock().calls.get_mut(index) {
-        call.status = response.status().as_u16();
-    }
+    c.answer_civo_call(index, response.status().as_u16());
     response
 }
 

@@ -1,348 +1,32 @@
-//! The simulated cluster: its objects, its Civo account, and the Rust API
-//! that drives scenarios (faults, reboots, replacements, API failures).
+//! The simulated cluster: the handle ([`Cluster`]) on its objects, nodes
+//! and Civo account, and the Rust API that drives scenarios. Its concerns
+//! live in their own modules: settings (`config`), node faults and host
+//! services (`faults`), rendering a node's objects (`render`), the Civo
+//! account (`account`), the object store and watches (`store`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::fixtures::{self, NodePlan, PodOwner};
-use crate::limits::Limits;
 use crate::resource::Kind;
 use crate::selector::Selectors;
-use crate::store::{Keep, Store};
+use crate::store::{Keep, ListPage, Obj, Store, WatchStart};
 
-/// How big the simulated cluster is and how it behaves.
-///
-/// Its `Debug` output shows `civo_key` as `"<redacted>"`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// Standard nodes.
-    pub nodes: u32,
-    /// GPU nodes (in their own pool).
-    pub gpu_nodes: u32,
-    /// GPUs per GPU node.
-    pub gpus_per_node: u32,
-    /// Pools the standard nodes are spread over (at least 1).
-    pub pools: u32,
-    /// Zones (0: nodes carry no zone label; at most 26). Pool `i` (the
-    /// standard pools in order, then the GPU pool) is in zone
-    /// `{region}-{letter i mod zones}` (`lon1-a`); a replacement node joins
-    /// its pool's zone.
-    pub zones: u32,
-    /// Civo cluster id.
-    pub cluster_id: String,
-    /// Civo cluster name (also the node name prefix).
-    pub cluster_name: String,
-    /// Civo region.
-    pub region: String,
-    /// The Civo API key the simulated API accepts (never shown by `Debug`).
-    pub civo_key: String,
-    /// Pods per node: one DaemonSet pod and this many ReplicaSet pods.
-    pub pods_per_node: u32,
-    /// Watch events kept for resuming watches (older versions get 410 Gone).
-    pub watch_history: usize,
-    /// How often watches receive a BOOKMARK (when they ask for them).
-    pub bookmark_interval: Duration,
-    /// How often kubelet leases of healthy nodes are renewed (zero: never).
-    pub lease_renew_interval: Duration,
-    /// Default time a reboot takes.
-    pub reboot_takes: Duration,
-    /// Time until a replaced instance comes back as a new node.
-    pub replace_takes: Duration,
-    /// Bounds on request and object sizes, JSON patches and connections.
-    pub limits: Limits,
-}
-
-impl ClusterConfig {
-    /// Checks the settings that would otherwise produce invalid objects.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let label = |field: &'static str, v: &str| {
-            let ok = !v.is_empty()
-                && v.len() <= 40
-                && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !v.starts_with('-')
-                && !v.ends_with('-');
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::new(
-                    field,
-                    format!("{v:?} must be 1-40 lowercase letters, digits or '-', not starting or ending with '-'"),
-                ))
-            }
-        };
-        label("cluster_name", &self.cluster_name)?;
-        label("region", &self.region)?;
-        if self.pools == 0 {
-            return Err(ConfigError::new("pools", "must be at least 1"));
-        }
-        if self.zones > 26 {
-            return Err(ConfigError::new("zones", format!("must be at most 26 (one letter each), got {}", self.zones)));
-        }
-        if self.civo_key.is_empty() {
-            return Err(ConfigError::new("civo_key", "must not be empty"));
-        }
-        if self.gpu_nodes > 0 && self.gpus_per_node == 0 {
-            return Err(ConfigError::new("gpus_per_node", "must be at least 1 when there are GPU nodes"));
-        }
-        self.limits.validate()
-    }
-}
-
-/// A simulator setting that cannot be used: the field (dotted) and what is
-/// wrong with its value.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field} {problem}")]
-pub struct ConfigError {
-    /// The setting, e.g. `pools` or `limits.max_connections`.
-    pub field: &'static str,
-    /// What is wrong, and the accepted form.
-    pub problem: String,
-}
-
-impl ConfigError {
-    /// An error for `field`.
-    pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
-        ConfigError { field, problem: problem.into() }
-    }
-}
-
-impl std::fmt::Debug for ClusterConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured so that a new field cannot be left out (or leak) silently.
-        let ClusterConfig {
-            nodes,
-            gpu_nodes,
-            gpus_per_node,
-            pools,
-            zones,
-            cluster_id,
-            cluster_name,
-            region,
-            civo_key: _,
-            pods_per_node,
-            watch_history,
-            bookmark_interval,
-            lease_renew_interval,
-            reboot_takes,
-            replace_takes,
-            limits,
-        } = self;
-        f.debug_struct("ClusterConfig")
-            .field("nodes", nodes)
-            .field("gpu_nodes", gpu_nodes)
-            .field("gpus_per_node", gpus_per_node)
-            .field("pools", pools)
-            .field("zones", zones)
-            .field("cluster_id", cluster_id)
-            .field("cluster_name", cluster_name)
-            .field("region", region)
-            .field("civo_key", &"<redacted>")
-            .field("pods_per_node", pods_per_node)
-            .field("watch_history", watch_history)
-            .field("bookmark_interval", bookmark_interval)
-            .field("lease_renew_interval", lease_renew_interval)
-            .field("reboot_takes", reboot_takes)
-            .field("replace_takes", replace_takes)
-            .field("limits", limits)
-            .finish()
-    }
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig {
-            nodes: 3,
-            gpu_nodes: 0,
-            gpus_per_node: 8,
-            pools: 1,
-            zones: 0,
-            cluster_id: "b3a7c6d2-5f1e-4c9a-8d0b-7e6f5a4c3b21".into(),
-            cluster_name: "sim".into(),
-            region: "lon1".into(),
-            civo_key: "sim-civo-key".into(),
-            pods_per_node: 2,
-            watch_history: 100_000,
-            bookmark_interval: Duration::from_secs(1),
-            lease_renew_interval: Duration::from_secs(10),
-            reboot_takes: Duration::from_secs(30),
-            replace_takes: Duration::from_secs(60),
-            limits: Limits::default(),
-        }
-    }
-}
-
-/// A fault injected into a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Fault {
-    /// Ready=False (the kubelet reports not ready).
-    NotReady,
-    /// Ready=Unknown (the kubelet stopped posting status).
-    Unknown,
-    /// MemoryPressure=True.
-    MemoryPressure,
-    /// DiskPressure=True.
-    DiskPressure,
-    /// PIDPressure=True.
-    PidPressure,
-    /// Allocatable GPUs drop to zero (the label keeps the expected count).
-    GpuLost,
-    /// Cilium is down: NetworkUnavailable=True and the agent-not-ready taint.
-    CiliumDown,
-    /// The kubelet lease stops being renewed.
-    LeaseStale,
-    /// The kubelet process stopped: Ready=Unknown and its lease goes stale.
-    /// A restart of the kubelet (the simulated host endpoint
-    /// `POST /sim/v1/nodes/{node}/restart/kubelet`) or a reboot fixes it.
-    KubeletStopped,
-    /// The node's sidecar answers 503 on `GET /sim/v1/nodes/{node}/sidecar/healthz`
-    /// while the node itself looks fine (its pod was replaced and lost its
-    /// readiness mark); `POST .../sidecar/mark-ready` fixes it.
-    #[serde(rename = "sidecar-503")]
-    Sidecar503,
-}
-
-impl Fault {
-    /// Every fault.
-    pub const ALL: [Fault; 10] = [
-        Fault::NotReady,
-        Fault::Unknown,
-        Fault::MemoryPressure,
-        Fault::DiskPressure,
-        Fault::PidPressure,
-        Fault::GpuLost,
-        Fault::CiliumDown,
-        Fault::LeaseStale,
-        Fault::KubeletStopped,
-        Fault::Sidecar503,
-    ];
-
-    /// What repairs the fault besides a reboot: the host service whose
-    /// restart fixes it, or deleting the node's Cilium agent pod.
-    #[must_use]
-    pub const fn soft_fix(self) -> Option<SoftFix> {
-        match self {
-            Fault::KubeletStopped => Some(SoftFix::Restart("kubelet")),
-            Fault::CiliumDown => Some(SoftFix::CiliumPod),
-            Fault::Sidecar503 => Some(SoftFix::MarkReady),
-            _ => None,
-        }
-    }
-}
-
-/// A repair short of a reboot that clears a [`Fault`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SoftFix {
-    /// Restarting this host service (`kubelet`).
-    Restart(&'static str),
-    /// Deleting the node's Cilium agent pod (its DaemonSet starts a new one).
-    CiliumPod,
-    /// The sidecar's mark-ready call.
-    MarkReady,
-}
-
-/// What a reboot of a node does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RebootBehaviour {
-    /// The reboot clears the node's faults.
-    pub fixes: bool,
-    /// How long the node is NotReady while rebooting.
-    pub takes: Duration,
-    /// After a reboot that fixed it, the node's faults come back this long
-    /// after it is up again (a node that looks healthy right after a reboot
-    /// and fails under load), once per reboot.
-    pub relapse_after: Option<Duration>,
-}
-
-impl RebootBehaviour {
-    /// A reboot taking `takes` that fixes the node (`fixes`) for good.
-    #[must_use]
-    pub const fn new(fixes: bool, takes: Duration) -> Self {
-        RebootBehaviour { fixes, takes, relapse_after: None }
-    }
-}
-
-/// A fault of the simulated Civo API for its next calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CivoFault {
-    /// Calls to let through untouched before this fault applies.
-    pub skip: u32,
-    /// HTTP status to answer with (0: answer normally after the delay).
-    pub status: u16,
-    /// Delay before answering.
-    pub delay: Duration,
-    /// How many calls it affects.
-    pub calls: u32,
-    /// A `Retry-After` header (seconds) on the fault's answers.
-    pub retry_after: Option<u32>,
-}
-
-/// One call the simulated Civo API received.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CivoCall {
-    /// HTTP method.
-    pub method: String,
-    /// Path with query.
-    pub path: String,
-    /// Status answered.
-    pub status: u16,
-}
-
-/// A simulated Civo instance.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Instance {
-    /// Instance id.
-    pub id: String,
-    /// Hostname (the node name).
-    pub hostname: String,
-    /// Pool id.
-    pub pool: String,
-    /// Instance size.
-    pub size: String,
-    /// `ACTIVE`, `REBOOTING`, ...
-    pub status: String,
-    /// Public IP.
-    pub public_ip: String,
-    /// Private IP.
-    pub private_ip: String,
-    /// Node index (for addresses).
-    #[serde(skip)]
-    pub index: u32,
-    /// GPUs.
-    #[serde(skip)]
-    pub gpus: u32,
-}
-
-#[derive(Default)]
-pub(crate) struct CivoState {
-    pub(crate) instances: BTreeMap<String, Instance>,
-    pub(crate) pools: Vec<(String, String)>,
-    pub(crate) faults: Vec<CivoFault>,
-    pub(crate) calls: Vec<CivoCall>,
-}
-
-#[derive(Default)]
-struct NodeState {
-    faults: BTreeMap<String, Vec<Fault>>,
-    /// Host services restarted through the simulated host endpoint, in order.
-    restarts: Vec<(String, String)>,
-    reboot: BTreeMap<String, RebootBehaviour>,
-    /// Reboots started per node: only the latest one brings the node back.
-    reboots: BTreeMap<String, u64>,
-}
+pub use crate::account::{CivoCall, CivoFault, Instance, gpu_pool_id, pool_id};
+pub(crate) use crate::account::{CivoState, instance_id};
+pub use crate::config::{ClusterConfig, ConfigError};
+pub(crate) use crate::faults::NodeState;
+pub use crate::faults::{Fault, RebootBehaviour, SoftFix};
 
 pub(crate) struct Inner {
     pub(crate) store: Mutex<Store>,
     pub(crate) civo: Mutex<CivoState>,
-    nodes: Mutex<NodeState>,
+    pub(crate) nodes: Mutex<NodeState>,
     pub(crate) config: ClusterConfig,
-    next_index: Mutex<u32>,
+    pub(crate) next_index: Mutex<u32>,
     requests: Mutex<std::collections::BTreeMap<KubeRequest, u64>>,
     /// An API server outage: `Some(host)` while the API answers 503; a
     /// restart of k3s on `host` ends it. Open watches end when it starts.
@@ -381,22 +65,6 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster").field("cluster_id", &self.inner.config.cluster_id).finish_non_exhaustive()
     }
-}
-
-fn instance_id(n: u32) -> String {
-    format!("0f9c7a52-3b1e-4d6a-9f20-{n:012x}")
-}
-
-/// The pool id of standard pool `p`.
-#[must_use]
-pub fn pool_id(p: u32) -> String {
-    format!("5a1c{p:04x}-9e2b-4f7d-8c3a-1b6e0d9f2a47")
-}
-
-/// The pool id of the GPU pool.
-#[must_use]
-pub fn gpu_pool_id() -> String {
-    "9d4e7f10-6c2a-4b8e-a1f3-5e0c7b2d9a61".into()
 }
 
 impl Cluster {
@@ -638,6 +306,109 @@ impl Cluster {
         self.inner.store.lock().create(kind, v, false).map(|_| ())
     }
 
+    // The store as the API handlers use it: every read and write of
+    // objects goes through these (and the Rust API above), never through
+    // the lock itself, so side effects (a DaemonSet pod coming back) happen
+    // whichever way a pod goes.
+
+    /// One stored object.
+    pub(crate) fn get_obj(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<Obj>> {
+        self.inner.store.lock().get(kind, namespace, name)
+    }
+
+    /// Creates an object; returns it and the fields the schema dropped.
+    pub(crate) fn create_obj(&self, kind: Kind, v: Value, strict: bool) -> Result<(Arc<Obj>, Vec<String>), ApiError> {
+        self.inner.store.lock().create(kind, v, strict)
+    }
+
+    /// Replaces an object (`PUT`), guarded by the body's resource version.
+    pub(crate) fn replace_obj(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        v: Value,
+        keep: Keep,
+        strict: bool,
+    ) -> Result<(Arc<Obj>, Vec<String>), ApiError> {
+        self.inner.store.lock().update(kind, namespace, name, v, keep, strict)
+    }
+
+    /// Reads, changes and writes one object atomically (a patch, an apply):
+    /// `f` gets the object's JSON (`None` when absent) and returns the new
+    /// one, which creates the object if it was absent. Returns the stored
+    /// object, the fields the schema dropped and whether it was created.
+    pub(crate) fn write_obj(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        keep: Keep,
+        strict: bool,
+        f: impl FnOnce(Option<Value>) -> Result<Value, ApiError>,
+    ) -> Result<(Arc<Obj>, Vec<String>, bool), ApiError> {
+        let mut store = self.inner.store.lock();
+        let current = store.get(kind, namespace, name).map(|o| o.value());
+        let created = current.is_none();
+        let v = f(current)?;
+        let (obj, unknown) = if created {
+            store.create(kind, v, strict)?
+        } else {
+            store.update(kind, namespace, name, v, keep, strict)?
+        };
+        Ok((obj, unknown, created))
+    }
+
+    /// Deletes an object (guarded by `precondition_rv` when given).
+    pub(crate) fn delete_obj(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        precondition_rv: Option<&str>,
+    ) -> Result<Arc<Obj>, ApiError> {
+        let obj = self.inner.store.lock().delete(kind, namespace, name, precondition_rv)?;
+        if kind == Kind::Pod {
+            self.pod_deleted(&obj.value());
+        }
+        Ok(obj)
+    }
+
+    /// Evicts a pod unless a disruption budget forbids it (429).
+    pub(crate) fn evict_pod(&self, namespace: &str, name: &str) -> Result<(), ApiError> {
+        let pod = crate::disruption::evict(&mut self.inner.store.lock(), namespace, name)?;
+        self.pod_deleted(&pod.value());
+        Ok(())
+    }
+
+    /// One page of a list.
+    pub(crate) fn list_objs(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        sel: &Selectors,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+    ) -> Result<ListPage, ApiError> {
+        self.inner.store.lock().list(kind, namespace, sel, limit, continue_token)
+    }
+
+    /// Starts a watch (410 Gone from a compacted resource version).
+    pub(crate) fn watch_objs(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        sel: &Selectors,
+        from_rv: Option<u64>,
+    ) -> Result<WatchStart, ApiError> {
+        self.inner.store.lock().watch(kind, namespace, sel, from_rv)
+    }
+
+    /// Ends every open watch (shutdown).
+    pub(crate) fn close_watches(&self) {
+        self.inner.store.lock().close_watches();
+    }
+
     /// Makes every watch from an older resource version fail with 410 Gone.
     pub fn compact(&self) {
         self.inner.store.lock().compact();
@@ -647,341 +418,6 @@ impl Cluster {
     #[must_use]
     pub fn resource_version(&self) -> u64 {
         self.inner.store.lock().current_rv()
-    }
-
-    /// Injects a fault into a node.
-    pub fn inject(&self, node: &str, fault: Fault) -> Result<(), ApiError> {
-        {
-            let mut st = self.inner.nodes.lock();
-            let faults = st.faults.entry(node.to_owned()).or_default();
-            if !faults.contains(&fault) {
-                faults.push(fault);
-            }
-        }
-        self.render(node)
-    }
-
-    /// Clears every fault of a node.
-    pub fn heal(&self, node: &str) -> Result<(), ApiError> {
-        self.inner.nodes.lock().faults.remove(node);
-        self.render(node)
-    }
-
-    /// The faults of a node.
-    #[must_use]
-    pub fn faults(&self, node: &str) -> Vec<Fault> {
-        self.inner.nodes.lock().faults.get(node).cloned().unwrap_or_default()
-    }
-
-    /// Says what a reboot of `node` does.
-    pub fn set_reboot(&self, node: &str, behaviour: RebootBehaviour) {
-        self.inner.nodes.lock().reboot.insert(node.to_owned(), behaviour);
-    }
-
-    fn reboot_behaviour(&self, node: &str) -> RebootBehaviour {
-        self.inner
-            .nodes
-            .lock()
-            .reboot
-            .get(node)
-            .copied()
-            .unwrap_or(RebootBehaviour::new(true, self.inner.config.reboot_takes))
-    }
-
-    /// Writes a node's conditions, taints and GPUs from its faults.
-    fn render(&self, node: &str) -> Result<(), ApiError> {
-        let faults = self.faults(node);
-        self.render_with(node, &faults, false)
-    }
-
-    fn render_with(&self, node: &str, faults: &[Fault], rebooting: bool) -> Result<(), ApiError> {
-        let now = crate::store::now_rfc3339();
-        self.update_node(node, |v| {
-            let mut conds = fixtures::healthy_conditions();
-            for c in &mut conds {
-                let (status, reason, message) = match (c.type_.as_str(), rebooting) {
-                    ("Ready", true) => ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."),
-                    ("Ready", false) if faults.contains(&Fault::Unknown) || faults.contains(&Fault::KubeletStopped) => {
-                        ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
-                    }
-                    ("Ready", false) if faults.contains(&Fault::NotReady) => {
-                        ("False", "KubeletNotReady", "container runtime network not ready: NetworkReady=false")
-                    }
-                    ("MemoryPressure", _) if faults.contains(&Fault::MemoryPressure) => {
-                        ("True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
-                    }
-                    ("DiskPressure", _) if faults.contains(&Fault::DiskPressure) => {
-                        ("True", "KubeletHasDiskPressure", "kubelet has disk pressure")
-                    }
-                    ("PIDPressure", _) if faults.contains(&Fault::PidPressure) => {
-                        ("True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
-                    }
-                    ("NetworkUnavailable", _) if faults.contains(&Fault::CiliumDown) => {
-                        ("True", "CiliumIsDown", "Cilium agent is not running on this node")
-                    }
-                    _ => continue,
-                };
-                c.status = status.into();
-                c.reason = Some(reason.into());
-                c.message = Some(message.into());
-                c.last_transition_time =
-                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now.parse().unwrap_or_default()));
-            }
-            v["status"]["conditions"] = serde_json::to_value(&conds).unwrap_or(Value::Null);
-            let mut taints: Vec<Value> = v["spec"]["taints"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|t| {
-                    !matches!(
-                        t["key"].as_str(),
-                        Some(
-                            "node.cilium.io/agent-not-ready"
-                                | "node.kubernetes.io/unreachable"
-                                | "node.kubernetes.io/not-ready"
-                        )
-                    )
-                })
-                .collect();
-            if faults.contains(&Fault::CiliumDown) {
-                taints.push(json!({"key": "node.cilium.io/agent-not-ready", "value": "true", "effect": "NoSchedule"}));
-            }
-            if rebooting || faults.contains(&Fault::Unknown) || faults.contains(&Fault::KubeletStopped) {
-                taints.push(json!({"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule", "timeAdded": now}));
-            } else if faults.contains(&Fault::NotReady) {
-                taints.push(json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule", "timeAdded": now}));
-            }
-            v["spec"]["taints"] = Value::Array(taints);
-            if let Some(expected) = v["metadata"]["labels"][fixtures::GPU_COUNT_LABEL].as_str().map(str::to_owned) {
-                let alloc = if faults.contains(&Fault::GpuLost) { "0".to_owned() } else { expected };
-                v["status"]["allocatable"][fixtures::GPU_RESOURCE] = Value::String(alloc.clone());
-                v["status"]["capacity"][fixtures::GPU_RESOURCE] = Value::String(alloc);
-            }
-        })?;
-        if faults.contains(&Fault::LeaseStale) || faults.contains(&Fault::KubeletStopped) {
-            self.update(Kind::Lease, "kube-node-lease", node, |l| {
-                l["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
-            })?;
-        } else {
-            self.renew_lease(node);
-        }
-        Ok(())
-    }
-
-    fn renew_lease(&self, node: &str) {
-        let _ = self.update(Kind::Lease, "kube-node-lease", node, |l| {
-            l["spec"]["renewTime"] = Value::String(now_micro());
-        });
-    }
-
-    /// Renews the kubelet lease of every node without a `LeaseStale` fault or reboot in progress.
-    pub fn renew_leases(&self) {
-        let stale: Vec<String> = {
-            let st = self.inner.nodes.lock();
-            st.faults
-                .iter()
-                .filter(|(_, f)| f.contains(&Fault::LeaseStale) || f.contains(&Fault::KubeletStopped))
-                .map(|(n, _)| n.clone())
-                .collect()
-        };
-        for node in self.node_names() {
-            if !stale.contains(&node) {
-                self.renew_lease(&node);
-            }
-        }
-    }
-
-    /// Reboots the node behind an instance: NotReady now, then (after the
-    /// reboot time) healthy if the reboot fixes it, else its faults again.
-    pub(crate) fn reboot_instance(&self, id: &str) -> bool {
-        let Some(host) = self.inner.civo.lock().instances.get_mut(id).map(|i| {
-            i.status = "REBOOTING".into();
-            i.hostname.clone()
-        }) else {
-            return false;
-        };
-        let b = self.reboot_behaviour(&host);
-        let generation = {
-            let mut st = self.inner.nodes.lock();
-            let g = st.reboots.entry(host.clone()).or_default();
-            *g += 1;
-            *g
-        };
-        let faults = self.faults(&host);
-        let _ = self.render_with(&host, &faults, true);
-        let me = self.clone();
-        let id = id.to_owned();
-        self.spawn(async move {
-            tokio::time::sleep(b.takes).await;
-            let cleared = {
-                let mut st = me.inner.nodes.lock();
-                if st.reboots.get(&host) != Some(&generation) {
-                    // A later reboot is still under way; it finishes the job.
-                    return;
-                }
-                if b.fixes { st.faults.remove(&host) } else { None }
-            };
-            if let Some(i) = me.inner.civo.lock().instances.get_mut(&id) {
-                i.status = "ACTIVE".into();
-            }
-            let _ = me.render(&host);
-            if let (Some(after), Some(faults)) = (b.relapse_after, cleared) {
-                tokio::time::sleep(after).await;
-                if me.inner.nodes.lock().reboots.get(&host) != Some(&generation) {
-                    return;
-                }
-                tracing::info!(node = %host, ?faults, "the node's faults are back after its reboot");
-                for f in faults {
-                    let _ = me.inject(&host, f);
-                }
-            }
-        });
-        true
-    }
-
-    /// Takes the Kubernetes API down: every request but the simulator's own
-    /// (`/sim/...`) answers 503 and open watches end, until k3s is restarted
-    /// on `fixed_by` (`POST /sim/v1/nodes/{fixed_by}/restart/k3s`, a
-    /// control-plane host, not a node) or [`Cluster::end_api_outage`].
-    pub fn api_outage(&self, fixed_by: &str) {
-        tracing::warn!(fixed_by, "simulated API server outage");
-        self.inner.outage.send_replace(Some(fixed_by.to_owned()));
-    }
-
-    /// Ends an API server outage.
-    pub fn end_api_outage(&self) {
-        self.inner.outage.send_replace(None);
-    }
-
-    /// Whether the API server is down.
-    #[must_use]
-    pub fn api_down(&self) -> bool {
-        self.inner.outage.borrow().is_some()
-    }
-
-    /// Restarts a host service of `node` (what an operator's script or a
-    /// fleet controller does over SSH): clears the faults that restart fixes
-    /// and records the call. `k3s` on a control-plane host ends an API
-    /// outage it causes (any host name is accepted for `k3s`). `None` when
-    /// there is no such node.
-    pub fn restart_service(&self, node: &str, service: &str) -> Option<Vec<Fault>> {
-        if service == "k3s" {
-            self.inner.nodes.lock().restarts.push((node.to_owned(), service.to_owned()));
-            let fixed = self.inner.outage.borrow().as_deref() == Some(node);
-            if fixed {
-                self.end_api_outage();
-            }
-            tracing::info!(host = node, fixed, "k3s restarted");
-            return Some(Vec::new());
-        }
-        self.node(node)?;
-        let fixed = {
-            let mut st = self.inner.nodes.lock();
-            st.restarts.push((node.to_owned(), service.to_owned()));
-            let faults = st.faults.entry(node.to_owned()).or_default();
-            let fixed: Vec<Fault> = faults
-                .iter()
-                .copied()
-                .filter(|f| matches!(f.soft_fix(), Some(SoftFix::Restart(s)) if s == service))
-                .collect();
-            faults.retain(|f| !fixed.contains(f));
-            fixed
-        };
-        tracing::info!(node, service, ?fixed, "host service restarted");
-        let _ = self.render(node);
-        Some(fixed)
-    }
-
-    /// Whether the node's sidecar is ready (`None`: no such node).
-    #[must_use]
-    pub fn sidecar_ready(&self, node: &str) -> Option<bool> {
-        self.node(node)?;
-        Some(!self.faults(node).contains(&Fault::Sidecar503))
-    }
-
-    /// The sidecar's mark-ready: clears `Sidecar503` and records the call
-    /// (as the service `sidecar-mark-ready`). `None`: no such node.
-    pub fn mark_ready(&self, node: &str) -> Option<bool> {
-        self.node(node)?;
-        let had = {
-            let mut st = self.inner.nodes.lock();
-            st.restarts.push((node.to_owned(), "sidecar-mark-ready".to_owned()));
-            let faults = st.faults.entry(node.to_owned()).or_default();
-            let had = faults.contains(&Fault::Sidecar503);
-            faults.retain(|f| *f != Fault::Sidecar503);
-            had
-        };
-        tracing::info!(node, fixed = had, "sidecar marked ready");
-        Some(had)
-    }
-
-    /// Every host service restart (and sidecar mark-ready, as the service
-    /// `sidecar-mark-ready`) so far, in order: `(node, service)`.
-    #[must_use]
-    pub fn service_restarts(&self) -> Vec<(String, String)> {
-        self.inner.nodes.lock().restarts.clone()
-    }
-
-    /// A pod was deleted through the API. A DaemonSet's pod comes back at
-    /// once (same name, new uid), and a new Cilium agent pod clears its
-    /// node's `CiliumDown`.
-    pub(crate) fn pod_deleted(&self, pod: &Value) {
-        let meta = &pod["metadata"];
-        let daemon = meta["ownerReferences"]
-            .as_array()
-            .is_some_and(|o| o.iter().any(|r| r["kind"] == "DaemonSet" && r["controller"] == true));
-        let (Some(ns), Some(name), Some(node)) =
-            (meta["namespace"].as_str(), meta["name"].as_str(), pod["spec"]["nodeName"].as_str())
-        else {
-            return;
-        };
-        if !daemon || self.node(node).is_none() {
-            return;
-        }
-        let app = meta["labels"]["app"].as_str().unwrap_or_default().to_owned();
-        let fresh =
-            serde_json::to_value(fixtures::pod(ns, name, node, &app, PodOwner::DaemonSet)).unwrap_or(Value::Null);
-        let _ = self.create(Kind::Pod, fresh);
-        if app == "cilium" {
-            let had = {
-                let mut st = self.inner.nodes.lock();
-                let faults = st.faults.entry(node.to_owned()).or_default();
-                let had = faults.contains(&Fault::CiliumDown);
-                faults.retain(|f| *f != Fault::CiliumDown);
-                had
-            };
-            tracing::info!(node, pod = name, fixed = had, "Cilium agent pod restarted");
-            let _ = self.render(node);
-        }
-    }
-
-    /// Deletes an instance: its node (and pods and lease) go, and after the
-    /// replacement time a new node joins the same pool.
-    pub(crate) fn delete_instance(&self, id: &str) -> Option<Instance> {
-        let inst = self.inner.civo.lock().instances.remove(id)?;
-        {
-            let mut store = self.inner.store.lock();
-            let _ = store.delete(Kind::Node, "", &inst.hostname, None);
-            let _ = store.delete(Kind::Lease, "kube-node-lease", &inst.hostname, None);
-            for p in store.matching(Kind::Pod, None, &Selectors::on_node(&inst.hostname)) {
-                let _ = store.delete(Kind::Pod, &p.namespace.clone(), &p.name.clone(), None);
-            }
-        }
-        self.inner.nodes.lock().faults.remove(&inst.hostname);
-        let me = self.clone();
-        let (pool, gpus) = (inst.pool.clone(), inst.gpus);
-        let takes = self.inner.config.replace_takes;
-        self.spawn(async move {
-            tokio::time::sleep(takes).await;
-            me.add_node(&pool, gpus);
-        });
-        Some(inst)
-    }
-
-    /// Makes the next `fault.calls` Civo API calls fail (or stall) as described.
-    pub fn civo_fail_next(&self, fault: CivoFault) {
-        self.inner.civo.lock().faults.push(fault);
     }
 
     /// Counts one Kubernetes API request (the API handler calls it).
@@ -1038,24 +474,6 @@ impl Cluster {
         self.inner.requests.lock().iter().map(|(k, n)| (k.clone(), *n)).collect()
     }
 
-    /// Every Civo API call received so far.
-    #[must_use]
-    pub fn civo_calls(&self) -> Vec<CivoCall> {
-        self.inner.civo.lock().calls.clone()
-    }
-
-    /// Adds a Civo instance without a node (e.g. a duplicate hostname left by
-    /// a botched rebuild).
-    pub fn add_civo_instance(&self, instance: Instance) {
-        self.inner.civo.lock().instances.insert(instance.id.clone(), instance);
-    }
-
-    /// Every Civo instance.
-    #[must_use]
-    pub fn instances(&self) -> Vec<Instance> {
-        self.inner.civo.lock().instances.values().cloned().collect()
-    }
-
     /// Every Event written (core/v1 and events.k8s.io/v1), oldest first.
     #[must_use]
     pub fn events(&self) -> Vec<Value> {
@@ -1103,6 +521,8 @@ pub(crate) fn now_micro() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Limits;
+    use std::time::Duration;
 
     fn ready(c: &Cluster, node: &str) -> String {
         let n = c.node(node).unwrap_or_default();

@@ -265,11 +265,11 @@ async fn serve(
             } else if t.def.namespaced {
                 return Err(ApiError::method_not_allowed("create requires a namespace"));
             }
-            let (obj, unknown) = cluster.inner.store.lock().create(kind, v, strict(params))?;
+            let (obj, unknown) = cluster.create_obj(kind, v, strict(params))?;
             Ok(obj_response(StatusCode::CREATED, &obj, &unknown))
         }
         ("GET", Some(name), sub) if sub != Some("eviction") => {
-            let obj = cluster.inner.store.lock().get(kind, ns.unwrap_or(""), name);
+            let obj = cluster.get_obj(kind, ns.unwrap_or(""), name);
             let obj = obj.ok_or_else(|| ApiError::not_found(t.def.plural, name))?;
             let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
             if sub.is_none() && crate::table::wants_table(accept) {
@@ -286,8 +286,7 @@ async fn serve(
             let v = parse_body(body)?;
             check_type(&v, t.def)?;
             let keep = keep_for(t.def, sub);
-            let (obj, unknown) =
-                cluster.inner.store.lock().update(kind, ns.unwrap_or(""), name, v, keep, strict(params))?;
+            let (obj, unknown) = cluster.replace_obj(kind, ns.unwrap_or(""), name, v, keep, strict(params))?;
             Ok(obj_response(StatusCode::OK, &obj, &unknown))
         }
         ("PATCH", Some(name), sub) if sub != Some("eviction") => {
@@ -298,24 +297,27 @@ async fn serve(
                 return server_side_apply(cluster, t.def, kind, ns, name, sub, &p, params);
             }
             let keep = keep_for(t.def, sub);
-            let mut store = cluster.inner.store.lock();
-            let current =
-                store.get(kind, ns.unwrap_or(""), name).ok_or_else(|| ApiError::not_found(t.def.plural, name))?;
-            let mut v = current.value();
-            patch::apply(pk, &mut v, &p, &cluster.config().limits)?;
-            if v.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str) != Some(name) {
-                return Err(ApiError::invalid_field(t.def.kind_name, name, "metadata.name", "field is immutable"));
-            }
-            let (obj, unknown) = store.update(kind, ns.unwrap_or(""), name, v, keep, strict(params))?;
+            let limits = &cluster.config().limits;
+            let (obj, unknown, _) =
+                cluster.write_obj(kind, ns.unwrap_or(""), name, keep, strict(params), |current| {
+                    let mut v = current.ok_or_else(|| ApiError::not_found(t.def.plural, name))?;
+                    patch::apply(pk, &mut v, &p, limits)?;
+                    if v.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str) != Some(name) {
+                        return Err(ApiError::invalid_field(
+                            t.def.kind_name,
+                            name,
+                            "metadata.name",
+                            "field is immutable",
+                        ));
+                    }
+                    Ok(v)
+                })?;
             Ok(obj_response(StatusCode::OK, &obj, &unknown))
         }
         ("DELETE", Some(name), None) => {
             let opts: Value = if body.is_empty() { Value::Null } else { parse_body(body)? };
             let rv = opts.get("preconditions").and_then(|p| p.get("resourceVersion")).and_then(Value::as_str);
-            let obj = cluster.inner.store.lock().delete(kind, ns.unwrap_or(""), name, rv)?;
-            if kind == Kind::Pod {
-                cluster.pod_deleted(&obj.value());
-            }
+            let obj = cluster.delete_obj(kind, ns.unwrap_or(""), name, rv)?;
             Ok(obj_response(StatusCode::OK, &obj, &[]))
         }
         ("POST", Some(name), Some("eviction")) => evict(cluster, ns.unwrap_or(""), name, body),
@@ -356,19 +358,17 @@ fn server_side_apply(
     }
     let api_version =
         if def.group.is_empty() { def.version.to_owned() } else { format!("{}/{}", def.group, def.version) };
-    let mut store = cluster.inner.store.lock();
-    let current = store.get(kind, ns.unwrap_or(""), name).map(|o| o.value());
-    let created = current.is_none();
-    let mut v = crate::apply::apply(current, config, manager, force, &api_version, &crate::store::now_rfc3339())?;
-    if created {
-        if let Some(ns) = ns {
-            v["metadata"]["namespace"] = Value::String(ns.to_owned());
-        }
-        let (obj, unknown) = store.create(kind, v, strict(params))?;
-        return Ok(obj_response(StatusCode::CREATED, &obj, &unknown));
-    }
-    let (obj, unknown) = store.update(kind, ns.unwrap_or(""), name, v, keep_for(def, sub), strict(params))?;
-    Ok(obj_response(StatusCode::OK, &obj, &unknown))
+    let now = crate::store::now_rfc3339();
+    let (obj, unknown, created) =
+        cluster.write_obj(kind, ns.unwrap_or(""), name, keep_for(def, sub), strict(params), |current| {
+            let created = current.is_none();
+            let mut v = crate::apply::apply(current, config, manager, force, &api_version, &now)?;
+            if created && let Some(ns) = ns {
+                v["metadata"]["namespace"] = Value::String(ns.to_owned());
+            }
+            Ok(v)
+        })?;
+    Ok(obj_response(if created { StatusCode::CREATED } else { StatusCode::OK }, &obj, &unknown))
 }
 
 fn keep_for(def: &ResourceDef, sub: Option<&str>) -> Keep {
@@ -417,7 +417,7 @@ fn list(
         None => None,
     };
     let cont = params.get("continue").map(String::as_str).filter(|c| !c.is_empty());
-    let page = cluster.inner.store.lock().list(kind, ns, sel, limit, cont)?;
+    let page = cluster.list_objs(kind, ns, sel, limit, cont)?;
     let def = kind.def();
     let mut meta = json!({"resourceVersion": page.rv.to_string()});
     if let Some(c) = &page.continue_token {
@@ -538,7 +538,7 @@ fn watch(
     };
     let from_rv = if send_initial { None } else { from_rv };
     let mut pending = std::collections::VecDeque::new();
-    let started = cluster.inner.store.lock().watch(kind, namespace.as_deref(), &sel, from_rv);
+    let started = cluster.watch_objs(kind, namespace.as_deref(), &sel, from_rv);
     let start = match started {
         Ok(s) => s,
         Err(e) if e.code == 410 => {
@@ -636,56 +636,12 @@ fn render_event(kind: Kind, event_type: &str, obj: &Obj, table: Option<bool>, co
     }
 }
 
-fn int_or_percent(v: &Value, total: i128) -> Option<i128> {
-    match v {
-        Value::Number(n) => n.as_i64().map(i128::from),
-        Value::String(s) => {
-            let pct: i128 = s.strip_suffix('%')?.parse().ok()?;
-            // Kubernetes rounds percentages up for both minAvailable and maxUnavailable.
-            Some((total.checked_mul(pct)? + 99).div_euclid(100))
-        }
-        _ => None,
-    }
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-}
-
 fn evict(cluster: &Cluster, ns: &str, name: &str, body: &[u8]) -> Result<Response, ApiError> {
     let ev = parse_body(body)?;
     if ev.get("kind").and_then(Value::as_str).is_some_and(|k| k != "Eviction") {
         return Err(ApiError::bad_request("the body must be an Eviction"));
     }
-    let mut store = cluster.inner.store.lock();
-    let pod = store.get(Kind::Pod, ns, name).ok_or_else(|| ApiError::not_found("pods", name))?;
-    let pod_ready = is_ready(&pod.value());
-    for pdb in store.matching(Kind::PodDisruptionBudget, Some(ns), &Selectors::default()) {
-        let v = pdb.value();
-        // No selector selects no pod; an empty one every pod of the namespace.
-        let Some(sel) = Selectors::from_label_selector(v["spec"].get("selector"))? else { continue };
-        if !sel.matches(&pod.labels) {
-            continue;
-        }
-        let matching = store.matching(Kind::Pod, Some(ns), &sel);
-        let expected = i128::try_from(matching.len()).unwrap_or(i128::MAX);
-        let healthy = i128::try_from(matching.iter().filter(|p| is_ready(&p.value())).count()).unwrap_or(i128::MAX);
-        let desired = if let Some(max) = v["spec"].get("maxUnavailable").and_then(|m| int_or_percent(m, expected)) {
-            expected - max
-        } else {
-            v["spec"].get("minAvailable").and_then(|m| int_or_percent(m, expected)).unwrap_or_default()
-        }
-        .max(0);
-        // A ready pod may go only if the rest stay at or above the budget; a
-        // pod that is not ready may go while the budget is met (IfHealthyBudget).
-        let allowed = if pod_ready { healthy - desired > 0 } else { healthy >= desired };
-        if !allowed {
-            return Err(ApiError::disruption_budget(&pdb.name));
-        }
-    }
-    store.delete(Kind::Pod, ns, name, None)?;
+    cluster.evict_pod(ns, name)?;
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
     Ok(value_response(StatusCode::CREATED, &status))
 }

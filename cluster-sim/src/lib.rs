@@ -40,7 +40,16 @@
 //! | [`cluster`] | [`Cluster`]: the Rust API to drive scenarios (faults, reboots, replacements, Civo faults, call and event logs) |
 //! | [`scenario`] | TOML scenario files |
 //! | [`fixtures`] | realistic Node and Pod objects (10-20 KB per Node) |
-//! | [`objects`], [`selector`], [`patch`], [`error`] | the API server's store, selectors, patches and `Status` errors |
+//! | [`selector`], [`patch`], [`error`] | the API server's selectors, patches and `Status` errors |
+//!
+//! Inside, each concern has its module: the object store and its watches
+//! (`store`), the served resources and their schema (`resource`),
+//! disruption budgets (`disruption`), server-side apply (`apply`), node
+//! faults and host services (`faults`), rendering a node's objects from
+//! them (`render`), the Civo account (`account`), the settings (`config`)
+//! and the HTTP routing of both APIs (`kube_api`, `civo`, `server`). The
+//! routing reaches the store and the account only through [`Cluster`]'s
+//! methods.
 //! | [`limits`] | [`Limits`]: request, object, JSON patch and connection bounds |
 //!
 //! # Runtime needs and panics
@@ -74,14 +83,19 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod account;
 mod apply;
 mod civo;
 pub mod cluster;
+mod config;
+mod disruption;
 pub mod error;
+mod faults;
 pub mod fixtures;
 mod kube_api;
 pub mod limits;
 pub mod patch;
+mod render;
 mod resource;
 pub mod scenario;
 pub mod selector;

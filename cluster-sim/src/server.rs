@@ -221,7 +221,7 @@ impl SimServer {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         // Long-lived watch responses would hold graceful shutdown open.
-        self.cluster.inner.store.lock().close_watches();
+        self.cluster.close_watches();
         // Reboots, replacements and scenario faults still pending stop here.
         let mut pending = std::mem::take(&mut *self.cluster.inner.tasks.lock());
         pending.shutdown().await;
