@@ -17,8 +17,17 @@ pub(crate) fn evict(store: &mut Store, ns: &str, name: &str) -> Result<Arc<Obj>,
     let pod_ready = is_ready(&pod.value());
     for pdb in store.matching(Kind::PodDisruptionBudget, Some(ns), &Selectors::default()) {
         let v = pdb.value();
-        // No selector selects no pod; an empty one every pod of the namespace.
-        let Some(sel) = Selectors::from_label_selector(v["spec"].get("selector"))? else { continue };
+        // No selector selects no pod; an empty one every pod of the
+        // namespace. One the simulator cannot read (the API server would
+        // have refused the budget) is skipped, as before, and logged.
+        let sel = match Selectors::from_label_selector(v["spec"].get("selector")) {
+            Ok(Some(sel)) => sel,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(namespace = ns, budget = %pdb.name, error = %e.message, "skipping a disruption budget whose selector cannot be read");
+                continue;
+            }
+        };
         if !sel.matches(&pod.labels) {
             continue;
         }

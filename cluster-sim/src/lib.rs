@@ -41,6 +41,7 @@
 //! | [`scenario`] | TOML scenario files |
 //! | [`fixtures`] | realistic Node and Pod objects (10-20 KB per Node) |
 //! | [`selector`], [`patch`], [`error`] | the API server's selectors, patches and `Status` errors |
+//! | [`limits`] | [`Limits`]: request, object, JSON patch and connection bounds |
 //!
 //! Inside, each concern has its module: the object store and its watches
 //! (`store`), the served resources and their schema (`resource`),
@@ -50,7 +51,6 @@
 //! and the HTTP routing of both APIs (`kube_api`, `civo`, `server`). The
 //! routing reaches the store and the account only through [`Cluster`]'s
 //! methods.
-//! | [`limits`] | [`Limits`]: request, object, JSON patch and connection bounds |
 //!
 //! # Runtime needs and panics
 //!

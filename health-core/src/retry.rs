@@ -1,6 +1,6 @@
 //! Repeating a call after a transient failure: the one retry helper of the
-//! workspace (the Civo client, the drain's evictions and the etcd lock's
-//! renewals use it), on [`backon`].
+//! workspace (the Civo client, the drain's evictions, the remote gRPC
+//! executor and the etcd lock's renewals use it), on [`backon`].
 //!
 //! * Delays grow exponentially from [`Backoff::initial`] and never exceed
 //!   [`Backoff::max_delay`]. With jitter (the default) each delay is drawn

@@ -71,7 +71,8 @@ pub struct CivoConfig {
     pub call_timeout: Duration,
     /// Retries of calls that are safe to repeat (listing, deleting).
     pub max_retries: u32,
-    /// First retry delay (doubling, with jitter).
+    /// The first retry delay (doubling; with jitter each delay is drawn
+    /// between its half and itself).
     pub retry_base: Duration,
     /// The longest retry delay (default 10s). A `Retry-After` from Civo
     /// longer than this ends the retries: the error goes back to the engine,
@@ -225,13 +226,13 @@ pub enum CivoError {
         reason: String,
     },
     /// Too many requests.
-    #[error("Civo rate-limited the request (429{})", after_text(*retry_after))]
+    #[error("Civo rate-limited the request ({})", after_text("429", *retry_after))]
     RateLimited {
         /// The wait Civo asked for (`Retry-After` in seconds), if any.
         retry_after: Option<Duration>,
     },
     /// Civo failed.
-    #[error("Civo server error {status} ({code}{}): {reason}", after_text(*retry_after))]
+    #[error("Civo server error {status} ({}): {reason}", after_text(code, *retry_after))]
     Server {
         /// HTTP status.
         status: u16,
@@ -333,9 +334,14 @@ impl RetryAfter for CivoError {
     }
 }
 
-/// `; retry after 30s` for an error's text, or nothing.
-fn after_text(after: Option<Duration>) -> String {
-    after.map(|d| format!("; retry after {}s", d.as_secs())).unwrap_or_default()
+/// `code`, then `; retry after 30s` when Civo asked for a wait (without
+/// the separator when there is no code), for an error's text.
+fn after_text(code: &str, after: Option<Duration>) -> String {
+    match after {
+        Some(d) if code.is_empty() => format!("retry after {}s", d.as_secs()),
+        Some(d) => format!("{code}; retry after {}s", d.as_secs()),
+        None => code.to_owned(),
+    }
 }
 
 /// A `Retry-After` header in its seconds form (at most a day). The HTTP-date
@@ -683,7 +689,10 @@ mod tests {
         assert_eq!(retry_after_header(&reqwest::header::HeaderMap::new()), None);
         let e = error_from(503, b"{}", Some(Duration::from_secs(5)));
         assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
-        assert_eq!(e.to_string(), "Civo server error 503 (; retry after 5s): ");
+        assert_eq!(e.to_string(), "Civo server error 503 (retry after 5s): ");
+        let e = error_from(503, br#"{"code":"busy","reason":"later"}"#, Some(Duration::from_secs(5)));
+        assert_eq!(e.to_string(), "Civo server error 503 (busy; retry after 5s): later");
+        assert_eq!(error_from(500, b"{}", None).to_string(), "Civo server error 500 (): ");
     }
 
     #[test]

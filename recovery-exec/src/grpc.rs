@@ -32,7 +32,8 @@ pub struct GrpcExecutorConfig {
 }
 
 impl GrpcExecutorConfig {
-    /// Three attempts 500 ms apart (doubling) against `client`.
+    /// Three attempts against `client`, the first repeat after 250 to 500 ms
+    /// (doubling, with jitter).
     #[must_use]
     pub fn new(client: ClientSettings) -> Self {
         GrpcExecutorConfig { client, attempts: 3, backoff: Duration::from_millis(500) }

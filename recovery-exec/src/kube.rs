@@ -376,14 +376,13 @@ impl KubeExecutor {
                 };
                 Some(self.evict(node, ns, name, &params, deadline))
             });
-            let results = futures_util::future::join_all(evictions).await;
-            for r in results {
-                match r {
-                    Ok(()) => {}
-                    // The deadline passed inside a call: name what is left.
-                    Err(KubeExecError::DrainTimeout { .. }) => break,
-                    Err(e) => return Err(e),
-                }
+            // The first hard failure ends the drain at once (the other
+            // evictions are dropped).
+            match futures_util::future::try_join_all(evictions).await {
+                Ok(_) => {}
+                // The deadline passed inside a call: name what is left.
+                Err(KubeExecError::DrainTimeout { .. }) => {}
+                Err(e) => return Err(e),
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -398,9 +397,9 @@ impl KubeExecutor {
     }
 
     /// Evicts one pod, repeating the eviction while a disruption budget
-    /// refuses it (429) until `deadline`; a pod already gone counts as
-    /// evicted, and one still refused at the deadline is left to the drain
-    /// (which names it).
+    /// refuses it (429) as long as a repeat starts before `deadline`; a pod
+    /// already gone counts as evicted, and one still refused is left to the
+    /// drain (which tries again or, at its deadline, names it).
     async fn evict(
         &self,
         node: &str,
@@ -435,8 +434,10 @@ impl KubeExecutor {
                 tracing::info!(node, pod = %key, "evicted");
                 Ok(())
             }
+            // Its repeats would run past the drain's deadline: the drain
+            // looks at the node again and tries once more while time is left.
             Err(Eviction::Refused(s)) => {
-                tracing::warn!(node, pod = %key, reason = %s.message, "eviction still refused by a disruption budget at the drain's deadline");
+                tracing::info!(node, pod = %key, reason = %s.message, "eviction still refused by a disruption budget");
                 Ok(())
             }
             Err(Eviction::Failed(e)) => Err(e),

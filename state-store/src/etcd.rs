@@ -601,10 +601,10 @@ impl RemediationLock {
                 // A failed renewal is repeated sooner (the first repeat
                 // within TTL/12, then at most TTL/6 apart, with jitter) until
                 // one is confirmed or the fence runs out.
-                let backoff = Backoff::new(every / 4, every / 2, u32::MAX)
-                    .with_total(until.saturating_duration_since(Instant::now()));
                 let renewal = async {
                     tokio::time::sleep(every).await;
+                    let backoff = Backoff::new(every / 4, every / 2, u32::MAX)
+                        .with_total(until.saturating_duration_since(Instant::now()));
                     retry(
                         &backoff,
                         &what,

@@ -590,13 +590,13 @@ impl<T: Target + Clone + 'static> Engine<T> {
         }
     }
 
-    /// The cluster budget over the present (not departed) nodes. A node
-    /// whose record cannot be loaded counts as unhealthy (fail-safe).
-    fn budget(&self, now: Timestamp) -> Budget {
+    /// The cluster budget over the present (not departed) nodes at the
+    /// clock reading `now`/`mono`, with the controls as they are now. A
+    /// node whose record cannot be loaded counts as unhealthy (fail-safe).
+    fn budget(&self, now: Timestamp, mono: Duration) -> Budget {
         let s = &self.state;
         let c = &self.shared.controls;
         let policy = &self.shared.policy;
-        let mono = self.shared.clock.monotonic();
         let t = &s.tally;
         let occupying = t.candidates.iter().filter(|&&i| s.slots[i].occupies_slot(policy, now, mono)).count();
         let (total, unhealthy) = (t.present, t.unhealthy);
@@ -614,8 +614,8 @@ impl<T: Target + Clone + 'static> Engine<T> {
     }
 
     fn finish_pass(&mut self, report: &mut PassReport) {
-        let now = self.shared.clock.now();
-        let budget = self.budget(now);
+        let (now, mono) = (self.shared.clock.now(), self.shared.clock.monotonic());
+        let budget = self.budget(now, mono);
         let max_in_flight = budget.max_in_flight(&self.shared.policy);
         let g = &self.state.globals;
         g.selected.set(f64::from(budget.total));
