@@ -3,11 +3,12 @@
 //! executor and the etcd lock's renewals use it), on [`backon`].
 //!
 //! * Delays grow exponentially from [`Backoff::initial`] and never exceed
-//!   [`Backoff::max_delay`]. With jitter (the default) each delay is drawn
+//!   [`Backoff::max`] (the schedule of the engine's failure back-off,
+//!   [`Backoff::delay`]). With jitter (the default) each delay is drawn
 //!   from its upper half, so clients that failed together do not retry
 //!   together.
-//! * At most [`Backoff::retries`] repeats, and none that would start after
-//!   [`Backoff::total`] has passed since the first attempt.
+//! * At most [`RetryPolicy::retries`] repeats, and none that would start after
+//!   [`RetryPolicy::total`] has passed since the first attempt.
 //! * The caller says which failures may be repeated (a reboot request that
 //!   may have reached the API is not), and a server's own wait (`Retry-After`,
 //!   a Kubernetes `retryAfterSeconds`) is honoured through [`RetryAfter`]: it
@@ -19,7 +20,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use health_core::retry::{Backoff, RetryAfter, retry};
+//! use health_core::retry::{RetryAfter, RetryPolicy, retry};
 //!
 //! #[derive(Debug)]
 //! struct Busy;
@@ -29,8 +30,8 @@
 //! impl RetryAfter for Busy {}
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-//! let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 5);
-//! let answer = retry(&backoff, "ask the API", |attempt| async move {
+//! let policy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2), 5);
+//! let answer = retry(&policy, "ask the API", |attempt| async move {
 //!     if attempt < 2 { Err(Busy) } else { Ok(attempt) }
 //! }, |_| true).await;
 //! assert_eq!(answer.unwrap(), 2, "the third attempt (two repeats) answered");
@@ -44,15 +45,16 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
+use crate::policy::Backoff;
+
 /// How a failed call is repeated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Backoff {
-    /// The first delay (doubled for each further repeat).
-    pub initial: Duration,
-    /// No delay is longer, and a server asking for a longer wait ends the
-    /// retries.
-    pub max_delay: Duration,
+pub struct RetryPolicy {
+    /// The delays: `initial` doubled per repeat up to `max`, the schedule
+    /// of the engine's failure back-off. No delay is longer than `max`, and
+    /// a server asking for a longer wait ends the retries.
+    pub delays: Backoff,
     /// At most this many repeats (0: the call is made once).
     pub retries: u32,
     /// No repeat starts later than this after the first attempt.
@@ -61,12 +63,12 @@ pub struct Backoff {
     pub jitter: bool,
 }
 
-impl Backoff {
+impl RetryPolicy {
     /// Delays from `initial` doubling up to `max_delay`, at most `retries`
     /// repeats, with jitter and no total limit.
     #[must_use]
     pub const fn new(initial: Duration, max_delay: Duration, retries: u32) -> Self {
-        Backoff { initial, max_delay, retries, total: None, jitter: true }
+        RetryPolicy { delays: Backoff { initial, max: max_delay }, retries, total: None, jitter: true }
     }
 
     /// No repeat starts later than `total` after the first attempt.
@@ -83,19 +85,11 @@ impl Backoff {
         self
     }
 
-    /// The delay before repeat `n` (1-based) without jitter: `initial`
-    /// doubled `n - 1` times, at most `max_delay`.
-    #[must_use]
-    pub fn nominal_delay(&self, n: u32) -> Duration {
-        let doubled = self.initial.saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX));
-        doubled.min(self.max_delay)
-    }
-
     fn builder(&self) -> ExponentialBuilder {
         // backon's jitter adds up to the delay itself: start from half the
         // delay so a jittered delay lies in [d/2, d).
-        let (min, max) =
-            if self.jitter { (self.initial / 2, self.max_delay / 2) } else { (self.initial, self.max_delay) };
+        let Backoff { initial, max } = self.delays;
+        let (min, max) = if self.jitter { (initial / 2, max / 2) } else { (initial, max) };
         let b = ExponentialBuilder::default()
             .with_min_delay(min)
             .with_max_delay(max)
@@ -115,11 +109,11 @@ pub trait RetryAfter {
 }
 
 /// Calls `op` (with the attempt number, 0 first) until it succeeds, fails
-/// in a way `may_repeat` refuses, or `backoff` allows no further repeat;
+/// in a way `may_repeat` refuses, or `policy` allows no further repeat;
 /// returns the last result. Each repeat is logged at WARN with `what`, the
 /// attempt, the delay and the error.
 pub async fn retry<T, E, F, Fut>(
-    backoff: &Backoff,
+    policy: &RetryPolicy,
     what: &str,
     mut op: F,
     mut may_repeat: impl FnMut(&E) -> bool,
@@ -131,9 +125,9 @@ where
 {
     let attempts = AtomicU32::new(0);
     let started = tokio::time::Instant::now();
-    let (max_delay, total) = (backoff.max_delay, backoff.total);
+    let (max_delay, total) = (policy.delays.max, policy.total);
     let call = || op(attempts.fetch_add(1, Ordering::Relaxed));
-    call.retry(backoff.builder())
+    call.retry(policy.builder())
         .sleep(tokio::time::sleep)
         .when(|e| may_repeat(e))
         .adjust(|e, delay| {
@@ -195,12 +189,12 @@ mod tests {
 
     /// Runs `retry` over `answers` (one per attempt; `Ok` past the end) and
     /// returns the result, the attempts made and the delays between them.
-    async fn run(backoff: Backoff, answers: Vec<Result<u32, E>>) -> (Result<u32, E>, Vec<Duration>) {
+    async fn run(policy: RetryPolicy, answers: Vec<Result<u32, E>>) -> (Result<u32, E>, Vec<Duration>) {
         let answers = parking_lot::Mutex::new(answers.into_iter());
         let times = parking_lot::Mutex::new(Vec::new());
         let start = tokio::time::Instant::now();
         let r = retry(
-            &backoff,
+            &policy,
             "test",
             |n| {
                 times.lock().push(start.elapsed());
@@ -216,22 +210,19 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn delays_double_up_to_the_maximum() {
-        let b = Backoff::new(100 * MS, 350 * MS, 10).without_jitter();
+        let b = RetryPolicy::new(100 * MS, 350 * MS, 10).without_jitter();
         let (r, gaps) = run(b, (0..5).map(|_| Err(E::Busy(None))).collect()).await;
         assert_eq!(r, Ok(5));
         assert_gaps(&gaps, &[100 * MS, 200 * MS, 350 * MS, 350 * MS, 350 * MS]);
-        assert_eq!(b.nominal_delay(1), 100 * MS);
-        assert_eq!(b.nominal_delay(3), 350 * MS);
-        assert_eq!(b.nominal_delay(99), 350 * MS, "no overflow");
     }
 
     #[tokio::test(start_paused = true)]
     async fn jittered_delays_stay_within_half_and_all_of_each_delay() {
-        let b = Backoff::new(100 * MS, 400 * MS, 20);
+        let b = RetryPolicy::new(100 * MS, 400 * MS, 20);
         let (_, gaps) = run(b, (0..20).map(|_| Err(E::Busy(None))).collect()).await;
         assert_eq!(gaps.len(), 20);
         for (i, g) in gaps.iter().enumerate() {
-            let nominal = b.nominal_delay(u32::try_from(i).unwrap() + 1);
+            let nominal = b.delays.delay(u32::try_from(i).unwrap() + 1);
             assert!(*g >= nominal / 2 && *g <= nominal + MS, "repeat {}: {g:?} for {nominal:?}", i + 1);
         }
         assert!(gaps.iter().any(|g| *g != gaps[gaps.len() - 1]), "jitter varies: {gaps:?}");
@@ -239,17 +230,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_last_error_is_returned_when_the_repeats_run_out() {
-        let b = Backoff::new(10 * MS, 10 * MS, 2).without_jitter();
+        let b = RetryPolicy::new(10 * MS, 10 * MS, 2).without_jitter();
         let (r, gaps) = run(b, (0..5).map(|_| Err(E::Busy(None))).collect()).await;
         assert_eq!(r, Err(E::Busy(None)));
         assert_eq!(gaps.len(), 2, "one call and two repeats");
-        let (r, gaps) = run(Backoff::new(10 * MS, 10 * MS, 0), vec![Err(E::Busy(None))]).await;
+        let (r, gaps) = run(RetryPolicy::new(10 * MS, 10 * MS, 0), vec![Err(E::Busy(None))]).await;
         assert_eq!((r, gaps.len()), (Err(E::Busy(None)), 0), "retries 0: called once");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failure_the_caller_refuses_is_not_repeated() {
-        let b = Backoff::new(10 * MS, 10 * MS, 5);
+        let b = RetryPolicy::new(10 * MS, 10 * MS, 5);
         let (r, gaps) = run(b, vec![Err(E::Busy(None)), Err(E::Fatal)]).await;
         assert_eq!(r, Err(E::Fatal));
         assert_eq!(gaps.len(), 1);
@@ -257,7 +248,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_servers_wait_replaces_a_shorter_delay_and_a_longer_one_ends_the_retries() {
-        let b = Backoff::new(100 * MS, 5000 * MS, 5).without_jitter();
+        let b = RetryPolicy::new(100 * MS, 5000 * MS, 5).without_jitter();
         let (r, gaps) = run(b, vec![Err(E::Busy(Some(2000 * MS))), Err(E::Busy(Some(10 * MS)))]).await;
         assert_eq!(r, Ok(2));
         // Retry-After 2s, then the back-off's own 200ms.
@@ -269,7 +260,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_repeat_starts_after_the_total() {
-        let b = Backoff::new(100 * MS, 1000 * MS, 50).without_jitter().with_total(1000 * MS);
+        let b = RetryPolicy::new(100 * MS, 1000 * MS, 50).without_jitter().with_total(1000 * MS);
         let (r, gaps) = run(b, (0..50).map(|_| Err(E::Busy(None))).collect()).await;
         assert!(r.is_err());
         // A fourth repeat would start at 1.5s.

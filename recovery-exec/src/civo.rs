@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use health_core::retry::{Backoff, RetryAfter, retry};
+use health_core::retry::{RetryAfter, RetryPolicy, retry};
 use health_core::{Action, ExecError, Executor};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -534,10 +534,10 @@ impl CivoExecutor {
         what: &str,
         repeat: Repeat,
     ) -> Result<Vec<u8>, CivoError> {
-        let backoff = Backoff::new(self.config.retry_base, self.config.retry_max_delay, self.config.max_retries);
+        let policy = RetryPolicy::new(self.config.retry_base, self.config.retry_max_delay, self.config.max_retries);
         let body = body.as_ref();
         retry(
-            &backoff,
+            &policy,
             what,
             |attempt| {
                 let method = &method;

@@ -9,7 +9,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use health_core::retry::{Backoff, RetryAfter, retry};
+use health_core::retry::{RetryAfter, RetryPolicy, retry};
 use health_core::{Action, ExecError, Executor};
 use node_agent_proto::v1::recovery_executor_client::RecoveryExecutorClient;
 use node_agent_proto::v1::{self as pb, ExecuteRequest};
@@ -117,10 +117,10 @@ impl<T: ExecTarget + ?Sized> Executor<T> for GrpcExecutor {
         };
         let attempts = self.config.attempts;
         let first = self.config.backoff.max(Duration::from_millis(1));
-        let backoff = Backoff::new(first, first.max(Duration::from_secs(30)), attempts.saturating_sub(1));
+        let policy = RetryPolicy::new(first, first.max(Duration::from_secs(30)), attempts.saturating_sub(1));
         let what = format!("{action} of node {node} through the remote executor (key {key})");
         let answer = retry(
-            &backoff,
+            &policy,
             &what,
             |attempt| {
                 let mut req = tonic::Request::new(request.clone());

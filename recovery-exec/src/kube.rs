@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use health_core::retry::{Backoff, RetryAfter, retry};
+use health_core::retry::{RetryAfter, RetryPolicy, retry};
 use health_core::{Action, ExecError, Executor};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
@@ -412,10 +412,10 @@ impl KubeExecutor {
         let key = format!("{ns}/{name}");
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let first = self.drain.retry_interval.max(Duration::from_millis(1));
-        let backoff = Backoff::new(first, first.max(Duration::from_secs(30)), u32::MAX).with_total(left);
+        let policy = RetryPolicy::new(first, first.max(Duration::from_secs(30)), u32::MAX).with_total(left);
         let what = format!("evict {key} from node {node}");
         let outcome = retry(
-            &backoff,
+            &policy,
             &what,
             |_| async {
                 match self.call(node, "evict", Some(deadline), api.evict(name, params)).await {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
-use health_core::retry::{Backoff, RetryAfter, retry};
+use health_core::retry::{RetryAfter, RetryPolicy, retry};
 use health_core::{LeaseFence, NodeRecord, StateStore, StoreError, Stored, Version};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -603,10 +603,10 @@ impl RemediationLock {
                 // one is confirmed or the fence runs out.
                 let renewal = async {
                     tokio::time::sleep(every).await;
-                    let backoff = Backoff::new(every / 4, every / 2, u32::MAX)
+                    let policy = RetryPolicy::new(every / 4, every / 2, u32::MAX)
                         .with_total(until.saturating_duration_since(Instant::now()));
                     retry(
-                        &backoff,
+                        &policy,
                         &what,
                         |_| {
                             let (mut c, stream) = (c.clone(), &stream);

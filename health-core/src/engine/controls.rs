@@ -15,7 +15,20 @@ pub struct Controls {
     notify: Notify,
 }
 
+/// The switches as read at one instant: a pass decides on one reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Switches {
+    pub(super) paused: bool,
+    pub(super) source_stale: bool,
+    pub(super) window_closed: bool,
+}
+
 impl Controls {
+    /// Every switch, read now.
+    pub(super) fn read(&self) -> Switches {
+        Switches { paused: self.paused(), source_stale: self.source_stale(), window_closed: self.window_closed() }
+    }
+
     fn set(&self, flag: &AtomicBool, on: bool) {
         if flag.swap(on, Ordering::SeqCst) != on {
             // A stored permit: a driver busy in a pass still sees the change.

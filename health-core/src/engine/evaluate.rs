@@ -164,8 +164,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
         let grace = self.shared.config.error_grace;
         // The controls are read once, with the clock: the pass decides on
         // these readings, which are the ones a recording holds.
-        let c = &self.shared.controls;
-        let (paused, source_stale, window_closed) = (c.paused(), c.source_stale(), c.window_closed());
+        let sw = self.shared.controls.read();
         if !self.shared.observers.is_empty() {
             let loaded: Vec<bool> = slots.iter().map(Option::is_some).collect();
             let event = PassEvent {
@@ -177,9 +176,9 @@ impl<T: Target + Clone + 'static> Engine<T> {
                 errors: &errs[..targets.len() * nc],
                 at: now,
                 monotonic: self.state.mono,
-                paused,
-                source_stale,
-                window_closed,
+                paused: sw.paused,
+                source_stale: sw.source_stale,
+                window_closed: sw.window_closed,
             };
             notify(&self.shared.observers, "pass", |o| o.on_pass(&event));
         }
@@ -218,7 +217,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
             s.failing = outcomes[ti * nc..(ti + 1) * nc].iter().any(CheckOutcome::is_fail);
             self.state.touch(si);
         }
-        let mut budget = Budget { paused, source_stale, window_closed, ..self.budget(now, self.state.mono) };
+        let mut budget = self.budget(now, self.state.mono, sw);
         // A stale source holds everything, like a storm: say so the same way
         // (once there are nodes to hold).
         let storm = budget.storm(&self.shared.policy) || (budget.source_stale && budget.total > 0);

@@ -55,6 +55,7 @@ mod state;
 pub use crate::target::Target;
 pub use config::{EngineConfig, EngineError};
 pub use controls::Controls;
+use controls::Switches;
 pub use report::{ActionRecord, NodeError, PassReport};
 
 use actions::Completion;
@@ -591,11 +592,10 @@ impl<T: Target + Clone + 'static> Engine<T> {
     }
 
     /// The cluster budget over the present (not departed) nodes at the
-    /// clock reading `now`/`mono`, with the controls as they are now. A
-    /// node whose record cannot be loaded counts as unhealthy (fail-safe).
-    fn budget(&self, now: Timestamp, mono: Duration) -> Budget {
+    /// clock reading `now`/`mono` and the switches `sw`. A node whose
+    /// record cannot be loaded counts as unhealthy (fail-safe).
+    fn budget(&self, now: Timestamp, mono: Duration, sw: Switches) -> Budget {
         let s = &self.state;
-        let c = &self.shared.controls;
         let policy = &self.shared.policy;
         let t = &s.tally;
         let occupying = t.candidates.iter().filter(|&&i| s.slots[i].occupies_slot(policy, now, mono)).count();
@@ -605,9 +605,9 @@ impl<T: Target + Clone + 'static> Engine<T> {
             total,
             unhealthy,
             in_flight,
-            paused: c.paused(),
-            source_stale: c.source_stale(),
-            window_closed: c.window_closed(),
+            paused: sw.paused,
+            source_stale: sw.source_stale,
+            window_closed: sw.window_closed,
             last_action_at: s.last_action_at,
             domains: [None; crate::policy::MAX_DOMAIN_LABELS],
         }
@@ -615,7 +615,7 @@ impl<T: Target + Clone + 'static> Engine<T> {
 
     fn finish_pass(&mut self, report: &mut PassReport) {
         let (now, mono) = (self.shared.clock.now(), self.shared.clock.monotonic());
-        let budget = self.budget(now, mono);
+        let budget = self.budget(now, mono, self.shared.controls.read());
         let max_in_flight = budget.max_in_flight(&self.shared.policy);
         let g = &self.state.globals;
         g.selected.set(f64::from(budget.total));
