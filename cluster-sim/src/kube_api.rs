@@ -240,13 +240,11 @@ async fn serve(
             let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
             let table =
                 crate::table::wants_table(accept).then(|| params.get("includeObject").is_some_and(|i| i == "Object"));
+            let metadata_only = crate::table::wants_metadata(accept);
             if query_bool(params, "watch")? {
-                if crate::table::wants_metadata(accept) {
-                    return Err(ApiError::not_acceptable("metadata-only watches are not served by the simulator"));
-                }
-                watch(cluster, kind, t.namespace, sel, params, table)
+                watch(cluster, kind, t.namespace, sel, params, table, metadata_only)
             } else {
-                list(cluster, kind, ns, &sel, params, table, crate::table::wants_metadata(accept))
+                list(cluster, kind, ns, &sel, params, table, metadata_only)
             }
         }
         ("POST", None, None) => {
@@ -356,8 +354,7 @@ fn server_side_apply(
             "the applied configuration must name the object of the URL",
         ));
     }
-    let api_version =
-        if def.group.is_empty() { def.version.to_owned() } else { format!("{}/{}", def.group, def.version) };
+    let api_version = def.kind.api_version();
     let now = crate::store::now_rfc3339();
     let (obj, unknown, created) =
         cluster.write_obj(kind, ns.unwrap_or(""), name, keep_for(def, sub), strict(params), |current| {
@@ -384,8 +381,7 @@ fn check_type(v: &Value, def: &ResourceDef) -> Result<(), ApiError> {
     if !v.is_object() {
         return Err(ApiError::bad_request("the request body must be a JSON object"));
     }
-    let api_version =
-        if def.group.is_empty() { def.version.to_owned() } else { format!("{}/{}", def.group, def.version) };
+    let api_version = def.kind.api_version();
     if let Some(k) = v.get("kind").and_then(Value::as_str)
         && k != def.kind_name
     {
@@ -480,6 +476,8 @@ struct WatchState {
     kind: Kind,
     /// Table output: Some(include the full object).
     table: Option<bool>,
+    /// PartialObjectMetadata objects (`as=PartialObjectMetadata`).
+    metadata_only: bool,
     columns_sent: bool,
     namespace: Option<String>,
     sel: Selectors,
@@ -517,6 +515,7 @@ fn watch(
     sel: Selectors,
     params: &Params,
     table: Option<bool>,
+    metadata_only: bool,
 ) -> Result<Response, ApiError> {
     let from_rv = match params.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
@@ -555,7 +554,7 @@ fn watch(
     let mut columns_sent = false;
     for e in &start.initial {
         if let Some(event_type) = reported_type(kind, namespace.as_deref(), &sel, e) {
-            pending.push_back(render_event(kind, event_type, &e.obj, table, &mut columns_sent));
+            pending.push_back(render_event(kind, event_type, &e.obj, table, metadata_only, &mut columns_sent));
         }
         last_rv = last_rv.max(e.obj.rv);
     }
@@ -570,6 +569,7 @@ fn watch(
     let state = WatchState {
         kind,
         table,
+        metadata_only,
         columns_sent,
         namespace,
         sel,
@@ -603,7 +603,7 @@ fn watch(
                         if e.obj.rv > st.last_rv {
                             st.last_rv = e.obj.rv;
                             if let Some(event_type) = reported_type(st.kind, st.namespace.as_deref(), &st.sel, &e) {
-                                let line = render_event(st.kind, event_type, &e.obj, st.table, &mut st.columns_sent);
+                                let line = render_event(st.kind, event_type, &e.obj, st.table, st.metadata_only, &mut st.columns_sent);
                                 st.pending.push_back(line);
                             }
                         }
@@ -625,13 +625,21 @@ fn watch(
     Ok((StatusCode::OK, [("content-type", "application/json")], Body::from_stream(stream)).into_response())
 }
 
-fn render_event(kind: Kind, event_type: &str, obj: &Obj, table: Option<bool>, columns_sent: &mut bool) -> Bytes {
+fn render_event(
+    kind: Kind,
+    event_type: &str,
+    obj: &Obj,
+    table: Option<bool>,
+    metadata_only: bool,
+    columns_sent: &mut bool,
+) -> Bytes {
     match table {
         Some(include_object) => {
             let with_columns = !*columns_sent;
             *columns_sent = true;
             event_line(event_type, &crate::table::table_event(kind, obj, include_object, with_columns))
         }
+        None if metadata_only => event_line(event_type, &crate::table::partial(obj)),
         None => event_line(event_type, &obj.json),
     }
 }

@@ -1,6 +1,7 @@
 //! Label and field selectors (`app=web,tier!=db,env in (a,b),!legacy`).
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -14,8 +15,9 @@ pub(crate) trait Fields {
     /// The object's labels.
     fn labels(&self) -> &BTreeMap<String, String>;
     /// The field at a dotted path (`spec.nodeName`), `""` when absent (as
-    /// the API server reads a missing field).
-    fn field(&self, path: &str) -> Cow<'_, str>;
+    /// the API server reads a missing field). `doc` holds the object parsed
+    /// for the fields that need it, once per match.
+    fn field<'a>(&'a self, path: &str, doc: &'a OnceCell<Value>) -> Cow<'a, str>;
 }
 
 /// A bare label set (a pod's labels against a disruption budget's
@@ -24,7 +26,7 @@ impl Fields for BTreeMap<String, String> {
     fn labels(&self) -> &BTreeMap<String, String> {
         self
     }
-    fn field(&self, _path: &str) -> Cow<'_, str> {
+    fn field<'a>(&'a self, _path: &str, _doc: &'a OnceCell<Value>) -> Cow<'a, str> {
         Cow::Borrowed("")
     }
 }
@@ -78,6 +80,21 @@ fn valid_value(v: &str) -> bool {
     v.len() <= 63 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+impl Req {
+    /// Why the requirement is invalid (a bad key or value), if it is.
+    fn invalid(&self) -> Option<String> {
+        let (key, values): (&String, &[String]) = match self {
+            Req::Eq(k, v) | Req::NotEq(k, v) => (k, std::slice::from_ref(v)),
+            Req::In(k, vs) | Req::NotIn(k, vs) => (k, vs),
+            Req::Exists(k) | Req::NotExists(k) => (k, &[]),
+        };
+        if !valid_key(key) {
+            return Some(format!("{key:?} is not a valid label key"));
+        }
+        values.iter().find(|v| !valid_value(v)).map(|v| format!("{v:?} is not a valid label value"))
+    }
+}
+
 fn bad_label(s: &str, why: &str) -> ApiError {
     ApiError::bad_request(&format!("unable to parse requirement: invalid label selector {s:?}: {why}"))
 }
@@ -120,17 +137,8 @@ impl Selectors {
                 } else {
                     Req::Exists(p.to_owned())
                 };
-                let (key, val) = match &req {
-                    Req::Eq(k, v) | Req::NotEq(k, v) => (k, Some(v)),
-                    Req::In(k, _) | Req::NotIn(k, _) | Req::Exists(k) | Req::NotExists(k) => (k, None),
-                };
-                if !valid_key(key) {
-                    return Err(bad_label(l, &format!("{key:?} is not a valid label key")));
-                }
-                if let Some(v) = val
-                    && !valid_value(v)
-                {
-                    return Err(bad_label(l, &format!("{v:?} is not a valid label value")));
+                if let Some(why) = req.invalid() {
+                    return Err(bad_label(l, &why));
                 }
                 out.labels.push(req);
             }
@@ -190,11 +198,15 @@ impl Selectors {
         }
         for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
             let key = e.get("key").and_then(Value::as_str).ok_or_else(|| bad("an expression has no key".into()))?;
-            let values: Vec<String> = e
+            let values = e
                 .get("values")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-                .unwrap_or_default();
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| bad(format!("the values of {key:?} must be strings")))
+                })
+                .collect::<Result<Vec<String>, _>>()?;
             let key = key.to_owned();
             labels.push(match e.get("operator").and_then(Value::as_str) {
                 Some("In") => Req::In(key, values),
@@ -204,16 +216,8 @@ impl Selectors {
                 other => return Err(bad(format!("operator {other:?}: expected In, NotIn, Exists or DoesNotExist"))),
             });
         }
-        for r in &labels {
-            let (Req::Eq(k, _)
-            | Req::NotEq(k, _)
-            | Req::In(k, _)
-            | Req::NotIn(k, _)
-            | Req::Exists(k)
-            | Req::NotExists(k)) = r;
-            if !valid_key(k) {
-                return Err(bad(format!("{k:?} is not a valid label key")));
-            }
+        if let Some(why) = labels.iter().find_map(Req::invalid) {
+            return Err(bad(why));
         }
         Ok(Some(Selectors { labels, fields: Vec::new() }))
     }
@@ -229,7 +233,8 @@ impl Selectors {
             Req::Exists(k) => l.contains_key(k),
             Req::NotExists(k) => !l.contains_key(k),
         });
-        labels_ok && self.fields.iter().all(|(k, v, neg)| (o.field(k) == v.as_str()) != *neg)
+        let doc = OnceCell::new();
+        labels_ok && self.fields.iter().all(|(k, v, neg)| (o.field(k, &doc) == v.as_str()) != *neg)
     }
 }
 
@@ -247,7 +252,7 @@ mod tests {
         fn labels(&self) -> &BTreeMap<String, String> {
             &self.labels
         }
-        fn field(&self, path: &str) -> Cow<'_, str> {
+        fn field<'a>(&'a self, path: &str, _doc: &'a OnceCell<Value>) -> Cow<'a, str> {
             match path {
                 "metadata.name" => Cow::Borrowed("x"),
                 "metadata.namespace" => Cow::Borrowed("default"),
@@ -347,5 +352,9 @@ mod tests {
         let e = sel(serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Near"}]})).unwrap_err();
         assert!(e.message.contains("expected In, NotIn, Exists or DoesNotExist"), "{}", e.message);
         assert_eq!(sel(serde_json::json!({"matchLabels": {"app": 1}})).unwrap_err().code, 400);
+        let e = sel(serde_json::json!({"matchExpressions": [{"key": "a", "operator": "In", "values": ["x", 1]}]}));
+        assert!(e.unwrap_err().message.contains("the values of \"a\" must be strings"));
+        let e = sel(serde_json::json!({"matchLabels": {"app": "we b"}})).unwrap_err();
+        assert!(e.message.contains("\"we b\" is not a valid label value"), "{}", e.message);
     }
 }

@@ -38,18 +38,19 @@ impl Fields for Obj {
         &self.labels
     }
 
-    fn field(&self, path: &str) -> std::borrow::Cow<'_, str> {
+    fn field<'a>(&'a self, path: &str, doc: &'a std::cell::OnceCell<Value>) -> std::borrow::Cow<'a, str> {
         use std::borrow::Cow;
         match path {
             "metadata.name" => Cow::Borrowed(&self.name),
             "metadata.namespace" => Cow::Borrowed(&self.namespace),
             "spec.nodeName" => Cow::Borrowed(self.node_name.as_deref().unwrap_or("")),
             "status.phase" => Cow::Borrowed(self.phase.as_deref().unwrap_or("")),
-            // Other fields (an Event's) are read from the object itself.
+            // Other fields (an Event's) are read from the object itself,
+            // parsed once per match.
             path => {
-                let doc: Value = serde_json::from_slice(&self.json).unwrap_or_default();
-                let found = path.split('.').try_fold(&doc, |d, seg| d.get(seg));
-                Cow::Owned(found.and_then(Value::as_str).unwrap_or("").to_owned())
+                let doc = doc.get_or_init(|| serde_json::from_slice(&self.json).unwrap_or_default());
+                let found = path.split('.').try_fold(doc, |d, seg| d.get(seg));
+                Cow::Borrowed(found.and_then(Value::as_str).unwrap_or(""))
             }
         }
     }

@@ -349,6 +349,17 @@ async fn metadata_only_reads_carry_no_spec_or_status() {
         }
     }
     assert_eq!(seen, 3);
+    // A change reaches the metadata watch as metadata.
+    sim.cluster().update_node(&name, |n| n["metadata"]["labels"]["team"] = serde_json::json!("storage")).unwrap();
+    loop {
+        match within("the metadata watch's event", w.next()).await.expect("the watch goes on").unwrap() {
+            Event::Apply(m) if m.metadata.name.as_deref() == Some(name.as_str()) => {
+                assert_eq!(m.metadata.labels.unwrap().get("team").map(String::as_str), Some("storage"));
+                break;
+            }
+            _ => {}
+        }
+    }
     // On the wire: PartialObjectMetadata items, without spec or status.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let raw: serde_json::Value = reqwest::Client::new()
