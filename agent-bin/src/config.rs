@@ -922,7 +922,7 @@ impl Config {
     /// Civo user would have set, where there is one).
     pub fn validate(&self, env: &EnvMap) -> Result<(), ConfigError> {
         let ha = &self.ha;
-        let label = crate::host::config::dns_label;
+        let label = health_core::domain::is_dns_label;
         // Also without HA: the pause Lease is named after it.
         if !label(&ha.lease_name) || ha.lease_name.len() > 57 {
             return Err(ConfigError::invalid(
@@ -1098,7 +1098,7 @@ impl Config {
 
     /// `[[addons]]`.
     fn validate_addons(&self) -> Result<(), ConfigError> {
-        let label = crate::host::config::dns_label;
+        let label = health_core::domain::is_dns_label;
         let mut seen = std::collections::BTreeSet::new();
         for (i, a) in self.addons.iter().enumerate() {
             let at = |f: &str| format!("addons[{i}].{f}");
@@ -1189,7 +1189,9 @@ impl Config {
             }
             // Every attempt and its back-off must fit in the engine's limit
             // for one action, or the last attempts are cut off mid-call.
-            let backoff: Duration = (1..e.attempts).map(|i| Duration::from_millis(600) * (1 << (i - 1))).sum();
+            let backoff =
+                recovery_exec::GrpcExecutorConfig::retry_policy_for(e.attempts, recovery_exec::DEFAULT_GRPC_BACKOFF)
+                    .longest_wait();
             let needed = e.timeout * e.attempts + backoff;
             if needed >= self.engine.action_timeout {
                 return Err(ConfigError::Conflict {
@@ -1411,6 +1413,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("engine.action_timeout") && err.contains("executor.attempts"), "{err}");
+        // 4 calls of 15s and repeats 0.5s, 1s and 2s apart: 63.5s.
+        assert!(err.contains("(with back-off 63.5s)"), "{err}");
         let err = load(&[("NODE_AGENT_HEARTBEAT__ENDPOINT", "https://f:1"), ("NODE_AGENT_HEARTBEAT__INTERVAL", "2d")])
             .unwrap_err()
             .to_string();

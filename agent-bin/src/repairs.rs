@@ -188,7 +188,7 @@ pub(crate) fn check_repair(section: &str, r: &RepairConfig, grpc_executor: bool)
         }
         RepairKind::RestartPods => {
             let ns = r.namespace.as_deref().unwrap_or_default();
-            if !crate::host::config::dns_label(ns) {
+            if !health_core::domain::is_dns_label(ns) {
                 return Err(invalid(
                     field("namespace"),
                     format!("{ns:?}: expected the pods' namespace, such as \"kube-system\""),

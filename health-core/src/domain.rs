@@ -165,11 +165,11 @@ pub enum RepairNameError {
     TooMany,
 }
 
-// A thin pointer to the interned name keeps `Option<Action>` at 16 bytes
-// (and a record within 128).
 /// Whether `s` is a DNS label (RFC 1123): 1 to 63 lowercase letters, digits
-/// or `-`, not starting or ending with `-`.
-pub(crate) fn is_dns_label(s: &str) -> bool {
+/// or `-`, not starting or ending with `-` (a repair's name, a label key's
+/// prefix part, a Kubernetes namespace).
+#[must_use]
+pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -178,6 +178,8 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+// A thin pointer to the interned name keeps `Option<Action>` at 16 bytes
+// (and a record within 128).
 static REPAIR_NAMES: parking_lot::Mutex<Vec<&'static &'static str>> = parking_lot::Mutex::new(Vec::new());
 
 impl Repair {

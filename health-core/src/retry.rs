@@ -61,6 +61,9 @@ pub struct RetryPolicy {
     pub total: Option<Duration>,
     /// Each delay is drawn from its upper half (on by default).
     pub jitter: bool,
+    /// Repeats are expected (an eviction refused by a disruption budget):
+    /// logged at INFO rather than WARN.
+    pub routine: bool,
 }
 
 impl RetryPolicy {
@@ -68,7 +71,7 @@ impl RetryPolicy {
     /// repeats, with jitter and no total limit.
     #[must_use]
     pub const fn new(initial: Duration, max_delay: Duration, retries: u32) -> Self {
-        RetryPolicy { delays: Backoff { initial, max: max_delay }, retries, total: None, jitter: true }
+        RetryPolicy { delays: Backoff { initial, max: max_delay }, retries, total: None, jitter: true, routine: false }
     }
 
     /// No repeat starts later than `total` after the first attempt.
@@ -78,11 +81,36 @@ impl RetryPolicy {
         self
     }
 
+    /// Repeats are expected: logged at INFO, not WARN.
+    #[must_use]
+    pub const fn as_routine(mut self) -> Self {
+        self.routine = true;
+        self
+    }
+
     /// Exact delays (for tests and for callers that spread load otherwise).
     #[must_use]
     pub const fn without_jitter(mut self) -> Self {
         self.jitter = false;
         self
+    }
+
+    /// The longest the repeats can wait in all (jitter only shortens
+    /// delays; a server's own wait is not counted): the sum of the
+    /// schedule's delays, at most `total`.
+    #[must_use]
+    pub fn longest_wait(&self) -> Duration {
+        let mut sum = Duration::ZERO;
+        for n in 1..=self.retries {
+            let d = self.delays.delay(n);
+            if d == self.delays.max {
+                // Every further repeat waits the maximum.
+                sum = sum.saturating_add(d.saturating_mul(self.retries - n + 1));
+                break;
+            }
+            sum = sum.saturating_add(d);
+        }
+        self.total.map_or(sum, |t| sum.min(t))
     }
 
     fn builder(&self) -> ExponentialBuilder {
@@ -110,8 +138,9 @@ pub trait RetryAfter {
 
 /// Calls `op` (with the attempt number, 0 first) until it succeeds, fails
 /// in a way `may_repeat` refuses, or `policy` allows no further repeat;
-/// returns the last result. Each repeat is logged at WARN with `what`, the
-/// attempt, the delay and the error.
+/// returns the last result. Each repeat is logged (at WARN, or INFO when
+/// [`RetryPolicy::routine`]) with `what`, the attempt, the delay and the
+/// error.
 pub async fn retry<T, E, F, Fut>(
     policy: &RetryPolicy,
     what: &str,
@@ -125,7 +154,7 @@ where
 {
     let attempts = AtomicU32::new(0);
     let started = tokio::time::Instant::now();
-    let (max_delay, total) = (policy.delays.max, policy.total);
+    let (max_delay, total, routine) = (policy.delays.max, policy.total, policy.routine);
     let call = || op(attempts.fetch_add(1, Ordering::Relaxed));
     call.retry(policy.builder())
         .sleep(tokio::time::sleep)
@@ -148,7 +177,12 @@ where
             Some(delay)
         })
         .notify(|e, delay| {
-            tracing::warn!(what, attempt = attempts.load(Ordering::Relaxed), delay = ?delay, error = %e, "call failed; repeating it after the delay");
+            let attempt = attempts.load(Ordering::Relaxed);
+            if routine {
+                tracing::info!(what, attempt, delay = ?delay, error = %e, "call refused; repeating it after the delay");
+            } else {
+                tracing::warn!(what, attempt, delay = ?delay, error = %e, "call failed; repeating it after the delay");
+            }
         })
         .await
 }
@@ -214,6 +248,15 @@ mod tests {
         let (r, gaps) = run(b, (0..5).map(|_| Err(E::Busy(None))).collect()).await;
         assert_eq!(r, Ok(5));
         assert_gaps(&gaps, &[100 * MS, 200 * MS, 350 * MS, 350 * MS, 350 * MS]);
+    }
+
+    #[test]
+    fn the_longest_wait_sums_the_schedule() {
+        let p = RetryPolicy::new(100 * MS, 350 * MS, 5);
+        assert_eq!(p.longest_wait(), (100 + 200 + 350 + 350 + 350) * MS);
+        assert_eq!(RetryPolicy::new(100 * MS, 350 * MS, 0).longest_wait(), Duration::ZERO);
+        let endless = RetryPolicy::new(100 * MS, 350 * MS, u32::MAX);
+        assert_eq!(endless.with_total(2000 * MS).longest_wait(), 2000 * MS, "at most the total");
     }
 
     #[tokio::test(start_paused = true)]

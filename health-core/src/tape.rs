@@ -921,7 +921,8 @@ pub async fn replay(source: &dyn TapeSource, setup: Option<Setup>) -> Result<Rep
                     let result = exec_result(action, err.as_deref()).ok_or_else(|| TapeError::Line {
                         line: i + 1,
                         message: format!(
-                            "unknown error kind {err:?}: expected failed, unknown, timeout or unsupported"
+                            "unknown error kind {:?}: expected failed, unknown, timeout or unsupported",
+                            err.as_deref().unwrap_or_default()
                         ),
                     })?;
                     if exec.release(n, action, result) {

@@ -137,7 +137,7 @@ impl Timestamp {
 }
 
 /// `d` in whole milliseconds, saturating.
-pub(crate) fn duration_millis(d: Duration) -> u64 {
+fn duration_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

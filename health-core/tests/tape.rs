@@ -139,7 +139,7 @@ fn a_bad_tape_is_refused_with_its_line() {
     let action = r#"{"k":"action","at":1,"n":"a","a":"reboot","mode":"active","err":"exploded"}"#;
     assert_eq!(
         err(&format!("{start}\n{action}")),
-        "line 2: not a recording line: unknown error kind Some(\"exploded\"): expected failed, unknown, timeout or unsupported"
+        "line 2: not a recording line: unknown error kind \"exploded\": expected failed, unknown, timeout or unsupported"
     );
     let _ = Duration::ZERO;
 }

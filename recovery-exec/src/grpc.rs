@@ -31,12 +31,29 @@ pub struct GrpcExecutorConfig {
     pub backoff: Duration,
 }
 
+/// The first retry delay of [`GrpcExecutorConfig::new`].
+pub const DEFAULT_GRPC_BACKOFF: Duration = Duration::from_millis(500);
+
 impl GrpcExecutorConfig {
+    /// How `attempts` calls with a first retry delay of `backoff` are
+    /// spaced: doubling up to 30s, with jitter.
+    #[must_use]
+    pub fn retry_policy_for(attempts: u32, backoff: Duration) -> RetryPolicy {
+        let first = backoff.max(Duration::from_millis(1));
+        RetryPolicy::new(first, first.max(Duration::from_secs(30)), attempts.saturating_sub(1))
+    }
+
+    /// How this configuration's calls are spaced.
+    #[must_use]
+    pub fn retry_policy(&self) -> RetryPolicy {
+        Self::retry_policy_for(self.attempts, self.backoff)
+    }
+
     /// Three attempts against `client`, the first repeat after 250 to 500 ms
     /// (doubling, with jitter).
     #[must_use]
     pub fn new(client: ClientSettings) -> Self {
-        GrpcExecutorConfig { client, attempts: 3, backoff: Duration::from_millis(500) }
+        GrpcExecutorConfig { client, attempts: 3, backoff: DEFAULT_GRPC_BACKOFF }
     }
 }
 
@@ -116,8 +133,7 @@ impl<T: ExecTarget + ?Sized> Executor<T> for GrpcExecutor {
             },
         };
         let attempts = self.config.attempts;
-        let first = self.config.backoff.max(Duration::from_millis(1));
-        let policy = RetryPolicy::new(first, first.max(Duration::from_secs(30)), attempts.saturating_sub(1));
+        let policy = self.config.retry_policy();
         let what = format!("{action} of node {node} through the remote executor (key {key})");
         let answer = retry(
             &policy,

@@ -412,7 +412,9 @@ impl KubeExecutor {
         let key = format!("{ns}/{name}");
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let first = self.drain.retry_interval.max(Duration::from_millis(1));
-        let policy = RetryPolicy::new(first, first.max(Duration::from_secs(30)), u32::MAX).with_total(left);
+        // A budget's refusal is expected while its pods move: logged at INFO.
+        let policy =
+            RetryPolicy::new(first, first.max(Duration::from_secs(30)), u32::MAX).with_total(left).as_routine();
         let what = format!("evict {key} from node {node}");
         let outcome = retry(
             &policy,

@@ -69,7 +69,7 @@ pub use civo::{ApiKey, CivoConfig, CivoError, CivoExecutor, install_crypto_provi
 #[cfg(feature = "command")]
 pub use command::CommandExecutor;
 #[cfg(feature = "grpc")]
-pub use grpc::{GrpcExecutor, GrpcExecutorConfig, wire_action};
+pub use grpc::{DEFAULT_GRPC_BACKOFF, GrpcExecutor, GrpcExecutorConfig, wire_action};
 #[cfg(feature = "http")]
 pub use http::{HttpExecutor, UrlTemplateError};
 #[cfg(feature = "kube")]

@@ -267,15 +267,6 @@ impl Default for KubernetesSection {
     }
 }
 
-/// Whether `s` is a DNS label (a Kubernetes object or namespace name part).
-pub(crate) fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// `[policy]`: how much of the fleet must be healthy before one host reboots.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -518,16 +509,16 @@ impl HostConfig {
             e.validate()?;
         } else {
             let k = &self.kubernetes;
-            if !dns_label(&k.namespace) {
+            if !health_core::domain::is_dns_label(&k.namespace) {
                 return Err(invalid("kubernetes.namespace", format!("{:?}: expected a namespace name", k.namespace)));
             }
-            if !dns_label(&k.name_prefix) || k.name_prefix.len() > 40 {
+            if !health_core::domain::is_dns_label(&k.name_prefix) || k.name_prefix.len() > 40 {
                 return Err(invalid(
                     "kubernetes.name_prefix",
                     format!("{:?}: expected lowercase letters, digits and '-', at most 40", k.name_prefix),
                 ));
             }
-            if !h.name.is_empty() && !dns_label(&h.name) {
+            if !h.name.is_empty() && !health_core::domain::is_dns_label(&h.name) {
                 return Err(invalid(
                     "host.name",
                     format!(
