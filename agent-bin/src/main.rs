@@ -131,7 +131,7 @@ fn report<T, R: serde::Serialize>(
         Ok(Ok(t)) => {
             let r = make(t);
             if args.json {
-                outln!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                print_json(&r);
             } else {
                 out!("{}", render(&r));
             }
@@ -214,7 +214,7 @@ async fn real_main(cli: Cli) -> i32 {
         return match simulate::simulate(opts, recorder).await {
             Ok(summary) => {
                 if args.json {
-                    outln!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+                    print_json(&summary);
                 } else {
                     outln!("\n{}", simulate::table(&summary));
                 }
@@ -288,7 +288,7 @@ async fn real_main(cli: Cli) -> i32 {
             match check::check(&config, kc).await {
                 Ok(rows) => {
                     if json {
-                        outln!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                        print_json(&rows);
                     } else {
                         out!("{}", check::table(&rows));
                     }
@@ -524,8 +524,13 @@ async fn pause_cmd(config: &Config, args: &AdminArgs, reason: Option<&str>) -> i
     }
 }
 
+/// Prints `v` as pretty JSON (an output that cannot be written as JSON is
+/// said on stderr, not printed empty).
 fn print_json(v: &impl serde::Serialize) {
-    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match serde_json::to_string_pretty(v) {
+        Ok(text) => outln!("{text}"),
+        Err(e) => eprintln!("node-agent: cannot write the output as JSON: {e}"),
+    }
 }
 
 async fn host_main(global: GlobalArgs, command: HostCommand, recorder: AgentRecorder) -> i32 {

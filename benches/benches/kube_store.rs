@@ -33,7 +33,7 @@ async fn bytes(http: &reqwest::Client, url: &str, accept: &str, paged: bool) -> 
         }
         let body = http.get(&u).header("accept", accept).send().await.unwrap().bytes().await.unwrap();
         total += body.len() as u64;
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("a list page is JSON");
         token = v["metadata"]["continue"].as_str().filter(|t| !t.is_empty()).map(str::to_owned);
         if !paged || token.is_none() {
             return total;
